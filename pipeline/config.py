@@ -1,0 +1,215 @@
+"""The generation job's configuration: YAML → validated dataclasses (one place for every key).
+
+Defaults follow the paper where it is explicit (DINOv2 ViT-g/14 probed teacher, ImageMixer at
+640 px with DDIM 30 steps and guidance 3); where it is not (pool size, law of the mixing weight,
+number of views), they are documented choices, never hard-coded elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from .configlib import ConfigError, load, path_field, require_file
+from .format import IMAGE_FORMATS, ViewSpec
+
+Dtype = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    index: str = path_field()                 # index.parquet written by `tsd ingest`
+    store_size: int = 256                     # short side of stored images (px); never upscaled
+    image_format: Literal["jpg", "webp", "png"] = "jpg"
+    quality: int = 90
+    classes: Optional[list[str]] = None       # restrict to these class names (must exist in the index)
+
+    def check(self):
+        require_file(self.index, "index")
+        if self.store_size < 8:
+            raise ConfigError(f"store_size: must be at least 8, got {self.store_size}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"quality: must be in 1..100, got {self.quality}")
+        assert self.image_format in IMAGE_FORMATS
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = "vit_giant_patch14_dinov2"   # a timm model name
+    weights: Optional[str] = path_field(default=None)  # safetensors/pth file; null = random init
+    img_size: int = 224
+    model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
+    dtype: Dtype = "bf16"                     # on GPU; the CPU always runs fp32
+    batch_size: int = 256
+
+    def check(self):
+        require_file(self.weights, "weights")
+        if self.img_size < 8:
+            raise ConfigError(f"img_size: must be at least 8, got {self.img_size}")
+
+
+@dataclass
+class ProbeConfig:
+    """The task adaptation of the teacher: a head trained on frozen features (paper: probing)."""
+    head: Literal["linear", "mlp"] = "linear"
+    views: int = 1                            # augmented views per train image for the features
+    epochs: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 1024
+    hidden: int = 1024                        # mlp head width
+
+    def check(self):
+        if self.views < 1 or self.epochs < 1:
+            raise ConfigError("views/epochs: must be at least 1")
+
+
+@dataclass
+class ViewsConfig:
+    k: int = 10                               # recorded views per train sample (real and mix)
+    scale: tuple[float, float] = (0.25, 1.0)
+    ratio: tuple[float, float] = (0.75, 4 / 3)
+    flip: bool = True
+    eval_crop: float = 0.875
+
+    def check(self):
+        if self.k < 1:
+            raise ConfigError(f"k: must be at least 1, got {self.k}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"scale: expected 0 < min <= max <= 1, got {list(self.scale)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ConfigError(f"ratio: expected 0 < min <= max, got {list(self.ratio)}")
+        if not 0 < self.eval_crop <= 1:
+            raise ConfigError(f"eval_crop: expected in (0, 1], got {self.eval_crop}")
+
+    def spec(self) -> ViewSpec:
+        return ViewSpec(tuple(self.scale), tuple(self.ratio), self.flip, self.eval_crop)
+
+
+@dataclass
+class MixPlanConfig:
+    """Which pairs are mixed, with which weight (SD-Mixup is class-agnostic by default)."""
+    pool_size: Union[int, str] = "1x"         # a count, or 'Nx' = N times the train set
+    pairing: Literal["any", "cross-class", "same-class"] = "any"
+    weight_law: Literal["uniform", "beta", "fixed"] = "uniform"
+    beta_a: float = 1.0                       # beta(a, a) when weight_law is 'beta'
+    weight: float = 0.5                       # when weight_law is 'fixed'
+    weight_range: tuple[float, float] = (0.0, 1.0)  # uniform law bounds
+
+    def check(self):
+        if isinstance(self.pool_size, int):
+            if self.pool_size < 0:
+                raise ConfigError(f"pool_size: must be >= 0, got {self.pool_size}")
+        else:
+            self.pool_multiple()
+        if self.beta_a <= 0:
+            raise ConfigError(f"beta_a: must be > 0, got {self.beta_a}")
+        if not 0 <= self.weight <= 1:
+            raise ConfigError(f"weight: must be in [0, 1], got {self.weight}")
+
+    def pool_multiple(self) -> float:
+        s = str(self.pool_size)
+        try:
+            if not s.endswith("x"):
+                raise ValueError
+            value = float(s[:-1])
+            if value < 0:
+                raise ValueError
+            return value
+        except ValueError:
+            raise ConfigError(f"pool_size: expected a count or a multiple like '2x', got {s!r}") from None
+
+    def resolve_pool(self, n_train: int) -> int:
+        if isinstance(self.pool_size, int):
+            return self.pool_size
+        return int(round(self.pool_multiple() * n_train))
+
+
+GENERATOR_KINDS = ("image-mixer", "sd-image-variations", "unclip", "mixup", "cutmix")
+
+
+@dataclass
+class GeneratorConfig:
+    kind: Literal["image-mixer", "sd-image-variations", "unclip", "mixup", "cutmix"] = "image-mixer"
+    path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
+    size: int = 640
+    steps: int = 30
+    guidance: float = 3.0
+    scheduler: Literal["ddim", "dpm", "euler", "pndm"] = "ddim"
+    dtype: Dtype = "fp16"
+    batch_size: int = 8                       # images per denoising batch (CFG doubles it)
+    compile: bool = False                     # torch.compile the UNet once per worker (GPU)
+    noise_level: int = 0                      # unclip only
+    interpolation: Literal["slerp", "lerp"] = "slerp"  # sd-image-variations only
+
+    def check(self):
+        diffusion = self.kind not in ("mixup", "cutmix")
+        if diffusion and self.path is None:
+            raise ConfigError(f"path: the {self.kind!r} generator needs a model folder")
+        require_file(self.path, "path")
+        if self.size % 8 or self.size < 8:
+            raise ConfigError(f"size: must be a positive multiple of 8, got {self.size}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps/batch_size: must be at least 1")
+
+
+@dataclass
+class GenerateConfig:
+    """The distributed stage: shards, workers, what is stored per sample."""
+    shard_size: int = 256                     # samples per shard (one Ray task each)
+    workers: Optional[int] = None             # actors; default: one per GPU, else 1
+    cpus_per_worker: float = 1.0
+    logits: Literal["full", "topk"] = "full"
+    topk: int = 20
+    features: bool = False                    # store teacher features for feature distillation
+    max_retries: int = 3                      # per shard, after a worker dies
+    address: Optional[str] = None             # existing Ray cluster; null = start a local one
+
+    def check(self):
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size: must be at least 1, got {self.shard_size}")
+        if self.logits == "topk" and self.topk < 1:
+            raise ConfigError(f"topk: must be at least 1, got {self.topk}")
+
+
+@dataclass
+class ReleaseConfig:
+    name: str = "tsdistill-release"
+    license: str = "other"                    # the source images' license decides
+    description: str = ""
+
+
+@dataclass
+class JobConfig:
+    data: DataConfig
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    plan: MixPlanConfig = field(default_factory=MixPlanConfig)
+    generator: Optional[GeneratorConfig] = None   # required unless plan.pool_size is 0
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    seed: int = 0
+
+    def check(self):
+        no_mixes = self.plan.pool_size in (0, "0x", "0.0x")
+        if self.generator is None and not no_mixes:
+            raise ConfigError("generator: missing (required unless plan.pool_size is 0)")
+
+
+def load_job(path, overrides: dict | None = None) -> JobConfig:
+    """Load and validate a job manifest; fails with one line naming the file and key."""
+    job = load(JobConfig, path, overrides)
+    check_classes(job)
+    return job
+
+
+def check_classes(job: JobConfig) -> None:
+    """Configured class names must exist in the ingested index (read only its class column)."""
+    if not job.data.classes:
+        return
+    import pyarrow.parquet as pq
+
+    known = set(pq.read_table(job.data.index, columns=["class_name"]).column(0).to_pylist())
+    unknown = [c for c in job.data.classes if c not in known]
+    if unknown:
+        raise ConfigError(f"data.classes: unknown class {unknown[0]!r} (not in {job.data.index})")
