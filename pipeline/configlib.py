@@ -34,6 +34,9 @@ def _coerce(value: Any, tp: Any, where: str, base: Path | None = None) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if tp in (dict, list):  # bare annotations: any contents
+        tp = dict[str, Any] if tp is dict else list[Any]
+        origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None:

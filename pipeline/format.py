@@ -294,6 +294,13 @@ def view_pixels(image, view: Sequence[float], size: int):
     return out
 
 
+def views_batch(image, views: Sequence[Sequence[float]], size: int):
+    """All recorded views of one image: float [K, 3, size, size] in [0, 1]."""
+    import torch
+
+    return torch.stack([view_pixels(image, v, size) for v in views])
+
+
 def normalize(batch, mean: Sequence[float], std: Sequence[float]):
     """Per-model colour normalisation of a [N, 3, H, W] float batch in [0, 1]."""
     import torch

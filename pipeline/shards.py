@@ -59,8 +59,9 @@ def publish_shard(root: str | os.PathLike, name: str, data: bytes, stats: dict) 
     return stats
 
 
-def read_stats(root: str | os.PathLike, name: str) -> dict | None:
-    """The stats of a finished shard, or None when it is not done (or its tar went missing)."""
+def read_stats(root: str | os.PathLike, name: str, plan: str | None = None) -> dict | None:
+    """The stats of a finished shard, or None when it is not done, its tar went missing, or it
+    was made for another plan (`plan` = the plan's fingerprint, when given)."""
     root = Path(root)
     stats_path = root / f"{name}{fmt.STATS_SUFFIX}"
     tar_path = root / f"{name}{fmt.SHARD_SUFFIX}"
@@ -71,5 +72,7 @@ def read_stats(root: str | os.PathLike, name: str) -> dict | None:
     except ValueError:
         return None
     if stats.get("bytes") != tar_path.stat().st_size:
+        return None
+    if plan is not None and stats.get("plan") != plan:
         return None
     return stats

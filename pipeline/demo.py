@@ -1,0 +1,192 @@
+"""`tsd demo`: every stage end to end on embedded defaults, in a few minutes on a laptop CPU.
+
+A procedural dataset (written as an ImageFolder tree and ingested like a user's), tiny random-weight
+models of the real architectures (saved to disk and loaded back through the real loaders), a local
+Ray cluster, then ingest → probe → plan → generate → release → verify → train twice → eval.
+Every stage reuses finished work, so a rerun on the same folder is fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import format as fmt
+from .configlib import load
+from .runtime import quiet_libraries
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    classes: int
+    per_class: int
+    pool: str            # mix pool size, as a multiple of the train set
+    steps: int           # denoising steps
+    views: int
+    epochs: int
+    shard_size: int
+
+
+SIZES = {
+    "demo": DemoSize(classes=10, per_class=60, pool="1x", steps=10, views=4, epochs=12, shard_size=128),
+    "small": DemoSize(classes=8, per_class=16, pool="1x", steps=4, views=2, epochs=4, shard_size=32),
+}
+
+
+def job_config(models: dict, index: str, size: DemoSize) -> dict:
+    """The demo's job manifest (manifests/demo.yaml is the same, with the demo's paths)."""
+    from .models.tiny import TinySizes
+
+    tiny = TinySizes()
+    return {
+        "seed": 0,
+        "data": {"index": index, "store_size": 64, "image_format": "jpg", "quality": 90},
+        "teacher": {"arch": tiny.teacher_arch, "weights": models["teacher"], "img_size": tiny.teacher_img,
+                    "model_kwargs": dict(tiny.teacher_kwargs), "batch_size": 256},
+        "probe": {"head": "linear", "views": 2, "epochs": 60, "lr": 0.003, "batch_size": 256},
+        "views": {"k": size.views, "scale": [0.35, 1.0]},
+        "plan": {"pool_size": size.pool, "pairing": "any", "weight_law": "uniform"},
+        "generator": {"kind": "image-mixer", "path": models["image-mixer"], "size": 64, "steps": size.steps,
+                      "guidance": 3.0, "batch_size": 32},
+        "generate": {"shard_size": size.shard_size, "workers": 2, "cpus_per_worker": 1},
+        "release": {"name": "tsdistill-demo", "license": "cc0-1.0",
+                    "description": "The tsdistill demo: procedural shapes, tiny random-weight models."},
+    }
+
+
+def train_config(release: str, models: dict, mode: str, size: DemoSize) -> dict:
+    from .models.tiny import TinySizes
+
+    return {
+        "releases": [release],
+        "student": {"arch": TinySizes().student_arch, "weights": models["student"], "img_size": 48},
+        "loss": {"mode": mode, "alpha": 0.5, "temperature": 2.0},
+        "data": {"mix_ratio": 0.5, "batch_size": 64, "workers": 1},
+        "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 0.05, "epochs": size.epochs, "warmup_epochs": 1},
+        "runtime": {"device": "auto", "seed": 0, "log_every": 5},
+    }
+
+
+class Timer:
+    def __init__(self):
+        self.rows: list[tuple[str, float, str]] = []
+
+    def run(self, name: str, fn, note=lambda result: ""):
+        t0 = time.time()
+        print(f"[demo] {name} …", flush=True)
+        result = fn()
+        self.rows.append((name, time.time() - t0, note(result)))
+        return result
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_demo(out: str | Path, size_name: str = "demo") -> dict:
+    quiet_libraries()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
+    from . import stages
+    from .config import load_job
+    from .ingest import ingest
+    from .models.tiny import build_tiny_models
+    from .toydata import write_toy_dataset
+    from .verify import verify_release
+
+    size = SIZES[size_name]
+    out = Path(out).resolve()
+    work = out / stages.WORK
+    timer = Timer()
+    t_start = time.time()
+
+    def make_source():
+        write_toy_dataset(work / "source", num_classes=size.classes, per_class=size.per_class, seed=0)
+        return build_tiny_models(work / "models")
+
+    models = timer.run("data + tiny models", make_source)
+    ingest_dir = work / "ingest"
+
+    def do_ingest():
+        if (ingest_dir / "index.parquet").is_file() and (ingest_dir / "summary.json").is_file():
+            return json.loads((ingest_dir / "summary.json").read_text())
+        summary = ingest(work / "source", ingest_dir, val_fraction=0.15, seed=0)
+        (ingest_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
+
+    summary = timer.run("ingest", do_ingest, lambda s: f"kept {s['kept']}, rejected {s['rejected']}")
+    job_path = _write_yaml(work / "job.yaml", job_config(models, str(ingest_dir / "index.parquet"), size))
+    job = load_job(job_path)
+
+    probe, _ = timer.run("probe", lambda: stages.probe(job, out),
+                         lambda r: f"teacher val top-1 {r[0]['val_top1']:.3f}" + (" (reused)" if r[1] else ""))
+    plan, _ = timer.run("plan", lambda: stages.plan(job, out),
+                        lambda r: f"{len(r[0].rows)} samples, {len(r[0].shards())} shards")
+    timer.run("generate", lambda: stages.generate(job, out, progress=True),
+              lambda s: f"{s['done']} shards made, {s['skipped']} reused")
+    manifest = timer.run("release", lambda: stages.release(job, out))
+    problems = timer.run("verify", lambda: verify_release(out), lambda p: "OK" if not p else f"{len(p)} problems")
+    if problems:
+        raise RuntimeError(f"verify failed: {problems[:3]}")
+
+    results = {}
+    for mode, label in (("finetune", "finetuned student"), ("distill", "distilled student")):
+        cfg_path = _write_yaml(work / f"train-{mode}.yaml", train_config(str(out), models, mode, size))
+        results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
+                                  lambda r: f"val top-1 {r['val_top1']:.3f}")
+    summary_out = {
+        "counts": manifest["counts"],
+        "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k) for k in manifest["counts"]},
+        "teacher_val_top1": probe["val_top1"],
+        "finetune_val_top1": results["finetune"]["val_top1"],
+        "distill_val_top1": results["distill"]["val_top1"],
+        "distill_teacher_agreement": results["distill"].get("teacher_agreement"),
+        "stages": [(n, round(s, 1), note) for n, s, note in timer.rows],
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    (out / stages.WORK / "demo-summary.json").write_text(json.dumps(summary_out, indent=1))
+    print_summary(summary_out, out)
+    return summary_out
+
+
+def _train(config_path: Path, run_dir: Path) -> dict:
+    """Train (or reuse a finished run with the same config) and return its final metrics."""
+    from trainer.config import TrainConfig
+    from trainer.train import run
+
+    metrics_path = run_dir / "metrics.json"
+    stamp = run_dir / "config.sha256"
+    digest = fmt.sha256_bytes(config_path.read_bytes())
+    if metrics_path.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        return json.loads(metrics_path.read_text())
+    metrics = run(load(TrainConfig, config_path), run_dir)
+    stamp.write_text(digest)
+    return metrics
+
+
+def print_summary(s: dict, out: Path) -> None:
+    print()
+    print(f"tsd demo: {out}")
+    print(f"{'kind/split':<14}{'samples':>9}{'shards':>8}")
+    for k, n in s["counts"].items():
+        print(f"{k:<14}{n:>9}{s['shards'][k]:>8}")
+    print()
+    print(f"{'model':<22}{'val top-1':>10}")
+    print(f"{'teacher (probed)':<22}{s['teacher_val_top1']:>10.3f}")
+    print(f"{'student, finetuned':<22}{s['finetune_val_top1']:>10.3f}")
+    print(f"{'student, distilled':<22}{s['distill_val_top1']:>10.3f}")
+    print()
+    print(f"{'stage':<20}{'seconds':>9}  note")
+    for name, secs, note in s["stages"]:
+        print(f"{name:<20}{secs:>9.1f}  {note}")
+    print(f"{'total':<20}{s['wall_s']:>9.1f}")
+
+
+def main(args) -> int:
+    run_demo(args.out, args.size)
+    return 0

@@ -1,0 +1,118 @@
+"""The teacher: a frozen timm backbone (DINOv2 by default) and a probed task head.
+
+DINOv2's linear-evaluation feature is the CLS token concatenated with the mean of the patch tokens;
+the head (linear, or a small MLP) is the only trained part (the paper's "probing").
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import TeacherConfig
+from ..format import sha256_file
+
+
+def load_backbone(cfg: TeacherConfig) -> nn.Module:
+    """The timm backbone with real-weight loading: `pretrained_cfg_overlay=dict(file=...)`."""
+    import timm
+
+    kwargs = dict(cfg.model_kwargs)
+    kwargs.setdefault("img_size", cfg.img_size)
+    model = timm.create_model(
+        cfg.arch,
+        pretrained=cfg.weights is not None,
+        pretrained_cfg_overlay=dict(file=cfg.weights) if cfg.weights else None,
+        num_classes=0,
+        **kwargs,
+    )
+    return model.eval().requires_grad_(False)
+
+
+def backbone_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """CLS ‖ mean(patch tokens) for ViTs (prefix tokens, e.g. registers, excluded from the mean);
+    the pooled feature for any other timm model."""
+    tokens = backbone.forward_features(x)
+    prefix = getattr(backbone, "num_prefix_tokens", None)
+    if tokens.ndim == 3 and prefix:
+        return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], dim=1)
+    return backbone.forward_head(tokens, pre_logits=True)
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    prefix = getattr(backbone, "num_prefix_tokens", None)
+    return backbone.num_features * (2 if prefix else 1)
+
+
+def make_head(kind: str, in_dim: int, num_classes: int, hidden: int = 1024) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_dim, num_classes)
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
+
+
+def save_head(head: nn.Module, path: str | Path, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    from ..shards import atomic_write
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp),
+              metadata={"tsdistill": json.dumps(meta, sort_keys=True)})
+    atomic_write(path, tmp.read_bytes())
+    tmp.unlink()
+
+
+def load_head(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a head from its safetensors file (its metadata says which kind and sizes)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: teacher head not found (run `tsd probe` first)")
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("tsdistill", "{}"))
+    if not {"head", "in_dim", "num_classes"} <= meta.keys():
+        raise ValueError(f"{path}: not a tsdistill head (metadata lacks head/in_dim/num_classes)")
+    head = make_head(meta["head"], meta["in_dim"], meta["num_classes"], meta.get("hidden", 1024))
+    head.load_state_dict(load_file(str(path)))
+    return head.eval().requires_grad_(False), meta
+
+
+class Teacher(nn.Module):
+    """Backbone + head: normalised pixels in, (logits, features) out."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean, std):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = backbone_features(self.backbone, x)
+        return self.head(feats.float()), feats
+
+
+def data_config(backbone: nn.Module) -> tuple[tuple, tuple]:
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(backbone)
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def load_teacher(cfg: TeacherConfig, head_path: str | Path) -> Teacher:
+    backbone = load_backbone(cfg)
+    head, _ = load_head(head_path)
+    mean, std = data_config(backbone)
+    return Teacher(backbone, head, mean, std).eval()
+
+
+def weights_identity(cfg: TeacherConfig) -> dict:
+    """What the manifest records about the teacher's weights."""
+    if cfg.weights is None:
+        return {"file": None, "sha256": None}
+    return {"file": Path(cfg.weights).name, "sha256": sha256_file(cfg.weights)}

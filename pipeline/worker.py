@@ -1,0 +1,172 @@
+"""The shard worker: one planned shard in, one published shard out. No Ray in here.
+
+Per batch of planned samples: load the parents (mixes) or the source image (real), generate the
+mix, encode the stored image, decode those stored bytes, run the teacher on the K recorded views,
+and assemble the members. CPU work (loading, encoding, decoding) for the next batch runs in threads
+while the device works on the current one. The tar is published atomically, then its stats file.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import format as fmt
+from .config import JobConfig
+from .ingest import ImageRejected, open_rgb
+from .models.teacher import Teacher, load_teacher
+from .runtime import pick_device, quiet_libraries
+from .shards import publish_shard, read_stats, tar_bytes
+from .storing import store_bytes, store_tensor
+
+
+def pil_to_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class Failure(Exception):
+    """A sample that cannot be made: recorded with its reason in the shard stats; the job goes on."""
+
+
+class ShardWorker:
+    def __init__(self, job: JobConfig, release_dir: str | Path, device: str = "auto", threads: int = 4):
+        quiet_libraries()
+        self.job = job
+        self.root = Path(release_dir)
+        self.device = pick_device(device)
+        self.teacher: Teacher = load_teacher(job.teacher, self.root / fmt.HEAD_FILE).to(self.device)
+        if self.device.type == "cuda":
+            self.teacher = self.teacher.to({"bf16": torch.bfloat16, "fp16": torch.float16,
+                                            "fp32": torch.float32}[job.teacher.dtype])
+        self._generator = None
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tsd-cpu")
+
+    @property
+    def generator(self):
+        """Built on first use: a worker that only writes real shards never loads diffusion models."""
+        if self._generator is None:
+            from .models.generators import build_generator
+
+            self._generator = build_generator(self.job.generator, self.device)
+        return self._generator
+
+    # -- one shard -------------------------------------------------------------------------------
+    def run_shard(self, name: str, rows: list[dict], plan: str, skip_done: bool = True) -> dict:
+        """Make shard `name` from its planned rows; `plan` (the plan's fingerprint) goes in its stats."""
+        if skip_done and (stats := read_stats(self.root, name, plan)) is not None:
+            return stats
+        t0 = time.time()
+        batch_size = self.job.generator.batch_size if rows and rows[0]["kind"] == "mix" else 64
+        batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        samples, records, failures = [], [], []
+        pending = self.pool.submit(self._load_batch, batches[0]) if batches else None
+        for i in range(len(batches)):
+            loaded = pending.result()
+            # start reading the next batch while the device works on this one
+            pending = self.pool.submit(self._load_batch, batches[i + 1]) if i + 1 < len(batches) else None
+            for row, members, record, failure in self._process_batch(loaded):
+                if failure:
+                    failures.append({"uid": row["uid"], "reason": failure})
+                else:
+                    samples.append((row["uid"], members))
+                    records.append(record)
+        kind, split = fmt.shard_kind_split(name)
+        stats = {"kind": kind, "split": split, "count": len(samples), "planned": len(rows),
+                 "failures": failures, "samples": records, "seconds": round(time.time() - t0, 3),
+                 "device": str(self.device), "plan": plan}
+        return publish_shard(self.root, name, tar_bytes(samples), stats)
+
+    # -- stages ----------------------------------------------------------------------------------
+    def _load_batch(self, rows: list[dict]) -> list[tuple[dict, object]]:
+        """CPU: source images (real) or parent pairs (mix) as uint8 tensors, or the failure."""
+        def load(row):
+            try:
+                if row["kind"] == "real":
+                    return row, open_rgb(row["path"])
+                return row, tuple(pil_to_tensor(open_rgb(p)) for p in row["parent_paths"])
+            except (ImageRejected, OSError) as e:
+                return row, Failure(f"unreadable {'source' if row['kind'] == 'real' else 'parent'}: {e}")
+        return list(self.pool.map(load, rows))
+
+    def _process_batch(self, loaded: list[tuple[dict, object]]):
+        """Device: generate (mixes), then the teacher on the recorded views of the stored bytes."""
+        results, ok = {}, []
+        for row, item in loaded:
+            if isinstance(item, Failure):
+                results[row["uid"]] = (row, None, None, str(item))
+            else:
+                ok.append((row, item))
+        stored = []
+        for row, data in self._store(ok, results):
+            image = fmt.decode_image(data)
+            if (image.shape[2], image.shape[1]) != (row["width"], row["height"]):
+                results[row["uid"]] = (row, None, None, "stored size differs from the plan "
+                                       f"({image.shape[2]}x{image.shape[1]} vs {row['width']}x{row['height']}): "
+                                       "source changed since ingest?")
+                continue
+            stored.append((row, data, image))
+        logits, feats = self._teacher(stored)
+        for i, (row, data, _) in enumerate(stored):
+            members, record = self._members(row, data, logits[i], feats[i] if feats is not None else None)
+            results[row["uid"]] = (row, members, record, None)
+        return [results[row["uid"]] for row, _ in loaded]
+
+    def _store(self, ok: list[tuple[dict, object]], results: dict) -> list[tuple[dict, bytes]]:
+        """Stored bytes per sample: real images re-encoded, mixes generated then encoded."""
+        data = self.job.data
+        if not ok:
+            return []
+        if ok[0][0]["kind"] == "real":
+            return list(zip([r for r, _ in ok], self.pool.map(lambda ri: store_bytes(ri[1], data), ok)))
+        rows = [r for r, _ in ok]
+        images, failures = self.generator.mix([p[0] for _, p in ok], [p[1] for _, p in ok],
+                                              [r["weight"] for r in rows], [r["seed"] for r in rows])
+        keep = []
+        for row, image, failure in zip(rows, images, failures):
+            if failure:
+                results[row["uid"]] = (row, None, None, failure)
+            else:
+                keep.append((row, image))
+        return list(zip([r for r, _ in keep], self.pool.map(lambda ri: store_tensor(ri[1], data), keep)))
+
+    @torch.no_grad()
+    def _teacher(self, stored: list) -> tuple[list, list | None]:
+        """Teacher logits [K, C] (and features [K, D]) per sample, views batched across samples."""
+        if not stored:
+            return [], None
+        size = self.job.teacher.img_size
+        views = list(self.pool.map(lambda s: fmt.views_batch(s[2], s[0]["views"], size), stored))
+        x = torch.cat(views)
+        dtype = next(self.teacher.head.parameters()).dtype
+        logits, feats = [], []
+        for i in range(0, len(x), self.job.teacher.batch_size):
+            chunk = fmt.normalize(x[i:i + self.job.teacher.batch_size].to(self.device, non_blocking=True),
+                                  self.teacher.mean, self.teacher.std).to(dtype)
+            lg, ft = self.teacher(chunk)
+            logits.append(lg.float().cpu())
+            feats.append(ft.float().cpu())
+        counts = [len(v) for v in views]
+        logits = list(torch.cat(logits).split(counts))
+        feats = list(torch.cat(feats).split(counts)) if self.job.generate.features else None
+        return logits, feats
+
+    def _members(self, row: dict, data: bytes, logits: torch.Tensor, feats: torch.Tensor | None):
+        gen = self.job.generate
+        logits = logits.numpy()
+        teacher, rest = fmt.encode_teacher(logits, gen.topk if gen.logits == "topk" else None)
+        meta = fmt.SampleMeta(
+            uid=row["uid"], split=row["split"], kind=row["kind"], label=int(row["label"]), seed=int(row["seed"]),
+            views=[[*v[:4], int(v[4])] for v in row["views"]], width=int(row["width"]), height=int(row["height"]),
+            parents=tuple(row["parents"] or ()), weight=row["weight"],
+            generator=self.job.generator.kind if row["kind"] == "mix" else None, topk_rest=rest)
+        members = {self.job.data.image_format: data, fmt.M_JSON: meta.to_json(), **teacher}
+        if feats is not None:
+            members[fmt.M_FEATURES] = fmt.npy_bytes(feats.numpy().astype(np.float16))
+        top1, entropy = fmt.teacher_summary(logits)
+        return members, {"uid": row["uid"], "teacher_top1": top1, "teacher_entropy": round(entropy, 6)}
+
+    def close(self):
+        self.pool.shutdown(wait=True)
