@@ -89,7 +89,9 @@ def _write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def run_demo(out: str | Path, size_name: str = "demo") -> dict:
+def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None) -> dict:
+    """Data, tiny models, then ingest → probe → plan → generate → release → verify into `out`.
+    Returns what the rest of the demo needs (models, manifest, probe metrics)."""
     quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from . import stages
@@ -102,8 +104,7 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     size = SIZES[size_name]
     out = Path(out).resolve()
     work = out / stages.WORK
-    timer = Timer()
-    t_start = time.time()
+    timer = timer or Timer()
 
     def make_source():
         write_toy_dataset(work / "source", num_classes=size.classes, per_class=size.per_class, seed=0)
@@ -119,39 +120,47 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
         (ingest_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
 
-    summary = timer.run("ingest", do_ingest, lambda s: f"kept {s['kept']}, rejected {s['rejected']}")
+    timer.run("ingest", do_ingest, lambda s: f"kept {s['kept']}, rejected {s['rejected']}")
     job_path = _write_yaml(work / "job.yaml", job_config(models, str(ingest_dir / "index.parquet"), size))
     job = load_job(job_path)
 
     probe, _ = timer.run("probe", lambda: stages.probe(job, out),
                          lambda r: f"teacher val top-1 {r[0]['val_top1']:.3f}" + (" (reused)" if r[1] else ""))
-    plan, _ = timer.run("plan", lambda: stages.plan(job, out),
-                        lambda r: f"{len(r[0].rows)} samples, {len(r[0].shards())} shards")
+    timer.run("plan", lambda: stages.plan(job, out),
+              lambda r: f"{len(r[0].rows)} samples, {len(r[0].shards())} shards" + (" (reused)" if r[1] else ""))
     timer.run("generate", lambda: stages.generate(job, out, progress=True),
               lambda s: f"{s['done']} shards made, {s['skipped']} reused")
     manifest = timer.run("release", lambda: stages.release(job, out))
     problems = timer.run("verify", lambda: verify_release(out), lambda p: "OK" if not p else f"{len(p)} problems")
     if problems:
         raise RuntimeError(f"verify failed: {problems[:3]}")
+    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
 
+
+def run_demo(out: str | Path, size_name: str = "demo") -> dict:
+    t_start = time.time()
+    out = Path(out).resolve()
+    timer = Timer()
+    built = build_release(out, size_name, timer)
+    size, work, manifest = SIZES[size_name], out / "work", built["manifest"]
     results = {}
-    for mode, label in (("finetune", "finetuned student"), ("distill", "distilled student")):
-        cfg_path = _write_yaml(work / f"train-{mode}.yaml", train_config(str(out), models, mode, size))
+    for mode in ("finetune", "distill"):
+        cfg_path = _write_yaml(work / f"train-{mode}.yaml", train_config(str(out), built["models"], mode, size))
         results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
                                   lambda r: f"val top-1 {r['val_top1']:.3f}")
-    summary_out = {
+    summary = {
         "counts": manifest["counts"],
         "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k) for k in manifest["counts"]},
-        "teacher_val_top1": probe["val_top1"],
+        "teacher_val_top1": built["probe"]["val_top1"],
         "finetune_val_top1": results["finetune"]["val_top1"],
         "distill_val_top1": results["distill"]["val_top1"],
         "distill_teacher_agreement": results["distill"].get("teacher_agreement"),
         "stages": [(n, round(s, 1), note) for n, s, note in timer.rows],
         "wall_s": round(time.time() - t_start, 1),
     }
-    (out / stages.WORK / "demo-summary.json").write_text(json.dumps(summary_out, indent=1))
-    print_summary(summary_out, out)
-    return summary_out
+    (work / "demo-summary.json").write_text(json.dumps(summary, indent=1))
+    print_summary(summary, out)
+    return summary
 
 
 def _train(config_path: Path, run_dir: Path) -> dict:

@@ -1,0 +1,30 @@
+"""Shared fixtures: one local Ray cluster per session, and one small release built by the real pipeline."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a missing file must fail at once, not retry against a hub
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_release(tmp_path_factory, ray_cluster):
+    """A real release made by ingest → probe → plan → generate (Ray) → release on the 'small' demo size.
+
+    Shared by many tests: treat it as read-only (copy it before changing anything)."""
+    from pipeline.demo import build_release
+
+    out = tmp_path_factory.mktemp("small-release")
+    built = build_release(out, "small")
+    return {"root": out, **built}
