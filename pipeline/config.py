@@ -199,7 +199,10 @@ class JobConfig:
 def load_job(path, overrides: dict | None = None) -> JobConfig:
     """Load and validate a job manifest; fails with one line naming the file and key."""
     job = load(JobConfig, path, overrides)
-    check_classes(job)
+    try:
+        check_classes(job)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return job
 
 

@@ -43,14 +43,14 @@ def _coerce(value: Any, tp: Any, where: str, base: Path | None = None) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f"{where}: must not be empty (expected {_type_name(tp)})")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error is the precise one
+            return _coerce(value, options[0], where, base)
+        for arg in options:
             try:
                 return _coerce(value, arg, where, base)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if origin is Literal:
         if value not in get_args(tp):
