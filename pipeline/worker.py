@@ -2,8 +2,8 @@
 
 Per batch of planned samples: load the parents (mixes) or the source image (real), generate the
 mix, encode the stored image, decode those stored bytes, run the teacher on the K recorded views,
-and assemble the members. CPU work (loading, encoding, decoding) for the next batch runs in threads
-while the device works on the current one. The tar is published atomically, then its stats file.
+and assemble the members. CPU work (loading, encoding, decoding) runs in threads, overlapped with
+the device's work on the neighbouring batches. The tar is published atomically, then its stats.
 """
 from __future__ import annotations
 
@@ -37,12 +37,18 @@ class ShardWorker:
         self.job = job
         self.root = Path(release_dir)
         self.device = pick_device(device)
+        self._threads_before = torch.get_num_threads()
+        if self.device.type == "cpu":
+            # CPU kernels split reductions by thread count: fixing it keeps reruns byte-identical
+            torch.set_num_threads(max(1, int(job.generate.cpus_per_worker)))
         self.teacher: Teacher = load_teacher(job.teacher, self.root / fmt.HEAD_FILE).to(self.device)
         if self.device.type == "cuda":
             self.teacher = self.teacher.to({"bf16": torch.bfloat16, "fp16": torch.float16,
                                             "fp32": torch.float32}[job.teacher.dtype])
         self._generator = None
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tsd-cpu")
+        # stage drivers (load next batch, post-process previous one); they fan out into `pool`
+        self.stages = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tsd-stage")
 
     @property
     def generator(self):
@@ -59,29 +65,44 @@ class ShardWorker:
         if skip_done and (stats := read_stats(self.root, name, plan)) is not None:
             return stats
         t0 = time.time()
-        batch_size = self.job.generator.batch_size if rows and rows[0]["kind"] == "mix" else 64
-        batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
         samples, records, failures = [], [], []
-        pending = self.pool.submit(self._load_batch, batches[0]) if batches else None
-        for i in range(len(batches)):
-            loaded = pending.result()
-            # start reading the next batch while the device works on this one
-            pending = self.pool.submit(self._load_batch, batches[i + 1]) if i + 1 < len(batches) else None
-            for row, members, record, failure in self._process_batch(loaded):
-                if failure:
-                    failures.append({"uid": row["uid"], "reason": failure})
-                else:
-                    samples.append((row["uid"], members))
-                    records.append(record)
+        for row, members, record, failure in self.make_samples(rows):
+            if failure:
+                failures.append({"uid": row["uid"], "reason": failure})
+            else:
+                samples.append((row["uid"], members))
+                records.append(record)
         kind, split = fmt.shard_kind_split(name)
         stats = {"kind": kind, "split": split, "count": len(samples), "planned": len(rows),
                  "failures": failures, "samples": records, "seconds": round(time.time() - t0, 3),
                  "device": str(self.device), "plan": plan}
         return publish_shard(self.root, name, tar_bytes(samples), stats)
 
+    def make_samples(self, rows: list[dict]) -> list[tuple[dict, dict | None, dict | None, str | None]]:
+        """(row, members, record, failure) per planned row, in plan order.
+
+        A software pipeline over batches: while the device generates batch i, CPU threads load
+        batch i+1 and encode/decode batch i-1; then the teacher labels batch i-1. The device only
+        waits when the CPU side is slower than the generator."""
+        size = self.job.generator.batch_size if rows and rows[0]["kind"] == "mix" else 64
+        batches = [rows[i:i + size] for i in range(0, len(rows), size)]
+        results: dict[str, tuple] = {}
+        loading = self.stages.submit(self._load, batches[0]) if batches else None
+        posting = None
+        for i in range(len(batches)):
+            loaded = loading.result()
+            loading = self.stages.submit(self._load, batches[i + 1]) if i + 1 < len(batches) else None
+            generated = self._generate(loaded, results)
+            ready, posting = posting, self.stages.submit(self._post, generated, results)
+            if ready is not None:
+                self._teach(ready.result(), results)
+        if posting is not None:
+            self._teach(posting.result(), results)
+        return [results[row["uid"]] for row in rows]
+
     # -- stages ----------------------------------------------------------------------------------
-    def _load_batch(self, rows: list[dict]) -> list[tuple[dict, object]]:
-        """CPU: source images (real) or parent pairs (mix) as uint8 tensors, or the failure."""
+    def _load(self, rows: list[dict]) -> list[tuple[dict, object]]:
+        """CPU: the source image (real, PIL) or both parents (mix, uint8 tensors), or a Failure."""
         def load(row):
             try:
                 if row["kind"] == "real":
@@ -91,59 +112,63 @@ class ShardWorker:
                 return row, Failure(f"unreadable {'source' if row['kind'] == 'real' else 'parent'}: {e}")
         return list(self.pool.map(load, rows))
 
-    def _process_batch(self, loaded: list[tuple[dict, object]]):
-        """Device: generate (mixes), then the teacher on the recorded views of the stored bytes."""
-        results, ok = {}, []
+    def _generate(self, loaded: list[tuple[dict, object]], results: dict) -> list[tuple[dict, object]]:
+        """Device: mixes for the parent pairs; real images pass through. Failures go to `results`."""
+        ok = []
         for row, item in loaded:
             if isinstance(item, Failure):
                 results[row["uid"]] = (row, None, None, str(item))
             else:
                 ok.append((row, item))
-        stored = []
-        for row, data in self._store(ok, results):
-            image = fmt.decode_image(data)
-            if (image.shape[2], image.shape[1]) != (row["width"], row["height"]):
-                results[row["uid"]] = (row, None, None, "stored size differs from the plan "
-                                       f"({image.shape[2]}x{image.shape[1]} vs {row['width']}x{row['height']}): "
-                                       "source changed since ingest?")
-                continue
-            stored.append((row, data, image))
-        logits, feats = self._teacher(stored)
-        for i, (row, data, _) in enumerate(stored):
-            members, record = self._members(row, data, logits[i], feats[i] if feats is not None else None)
-            results[row["uid"]] = (row, members, record, None)
-        return [results[row["uid"]] for row, _ in loaded]
-
-    def _store(self, ok: list[tuple[dict, object]], results: dict) -> list[tuple[dict, bytes]]:
-        """Stored bytes per sample: real images re-encoded, mixes generated then encoded."""
-        data = self.job.data
-        if not ok:
-            return []
-        if ok[0][0]["kind"] == "real":
-            return list(zip([r for r, _ in ok], self.pool.map(lambda ri: store_bytes(ri[1], data), ok)))
+        if not ok or ok[0][0]["kind"] == "real":
+            return ok
         rows = [r for r, _ in ok]
         images, failures = self.generator.mix([p[0] for _, p in ok], [p[1] for _, p in ok],
                                               [r["weight"] for r in rows], [r["seed"] for r in rows])
-        keep = []
+        out = []
         for row, image, failure in zip(rows, images, failures):
             if failure:
                 results[row["uid"]] = (row, None, None, failure)
             else:
-                keep.append((row, image))
-        return list(zip([r for r, _ in keep], self.pool.map(lambda ri: store_tensor(ri[1], data), keep)))
+                out.append((row, image))
+        return out
+
+    def _post(self, generated: list[tuple[dict, object]], results: dict) -> list[tuple[dict, bytes, torch.Tensor]]:
+        """CPU: encode the stored bytes, decode them back (what the student will see), cut the views."""
+        def post(item):
+            row, image = item
+            data = store_bytes(image, self.job.data) if row["kind"] == "real" else store_tensor(image, self.job.data)
+            pixels = fmt.decode_image(data)
+            if (pixels.shape[2], pixels.shape[1]) != (row["width"], row["height"]):
+                return row, Failure(f"stored size {pixels.shape[2]}x{pixels.shape[1]} differs from the plan's "
+                                    f"{row['width']}x{row['height']} (source changed since ingest?)")
+            return row, (data, fmt.views_batch(pixels, row["views"], self.job.teacher.img_size))
+        out = []
+        for row, item in self.pool.map(post, generated):
+            if isinstance(item, Failure):
+                results[row["uid"]] = (row, None, None, str(item))
+            else:
+                out.append((row, *item))
+        return out
+
+    def _teach(self, posted: list[tuple[dict, bytes, torch.Tensor]], results: dict) -> None:
+        """Device: the teacher on every view of the batch; the samples' members assembled."""
+        logits, feats = self._teacher([views for _, _, views in posted])
+        for i, (row, data, _) in enumerate(posted):
+            members, record = self._members(row, data, logits[i], feats[i] if feats is not None else None)
+            results[row["uid"]] = (row, members, record, None)
 
     @torch.no_grad()
-    def _teacher(self, stored: list) -> tuple[list, list | None]:
+    def _teacher(self, views: list[torch.Tensor]) -> tuple[list, list | None]:
         """Teacher logits [K, C] (and features [K, D]) per sample, views batched across samples."""
-        if not stored:
+        if not views:
             return [], None
-        size = self.job.teacher.img_size
-        views = list(self.pool.map(lambda s: fmt.views_batch(s[2], s[0]["views"], size), stored))
         x = torch.cat(views)
         dtype = next(self.teacher.head.parameters()).dtype
+        bs = self.job.teacher.batch_size
         logits, feats = [], []
-        for i in range(0, len(x), self.job.teacher.batch_size):
-            chunk = fmt.normalize(x[i:i + self.job.teacher.batch_size].to(self.device, non_blocking=True),
+        for i in range(0, len(x), bs):
+            chunk = fmt.normalize(x[i:i + bs].to(self.device, non_blocking=True),
                                   self.teacher.mean, self.teacher.std).to(dtype)
             lg, ft = self.teacher(chunk)
             logits.append(lg.float().cpu())
@@ -169,4 +194,6 @@ class ShardWorker:
         return members, {"uid": row["uid"], "teacher_top1": top1, "teacher_entropy": round(entropy, 6)}
 
     def close(self):
+        self.stages.shutdown(wait=True)
         self.pool.shutdown(wait=True)
+        torch.set_num_threads(self._threads_before)
