@@ -31,14 +31,15 @@ def probe_views(job: JobConfig, row: dict, width: int, height: int, train: bool)
     return views
 
 
-def _load_views(job: JobConfig, row: dict, train: bool) -> torch.Tensor:
-    image = fmt.decode_image(store_bytes(open_rgb(row["path"]), job.data))
+def _load_views(job: JobConfig, row: dict, train: bool, limits: dict) -> torch.Tensor:
+    image = fmt.decode_image(store_bytes(open_rgb(row["path"], **limits), job.data))
     views = probe_views(job, row, image.shape[2], image.shape[1], train)
     return fmt.views_batch(image, views, job.teacher.img_size)
 
 
 @torch.no_grad()
-def extract_features(job: JobConfig, rows: list[dict], train: bool, device, desc: str) -> torch.Tensor:
+def extract_features(job: JobConfig, rows: list[dict], train: bool, device, desc: str,
+                     limits: dict | None = None) -> torch.Tensor:
     """Teacher features [N × views, D] in the order of `rows` (views of a row are consecutive)."""
     from tqdm import tqdm
 
@@ -50,7 +51,7 @@ def extract_features(job: JobConfig, rows: list[dict], train: bool, device, desc
     out, batch, bs = [], [], job.teacher.batch_size
     with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(rows), desc=desc, leave=False) as bar:
         # decoding runs ahead in threads (PIL and torch resize release the GIL)
-        for views in pool.map(lambda r: _load_views(job, r, train), rows):
+        for views in pool.map(lambda r: _load_views(job, r, train, limits or {}), rows):
             batch.append(views)
             bar.update(1)
             if sum(len(b) for b in batch) >= bs:
@@ -100,10 +101,10 @@ def run_probe(job: JobConfig, out_dir: str | Path, device: str = "auto") -> dict
     train, val = index.split("train"), index.split("val")
     if not train:
         raise ValueError(f"{job.data.index}: no training images to probe on")
-    f_train = extract_features(job, train, True, dev, "probe: train features")
+    f_train = extract_features(job, train, True, dev, "probe: train features", index.limits)
     per_row = len(f_train) // len(train)
     y_train = torch.tensor([r["label"] for r in train]).repeat_interleave(per_row)
-    f_val = extract_features(job, val, False, dev, "probe: val features")
+    f_val = extract_features(job, val, False, dev, "probe: val features", index.limits)
     y_val = torch.tensor([r["label"] for r in val], dtype=torch.long)
     head = fit_head(job, f_train, y_train, len(index.classes))
     metrics = {

@@ -14,6 +14,7 @@ COLUMNS = ("uid", "path", "relpath", "label", "class_name", "split", "sha256", "
 class SourceIndex:
     classes: list[str]
     rows: list[dict]          # sorted by uid; labels index into `classes`
+    limits: dict              # the decoding limits ingest used: later stages decode with the same
 
     def split(self, name: str) -> list[dict]:
         return [r for r in self.rows if r["split"] == name]
@@ -36,4 +37,16 @@ def read_source_index(data: DataConfig) -> SourceIndex:
         rows = [dict(r, label=keep[r["class_name"]]) for r in rows if r["class_name"] in keep]
         classes = list(data.classes)
     rows.sort(key=lambda r: r["uid"])
-    return SourceIndex(classes, rows)
+    return SourceIndex(classes, rows, _limits(meta))
+
+
+def _limits(meta: dict) -> dict:
+    settings = json.loads(meta.get(b"tsdistill.ingest", b"{}"))
+    return {k: settings[k] for k in ("min_size", "max_pixels") if k in settings}
+
+
+def decode_limits(index_path: str) -> dict:
+    """`open_rgb` keyword arguments matching how the index was made (read from its metadata only)."""
+    import pyarrow.parquet as pq
+
+    return _limits(pq.read_schema(index_path).metadata or {})

@@ -20,6 +20,7 @@ from .ingest import ImageRejected, open_rgb
 from .models.teacher import Teacher, load_teacher
 from .runtime import pick_device, quiet_libraries
 from .shards import publish_shard, read_stats, tar_bytes
+from .source_index import decode_limits
 from .storing import store_bytes, store_tensor
 
 
@@ -45,6 +46,7 @@ class ShardWorker:
         if self.device.type == "cuda":
             self.teacher = self.teacher.to({"bf16": torch.bfloat16, "fp16": torch.float16,
                                             "fp32": torch.float32}[job.teacher.dtype])
+        self.limits = decode_limits(job.data.index)
         self._generator = None
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tsd-cpu")
         # stage drivers (load next batch, post-process previous one); they fan out into `pool`
@@ -106,9 +108,9 @@ class ShardWorker:
         def load(row):
             try:
                 if row["kind"] == "real":
-                    return row, open_rgb(row["path"])
-                return row, tuple(pil_to_tensor(open_rgb(p)) for p in row["parent_paths"])
-            except (ImageRejected, OSError) as e:
+                    return row, open_rgb(row["path"], **self.limits)
+                return row, tuple(pil_to_tensor(open_rgb(p, **self.limits)) for p in row["parent_paths"])
+            except ImageRejected as e:
                 return row, Failure(f"unreadable {'source' if row['kind'] == 'real' else 'parent'}: {e}")
         return list(self.pool.map(load, rows))
 
