@@ -124,6 +124,56 @@ def _demo(p):
                    help="'demo' (default) or 'small' (fewer images and steps; what the tests run)")
 
 
+@command("regenerate", "pipeline.regenerate:main", "rebuild samples from a release and compare them with the stored ones",
+         "Rebuild each UID from the release alone (the job config in its manifest, its index row, the source images "
+         "named by the config's ingest index, the teacher head) with the real shard worker, and compare member by "
+         "member: identical bytes on the same hardware and software, else the largest pixel and logit differences. "
+         "Exits 0 when every sample is identical or within the tolerances, 1 otherwise.")
+def _regenerate(p):
+    p.add_argument("release", help="release folder")
+    p.add_argument("--uid", action="append", required=True, help="a sample's uid (repeatable)")
+    _device(p)
+    p.add_argument("--pixel-tol", type=int, default=0, help="largest pixel difference accepted, 0..255 (default 0)")
+    p.add_argument("--logit-tol", type=float, default=0.0,
+                   help="largest teacher logit (and feature) difference accepted (default 0)")
+
+
+@command("subset", "pipeline.subset:main", "a smaller, valid release holding the listed samples",
+         "Write a release with only the samples listed in FILE (one uid per line): shards keep their names, whole "
+         "shards are copied, partial ones rewritten with their samples' members byte for byte; teacher/ copied, "
+         "index filtered, a new manifest (with subset_of naming the parent) and card. `tsd verify` passes on it.")
+def _subset(p):
+    p.add_argument("release", help="release folder")
+    p.add_argument("--uids", required=True, help="text file, one uid per line ('#' starts a comment)")
+    p.add_argument("--out", required=True, help="new (or empty) folder for the subset")
+    p.add_argument("--name", default=None, help="the subset's release name (default: the parent's + '-subset')")
+
+
+@command("viz", "pipeline.viz:main", "pictures: SD-Mixup contact sheet, PCA of features, training curves",
+         "mixes: parents, mixing weight, result and the teacher's top-1 per row. pca: the paper's figure, 2-D PCA of "
+         "the features of real images (up to 30 classes) and mixes (grey) for the teacher and each student run. "
+         "curves: loss, its CE/KD terms and the learning rate from each run's log.jsonl.")
+def _viz(p):
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    mixes = sub.add_parser("mixes", help="contact sheet of SD-Mixup samples with their parents")
+    mixes.add_argument("release", help="release folder")
+    mixes.add_argument("--out", required=True, help="PNG file to write")
+    mixes.add_argument("--rows", type=int, default=8, help="mixes shown (default 8)")
+    mixes.add_argument("--seed", type=int, default=0, help="which mixes are picked")
+    pca = sub.add_parser("pca", help="PCA of teacher and student features, mixes in grey")
+    pca.add_argument("release", help="release folder")
+    pca.add_argument("--runs", nargs="+", default=[], metavar="RUN_DIR",
+                     help="student run folders (student.safetensors + student.json), e.g. distilled and finetuned")
+    pca.add_argument("--out", required=True, help="PNG file to write")
+    pca.add_argument("--per-class", type=int, default=20, help="real train images per class (default 20)")
+    pca.add_argument("--mixes", type=int, default=300, help="mixes shown (default 300)")
+    pca.add_argument("--seed", type=int, default=0, help="which images are picked")
+    _device(pca)
+    curves = sub.add_parser("curves", help="training curves from run folders' log.jsonl")
+    curves.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    curves.add_argument("--out", required=True, help="PNG file to write")
+
+
 @command("bench", "pipeline.cli:run_bench", "benchmarks: `tsd bench generate` and `tsd bench train`",
          "Measure speed against a reference in the same run. `generate`: the fused worker vs the stock diffusers "
          "pipeline. `train`: step rate from shards vs from in-memory tensors.")
@@ -167,12 +217,15 @@ def run_probe(args) -> int:
 def run_plan(args) -> int:
     from . import stages
 
-    job = load_job_args(args)
     if args.dry_run:
+        from .configlib import files_optional
         from .estimate import print_estimate
 
+        with files_optional():  # a recipe can be estimated before its data and weights are downloaded
+            job = load_job_args(args)
         print_estimate(job)
         return 0
+    job = load_job_args(args)
     if not args.out:
         raise SystemExit("tsd plan: --out is required (or use --dry-run)")
     plan, reused = stages.plan(job, args.out)

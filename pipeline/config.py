@@ -6,6 +6,7 @@ number of views), they are documented choices, never hard-coded elsewhere.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -179,6 +180,21 @@ class ReleaseConfig:
 
 
 @dataclass
+class ExpectedCounts:
+    """A dataset's published sizes, for `tsd plan --dry-run` before it is ingested (never used to
+    plan: when data.index exists, its counts win)."""
+    train: int
+    val: int
+    classes: int
+
+    def check(self):
+        if self.train < 0 or self.val < 0:
+            raise ConfigError(f"train/val: must be >= 0, got {self.train}/{self.val}")
+        if self.classes < 1:
+            raise ConfigError(f"classes: must be at least 1, got {self.classes}")
+
+
+@dataclass
 class JobConfig:
     data: DataConfig
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -189,6 +205,7 @@ class JobConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
     seed: int = 0
+    expected_counts: Optional[ExpectedCounts] = None  # dataset sizes for `tsd plan --dry-run` before ingest
 
     def check(self):
         no_mixes = self.plan.pool_size in (0, "0x", "0.0x")
@@ -208,7 +225,7 @@ def load_job(path, overrides: dict | None = None) -> JobConfig:
 
 def check_classes(job: JobConfig) -> None:
     """Configured class names must exist in the ingested index (read only its class column)."""
-    if not job.data.classes:
+    if not job.data.classes or not os.path.isfile(job.data.index):  # no index yet: a dry run only
         return
     import pyarrow.parquet as pq
 

@@ -5,6 +5,8 @@ Errors are one line that names the file and the dotted key, raised before any mo
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 import types
@@ -195,11 +197,25 @@ def dump(obj: Any, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
+_FILES_REQUIRED = contextvars.ContextVar("tsdistill_files_required", default=True)
+
+
+@contextlib.contextmanager
+def files_optional():
+    """Validate configs without requiring their files to exist: `tsd plan --dry-run` estimates a
+    recipe before its data and weights are downloaded."""
+    token = _FILES_REQUIRED.set(False)
+    try:
+        yield
+    finally:
+        _FILES_REQUIRED.reset(token)
+
+
 def require_file(path: str | None, key: str) -> None:
     """Fail with the key's name when a configured file is missing (before any model loads)."""
-    if path is not None and "://" not in path and not os.path.exists(path):
+    if path is not None and _FILES_REQUIRED.get() and "://" not in path and not os.path.exists(path):
         raise ConfigError(f"{key}: file not found: {path}")
 
 
 __all__ = ["ConfigError", "build", "load", "load_yaml", "merge", "path_field", "to_dict", "dump",
-           "require_file"]
+           "require_file", "files_optional"]
