@@ -174,6 +174,19 @@ def _viz(p):
     curves.add_argument("--out", required=True, help="PNG file to write")
 
 
+@command("convert", "pipeline.convert:main", "convert an original (LDM) checkpoint to a diffusers folder",
+         "Write a diffusers-layout folder (unet/, vae/, scheduler/, image_encoder/, feature_extractor/) from an "
+         "original single-file checkpoint such as ImageMixer's image-mixer-pruned.ckpt. The checkpoint is read "
+         "without executing code (torch.load weights_only=True, or safetensors).")
+def _convert(p):
+    p.add_argument("ckpt", help="original checkpoint (.ckpt or .safetensors)")
+    p.add_argument("--out", required=True, help="diffusers folder to write")
+    p.add_argument("--kind", default="image-mixer", choices=["image-mixer", "sd-image-variations"])
+    p.add_argument("--config", default=None, help="the checkpoint's original inference YAML (default: SD-1.x)")
+    p.add_argument("--image-encoder", default=None,
+                   help="a CLIP vision folder (e.g. openai/clip-vit-large-patch14) when the checkpoint has none")
+
+
 @command("bench", "pipeline.cli:run_bench", "benchmarks: `tsd bench generate` and `tsd bench train`",
          "Measure speed against a reference in the same run. `generate`: the fused worker vs the stock diffusers "
          "pipeline. `train`: step rate from shards vs from in-memory tensors.")

@@ -140,7 +140,7 @@ class GeneratorConfig:
     batch_size: int = 8                       # images per denoising batch (CFG doubles it)
     compile: bool = False                     # torch.compile the UNet once per worker (GPU)
     noise_level: int = 0                      # unclip only
-    interpolation: Literal["slerp", "lerp"] = "slerp"  # sd-image-variations only
+    interpolation: Literal["slerp", "lerp"] = "slerp"  # one-token generators (sd-image-variations, unclip)
 
     def check(self):
         diffusion = self.kind not in ("mixup", "cutmix")
@@ -151,6 +151,8 @@ class GeneratorConfig:
             raise ConfigError(f"size: must be a positive multiple of 8, got {self.size}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps/batch_size: must be at least 1")
+        if self.noise_level < 0:
+            raise ConfigError(f"noise_level: must be >= 0, got {self.noise_level}")
 
 
 @dataclass

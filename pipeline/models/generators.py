@@ -8,12 +8,20 @@ does not depend on which other samples shared its batch.
 - image-mixer: the paper's SD-Mixup (lambdalabs ImageMixer, an SD-1.x image-variation finetune):
   CLIP image embeddings of both parents, scaled by strengths derived from the weight, concatenated
   as two conditioning tokens; zeros as the unconditional branch; DDIM + classifier-free guidance.
+- sd-image-variations (lambdalabs/sd-image-variations-diffusers layout): one conditioning token,
+  the slerp (or lerp) of the two CLIP image embeddings at the weight; zeros as the unconditional
+  branch, as the stock StableDiffusionImageVariationPipeline.
+- unclip (Stable unCLIP 2.1 img2img layout): the mixed CLIP embedding, noised at `noise_level`
+  and followed by its noise-level embedding, enters as the UNet's `class_labels` (zeros for the
+  unconditional branch); the text context is the empty prompt in both branches, as the stock
+  StableUnCLIPImg2ImgPipeline does without a prompt.
 - mixup, cutmix: the classical pixel-space baselines (no diffusion).
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +71,19 @@ def square_resize(image: torch.Tensor, size: int, mode: str = "bilinear") -> tor
     return x[0, :, top:top + size, left:left + size].clamp(0, 255)
 
 
+def clip_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 CHW → float [3, size, size] in [0, 255] with CLIPImageProcessor's geometry: short side
+    to `size`, long side truncated (int(size * long / short)), crop offset floored; bicubic with
+    antialiasing (torch's AA bicubic uses PIL's kernel). What remains different from the processor:
+    PIL resizes in two uint8 passes, rounding in between; this stays in float (≤ 3 levels apart)."""
+    _, h, w = image.shape
+    short = min(h, w)
+    nh, nw = (size, int(size * w / short)) if h <= w else (int(size * h / short), size)
+    x = F.interpolate(image.unsqueeze(0).float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[0, :, top:top + size, left:left + size].clamp(0, 255)
+
+
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
@@ -107,13 +128,76 @@ class PixelCutmix(PixelMixup):
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler",
               "euler": "EulerDiscreteScheduler", "pndm": "PNDMScheduler"}
 
+# Images per VAE decode call. The decoder's full-resolution activations dominate its memory
+# (about 1.7 GB per 128-channel map for 16 images at 640 px in fp16, several alive at once), so a
+# large denoising batch is decoded in slices of this constant size (a fixed shape, too).
+VAE_DECODE_CHUNK = 8
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation; t = share of b, one value per row ([B, 1])."""
+    return (1 - t) * a + t * b
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, parallel: float = 0.9995) -> torch.Tensor:
+    """Spherical interpolation along the great circle between the directions of a and b, the
+    coefficients applied to the raw vectors (as diffusers' unCLIP image interpolation does), so
+    norms interpolate too; t = share of b per row. Nearly (anti)parallel rows fall back to lerp,
+    where sin(angle) would divide by ~0. t = 0 gives exactly a, t = 1 exactly b."""
+    a, b = a.float(), b.float()
+    cos = F.cosine_similarity(a, b, dim=-1).clamp(-1, 1).unsqueeze(-1)
+    angle = torch.acos(cos)
+    sin = torch.sin(angle)
+    ca, cb = torch.sin((1 - t) * angle) / sin, torch.sin(t * angle) / sin
+    near = cos.abs() > parallel
+    return torch.where(near, 1 - t, ca) * a + torch.where(near, t, cb) * b
+
+
+INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
+
+
+@dataclass
+class Conditioning:
+    """What a batch is conditioned on, for the conditional and the unconditional CFG branch."""
+    context: torch.Tensor                       # encoder_hidden_states [B, T, D]
+    uncond_context: torch.Tensor
+    class_labels: torch.Tensor | None = None    # unCLIP: noised image embedding ‖ noise-level embedding
+    uncond_class_labels: torch.Tensor | None = None
+
+    def unet_kwargs(self, guided: bool) -> dict:
+        """UNet keyword arguments; with guidance the unconditional half comes first (as the stock pipelines)."""
+        if not guided:
+            return {"encoder_hidden_states": self.context, "class_labels": self.class_labels}
+        labels = None
+        if self.class_labels is not None:
+            labels = torch.cat([self.uncond_class_labels, self.class_labels])
+        return {"encoder_hidden_states": torch.cat([self.uncond_context, self.context]), "class_labels": labels}
+
+
+def _diffusers_class(folder: Path):
+    """The diffusers class a saved component names in its config (`_class_name`)."""
+    import diffusers
+
+    config_file = next(folder.glob("*config.json"))
+    return getattr(diffusers, json.loads(config_file.read_text())["_class_name"])
+
 
 class DiffusionGenerator:
-    """Shared machinery of the image-conditioned SD-1.x generators: loading a diffusers folder,
-    CLIP image embeddings, the batched CFG denoising loop and the VAE decode."""
+    """Shared machinery of the image-conditioned diffusion generators: loading a diffusers folder,
+    CLIP image embeddings, the batched CFG denoising loop (both branches in one UNet call), the
+    chunked VAE decode and the non-finite check. A subclass only states its conditioning.
 
-    def __init__(self, cfg: GeneratorConfig, device: torch.device):
+    Every denoising batch has exactly `cfg.batch_size` samples: a short one is padded (repeating
+    its last sample) and the padding dropped. One shape means a compiled UNet never recompiles,
+    and it makes a sample's image independent of its batch-mates bit for bit: BLAS and oneDNN
+    kernels pick their blocking by shape, so the same sample in a batch of another size can differ
+    in the last float bits (±1 intensity level after decoding), while at a fixed shape each row is
+    computed the same way whatever the other rows hold. `channels_last` is off by default: on the
+    reference H100 it made the fp16 UNet 12% slower at batch 64 (anchors: unet640_fp16_cl_b64)."""
+
+    def __init__(self, cfg: GeneratorConfig, device: torch.device, channels_last: bool = False):
         from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers.models.attention_processor import AttnProcessor2_0
         from diffusers.utils import logging as dlogging
         from transformers import CLIPVisionModelWithProjection
         from transformers.utils import logging as tlogging
@@ -127,10 +211,20 @@ class DiffusionGenerator:
             self.root / "image_encoder").to(device, self.dtype).eval()
         self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet").to(device, self.dtype).eval()
         self.vae = AutoencoderKL.from_pretrained(self.root / "vae").to(device, self.dtype).eval()
+        # SDPA (flash / memory-efficient kernels on GPU): diffusers' default, stated so it stays so
+        self.unet.set_attn_processor(AttnProcessor2_0())
+        self.vae.set_attn_processor(AttnProcessor2_0())
         self.scheduler_config = json.loads((self.root / "scheduler" / "scheduler_config.json").read_text())
         self._clip_preprocess_config()
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True   # fp32 runs use TF32 tensor cores
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True          # fixed shapes: the conv search pays once
+            if channels_last:
+                self.unet.to(memory_format=torch.channels_last)
+                self.vae.to(memory_format=torch.channels_last)
         if cfg.compile and device.type == "cuda":
-            # default mode, fixed shapes (constant batch size in the worker): compiled once per worker
+            # default mode (max-autotune took over 5 min on the H100), fixed shapes: compiled once per worker
             self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False)
 
     def _clip_preprocess_config(self):
@@ -155,18 +249,58 @@ class DiffusionGenerator:
         sched.set_timesteps(self.cfg.steps, device=self.device)
         return sched
 
+    # -- conditioning helpers ----------------------------------------------------------------------
+    def clip_pixels(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """CLIP pixel values [B, 3, s, s]: the folder's CLIPImageProcessor preprocessing (resize,
+        centre crop, mean/std) done on tensors (see `clip_resize`)."""
+        x = torch.stack([clip_resize(im.to(self.device), self.clip_size) for im in images])
+        return ((x / 255.0 - self.clip_mean) / self.clip_std).to(self.dtype)
+
     @torch.no_grad()
     def embed(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """CLIP projected image embeddings [B, D] (bicubic short-side resize, centre crop)."""
-        x = torch.stack([square_resize(im.to(self.device), self.clip_size, "bicubic") for im in images])
-        x = (x / 255.0 - self.clip_mean) / self.clip_std
-        return self.image_encoder(pixel_values=x.to(self.dtype)).image_embeds
+        """CLIP projected image embeddings [B, D]."""
+        return self.image_encoder(pixel_values=self.clip_pixels(images)).image_embeds
 
-    def initial_latents(self, seeds: list[int], sched) -> torch.Tensor:
-        """Per-sample noise drawn on the CPU from the sample's seed: identical whatever the batch."""
+    def mixed_embedding(self, parents_a, parents_b, weights) -> torch.Tensor:
+        """One embedding per pair [B, D] (fp32): `cfg.interpolation` of the parents' embeddings,
+        weight = share of parent A."""
+        ea, eb = self.embed(list(parents_a) + list(parents_b)).chunk(2)
+        share_b = 1.0 - torch.tensor([float(w) for w in weights], device=self.device).unsqueeze(1)
+        return INTERPOLATIONS[self.cfg.interpolation](ea.float(), eb.float(), share_b)
+
+    def conditioning(self, parents_a, parents_b, weights, generators: list[torch.Generator]) -> Conditioning:
+        """The batch's conditioning; any noise it needs is drawn from the per-sample `generators`
+        (before the initial latents are)."""
+        raise NotImplementedError
+
+    # -- generation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def mix(self, parents_a, parents_b, weights, seeds):
+        if not seeds:
+            return torch.empty((0, 3, self.cfg.size, self.cfg.size), dtype=torch.uint8), []
+        images, failures = [], []
+        n = self.cfg.batch_size
+        for i in range(0, len(seeds), n):
+            im, fails = self._mix_batch(parents_a[i:i + n], parents_b[i:i + n], weights[i:i + n], seeds[i:i + n])
+            images.append(im)
+            failures += fails
+        return torch.cat(images), failures
+
+    def _mix_batch(self, parents_a, parents_b, weights, seeds):
+        real = len(seeds)
+        pad = self.cfg.batch_size - real
+        if pad:
+            parents_a, parents_b = list(parents_a) + [parents_a[-1]] * pad, list(parents_b) + [parents_b[-1]] * pad
+            weights, seeds = list(weights) + [weights[-1]] * pad, list(seeds) + [seeds[-1]] * pad
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        cond = self.conditioning(parents_a, parents_b, weights, generators)
+        images, failures = self.decode(self.denoise(cond, generators))
+        return images[:real], failures[:real]
+
+    def initial_latents(self, generators: list[torch.Generator], sched) -> torch.Tensor:
+        """Per-sample noise drawn on the CPU from the sample's generator: identical whatever the batch."""
         h = w = self.cfg.size // self.vae_scale
-        noise = [torch.randn((self.unet.config.in_channels, h, w), generator=torch.Generator().manual_seed(s))
-                 for s in seeds]
+        noise = [torch.randn((self.unet.config.in_channels, h, w), generator=g) for g in generators]
         return torch.stack(noise).to(self.device, self.dtype) * sched.init_noise_sigma
 
     @property
@@ -174,17 +308,16 @@ class DiffusionGenerator:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
-    def denoise(self, cond: torch.Tensor, seeds: list[int], **unet_kwargs) -> torch.Tensor:
-        """DDIM (or the configured scheduler) with both CFG branches in one UNet batch."""
+    def denoise(self, cond: Conditioning, generators: list[torch.Generator]) -> torch.Tensor:
+        """The configured scheduler with both CFG branches in one UNet batch (the stock pipelines' math)."""
         sched = self.new_scheduler()
-        latents = self.initial_latents(seeds, sched)
+        latents = self.initial_latents(generators, sched)
         guided = self.cfg.guidance > 1.0
-        context = torch.cat([torch.zeros_like(cond), cond]) if guided else cond
-        extra = {k: torch.cat([v, v]) if guided else v for k, v in unet_kwargs.items()}
+        unet_kwargs = cond.unet_kwargs(guided)
         for t in sched.timesteps:
             x = torch.cat([latents, latents]) if guided else latents
             x = sched.scale_model_input(x, t)
-            eps = self.unet(x, t, encoder_hidden_states=context, **extra).sample
+            eps = self.unet(x, t, **unet_kwargs).sample
             if guided:
                 uncond, text = eps.chunk(2)
                 eps = uncond + self.cfg.guidance * (text - uncond)
@@ -193,21 +326,88 @@ class DiffusionGenerator:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, list]:
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample.float()
-        finite = torch.isfinite(images).flatten(1).all(1).tolist()
-        images = torch.nan_to_num(images, nan=0.0)
-        images = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
-        return images, [None if ok else "non-finite pixels in the generated image" for ok in finite]
+        images, failures = [], []
+        for chunk in latents.split(VAE_DECODE_CHUNK):
+            x = self.vae.decode(chunk / self.vae.config.scaling_factor).sample.float()
+            failures += [None if ok else "non-finite pixels in the generated image"
+                         for ok in torch.isfinite(x).flatten(1).all(1).tolist()]
+            x = torch.nan_to_num(x, nan=0.0)
+            images.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
+        return torch.cat(images), failures
 
 
 @register("image-mixer")
 class ImageMixer(DiffusionGenerator):
-    """Conditioning tokens [s_a·e_a, s_b·e_b] (two tokens), unconditional branch = zeros."""
+    """Conditioning tokens [s_a·e_a, s_b·e_b] (two tokens), unconditional branch = zeros
+    (ImageMixer's demo: `uc = 0 * conds`)."""
+
+    def conditioning(self, parents_a, parents_b, weights, generators):
+        ea, eb = self.embed(list(parents_a) + list(parents_b)).chunk(2)
+        s = torch.tensor([strengths(w) for w in weights], device=self.device, dtype=ea.dtype)
+        cond = torch.stack([ea * s[:, :1], eb * s[:, 1:]], dim=1)
+        return Conditioning(cond, torch.zeros_like(cond))
+
+
+@register("sd-image-variations")
+class ImageVariations(DiffusionGenerator):
+    """One conditioning token: the interpolated embedding; unconditional branch = zeros, as the
+    stock StableDiffusionImageVariationPipeline (`torch.zeros_like(image_embeddings)`)."""
+
+    def conditioning(self, parents_a, parents_b, weights, generators):
+        cond = self.mixed_embedding(parents_a, parents_b, weights).unsqueeze(1).to(self.dtype)
+        return Conditioning(cond, torch.zeros_like(cond))
+
+
+@register("unclip")
+class UnCLIP(DiffusionGenerator):
+    """Stable unCLIP img2img: the mixed embedding is noised at `cfg.noise_level` (the folder's
+    image_normalizer and image_noising_scheduler), its noise-level embedding appended, and the
+    result passed as `class_labels`; zeros for the unconditional branch. The text context is the
+    empty-prompt embedding (computed once) in both branches: the stock pipeline's default prompt and
+    negative prompt are both ''. Per sample, the embedding noise is the first draw from its seed's
+    generator and the initial latents the next, the stock pipeline's order."""
+
+    def __init__(self, cfg: GeneratorConfig, device: torch.device, channels_last: bool = False):
+        super().__init__(cfg, device, channels_last)
+        from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.image_normalizer = StableUnCLIPImageNormalizer.from_pretrained(
+            self.root / "image_normalizer").to(device, self.dtype).eval()
+        noising = self.root / "image_noising_scheduler"
+        self.image_noising_scheduler = _diffusers_class(noising).from_pretrained(noising)
+        steps = self.image_noising_scheduler.config.num_train_timesteps
+        if not 0 <= cfg.noise_level < steps:
+            raise ValueError(f"generator.noise_level: must be in [0, {steps - 1}] for {noising}, got {cfg.noise_level}")
+        self.prompt_embeds = self._empty_prompt(CLIPTokenizer.from_pretrained(self.root / "tokenizer"),
+                                                CLIPTextModel.from_pretrained(self.root / "text_encoder"))
 
     @torch.no_grad()
-    def mix(self, parents_a, parents_b, weights, seeds):
-        emb = self.embed(list(parents_a) + list(parents_b))
-        ea, eb = emb.chunk(2)
-        s = torch.tensor([strengths(w) for w in weights], device=self.device, dtype=emb.dtype)
-        cond = torch.stack([ea * s[:, :1], eb * s[:, 1:]], dim=1)
-        return self.decode(self.denoise(cond, seeds))
+    def _empty_prompt(self, tokenizer, text_encoder) -> torch.Tensor:
+        """The text embedding of '' [1, L, D], tokenized as the stock pipeline does; the encoder is
+        only needed for this, so it is dropped afterwards."""
+        text_encoder = text_encoder.to(self.device, self.dtype).eval()
+        ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt")
+        mask = ids.attention_mask.to(self.device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+        return text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
+
+    def noise_image_embeddings(self, embeds: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """StableUnCLIPImg2ImgPipeline.noise_image_embeddings with the noise given: scale, add noise
+        at `noise_level`, unscale, append the sinusoidal noise-level embedding."""
+        from diffusers.models.embeddings import get_timestep_embedding
+
+        level = torch.full((embeds.shape[0],), self.cfg.noise_level, device=embeds.device)
+        x = self.image_normalizer.scale(embeds)
+        x = self.image_noising_scheduler.add_noise(x, timesteps=level, noise=noise)
+        x = self.image_normalizer.unscale(x)
+        level_emb = get_timestep_embedding(timesteps=level, embedding_dim=x.shape[-1], flip_sin_to_cos=True,
+                                           downscale_freq_shift=0).to(x.dtype)
+        return torch.cat((x, level_emb), 1)
+
+    def conditioning(self, parents_a, parents_b, weights, generators):
+        embeds = self.mixed_embedding(parents_a, parents_b, weights).to(self.dtype)
+        noise = torch.stack([torch.randn(embeds.shape[1:], generator=g) for g in generators])
+        labels = self.noise_image_embeddings(embeds, noise.to(self.device, self.dtype))
+        text = self.prompt_embeds.expand(len(generators), -1, -1)
+        return Conditioning(text, text, labels, torch.zeros_like(labels))
