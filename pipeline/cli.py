@@ -298,13 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .configlib import ConfigError
+    from .configlib import InputError
 
     args = build_parser().parse_args(argv)
     module, func = args._target.split(":")
     try:
         code = getattr(importlib.import_module(module), func)(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:  # the user's input is wrong: one line, no traceback
         print(f"tsd {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

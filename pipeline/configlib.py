@@ -16,7 +16,12 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """A problem with the user's input (config, data, release), phrased for the user in one line:
+    the CLI prints it without a traceback."""
+
+
+class ConfigError(InputError):
     """A configuration problem, phrased for the user: '<file>: <key>: <what is wrong>'."""
 
 
@@ -217,5 +222,5 @@ def require_file(path: str | None, key: str) -> None:
         raise ConfigError(f"{key}: file not found: {path}")
 
 
-__all__ = ["ConfigError", "build", "load", "load_yaml", "merge", "path_field", "to_dict", "dump",
+__all__ = ["InputError", "ConfigError", "build", "load", "load_yaml", "merge", "path_field", "to_dict", "dump",
            "require_file", "files_optional"]

@@ -147,14 +147,14 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     for mode in ("finetune", "distill"):
         cfg_path = _write_yaml(work / f"train-{mode}.yaml", train_config(str(out), built["models"], mode, size))
         results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
-                                  lambda r: f"val top-1 {r['val_top1']:.3f}")
+                                  lambda r: f"val top-1 {r['val']['top1']:.3f}")
     summary = {
         "counts": manifest["counts"],
         "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k) for k in manifest["counts"]},
         "teacher_val_top1": built["probe"]["val_top1"],
-        "finetune_val_top1": results["finetune"]["val_top1"],
-        "distill_val_top1": results["distill"]["val_top1"],
-        "distill_teacher_agreement": results["distill"].get("teacher_agreement"),
+        "finetune_val_top1": results["finetune"]["val"]["top1"],
+        "distill_val_top1": results["distill"]["val"]["top1"],
+        "distill_teacher_agreement": results["distill"]["val"]["agreement"],
         "stages": [(n, round(s, 1), note) for n, s, note in timer.rows],
         "wall_s": round(time.time() - t_start, 1),
     }

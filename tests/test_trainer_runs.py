@@ -1,0 +1,169 @@
+"""Training runs on a real release, on the CPU: distillation and finetuning learn, a killed run
+resumes to the same per-step losses, DDP ranks run the same steps, checkpoints load without
+pickle, the trainer never imports the heavy side, `tsd eval` and `tsd bench train` work."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from argparse import Namespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer_fixtures import (REPO, read_log, release, rich_release, run_training, single_thread,  # noqa: F401
+                              train_command, trainer_env, write_config)
+
+from trainer import bench, evaluate
+
+pytestmark = pytest.mark.slow
+HEAVY = ("ray", "diffusers", "transformers")
+
+
+@pytest.fixture(scope="module")
+def distill_run(tmp_path_factory, release):
+    """An uninterrupted distillation run (KD on real + mix), as a subprocess: the reference."""
+    root = tmp_path_factory.mktemp("distill")
+    config = write_config(root / "train.yaml", release)
+    run_training(config, root / "run")
+    return config, root / "run"
+
+
+def test_distillation_learns(distill_run):
+    _, run = distill_run
+    log = read_log(run)
+    assert [e["step"] for e in log] == list(range(1, 19))            # 3 epochs of ceil(128 real / 24 per step)
+    first, last = sum(e["loss"] for e in log[:3]) / 3, sum(e["loss"] for e in log[-3:]) / 3
+    assert last < 0.3 * first
+    assert all(e["kd"] > 0 and e["skipped"] == 0 for e in log)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["n"] == 64 and metrics["val"]["top1"] >= 0.7   # chance is 0.25
+    assert metrics["val"]["agreement"] >= 0.7
+    info = json.loads((run / "student.json").read_text())
+    assert info["arch"] == "resnet10t" and info["num_classes"] == 4 and info["img_size"] == 32
+    assert info["classes"] == [f"colour-{i}" for i in range(4)] and len(info["mean"]) == 3
+    assert list((run / "tb").iterdir())                                # TensorBoard events
+
+
+def test_checkpoints_are_safetensors_and_a_weights_only_state(distill_run):
+    _, run = distill_run
+    folders = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert folders == ["step-00000015", "step-00000018"]               # every 3 steps; the last 2 kept
+    final = run / "checkpoints" / "step-00000018"
+    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors", "state.pt"]
+    weights = load_file(str(final / "model.safetensors"))
+    student = load_file(str(run / "student.safetensors"))
+    assert weights.keys() == student.keys() and all(torch.equal(weights[k], student[k]) for k in weights)
+    state = torch.load(final / "state.pt", weights_only=True)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"], state["steps_per_epoch"]) == (18, 3, 0, 6)
+    assert state["optimizer"]["state"] and state["schedule"]["name"] == "warmup-cosine"
+    assert {"torch", "numpy", "python", "cuda"} <= state["ranks"][0]["rng"].keys()
+
+
+def test_killed_run_resumes_to_the_same_losses(tmp_path, distill_run):
+    config, reference = distill_run
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_command(config, out), env=trainer_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "log.jsonl"
+    deadline = time.time() + 240
+    # kill two steps after the first checkpoint: the resume must also drop those log lines
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoints" / "step-00000003" / "state.pt").exists() and log.exists() \
+                and len(log.read_text().splitlines()) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert len(read_log(out)) < 12
+    run_training(config, out, "--resume")
+    keys = ("step", "epoch", "loss", "ce", "kd", "lr", "skipped")
+    assert [[e[k] for k in keys] for e in read_log(out)] == [[e[k] for k in keys] for e in read_log(reference)]
+    resumed, uninterrupted = load_file(str(out / "student.safetensors")), load_file(str(reference / "student.safetensors"))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_finetune_baseline_and_no_heavy_imports(tmp_path, release):
+    """In a fresh interpreter: import the trainer, finetune, and check nothing heavy was imported."""
+    config = write_config(tmp_path / "finetune.yaml", release, loss={"mode": "finetune"},
+                          data={"workers": 1}, optim={"epochs": 2, "warmup_epochs": 0.5})
+    script = textwrap.dedent(f"""
+        import json, sys
+        import trainer.train, trainer.data, trainer.evaluate, trainer.bench
+        from trainer.config import load_config
+        config, releases = load_config({str(config)!r})
+        metrics = trainer.train.run(config, {str(tmp_path / 'run')!r}, releases=releases)
+        heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})
+        print(json.dumps({{"heavy": heavy, "metrics": metrics}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=trainer_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    assert result["metrics"]["train"]["mode"] == "finetune" and result["metrics"]["val"]["top1"] >= 0.6
+    log = read_log(tmp_path / "run")
+    assert len(log) == 8 and all(e["loss"] == e["ce"] for e in log)  # alpha = 0: CE only
+
+
+def test_feature_distillation_on_topk_logits(tmp_path, rich_release, single_thread):
+    from trainer.config import load_config
+    from trainer.train import run
+
+    config, releases = load_config(write_config(
+        tmp_path / "t.yaml", rich_release, loss={"feature_weight": 0.5},
+        data={"batch_size": 16, "workers": 0}, optim={"epochs": 2}, runtime={"checkpoint_every": 0}))
+    metrics = run(config, tmp_path / "run", releases=releases)
+    log = read_log(tmp_path / "run")
+    assert all("feat" in e for e in log) and log[-1]["feat"] < log[0]["feat"]
+    assert metrics["val"]["top5"] == 1.0                                # 5 classes: top-5 is everything
+    final = tmp_path / "run" / "checkpoints" / "step-00000014"         # 2 epochs of ceil(80 / 12) steps
+    assert load_file(str(final / "projector.safetensors"))["weight"].shape == (6, 512)
+
+
+def test_ddp_two_ranks_run_the_same_steps(tmp_path, release):
+    config = write_config(tmp_path / "ddp.yaml", release, data={"workers": 0},
+                          optim={"epochs": 2}, runtime={"log_every": 3, "checkpoint_every": 0})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *train_command(config, tmp_path / "run")[1:]],
+                          env=trainer_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 2 epochs of ceil(128 real / (2 ranks x 12 real per rank)) steps
+    assert "[rank 0/2] done: 12 steps" in proc.stdout and "[rank 1/2] done: 12 steps" in proc.stdout
+    assert [e["step"] for e in read_log(tmp_path / "run")] == [3, 6, 9, 12]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["world"] == 2 and metrics["val"]["n"] == 64   # val shards split, counts summed
+
+
+def test_eval_command_reproduces_the_run_metrics(tmp_path, distill_run, release, capsys, single_thread):
+    _, run = distill_run
+    args = Namespace(ckpt=str(run), release=str(release), json=str(tmp_path / "m.json"),
+                     predictions=str(tmp_path / "p.jsonl"), batch_size=32, workers=0, device="cpu", precision="fp32")
+    assert evaluate.main(args) == 0
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line and "top1" in line and "agreement" in line
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["top1"] == json.loads((run / "metrics.json").read_text())["val"]["top1"] and metrics["n"] == 64
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 64
+    # what `tsd eval CKPT RELEASE --json F` passes: a student file, none of the optional attributes
+    minimal = Namespace(ckpt=str(run / "student.safetensors"), release=str(release), json=str(tmp_path / "n.json"),
+                        batch_size=32, device="cpu")
+    assert evaluate.main(minimal) == 0
+    assert json.loads((tmp_path / "n.json").read_text())["top1"] == metrics["top1"]
+
+
+def test_bench_train_prints_both_rates(tmp_path, capsys, single_thread):
+    """`tsd bench train` on a temporary synthetic release of real JPEG shards."""
+    assert bench.main_argv(["--arch", "resnet10t", "--img-size", "32", "--batch-size", "16", "--steps", "3",
+                            "--warmup", "1", "--workers", "1", "--precision", "fp32", "--device", "cpu",
+                            "--images", "64", "--store-size", "40", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "from memory" in out and "from shards" in out and "ratio shards/memory" in out
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["memory_images_per_s"] > 0 and result["shards_images_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["shards_images_per_s"] / result["memory_images_per_s"])
+

@@ -1,0 +1,265 @@
+"""Releases → batches: WebDataset streams in which every sample replays one recorded view.
+
+Determinism (what makes `--resume` exact): the batches of an epoch are a pure function of
+(seed, epoch, rank, number of workers):
+- shard order: one permutation per (seed, epoch, stream, pass), the same on every rank; the shards
+  are then split by rank (`wds.split_by_node`) and by DataLoader worker (`wds.split_by_worker`);
+- sample order: each reader's shuffle buffer is seeded by (seed, epoch, stream, pass, rank, worker);
+- the view a sample replays: seeded by (seed, epoch, uid) (see trainer.samples);
+- batch b of the epoch comes from worker b mod W: the DataLoader takes batches round-robin;
+- each batch is `n_real` real samples then `n_mix` mix samples (the mix ratio is exact in every
+  batch), drawn from two endless streams that start over (new shard order) when they run out, so
+  every rank makes exactly `steps_per_epoch` batches and DDP never waits on an exhausted rank.
+webdataset's own `shardshuffle` is passed as False: it shuffles after the split with one seed for
+all workers and epochs, so the order is set here instead. No webdataset decoder is used (its
+defaults include pickle), and tar member names never reach the filesystem.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
+
+from pipeline import format as fmt
+from pipeline.configlib import ConfigError
+
+from .release import ReleaseSet
+from .samples import Corrupt, CorruptCounter, DataError, Replay, collate, parse_sample
+
+
+def _use_fsspec_for(urls) -> None:
+    """Let webdataset open non-local URLs through fsspec, as the manifest was read."""
+    for url in urls:
+        scheme = urlparse(url).scheme
+        if scheme not in ("", "file") and wds.gopen.gopen_schemes.get(scheme) is not _fsspec_open:
+            wds.gopen.gopen_schemes[scheme] = _fsspec_open
+
+
+def _fsspec_open(url, mode="rb", bufsize=8192, **kw):
+    import fsspec
+
+    return fsspec.open(url, mode).open()
+
+
+def _webdataset(urls, handler, seed: int) -> wds.WebDataset:
+    """This rank's and worker's share of `urls`, in the given order (shards split by node then worker)."""
+    _use_fsspec_for(urls)
+    return wds.WebDataset(list(urls), shardshuffle=False, nodesplitter=wds.split_by_node,
+                          workersplitter=wds.split_by_worker, handler=handler, empty_check=False, seed=seed)
+
+
+class Reader:
+    """One endless sample stream (real or mix) of one rank and worker, for one epoch."""
+
+    def __init__(self, stream: str, urls: tuple, replay: Replay, epoch: int, shuffle_buffer: int,
+                 counter: CorruptCounter):
+        self.stream, self.urls, self.replay, self.epoch = stream, urls, replay, epoch
+        self.shuffle_buffer, self.counter = shuffle_buffer, counter
+        self.kind = "mix" if stream.startswith("mix") else "real"
+        self._samples = self._passes()
+        self._usable = 0
+
+    def _passes(self):
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        seed = self.replay.seed
+        for n in itertools.count():
+            order = list(self.urls)
+            random.Random(fmt.derive_seed(seed, f"{self.stream}/{self.epoch}/{n}", "shard-order")).shuffle(order)
+            reader_seed = fmt.derive_seed(seed, f"{self.stream}/{self.epoch}/{n}/{rank}/{worker}", "shuffle")
+            ds = _webdataset(order, self.counter, reader_seed)
+            if self.shuffle_buffer > 1:
+                ds = ds.shuffle(self.shuffle_buffer, seed=reader_seed)
+            usable = self._usable
+            yield from ds
+            if self._usable == usable:
+                raise DataError(f"{self.stream}: rank {rank}, worker {worker}: no usable sample in its share of "
+                                f"{len(self.urls)} shards ({self.urls[0]}, …)")
+
+    def skip(self, n: int) -> None:
+        """Consume n samples without decoding them (replaying an epoch up to a resume point)."""
+        for _ in range(n):
+            next(self._samples)
+            self._usable += 1
+
+    def take(self, n: int) -> list[dict]:
+        items = []
+        while len(items) < n:
+            sample = next(self._samples)
+            try:
+                items.append(parse_sample(sample, self.kind, self.replay, self.epoch))
+                self._usable += 1
+            except Corrupt as e:
+                self.counter.corrupt(str(e))
+        return items
+
+
+class TrainBatches(IterableDataset):
+    """Endless batches of one epoch on this rank: n_real real then n_mix mix samples each.
+
+    Worker w of W makes the epoch's batches w, w+W, w+2W, … (the DataLoader's round-robin order).
+    Batches before `skip` (already trained on before a resume) are yielded as empty dicts; with
+    on_corrupt 'error' they are not even decoded, since a corrupt sample among them would have
+    stopped the run that wrote the checkpoint."""
+
+    def __init__(self, plan: "TrainPlan", epoch: int, skip: int = 0):
+        self.plan, self.epoch, self.skip = plan, epoch, skip
+
+    def __iter__(self):
+        return _carry_errors(self._batches())
+
+    def _batches(self):
+        plan = self.plan
+        _, _, worker, workers = wds.utils.pytorch_worker_info()
+        counter = CorruptCounter(plan.replay.on_corrupt)
+        streams = [(Reader(name, urls, plan.replay, self.epoch, plan.shuffle_buffer, counter), n)
+                   for name, urls, n in (("real/train", plan.real_urls, plan.n_real),
+                                         ("mix/train", plan.mix_urls, plan.n_mix)) if n]
+        light = plan.replay.on_corrupt == "error"
+        for i in itertools.count():
+            if worker + i * workers < self.skip:
+                for reader, n in streams:
+                    if light:
+                        reader.skip(n)
+                    else:  # skipping corrupt samples changed what later batches hold: replay it exactly
+                        reader.take(n)
+                counter.take()  # already counted in the checkpoint
+                yield {}
+                continue
+            items = [item for reader, n in streams for item in reader.take(n)]
+            yield collate(items, counter.take())
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a rank reads each epoch: its share of every batch, from which shards, how."""
+    real_urls: tuple
+    mix_urls: tuple
+    n_real: int          # real samples per rank per batch
+    n_mix: int           # mix samples per rank per batch
+    steps_per_epoch: int
+    workers: int
+    shuffle_buffer: int
+    replay: Replay
+
+
+def train_plan(releases: ReleaseSet, config, world: int, replay: Replay) -> TrainPlan:
+    """Batch split and shard checks for `world` ranks; a problem is one ConfigError line."""
+    data = config.data
+    if data.batch_size % world:
+        raise ConfigError(f"data.batch_size: {data.batch_size} is not divisible by {world} ranks")
+    per_rank = data.batch_size // world
+    n_mix = round(data.mix_ratio * per_rank) if config.uses_mixes() else 0
+    real = tuple(s.url for s in releases.shards("real", "train"))
+    mix = tuple(s.url for s in releases.shards("mix", "train", data.generators)) if n_mix else ()
+    for stream, urls, n in (("real/train", real, per_rank - n_mix), ("mix/train", mix, n_mix)):
+        if n:
+            check_readers(stream, len(urls), world, data.workers, releases)
+    # an epoch is one pass over the real training set (over the mixes when batches hold only mixes)
+    per_step, total = (per_rank - n_mix, releases.count("real", "train")) if per_rank > n_mix \
+        else (n_mix, releases.count("mix", "train", data.generators))
+    steps = max(1, math.ceil(total / (per_step * world)))
+    return TrainPlan(real, mix, per_rank - n_mix, n_mix, steps, data.workers, data.shuffle_buffer, replay)
+
+
+def check_readers(stream: str, n_shards: int, world: int, workers: int, releases: ReleaseSet) -> None:
+    """Every reader (rank × DataLoader worker) needs a shard of its own: else it would idle or hang."""
+    readers = world * max(workers, 1)
+    if n_shards < readers:
+        raise ConfigError(f"data.workers: {releases.describe()} has {n_shards} {stream} shard(s) for {world} "
+                          f"rank(s) x {max(workers, 1)} DataLoader worker(s) = {readers} readers; each reader "
+                          f"needs its own shard: lower data.workers or write the release with smaller shards")
+
+
+def train_loader(plan: TrainPlan, epoch: int, skip: int = 0, pin_memory: bool = False) -> DataLoader:
+    # An explicit generator: creating the loader iterator must not draw from the global torch RNG,
+    # or a resumed run would drift from the uninterrupted one.
+    generator = torch.Generator().manual_seed(fmt.derive_seed(plan.replay.seed, f"loader/{epoch}"))
+    return DataLoader(TrainBatches(plan, epoch, skip), batch_size=None, num_workers=plan.workers,
+                      pin_memory=pin_memory, generator=generator,
+                      prefetch_factor=2 if plan.workers else None)
+
+
+class ValBatches(IterableDataset):
+    """One pass over this rank's val shards, the single recorded view, no shuffle."""
+
+    def __init__(self, urls: tuple, batch_size: int, replay: Replay):
+        self.urls, self.batch_size, self.replay = urls, batch_size, replay
+
+    def __iter__(self):
+        return _carry_errors(self._batches())
+
+    def _batches(self):
+        counter = CorruptCounter(self.replay.on_corrupt)
+        items = []
+        for sample in _webdataset(self.urls, counter, self.replay.seed):
+            try:
+                items.append(parse_sample(sample, "real", self.replay, None))
+            except Corrupt as e:
+                counter.corrupt(str(e))
+            if len(items) == self.batch_size:
+                yield collate(items, counter.take())
+                items = []
+        if items:
+            yield collate(items, counter.take())
+        elif counter.count:
+            yield {"skipped": counter.take()}
+
+
+def val_loader(releases: ReleaseSet, batch_size: int, workers: int, replay: Replay, rank: int = 0,
+               world: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Val batches of this rank; workers are capped by its shard count (an eval pass is finite)."""
+    urls = tuple(s.url for s in releases.shards("real", "val"))
+    workers = min(workers, len(urls[rank::world]))
+    return DataLoader(ValBatches(urls, batch_size, replay), batch_size=None, num_workers=workers,
+                      pin_memory=pin_memory, prefetch_factor=2 if workers else None)
+
+
+def _carry_errors(stream):
+    """A data error inside a loader worker travels as a batch, and is raised by `batches`.
+
+    Raised in the worker, it would come back wrapped in a traceback, and the DataLoader would take
+    seconds to shut that worker down."""
+    try:
+        yield from stream
+    except DataError as e:
+        yield {"error": str(e), "corrupt": isinstance(e, Corrupt)}
+
+
+def batches(loader: DataLoader):
+    """The loader's batches; a data error from a worker is raised here, as its one-line message."""
+    for batch in loader:
+        if "error" in batch:
+            raise (Corrupt if batch["corrupt"] else DataError)(batch["error"])
+        yield batch
+
+
+def model_inputs(batch: dict, device, img_size: int, mean, std, channels_last: bool = False) -> torch.Tensor:
+    """The normalised image batch on the device (decoding the JPEGs there for GPU decode)."""
+    if "jpeg" in batch:
+        pixels = decode_on_device(batch, img_size, device)
+    else:
+        pixels = batch["pixels"].to(device, non_blocking=True)
+    x = fmt.normalize(pixels, mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def decode_on_device(batch: dict, img_size: int, device) -> torch.Tensor:
+    """nvjpeg decode of a batch, then each sample's view through `format.view_pixels` on the device."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        images = decode_jpeg(batch["jpeg"], mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        for data, url, uid in zip(batch["jpeg"], batch["url"], batch["uid"]):
+            try:
+                decode_jpeg(data, mode=ImageReadMode.RGB)
+            except RuntimeError as e:
+                raise Corrupt(f"{url}: sample {uid}: JPEG decode failed: {e}") from None
+        raise
+    return torch.stack([fmt.view_pixels(image, view, img_size) for image, view in zip(images, batch["view"])])

@@ -1,0 +1,108 @@
+"""Evaluation on a release's real/val shards: top-1, top-5, and agreement with the teacher.
+
+The teacher's logits on the val view are stored in the shards, so agreement (student top-1 ==
+teacher top-1) needs no teacher. Under DDP each rank evaluates its share of the val shards and
+the counts are summed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline.configlib import ConfigError
+
+from .data import batches, model_inputs, val_loader
+from .device import autocast, resolve_device
+from .release import ReleaseSet, open_releases
+from .samples import Replay
+from .students import load_student
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, std, *, batch_size: int = 256,
+             workers: int = 2, device="cpu", precision: str = "fp32", channels_last: bool = False,
+             on_corrupt: str = "error", predictions: bool = False, rank: int = 0, world: int = 1) -> dict:
+    """Metrics of `model` on the val shards: {n, top1, top5 (None when C < 5), agreement,
+    teacher_top1, skipped[, predictions: per-sample dicts of this rank]}."""
+    device = torch.device(device)
+    num_classes = releases.num_classes
+    replay = Replay(num_classes, img_size, seed=0, on_corrupt=on_corrupt)
+    loader = val_loader(releases, batch_size, workers, replay, rank, world, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    # n, top-1 hits, top-5 hits, agreement with the teacher, teacher top-1 hits, skipped
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    rows = []
+    for batch in batches(loader):
+        sums[5] += batch["skipped"]
+        if "logits" not in batch:
+            continue
+        x = model_inputs(batch, device, img_size, mean, std, channels_last)
+        with autocast(device, precision):
+            out = model(x)
+        out = out.float()
+        labels = batch["label"].to(device)
+        teacher = batch["logits"].to(device).argmax(1)
+        top = out.topk(min(5, num_classes), dim=1).indices
+        sums[0] += len(labels)
+        sums[1] += (top[:, 0] == labels).sum()
+        sums[2] += (top == labels[:, None]).any(1).sum()
+        sums[3] += (top[:, 0] == teacher).sum()
+        sums[4] += (teacher == labels).sum()
+        if predictions:
+            rows += [{"uid": u, "label": int(l), "pred": int(p), "teacher": int(t)}
+                     for u, l, p, t in zip(batch["uid"], labels.tolist(), top[:, 0].tolist(), teacher.tolist())]
+    if world > 1:
+        torch.distributed.all_reduce(sums)
+    model.train(was_training)
+    n, top1, top5, agree, teacher_top1, skipped = sums.tolist()
+    if n == 0:
+        raise ValueError(f"{releases.describe()}: no usable validation sample")
+    metrics = {"n": int(n), "top1": top1 / n, "top5": top5 / n if num_classes >= 5 else None,
+               "agreement": agree / n, "teacher_top1": teacher_top1 / n, "skipped": int(skipped)}
+    if predictions:
+        metrics["predictions"] = rows
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ckpt", help="a run folder, or a student.safetensors with its student.json beside it")
+    parser.add_argument("release", help="release folder or fsspec URL whose real/val shards are evaluated")
+    parser.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    parser.add_argument("--predictions", default=None, help="write per-sample predictions (JSON lines) here")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="autocast on CUDA")
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tsd eval CKPT RELEASE`: prints one line, writes JSON when asked."""
+    predictions = getattr(args, "predictions", None)
+    model, info = load_student(args.ckpt)
+    releases = open_releases([args.release])
+    if releases.classes != info["classes"]:
+        raise ConfigError(f"{args.release}: classes differ from the student's ({args.ckpt})")
+    device = resolve_device(args.device)
+    model.to(device)
+    metrics = evaluate(model, releases, info["img_size"], info["mean"], info["std"], batch_size=args.batch_size,
+                       workers=getattr(args, "workers", 2), device=device,
+                       precision=getattr(args, "precision", "bf16"), predictions=bool(predictions))
+    rows = metrics.pop("predictions", None)
+    top5 = "-" if metrics["top5"] is None else f"{metrics['top5']:.4f}"
+    print(f"{info['arch']} on {args.release}: top1 {metrics['top1']:.4f}  top5 {top5}  "
+          f"agreement {metrics['agreement']:.4f}  (teacher top1 {metrics['teacher_top1']:.4f}, n={metrics['n']})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(metrics, ckpt=str(args.ckpt), release=args.release), indent=1))
+    if rows is not None:
+        Path(predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=main.__doc__)
+    add_arguments(parser)
+    main(parser.parse_args())

@@ -1,0 +1,159 @@
+"""One stored sample → one training item: the recorded view replayed, the teacher's logits for it.
+
+Each sample carries K views (crop box + flip) and the teacher's logits on each. The trainer picks
+one view per sample and epoch, uniformly, with an RNG seeded by (seed, epoch, uid), and builds its
+pixels with `pipeline.format.view_pixels`: the function the generation worker applied before the
+teacher, so the student sees the pixels whose logits it is taught. Members are decoded with
+`pipeline.format` only (no webdataset decoder: its defaults include pickle).
+"""
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline import format as fmt
+from pipeline.configlib import InputError
+
+
+class DataError(InputError):
+    """A data problem that stops training; one line naming the shard (and sample)."""
+
+
+class Corrupt(DataError):
+    """A sample or shard that cannot be read: '<shard url>: sample <key>: <what>'."""
+
+
+def choose_view(seed: int, epoch: int, uid: str, k: int) -> int:
+    """The view a sample replays in an epoch: uniform over its K views, reseeded every epoch."""
+    return fmt.derive_seed(seed, uid, f"view/{epoch}") % k
+
+
+@dataclass(frozen=True)
+class Replay:
+    """How a stored sample becomes a training item."""
+    num_classes: int
+    img_size: int
+    seed: int
+    feature_dim: int | None = None   # read teacher features of this size (feature loss on)
+    gpu_decode: bool = False         # hand the JPEG bytes on: decode on the device
+    on_corrupt: str = "error"        # 'error' | 'skip'
+
+
+class CorruptCounter:
+    """Per-reader handling of corrupt data: raise (error) or warn, count and go on (skip).
+
+    Also webdataset's `handler` for errors inside a tar (truncated shard, unreadable file)."""
+
+    def __init__(self, on_corrupt: str):
+        self.skip = on_corrupt == "skip"
+        self.count = 0
+
+    def corrupt(self, message: str) -> None:
+        if not self.skip:
+            raise Corrupt(message)
+        self.count += 1
+        print(f"warning: skipped corrupt data: {message}", file=sys.stderr, flush=True)
+
+    def __call__(self, exn: Exception) -> bool:
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(fmt.SHARD_SUFFIX)),
+                   getattr(exn, "filename", None) or "unknown shard")
+        self.corrupt(f"{url}: unreadable shard: {type(exn).__name__}: {exn.args[0] if exn.args else exn}")
+        return True
+
+    def take(self) -> int:
+        """Corrupt items counted since the last call."""
+        n, self.count = self.count, 0
+        return n
+
+
+def parse_sample(sample: dict, kind: str, replay: Replay, epoch: int | None) -> dict:
+    """One webdataset sample → a training item replaying one view (epoch None: view 0, for val).
+
+    Raises Corrupt naming the shard URL and the sample key."""
+    where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
+    try:
+        return _parse(sample, kind, replay, epoch, where)
+    except Corrupt:
+        raise
+    except Exception as e:  # a decoder's error on bad bytes: PIL, numpy, json
+        text = str(e)
+        raise Corrupt(text if text.startswith(where) else f"{where}: {type(e).__name__}: {text}") from None
+
+
+def _parse(sample: dict, kind: str, replay: Replay, epoch: int | None, where: str) -> dict:
+    if fmt.M_JSON not in sample:
+        raise Corrupt(f"{where}: no {fmt.M_JSON} member")
+    meta = fmt.SampleMeta.from_json(sample[fmt.M_JSON], where)
+    if meta.uid != sample["__key__"]:
+        raise Corrupt(f"{where}: json uid {meta.uid!r} differs from the key")
+    if meta.kind != kind:
+        raise Corrupt(f"{where}: a {meta.kind!r} sample in a {kind} shard")
+    real = kind == "real"
+    if real and not 0 <= meta.label < replay.num_classes or not real and meta.label != -1:
+        raise Corrupt(f"{where}: label {meta.label} invalid for a {kind} sample of {replay.num_classes} classes")
+    k = len(meta.views)
+    if k == 0:
+        raise Corrupt(f"{where}: no views")
+    logits = fmt.dense_logits(sample, meta, replay.num_classes, where)
+    if logits.shape[0] != k or not np.isfinite(logits).all():
+        raise Corrupt(f"{where}: teacher logits {logits.shape} not finite or not one row per view ({k})")
+    v = 0 if epoch is None else choose_view(replay.seed, epoch, meta.uid, k)
+    view = list(meta.views[v])
+    item = {"uid": meta.uid, "url": sample["__url__"], "view_index": v, "view": view,
+            "label": meta.label, "is_real": real, "logits": torch.from_numpy(logits[v].copy())}
+    if replay.feature_dim:
+        if fmt.M_FEATURES not in sample:
+            raise Corrupt(f"{where}: no {fmt.M_FEATURES} member")
+        feats = fmt.npy_load(sample[fmt.M_FEATURES], where)
+        if feats.shape != (k, replay.feature_dim):
+            raise Corrupt(f"{where}: features shape {feats.shape}, expected ({k}, {replay.feature_dim})")
+        item["features"] = torch.from_numpy(feats[v].astype(np.float32))
+    ext = fmt.image_member(sample)
+    if ext is None:
+        raise Corrupt(f"{where}: no image member ({', '.join(fmt.IMAGE_FORMATS)})")
+    data = sample[ext]
+    if replay.gpu_decode:
+        item["jpeg"] = _checked_jpeg(data, meta, ext, where)
+    else:
+        image = fmt.decode_image(data)
+        if tuple(image.shape[1:]) != (meta.height, meta.width):
+            raise Corrupt(f"{where}: image is {image.shape[2]}x{image.shape[1]}, json says {meta.width}x{meta.height}")
+        item["pixels"] = fmt.view_pixels(image, view, replay.img_size)
+    return item
+
+
+def _checked_jpeg(data: bytes, meta: fmt.SampleMeta, ext: str, where: str) -> torch.Tensor:
+    """JPEG bytes for device decode, after a header check (cheap: no pixel is decoded here)."""
+    from PIL import Image
+
+    if ext != "jpg":
+        raise Corrupt(f"{where}: a {ext} image; GPU decode reads JPEG only")
+    with Image.open(io.BytesIO(data)) as im:
+        if im.format != "JPEG" or im.size != (meta.width, meta.height):
+            raise Corrupt(f"{where}: not a {meta.width}x{meta.height} JPEG")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def collate(items: list[dict], skipped: int) -> dict:
+    """Items (at least one) → a batch; `skipped` corrupt items were passed over to fill it."""
+    batch = {
+        "uid": [it["uid"] for it in items],
+        "url": [it["url"] for it in items],
+        "view": [it["view"] for it in items],
+        "view_index": torch.tensor([it["view_index"] for it in items], dtype=torch.int64),
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
+        "is_real": torch.tensor([it["is_real"] for it in items], dtype=torch.bool),
+        "logits": torch.stack([it["logits"] for it in items]),
+        "skipped": skipped,
+    }
+    if "features" in items[0]:
+        batch["features"] = torch.stack([it["features"] for it in items])
+    if "jpeg" in items[0]:
+        batch["jpeg"] = [it["jpeg"] for it in items]
+    else:
+        batch["pixels"] = torch.stack([it["pixels"] for it in items])
+    return batch

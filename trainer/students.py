@@ -1,0 +1,120 @@
+"""Students: any timm model, sized to the release's classes, from local weights or random init.
+
+Weights come from a local file only (nothing is downloaded): timm loads it through
+`pretrained_cfg_overlay=dict(file=...)`, and, because `num_classes` is passed, drops the file's
+classifier when its class count differs and initialises a fresh head for the release's classes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from timm.data import resolve_model_data_config
+from torch import nn
+
+from pipeline.configlib import ConfigError
+
+
+def build_student(arch: str, num_classes: int, weights: str | None = None, drop_path: float = 0.0,
+                  model_kwargs: dict | None = None, img_size: int | None = None) -> nn.Module:
+    if not timm.is_model(arch):
+        raise ConfigError(f"student.arch: unknown timm model {arch!r}")
+    kwargs = dict(model_kwargs or {})
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+    overlay = dict(file=weights) if weights else None
+    try:
+        model = timm.create_model(arch, pretrained=bool(weights), pretrained_cfg_overlay=overlay,
+                                  num_classes=num_classes, **kwargs)
+    except RuntimeError as e:  # a state dict that does not fit the architecture
+        if not weights:
+            raise
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"student.weights: {weights} does not fit {arch}: {first}") from None
+    except TypeError as e:     # a model_kwargs key the architecture does not take
+        raise ConfigError(f"student.model_kwargs: {arch}: {e}") from None
+    check_input_size(model, arch, img_size)
+    return model
+
+
+def check_input_size(model: nn.Module, arch: str, img_size: int | None) -> None:
+    """Models with a fixed input grid (ViTs) must be built for the student's img_size."""
+    patch_embed = getattr(model, "patch_embed", None)
+    fixed = getattr(patch_embed, "img_size", None)
+    if img_size is None or fixed is None or getattr(patch_embed, "dynamic_img_size", False):
+        return
+    if tuple(fixed) != (img_size, img_size):
+        raise ConfigError(f"student.img_size: {img_size}, but {arch} is built for {tuple(fixed)}: set "
+                         f"student.model_kwargs.img_size: {img_size}")
+
+
+def mean_std(model: nn.Module) -> tuple[list[float], list[float]]:
+    """The student's colour normalisation, from its timm data config."""
+    cfg = resolve_model_data_config(model)
+    return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Size of the pre-logits feature (`forward_head(pre_logits=True)`)."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, pre-logits feature) from one backbone pass."""
+    trunk = model.forward_features(x)
+    return model.forward_head(trunk), model.forward_head(trunk, pre_logits=True)
+
+
+class Distillable(nn.Module):
+    """The student plus, when the feature loss is on, a linear projector to the teacher's feature.
+
+    One module so DDP sees (and synchronises) every trainable parameter in one forward."""
+
+    def __init__(self, student: nn.Module, teacher_feature_dim: int | None = None):
+        super().__init__()
+        self.student = student
+        self.projector = nn.Linear(feature_dim(student), teacher_feature_dim) if teacher_feature_dim else None
+
+    def forward(self, x: torch.Tensor):
+        if self.projector is None:
+            return self.student(x), None
+        logits, feature = features(self.student, x)
+        return logits, self.projector(feature)
+
+
+STUDENT_WEIGHTS = "student.safetensors"
+STUDENT_INFO = "student.json"
+
+
+def save_student(model: nn.Module, out_dir, info: dict) -> None:
+    """student.safetensors + student.json: everything `tsd eval` needs to rebuild the model."""
+    out = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = out / f".{STUDENT_WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out / STUDENT_WEIGHTS)
+    tmp = out / f".{STUDENT_INFO}.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(out / STUDENT_INFO)
+
+
+def load_student(path) -> tuple[nn.Module, dict]:
+    """A trained student from a run folder, or from a student.safetensors with its student.json beside it."""
+    path = Path(path)
+    weights = path / STUDENT_WEIGHTS if path.is_dir() else path
+    info_path = weights.with_suffix(".json")
+    for p in (weights, info_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: not found (expected a run folder or a {STUDENT_WEIGHTS} "
+                                    f"with its {STUDENT_INFO} beside it)")
+    info = json.loads(info_path.read_text())
+    model = timm.create_model(info["arch"], pretrained=False, num_classes=info["num_classes"],
+                              **info.get("model_kwargs", {}))
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except RuntimeError as e:
+        raise ConfigError(f"{weights}: does not fit {info['arch']}: {str(e).strip().splitlines()[0]}") from None
+    return model, info

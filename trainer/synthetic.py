@@ -1,0 +1,148 @@
+"""A small synthetic release, written as real shards: the fixture of `tsd bench train` and the tests.
+
+Classes are colours; an image is its class colour plus noise, stored as JPEG. The "teacher" scores
+each recorded view by the distance of the view's mean colour to every class colour, computed on
+the view's pixels exactly as the generation worker would (decode the stored bytes, then
+`format.view_pixels`), so its logits are informative and depend on the view. Mixes blend two
+training images (pixel mixup, generator kind 'mixup') and are scored the same way.
+
+Writes the tar shards with `pipeline.shards` (imported here only) and a manifest.json as in
+docs/FORMAT.md; no index.parquet or card, which the trainer does not read.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import format as fmt
+
+PALETTE = [(0.9, 0.1, 0.1), (0.1, 0.8, 0.1), (0.1, 0.2, 0.9), (0.9, 0.9, 0.1),
+           (0.8, 0.1, 0.8), (0.1, 0.8, 0.8), (0.95, 0.95, 0.95), (0.05, 0.05, 0.05)]
+TEACHER_SIZE = 16        # the synthetic teacher looks at views at this size
+SHARPNESS = 12.0         # logit = -SHARPNESS · squared colour distance
+FEATURE_DIM = 6          # teacher feature: mean and std of the view's colours
+
+
+def palette(num_classes: int, seed: int) -> np.ndarray:
+    extra = np.random.default_rng(seed).uniform(0.05, 0.95, size=(max(0, num_classes - len(PALETTE)), 3))
+    return np.concatenate([np.array(PALETTE[:num_classes]), extra])[:num_classes]
+
+
+def teacher(image: torch.Tensor, views: list, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [K, C] and features [K, 6] of the synthetic teacher on each view of a uint8 CHW image."""
+    pixels = torch.stack([fmt.view_pixels(image, v, TEACHER_SIZE) for v in views]).double()
+    mean = pixels.mean(dim=(2, 3)).numpy()
+    std = pixels.std(dim=(2, 3)).numpy()
+    logits = -SHARPNESS * ((mean[:, None, :] - colours[None, :, :]) ** 2).sum(-1)
+    return logits.astype(np.float32), np.concatenate([mean, std], axis=1).astype(np.float32)
+
+
+def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_class: int = 16,
+                  mixes: int = 96, views: int = 3, store_size: int = 40, shard_size: int = 32, seed: int = 0,
+                  features: bool = False, topk: int | None = None, quality: int = 90,
+                  noise: float = 30.0) -> Path:
+    """Write a release of colour classes under `root`; returns its path."""
+    from PIL import Image
+
+    from pipeline.shards import publish_shard, tar_bytes
+
+    root = Path(root)
+    colours = palette(classes, seed)
+    spec = fmt.ViewSpec()
+    shards, counts, teacher_hits, n_val = [], {}, 0, 0
+
+    def encode(pixels: np.ndarray) -> bytes:
+        return fmt.encode_image(Image.fromarray(pixels), "jpg", quality)
+
+    def sample(data: bytes, kind: str, split: str, uid: str, label: int, **extra) -> tuple[str, dict, np.ndarray]:
+        stored = fmt.decode_image(data)  # the teacher sees the stored bytes, decoded
+        height, width = stored.shape[1:]
+        if split == "val":
+            sample_views = fmt.center_view(width, height, spec)
+        else:
+            sample_views = fmt.sample_views(fmt.derive_seed(seed, uid, "views"), width, height, views, spec)
+        logits, feats = teacher(stored, sample_views, colours)
+        members, rest = fmt.encode_teacher(logits, topk)
+        meta = fmt.SampleMeta(uid=uid, split=split, kind=kind, label=label, seed=fmt.derive_seed(seed, uid),
+                              views=sample_views, width=width, height=height, topk_rest=rest, **extra)
+        members.update({"jpg": data, fmt.M_JSON: meta.to_json()})
+        if features:
+            members[fmt.M_FEATURES] = fmt.npy_bytes(feats.astype(np.float16))
+        return uid, members, logits
+
+    def publish(kind: str, split: str, samples: list) -> None:
+        for number, start in enumerate(range(0, len(samples), shard_size)):
+            chunk = samples[start:start + shard_size]
+            name = fmt.shard_name(kind, split, number)
+            stats = publish_shard(root, name, tar_bytes(chunk), {"count": len(chunk)})
+            shards.append({"name": name, "kind": kind, "split": split, "count": len(chunk),
+                           "bytes": stats["bytes"], "sha256": stats["sha256"]})
+        counts[f"{kind}/{split}"] = len(samples)
+
+    def colour_image(label: int, rng: np.random.Generator) -> np.ndarray:
+        width = store_size + int(rng.integers(0, store_size // 2 + 1))
+        base = colours[label] * 255.0
+        pixels = base[None, None, :] + rng.normal(0.0, noise, size=(store_size, width, 3))
+        return np.clip(pixels, 0, 255).astype(np.uint8)
+
+    train_images = []
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        samples = []
+        for i in range(per_class * classes):
+            label = i % classes
+            pixels = colour_image(label, np.random.default_rng(fmt.derive_seed(seed, f"{split}/{i}", "image")))
+            data = encode(pixels)
+            uid = fmt.make_uid("real", fmt.sha256_bytes(data), f"synthetic/{split}/class-{label}/{i:06d}.jpg")
+            key, members, logits = sample(data, "real", split, uid, label)
+            samples.append((key, members))
+            if split == "train":
+                train_images.append((uid, pixels))
+            else:
+                n_val += 1
+                teacher_hits += int(logits[0].argmax() == label)
+        publish("real", split, samples)
+
+    samples = []
+    rng = np.random.default_rng(fmt.derive_seed(seed, "mixes", "plan"))
+    for index in range(mixes):
+        (uid_a, a), (uid_b, b) = (train_images[j] for j in rng.choice(len(train_images), 2, replace=False))
+        weight = float(rng.uniform(0.25, 0.75))
+        b = np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.BILINEAR), dtype=np.float64)
+        pixels = np.clip(weight * a + (1 - weight) * b, 0, 255).astype(np.uint8)
+        uid = fmt.make_uid("mix", seed, uid_a, uid_b, index)
+        key, members, _ = sample(encode(pixels), "mix", "train", uid, -1, parents=(uid_a, uid_b), weight=weight,
+                                 generator="mixup")
+        samples.append((key, members))
+    if mixes:
+        publish("mix", "train", samples)
+
+    manifest = {
+        "format_version": fmt.FORMAT_VERSION,
+        "name": "synthetic-colours", "created": "1970-01-01T00:00:00Z", "code_version": "tsdistill synthetic",
+        "seed": seed,
+        "config": {"synthetic": {"classes": classes, "train_per_class": train_per_class,
+                                 "val_per_class": val_per_class, "mixes": mixes, "noise": noise}},
+        "classes": [f"colour-{i}" for i in range(classes)], "num_classes": classes,
+        "image": {"format": "jpg", "quality": quality, "store_size": store_size},
+        "views": {"k": views, "scale": list(spec.scale), "ratio": list(spec.ratio), "flip": spec.flip,
+                  "eval_crop": spec.eval_crop},
+        "teacher": {"arch": "synthetic-colour-distance", "img_size": TEACHER_SIZE, "mean": [0.0] * 3,
+                    "std": [1.0] * 3, "feature_dim": FEATURE_DIM, "logits": "topk" if topk else "full",
+                    "topk": topk, "features": features, "weights": None, "head_sha256": None,
+                    "val_top1": teacher_hits / max(n_val, 1)},
+        "generator": {"kind": "mixup"} if mixes else None,
+        "counts": counts,
+        "shards": shards,
+        "failures": [],
+    }
+    (root / fmt.MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return root
+
+
+def shards_for(n_images: int, readers: int) -> int:
+    """A shard size giving every reader several shards."""
+    return max(1, math.ceil(n_images / max(4 * readers, 8)))
