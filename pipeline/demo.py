@@ -148,19 +148,43 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
         cfg_path = _write_yaml(work / f"train-{mode}.yaml", train_config(str(out), built["models"], mode, size))
         results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
                                   lambda r: f"val top-1 {r['val']['top1']:.3f}")
+    evals = timer.run("eval", lambda: {m: _evaluate(out / "runs" / m, out) for m in results},
+                      lambda e: ", ".join(f"{m} {e[m]['top1']:.3f}" for m in e))
+    timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
     summary = {
         "counts": manifest["counts"],
         "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k) for k in manifest["counts"]},
         "teacher_val_top1": built["probe"]["val_top1"],
-        "finetune_val_top1": results["finetune"]["val"]["top1"],
-        "distill_val_top1": results["distill"]["val"]["top1"],
-        "distill_teacher_agreement": results["distill"]["val"]["agreement"],
+        "finetune_val_top1": evals["finetune"]["top1"],
+        "distill_val_top1": evals["distill"]["top1"],
+        "distill_teacher_agreement": evals["distill"]["agreement"],
         "stages": [(n, round(s, 1), note) for n, s, note in timer.rows],
         "wall_s": round(time.time() - t_start, 1),
     }
     (work / "demo-summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary, out)
     return summary
+
+
+def _evaluate(run_dir: Path, release: Path) -> dict:
+    """What `tsd eval RUN RELEASE` reports: the saved student reloaded and run on the val shards."""
+    from trainer.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(run_dir, str(release), workers=1)[0]
+
+
+def _pictures(out: Path) -> list[Path]:
+    """The contact sheet of mixes, the paper's PCA figure and the training curves."""
+    from .viz import plot_curves, plot_mixes, plot_pca
+
+    runs = [out / "runs" / "distill", out / "runs" / "finetune"]
+    folder = out / "pictures"
+    names = [folder / n for n in ("mixes.png", "pca.png", "curves.png")]
+    newest_input = max((out / "manifest.json").stat().st_mtime, *((r / "metrics.json").stat().st_mtime for r in runs))
+    if all(p.is_file() and p.stat().st_mtime > newest_input for p in names):
+        return names  # drawn after the release and the runs they show: reuse
+    return [plot_mixes(out, folder / "mixes.png"), plot_pca(out, runs, folder / "pca.png"),
+            plot_curves(runs, folder / "curves.png")]
 
 
 def _train(config_path: Path, run_dir: Path) -> dict:
@@ -188,12 +212,14 @@ def print_summary(s: dict, out: Path) -> None:
     print(f"{'model':<22}{'val top-1':>10}")
     print(f"{'teacher (probed)':<22}{s['teacher_val_top1']:>10.3f}")
     print(f"{'student, finetuned':<22}{s['finetune_val_top1']:>10.3f}")
-    print(f"{'student, distilled':<22}{s['distill_val_top1']:>10.3f}")
+    print(f"{'student, distilled':<22}{s['distill_val_top1']:>10.3f}"
+          f"   (agrees with the teacher on {s['distill_teacher_agreement']:.1%})")
     print()
     print(f"{'stage':<20}{'seconds':>9}  note")
     for name, secs, note in s["stages"]:
         print(f"{name:<20}{secs:>9.1f}  {note}")
     print(f"{'total':<20}{s['wall_s']:>9.1f}")
+    print(f"\npictures: {out / 'pictures'}; verify the release with: tsd verify {out}")
 
 
 def main(args) -> int:

@@ -79,18 +79,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="autocast on CUDA")
 
 
+def evaluate_checkpoint(ckpt, release: str, *, batch_size: int = 256, workers: int = 2, device: str = "auto",
+                        precision: str = "bf16", predictions: bool = False) -> tuple[dict, dict]:
+    """(metrics, student info) of a saved student (run folder or student.safetensors) on a release."""
+    model, info = load_student(ckpt)
+    releases = open_releases([release])
+    if releases.classes != info["classes"]:
+        raise ConfigError(f"{release}: classes differ from the student's ({ckpt})")
+    device = resolve_device(device)
+    model.to(device)
+    metrics = evaluate(model, releases, info["img_size"], info["mean"], info["std"], batch_size=batch_size,
+                       workers=workers, device=device, precision=precision, predictions=predictions)
+    return metrics, info
+
+
 def main(args: argparse.Namespace) -> int:
     """`tsd eval CKPT RELEASE`: prints one line, writes JSON when asked."""
     predictions = getattr(args, "predictions", None)
-    model, info = load_student(args.ckpt)
-    releases = open_releases([args.release])
-    if releases.classes != info["classes"]:
-        raise ConfigError(f"{args.release}: classes differ from the student's ({args.ckpt})")
-    device = resolve_device(args.device)
-    model.to(device)
-    metrics = evaluate(model, releases, info["img_size"], info["mean"], info["std"], batch_size=args.batch_size,
-                       workers=getattr(args, "workers", 2), device=device,
-                       precision=getattr(args, "precision", "bf16"), predictions=bool(predictions))
+    metrics, info = evaluate_checkpoint(args.ckpt, args.release, batch_size=args.batch_size,
+                                        workers=getattr(args, "workers", 2), device=args.device,
+                                        precision=getattr(args, "precision", "bf16"),
+                                        predictions=bool(predictions))
     rows = metrics.pop("predictions", None)
     top5 = "-" if metrics["top5"] is None else f"{metrics['top5']:.4f}"
     print(f"{info['arch']} on {args.release}: top1 {metrics['top1']:.4f}  top5 {top5}  "
