@@ -11,7 +11,7 @@ from . import format as fmt
 from .config import JobConfig
 from .configlib import to_dict
 from .plan import Plan
-from .shards import atomic_write, read_stats
+from .shards import read_stats, write_if_changed
 
 
 def code_version() -> str:
@@ -130,7 +130,7 @@ def write_index(rows: list[dict], path: Path) -> None:
 
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=index_schema()), sink, compression="zstd")
-    atomic_write(path, sink.getvalue().to_pybytes())
+    write_if_changed(path, sink.getvalue().to_pybytes())
 
 
 def write_release(job: JobConfig, root: str | Path, plan: Plan) -> dict:
@@ -141,6 +141,6 @@ def write_release(job: JobConfig, root: str | Path, plan: Plan) -> dict:
     stats = collect_stats(root, plan)
     manifest = build_manifest(job, root, plan, stats)
     write_index(index_rows(plan, stats), root / fmt.INDEX)
-    atomic_write(root / fmt.CARD, dataset_card(manifest).encode())
-    atomic_write(root / fmt.MANIFEST, (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode())
+    write_if_changed(root / fmt.CARD, dataset_card(manifest).encode())
+    write_if_changed(root / fmt.MANIFEST, (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode())
     return manifest

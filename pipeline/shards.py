@@ -48,6 +48,15 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
+    """`atomic_write` unless the file already holds exactly `data` (keeps its mtime for reuse checks)."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    atomic_write(path, data)
+    return True
+
+
 def publish_shard(root: str | os.PathLike, name: str, data: bytes, stats: dict) -> dict:
     """Publish shard `name` (e.g. 'mix/mix-000002') under `root`: the tar first, then its stats.
 
