@@ -187,14 +187,17 @@ def _resolve(value: str, base: Path) -> str:
     return str((base / os.path.expanduser(value)).resolve())
 
 
-def to_dict(obj: Any) -> Any:
-    """The plain-data form of a config (for manifests and fingerprints)."""
+def to_dict(obj: Any, paths: bool = True) -> Any:
+    """The plain-data form of a config (for manifests and fingerprints). With `paths=False`, path
+    fields are left out: a fingerprint then follows the files' contents (hashed separately), not
+    where they are, so a moved or copied job folder reuses its finished work."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name), paths) for f in dataclasses.fields(obj)
+                if paths or not f.metadata.get("path")}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, paths) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, paths) for k, v in obj.items()}
     return obj
 
 

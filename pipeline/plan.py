@@ -34,7 +34,7 @@ def plan_schema():
 
 def plan_fingerprint(job: JobConfig) -> str:
     """What the plan depends on: a changed value means the plan (and its shards) must be redone."""
-    relevant = {"seed": job.seed, "data": to_dict(job.data), "views": to_dict(job.views),
+    relevant = {"seed": job.seed, "data": to_dict(job.data, paths=False), "views": to_dict(job.views),
                 "plan": to_dict(job.plan), "shard_size": job.generate.shard_size,
                 "gen_size": job.generator.size if job.generator else None,
                 "index_sha256": fmt.sha256_file(job.data.index)}

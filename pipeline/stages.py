@@ -49,8 +49,8 @@ def probe(job: JobConfig, out: str | Path, device: str = "auto", force: bool = F
 
     out = Path(out)
     weights = fmt.sha256_file(job.teacher.weights) if job.teacher.weights else None
-    fp = _fingerprint(to_dict(job.teacher), to_dict(job.probe), to_dict(job.data), to_dict(job.views),
-                      job.seed, fmt.sha256_file(job.data.index), weights)
+    fp = _fingerprint(to_dict(job.teacher, paths=False), to_dict(job.probe), to_dict(job.data, paths=False),
+                      to_dict(job.views), job.seed, fmt.sha256_file(job.data.index), weights)
     if not force and (done := _is_done(out, "probe", fp)) and (out / fmt.HEAD_FILE).is_file():
         return done["result"], True
     metrics = run_probe(job, out, device)
