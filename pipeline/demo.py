@@ -29,11 +29,14 @@ class DemoSize:
     views: int
     epochs: int
     shard_size: int
+    pretrain_steps: int  # teacher pretraining on a disjoint corpus (0: random weights)
 
 
 SIZES = {
-    "demo": DemoSize(classes=10, per_class=60, pool="1x", steps=10, views=4, epochs=12, shard_size=128),
-    "small": DemoSize(classes=8, per_class=16, pool="1x", steps=4, views=2, epochs=4, shard_size=32),
+    "demo": DemoSize(classes=10, per_class=60, pool="1x", steps=10, views=4, epochs=12, shard_size=128,
+                     pretrain_steps=600),
+    "small": DemoSize(classes=8, per_class=16, pool="1x", steps=4, views=2, epochs=4, shard_size=32,
+                      pretrain_steps=0),
 }
 
 
@@ -108,7 +111,7 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
 
     def make_source():
         write_toy_dataset(work / "source", num_classes=size.classes, per_class=size.per_class, seed=0)
-        return build_tiny_models(work / "models")
+        return build_tiny_models(work / "models", pretrain_steps=size.pretrain_steps)
 
     models = timer.run("data + tiny models", make_source)
     ingest_dir = work / "ingest"

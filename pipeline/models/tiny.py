@@ -25,13 +25,14 @@ class TinySizes:
     student_arch: str = "resnet10t"
 
 
-def _done(folder: Path, sizes: TinySizes) -> bool:
+def _done(folder: Path, sizes: TinySizes, pretrain_steps: int) -> bool:
     marker = folder / "tiny.json"
-    return marker.is_file() and json.loads(marker.read_text()) == _describe(sizes)
+    return marker.is_file() and json.loads(marker.read_text()) == _describe(sizes, pretrain_steps)
 
 
-def _describe(sizes: TinySizes) -> dict:
+def _describe(sizes: TinySizes, pretrain_steps: int) -> dict:
     d = {k: getattr(sizes, k) for k in sizes.__dataclass_fields__}
+    d["teacher_pretrain_steps"] = pretrain_steps
     return json.loads(json.dumps(d))
 
 
@@ -334,15 +335,27 @@ def build_ldm_checkpoint(folder: Path, sizes: TinySizes = TinySizes(), seed: int
     return {"ckpt": ckpt_dir / "image-mixer.ckpt", "config": ckpt_dir / "config.yaml", "reference": reference}
 
 
-def build_tiny_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: int = 0) -> dict:
-    """Write every tiny model under `folder` (skipped when already there) and return their paths."""
+def build_tiny_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: int = 0,
+                      pretrain_steps: int = 0) -> dict:
+    """Write every tiny model under `folder` (skipped when already there) and return their paths.
+
+    `pretrain_steps` > 0 pretrains the teacher backbone on a procedural corpus disjoint from the
+    demo's data (see tiny_pretrain): a stand-in for DINOv2's generic pretraining, so that probing
+    gives a teacher worth distilling. 0 keeps random weights (the tests' machinery checks)."""
+    import tempfile
+
     folder = Path(folder)
     paths = {"teacher": folder / "teacher" / "model.safetensors",
              "student": folder / "student" / "model.safetensors",
              "image-mixer": folder / "image-mixer"}
-    if not _done(folder, sizes):
-        build_teacher(folder, sizes, seed)
+    if not _done(folder, sizes, pretrain_steps):
+        teacher = build_teacher(folder, sizes, seed)
+        if pretrain_steps:
+            from .tiny_pretrain import pretrain_teacher
+
+            with tempfile.TemporaryDirectory() as corpus:
+                pretrain_teacher(teacher, sizes, seed=seed, corpus_dir=Path(corpus), steps=pretrain_steps)
         build_student(folder, sizes, seed)
         build_image_mixer(folder, sizes, seed)
-        (folder / "tiny.json").write_text(json.dumps(_describe(sizes), indent=1))
+        (folder / "tiny.json").write_text(json.dumps(_describe(sizes, pretrain_steps), indent=1))
     return {k: str(v) for k, v in paths.items()}
