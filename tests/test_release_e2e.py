@@ -35,3 +35,43 @@ def test_verify_passes_then_names_the_shard_with_a_flipped_byte(small_release, t
     path.write_bytes(bytes(data))
     problems = verify_release(root)
     assert problems and {what for what, _ in problems} == {victim}
+
+
+def _copy(small_release, tmp_path):
+    root = tmp_path / "release"
+    shutil.copytree(small_release["root"], root)
+    return root, json.loads((root / fmt.MANIFEST).read_text())
+
+
+def test_verify_names_a_deleted_shard_and_a_removed_index_row(small_release, tmp_path):
+    import pyarrow as pa
+
+    root, manifest = _copy(small_release, tmp_path)
+    gone, thinned = manifest["shards"][0]["name"], manifest["shards"][-1]["name"]
+    (root / f"{gone}.tar").unlink()
+    table = pq.read_table(root / fmt.INDEX)
+    drop = table.column("shard").to_pylist().index(thinned)
+    pq.write_table(pa.concat_tables([table.slice(0, drop), table.slice(drop + 1)]), root / fmt.INDEX)
+    problems = dict(verify_release(root))
+    assert problems[gone] == "missing"
+    assert "index has" in problems[thinned] and "manifest says" in problems[thinned]
+    assert dict(verify_release(root, quick=True)).keys() == problems.keys()
+
+
+def test_verify_cli_exit_codes(small_release, tmp_path):
+    import subprocess
+    import sys
+
+    root, manifest = _copy(small_release, tmp_path)
+    cmd = [sys.executable, "-m", "pipeline.cli", "verify", str(root)]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    victim = manifest["shards"][2]["name"]
+    with open(root / f"{victim}.tar", "r+b") as f:  # same size: only the full check can see it
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 1 and f"BAD {victim}: sha256" in proc.stdout
+    quick = subprocess.run(cmd + ["--quick"], capture_output=True, text=True)
+    assert quick.returncode == 0  # sizes and counts only: documented as such
