@@ -44,8 +44,9 @@ class ShardWorker:
             torch.set_num_threads(max(1, int(job.generate.cpus_per_worker)))
         self.teacher: Teacher = load_teacher(job.teacher, self.root / fmt.HEAD_FILE).to(self.device)
         if self.device.type == "cuda":
-            self.teacher = self.teacher.to({"bf16": torch.bfloat16, "fp16": torch.float16,
-                                            "fp32": torch.float32}[job.teacher.dtype])
+            # the backbone in reduced precision; the small head stays fp32 (Teacher casts features)
+            self.teacher.backbone.to({"bf16": torch.bfloat16, "fp16": torch.float16,
+                                      "fp32": torch.float32}[job.teacher.dtype])
         self.limits = decode_limits(job.data.index)
         self._generator = None
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tsd-cpu")
@@ -166,7 +167,7 @@ class ShardWorker:
         if not views:
             return [], None
         x = torch.cat(views)
-        dtype = next(self.teacher.head.parameters()).dtype
+        dtype = next(self.teacher.backbone.parameters()).dtype
         bs = self.job.teacher.batch_size
         logits, feats = [], []
         for i in range(0, len(x), bs):
