@@ -207,10 +207,11 @@ class DiffusionGenerator:
         self.cfg, self.device = cfg, device
         self.root = Path(cfg.path)
         self.dtype = torch_dtype(cfg.dtype, device)
+        # loaded straight into the working dtype (diffusers keeps its fp32-only modules fp32 then)
         self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-            self.root / "image_encoder").to(device, self.dtype).eval()
-        self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet").to(device, self.dtype).eval()
-        self.vae = AutoencoderKL.from_pretrained(self.root / "vae").to(device, self.dtype).eval()
+            self.root / "image_encoder", dtype=self.dtype).to(device).eval()
+        self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet", torch_dtype=self.dtype).to(device).eval()
+        self.vae = AutoencoderKL.from_pretrained(self.root / "vae", torch_dtype=self.dtype).to(device).eval()
         # SDPA (flash / memory-efficient kernels on GPU): diffusers' default, stated so it stays so
         self.unet.set_attn_processor(AttnProcessor2_0())
         self.vae.set_attn_processor(AttnProcessor2_0())
