@@ -195,25 +195,9 @@ def _bench(p):
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of that benchmark (see `tsd bench WHAT --help`)")
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """--set a.b=value → {'a': {'b': value}}; values are YAML scalars (numbers, true, null, lists)."""
-    import yaml
-
-    out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
-        key, value = pair.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
 def load_job_args(args):
     from .config import load_job
+    from .configlib import parse_overrides
 
     return load_job(args.config, parse_overrides(getattr(args, "set", [])))
 

@@ -168,6 +168,27 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def parse_overrides(items: list[str] | None) -> dict:
+    """['optim.lr=0.1', 'data.generators=[mixup]'] → nested dict; values are YAML scalars/lists."""
+    out: dict = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item}: expected key=value, e.g. optim.lr=0.001")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: value is not valid YAML") from None
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {part} is set both as a value and a section")
+        node[leaf] = parsed
+    return out
+
+
 def path_field(**kw):
     """A dataclass field holding a filesystem path, resolved relative to the YAML file."""
     return dataclasses.field(metadata={"path": True}, **kw)
@@ -226,4 +247,4 @@ def require_file(path: str | None, key: str) -> None:
 
 
 __all__ = ["InputError", "ConfigError", "build", "load", "load_yaml", "merge", "path_field", "to_dict", "dump",
-           "require_file", "files_optional"]
+           "require_file", "files_optional", "parse_overrides"]

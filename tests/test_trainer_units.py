@@ -17,7 +17,8 @@ from trainer_fixtures import (config_dict, copy_release, corrupt_sample_image, r
 from pipeline import format as fmt
 from pipeline.configlib import ConfigError, build
 from trainer import data, samples, students
-from trainer.config import TrainConfig, check_releases, load_config, parse_overrides
+from pipeline.configlib import parse_overrides
+from trainer.config import TrainConfig, check_releases, load_config
 from trainer.losses import distill_loss, feature_loss
 
 

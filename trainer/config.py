@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-import yaml
 
 from pipeline.configlib import ConfigError, load, path_field, require_file
 
@@ -172,24 +171,3 @@ def check_releases(config: TrainConfig) -> ReleaseSet:
                 raise ConfigError(f"runtime.gpu_decode: {release.root} stores {release.image_format} "
                                   "images; GPU decode reads JPEG only")
     return releases
-
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """['optim.lr=0.1', 'data.generators=[mixup]'] → nested dict; values are YAML scalars/lists."""
-    out: dict = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item}: expected key=value, e.g. optim.lr=0.001")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item}: value is not valid YAML") from None
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item}: {part} is set both as a value and a section")
-        node[leaf] = parsed
-    return out

@@ -33,9 +33,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from pipeline.configlib import ConfigError, dump, to_dict
+from pipeline.configlib import ConfigError, dump, parse_overrides, to_dict
 
-from .config import TrainConfig, check_releases, load_config, parse_overrides
+from .config import TrainConfig, check_releases, load_config
 from .data import batches, model_inputs, train_loader, train_plan
 from .device import autocast, resolve_device
 from .evaluate import evaluate
