@@ -51,6 +51,30 @@ def shard_kind_split(name: str) -> tuple[str, str]:
     raise ValueError(f"not a shard name of this format: {name!r}")
 
 
+def check_manifest(manifest: dict, where: str) -> None:
+    """The parts of manifest.json every reader relies on; ValueError('<where>: …') otherwise."""
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{where}: format_version {version!r}, this tsdistill reads {FORMAT_VERSION}")
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{where}: classes must be a non-empty list of names")
+    if manifest.get("num_classes", len(classes)) != len(classes):
+        raise ValueError(f"{where}: num_classes {manifest['num_classes']} != {len(classes)} class names")
+    for entry in manifest.get("shards") or ():
+        try:
+            name, kind, split = entry["name"], entry["kind"], entry["split"]
+            int(entry["count"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: shard entry {entry!r} lacks name/kind/split/count") from None
+        try:
+            named = shard_kind_split(name)
+        except ValueError:
+            named = None
+        if named != (kind, split):
+            raise ValueError(f"{where}: shard {name!r} is not a {kind}/{split} shard name of this format")
+
+
 # -- samples ------------------------------------------------------------------------------------
 IMAGE_FORMATS = ("jpg", "webp", "png")
 M_JSON = "json"

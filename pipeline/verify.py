@@ -18,9 +18,7 @@ def load_manifest(root: Path) -> dict:
         manifest = json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
-    if manifest.get("format_version") != fmt.FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, "
-                         f"this tsdistill reads {fmt.FORMAT_VERSION}")
+    fmt.check_manifest(manifest, str(path))
     return manifest
 
 

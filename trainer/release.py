@@ -51,34 +51,23 @@ class Release:
         self.root = root
         self.manifest = manifest
         where = join(root, fmt.MANIFEST)
-        version = manifest.get("format_version")
-        if version != fmt.FORMAT_VERSION:
-            raise ReleaseError(f"{where}: format_version {version!r}, this trainer reads {fmt.FORMAT_VERSION}")
-        classes = manifest.get("classes")
-        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-            raise ReleaseError(f"{where}: classes must be a non-empty list of names")
-        if manifest.get("num_classes", len(classes)) != len(classes):
-            raise ReleaseError(f"{where}: num_classes {manifest['num_classes']} != {len(classes)} class names")
+        try:
+            fmt.check_manifest(manifest, where)
+        except ValueError as e:
+            raise ReleaseError(str(e)) from None
+        classes = manifest["classes"]
         self.classes: list[str] = classes
         self.teacher: dict = manifest.get("teacher") or {}
         self.image_format: str = (manifest.get("image") or {}).get("format", "jpg")
-        self._shards = [self._shard(entry, where) for entry in manifest.get("shards") or ()]
+        self._shards = [self._shard(entry) for entry in manifest.get("shards") or ()]
         self.generator_kind: str | None = (manifest.get("generator") or {}).get("kind")
         if self.shards("mix", "train") and self.generator_kind is None:
             raise ReleaseError(f"{where}: has mix shards but no generator.kind")
 
-    def _shard(self, entry: dict, where: str) -> Shard:
-        try:
-            name, kind, split, count = entry["name"], entry["kind"], entry["split"], int(entry["count"])
-        except (KeyError, TypeError, ValueError):
-            raise ReleaseError(f"{where}: shard entry {entry!r} lacks name/kind/split/count") from None
-        try:
-            named = fmt.shard_kind_split(name)
-        except ValueError:
-            named = None
-        if named != (kind, split):
-            raise ReleaseError(f"{where}: shard {name!r} is not a {kind}/{split} shard name of this format")
-        return Shard(join(self.root, name + fmt.SHARD_SUFFIX), name, kind, split, count, self.root)
+    def _shard(self, entry: dict) -> Shard:
+        name = entry["name"]  # entries were checked by format.check_manifest
+        return Shard(join(self.root, name + fmt.SHARD_SUFFIX), name, entry["kind"], entry["split"],
+                     int(entry["count"]), self.root)
 
     @property
     def num_classes(self) -> int:
