@@ -41,12 +41,23 @@ def plan_fingerprint(job: JobConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def geometry(job: JobConfig, kind: str, split: str, seed: int, source: dict | None = None) -> tuple[int, int, list]:
+    """(stored width, stored height, recorded views) of a planned sample: a real image from its
+    source row's size, a mix from the generator's square output."""
+    if kind == "real":
+        w, h = fmt.stored_size(source["width"], source["height"], job.data.store_size)
+    else:
+        w, h = fmt.stored_size(job.generator.size, job.generator.size, job.data.store_size)
+    spec = job.views.spec()
+    views = fmt.sample_views(seed, w, h, job.views.k, spec) if split == "train" else fmt.center_view(w, h, spec)
+    return w, h, views
+
+
 def _real_rows(job: JobConfig, rows: list[dict], split: str, classes: list[str]) -> list[dict]:
-    spec, out = job.views.spec(), []
+    out = []
     for r in rows:
-        w, h = fmt.stored_size(r["width"], r["height"], job.data.store_size)
         seed = fmt.derive_seed(job.seed, r["uid"])
-        views = fmt.sample_views(seed, w, h, job.views.k, spec) if split == "train" else fmt.center_view(w, h, spec)
+        w, h, views = geometry(job, "real", split, seed, r)
         out.append(dict(uid=r["uid"], split=split, kind="real", label=r["label"], class_name=classes[r["label"]],
                         path=r["path"], parents=[], parent_paths=[], weight=None, seed=seed,
                         width=w, height=h, views=views))
@@ -95,18 +106,16 @@ def _mix_rows(job: JobConfig, train: list[dict]) -> list[dict]:
     if count == 0:
         return []
     rng = np.random.Generator(np.random.PCG64(job.seed))
-    spec, size = job.views.spec(), job.generator.size
-    w, h = fmt.stored_size(size, size, job.data.store_size)
     out = []
     for i, (a, b) in enumerate(draw_pairs(job, train, count, rng)):
         weight = draw_weight(job, rng)
         ua, ub = train[a]["uid"], train[b]["uid"]
         uid = fmt.make_uid("mix", job.seed, ua, ub, i)
         seed = fmt.derive_seed(job.seed, uid)
+        w, h, views = geometry(job, "mix", "train", seed)
         out.append(dict(uid=uid, split="train", kind="mix", label=-1, class_name=None, path=None,
                         parents=[ua, ub], parent_paths=[train[a]["path"], train[b]["path"]],
-                        weight=weight, seed=seed, width=w, height=h,
-                        views=fmt.sample_views(seed, w, h, job.views.k, spec)))
+                        weight=weight, seed=seed, width=w, height=h, views=views))
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from . import format as fmt
 from .config import JobConfig
 from .configlib import ConfigError, build
+from .plan import geometry
 
 
 class RegenerateError(ValueError):
@@ -83,20 +84,17 @@ def planned_row(job: JobConfig, sample: dict, sources: dict[str, dict]) -> dict:
             raise RegenerateError(f"{job.data.index}: no source image for {role} {uid} (index changed?)")
         return sources[uid]
 
-    uid, spec = sample["uid"], job.views.spec()
+    uid = sample["uid"]
     seed = fmt.derive_seed(job.seed, uid)
     if seed != sample["seed"]:
         raise RegenerateError(f"{uid}: seed {sample['seed']} in the index, the config derives {seed}")
     if sample["kind"] == "real":
         src = source(uid, "sample")
-        width, height = fmt.stored_size(src["width"], src["height"], job.data.store_size)
         path, parent_paths = src["path"], []
     else:
-        width, height = fmt.stored_size(job.generator.size, job.generator.size, job.data.store_size)
-        path = None
+        src, path = None, None
         parent_paths = [source(p, "parent")["path"] for p in sample["parents"]]
-    views = fmt.sample_views(seed, width, height, job.views.k, spec) if sample["split"] == "train" \
-        else fmt.center_view(width, height, spec)
+    width, height, views = geometry(job, sample["kind"], sample["split"], seed, src)
     return dict(uid=uid, split=sample["split"], kind=sample["kind"], shard=sample["shard"], label=sample["label"],
                 class_name=sample["class_name"], path=path, parents=list(sample["parents"] or []),
                 parent_paths=parent_paths, weight=sample["weight"], seed=seed, width=width, height=height,
