@@ -95,9 +95,6 @@ class PixelMixup:
     def __init__(self, cfg: GeneratorConfig, device: torch.device):
         self.cfg, self.device = cfg, device
 
-    def files(self) -> dict:
-        return {}
-
     def mix(self, parents_a, parents_b, weights, seeds):
         out = []
         for a, b, w in zip(parents_a, parents_b, weights):
@@ -234,13 +231,6 @@ class DiffusionGenerator:
         self.clip_size = crop["height"] if isinstance(crop, dict) else int(crop)
         self.clip_mean = torch.tensor(pp["image_mean"], device=self.device).view(1, 3, 1, 1)
         self.clip_std = torch.tensor(pp["image_std"], device=self.device).view(1, 3, 1, 1)
-
-    def files(self) -> dict:
-        """Weight files and their sha256 (the manifest's record of the generator)."""
-        from ..format import sha256_file
-
-        return {str(p.relative_to(self.root)): sha256_file(p)
-                for p in sorted(self.root.rglob("*")) if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt")}
 
     def new_scheduler(self):
         import diffusers
