@@ -165,7 +165,8 @@ def run(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from .config import GeneratorConfig
-    from .models.generators import ImageMixer, torch_dtype
+    from .models.generators import ImageMixer
+    from .runtime import torch_dtype
 
     quiet_libraries()
     t0 = time.time()

@@ -17,7 +17,7 @@ from . import format as fmt
 from .config import JobConfig
 from .ingest import open_rgb
 from .models.teacher import backbone_features, data_config, feature_dim, load_backbone, make_head, save_head
-from .runtime import pick_device
+from .runtime import pick_device, torch_dtype
 from .source_index import read_source_index
 from .storing import store_bytes
 
@@ -45,8 +45,7 @@ def extract_features(job: JobConfig, rows: list[dict], train: bool, device, desc
 
     backbone = load_backbone(job.teacher).to(device)
     mean, std = data_config(backbone)
-    dtype = torch.float32 if device.type == "cpu" else {"bf16": torch.bfloat16, "fp16": torch.float16,
-                                                        "fp32": torch.float32}[job.teacher.dtype]
+    dtype = torch_dtype(job.teacher.dtype, device)
     backbone = backbone.to(dtype)
     out, batch, bs = [], [], job.teacher.batch_size
     with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(rows), desc=desc, leave=False) as bar:

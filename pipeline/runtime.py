@@ -14,6 +14,16 @@ def pick_device(name: str = "auto"):
     return torch.device(name)
 
 
+def torch_dtype(name: str, device):
+    """The working dtype of a config's 'fp32' | 'bf16' | 'fp16' on `device`: the CPU always runs fp32
+    (half precision there is slow, and not what a byte-identical CPU rerun should use)."""
+    import torch
+
+    if device.type == "cpu":
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 def quiet_libraries() -> None:
     """Progress bars and advice from diffusers/transformers/hub drown the job's own output."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

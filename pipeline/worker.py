@@ -18,7 +18,7 @@ from . import format as fmt
 from .config import JobConfig
 from .ingest import ImageRejected, open_rgb
 from .models.teacher import Teacher, load_teacher
-from .runtime import pick_device, quiet_libraries
+from .runtime import pick_device, quiet_libraries, torch_dtype
 from .shards import publish_shard, read_stats, tar_bytes
 from .source_index import decode_limits
 from .storing import store_bytes, store_tensor
@@ -43,10 +43,8 @@ class ShardWorker:
             # CPU kernels split reductions by thread count: fixing it keeps reruns byte-identical
             torch.set_num_threads(max(1, int(job.generate.cpus_per_worker)))
         self.teacher: Teacher = load_teacher(job.teacher, self.root / fmt.HEAD_FILE).to(self.device)
-        if self.device.type == "cuda":
-            # the backbone in reduced precision; the small head stays fp32 (Teacher casts features)
-            self.teacher.backbone.to({"bf16": torch.bfloat16, "fp16": torch.float16,
-                                      "fp32": torch.float32}[job.teacher.dtype])
+        # the backbone in the configured precision; the small head stays fp32 (Teacher casts features)
+        self.teacher.backbone.to(torch_dtype(job.teacher.dtype, self.device))
         self.limits = decode_limits(job.data.index)
         self._generator = None
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tsd-cpu")

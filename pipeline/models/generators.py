@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GeneratorConfig
+from ..runtime import torch_dtype
 
 REGISTRY: dict[str, Callable] = {}
 
@@ -45,12 +46,6 @@ def build_generator(cfg: GeneratorConfig, device: torch.device):
     if cfg.kind not in REGISTRY:
         raise ValueError(f"generator.kind: unknown generator {cfg.kind!r} (known: {', '.join(sorted(REGISTRY))})")
     return REGISTRY[cfg.kind](cfg, device)
-
-
-def torch_dtype(name: str, device: torch.device) -> torch.dtype:
-    if device.type == "cpu":
-        return torch.float32  # half precision on CPU is slow and not what a CPU rerun should use
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def strengths(weight: float) -> tuple[float, float]:
