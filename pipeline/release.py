@@ -43,13 +43,11 @@ def collect_stats(root: Path, plan: Plan) -> dict[str, dict]:
 
 
 def teacher_record(job: JobConfig, root: Path) -> dict:
-    from .models.teacher import data_config, feature_dim, load_backbone, weights_identity
+    from .models.teacher import describe_backbone, weights_identity
 
-    backbone = load_backbone(job.teacher)
-    mean, std = data_config(backbone)
     probe = json.loads((root / fmt.PROBE_METRICS).read_text())
     return {"arch": job.teacher.arch, "img_size": job.teacher.img_size, "model_kwargs": job.teacher.model_kwargs,
-            "mean": list(mean), "std": list(std), "feature_dim": feature_dim(backbone),
+            **describe_backbone(job.teacher),
             "logits": job.generate.logits, "topk": job.generate.topk if job.generate.logits == "topk" else None,
             "features": job.generate.features, "weights": weights_identity(job.teacher),
             "head_sha256": fmt.sha256_file(root / fmt.HEAD_FILE), "head": job.probe.head,

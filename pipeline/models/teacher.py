@@ -104,6 +104,19 @@ def data_config(backbone: nn.Module) -> tuple[tuple, tuple]:
     return tuple(cfg["mean"]), tuple(cfg["std"])
 
 
+def describe_backbone(cfg: TeacherConfig) -> dict:
+    """Mean, std and feature size of the configured backbone, built on the meta device: no weights
+    are read or allocated (a ViT-g would cost gigabytes just to say how wide it is)."""
+    import timm
+
+    kwargs = dict(cfg.model_kwargs)
+    kwargs.setdefault("img_size", cfg.img_size)
+    with torch.device("meta"):
+        backbone = timm.create_model(cfg.arch, pretrained=False, num_classes=0, **kwargs)
+    mean, std = data_config(backbone)
+    return {"mean": list(mean), "std": list(std), "feature_dim": feature_dim(backbone)}
+
+
 def load_teacher(cfg: TeacherConfig, head_path: str | Path) -> Teacher:
     backbone = load_backbone(cfg)
     head, _ = load_head(head_path)
