@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from .configlib import ConfigError, load, path_field, require_file
-from .format import IMAGE_FORMATS, ViewSpec
+from .contract.configlib import ConfigError, load, parse_overrides, path_field, require_file
+from .contract.images import IMAGE_FORMATS
+from .contract.views import Views
+from .models import registry
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 
@@ -65,28 +67,6 @@ class ProbeConfig:
 
 
 @dataclass
-class ViewsConfig:
-    k: int = 10                               # recorded views per train sample (real and mix)
-    scale: tuple[float, float] = (0.25, 1.0)
-    ratio: tuple[float, float] = (0.75, 4 / 3)
-    flip: bool = True
-    eval_crop: float = 0.875
-
-    def check(self):
-        if self.k < 1:
-            raise ConfigError(f"k: must be at least 1, got {self.k}")
-        if not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ConfigError(f"scale: expected 0 < min <= max <= 1, got {list(self.scale)}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise ConfigError(f"ratio: expected 0 < min <= max, got {list(self.ratio)}")
-        if not 0 < self.eval_crop <= 1:
-            raise ConfigError(f"eval_crop: expected in (0, 1], got {self.eval_crop}")
-
-    def spec(self) -> ViewSpec:
-        return ViewSpec(tuple(self.scale), tuple(self.ratio), self.flip, self.eval_crop)
-
-
-@dataclass
 class MixPlanConfig:
     """Which pairs are mixed, with which weight (SD-Mixup is class-agnostic by default)."""
     pool_size: Union[int, str] = "1x"         # a count, or 'Nx' = N times the train set
@@ -125,12 +105,9 @@ class MixPlanConfig:
         return int(round(self.pool_multiple() * n_train))
 
 
-GENERATOR_KINDS = ("image-mixer", "sd-image-variations", "unclip", "mixup", "cutmix")
-
-
 @dataclass
 class GeneratorConfig:
-    kind: Literal["image-mixer", "sd-image-variations", "unclip", "mixup", "cutmix"] = "image-mixer"
+    kind: Literal[registry.KINDS] = "image-mixer"   # see models.registry
     path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
     size: int = 640
     steps: int = 30
@@ -143,8 +120,7 @@ class GeneratorConfig:
     interpolation: Literal["slerp", "lerp"] = "slerp"  # one-token generators (sd-image-variations, unclip)
 
     def check(self):
-        diffusion = self.kind not in ("mixup", "cutmix")
-        if diffusion and self.path is None:
+        if self.kind in registry.DIFFUSION_KINDS and self.path is None:
             raise ConfigError(f"path: the {self.kind!r} generator needs a model folder")
         require_file(self.path, "path")
         if self.size % 8 or self.size < 8:
@@ -201,7 +177,7 @@ class JobConfig:
     data: DataConfig
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    views: ViewsConfig = field(default_factory=ViewsConfig)
+    views: Views = field(default_factory=Views)
     plan: MixPlanConfig = field(default_factory=MixPlanConfig)
     generator: Optional[GeneratorConfig] = None   # required unless plan.pool_size is 0
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -213,6 +189,25 @@ class JobConfig:
         no_mixes = self.plan.pool_size in (0, "0x", "0.0x")
         if self.generator is None and not no_mixes:
             raise ConfigError("generator: missing (required unless plan.pool_size is 0)")
+
+
+def add_job_arguments(parser, out_required: bool = True) -> None:
+    """The arguments of every stage command: the job manifest, its folder, overrides."""
+    parser.add_argument("config", help="job manifest (YAML), e.g. manifests/demo.yaml")
+    parser.add_argument("--out", required=out_required,
+                        help="job folder: the release, plus work/ for intermediate files")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set generate.shard_size=128 (repeatable)")
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where models run (default: auto)")
+
+
+def load_job_args(args) -> JobConfig:
+    """The job of a stage command's parsed arguments (`add_job_arguments`)."""
+    return load_job(args.config, parse_overrides(args.set))
 
 
 def load_job(path, overrides: dict | None = None) -> JobConfig:

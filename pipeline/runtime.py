@@ -1,27 +1,8 @@
-"""Process-wide runtime choices: the device, thread counts, quiet libraries."""
+"""Process-wide settings of the generation side: quiet libraries, fixed CPU thread counts."""
 from __future__ import annotations
 
+import contextlib
 import os
-
-
-def pick_device(name: str = "auto"):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available")
-    return torch.device(name)
-
-
-def torch_dtype(name: str, device):
-    """The working dtype of a config's 'fp32' | 'bf16' | 'fp16' on `device`: the CPU always runs fp32
-    (half precision there is slow, and not what a byte-identical CPU rerun should use)."""
-    import torch
-
-    if device.type == "cpu":
-        return torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def quiet_libraries() -> None:
@@ -30,3 +11,17 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count fixed to `n` inside the block: CPU kernels split reductions
+    by thread count, so a fixed count keeps CPU reruns byte-identical."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -23,7 +23,7 @@ def small_release(tmp_path_factory, ray_cluster):
     """A real release made by ingest → probe → plan → generate (Ray) → release on the 'small' demo size.
 
     Shared by many tests: treat it as read-only (copy it before changing anything)."""
-    from pipeline.demo import build_release
+    from pipeline.demo.runner import build_release
 
     out = tmp_path_factory.mktemp("small-release")
     built = build_release(out, "small")

@@ -4,12 +4,12 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from pipeline.bench_generate import main_argv  # noqa: E402
+from pipeline import cli  # noqa: E402
 
 
 def test_tiny_bench_prints_ratios_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main_argv(["--size", "tiny", "--batch", "2", "--steps", "2", "--images", "2", "--device", "cpu",
+    assert cli.main(["bench", "generate", "--size", "tiny", "--batch", "2", "--steps", "2", "--images", "2", "--device", "cpu",
                       "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "ratio fused / stock-1:" in printed and "ratio fused / stock-batched:" in printed

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_job
-from pipeline.configlib import ConfigError
+from pipeline.contract.configlib import ConfigError
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 lambdalabs/image-mixer's image-mixer-pruned.ckpt): the converted diffusers folder holds exactly the
 original weights, loads in the generator and the stock pipeline, and generates what the original
 models generate. Reading a checkpoint never runs code from it."""
-import argparse
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -10,10 +9,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline import cli  # noqa: E402
 from pipeline.config import GeneratorConfig  # noqa: E402
-from pipeline.convert import CLIP_VISUAL, convert_ldm_checkpoint, main  # noqa: E402
-from pipeline.models.generators import build_generator  # noqa: E402
-from pipeline.models.tiny import build_ldm_checkpoint  # noqa: E402
+from pipeline.contract.errors import UserError  # noqa: E402
+from pipeline.demo.tiny import build_ldm_checkpoint  # noqa: E402
+from pipeline.models.registry import build_generator  # noqa: E402
+from pipeline.tools.convert import CLIP_VISUAL, convert_ldm_checkpoint  # noqa: E402
 
 COMPONENTS = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "image_encoder": "CLIPVisionModelWithProjection"}
 
@@ -48,9 +49,8 @@ def test_converted_folder_holds_the_original_weights_and_generates_the_same_imag
     from diffusers import StableDiffusionImageVariationPipeline
 
     out = tmp_path / "image-mixer"
-    args = argparse.Namespace(ckpt=str(ldm["ckpt"]), out=str(out), kind="image-mixer", config=str(ldm["config"]),
-                              image_encoder=None)
-    assert main(args) == 0
+    assert cli.main(["convert", str(ldm["ckpt"]), "--out", str(out), "--kind", "image-mixer",
+                     "--config", str(ldm["config"])]) == 0
     assert "image encoder from checkpoint cond_stage_model" in capsys.readouterr().out
     assert_same_weights(out, ldm["reference"])
     for part in ("unet", "scheduler", "image_encoder", "feature_extractor"):   # same configs, too
@@ -107,7 +107,7 @@ def test_reading_a_checkpoint_never_executes_code(ldm, tmp_path):
 def test_refuses_to_write_into_a_non_empty_folder(ldm, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserError, match="exists and is not empty"):
         convert_ldm_checkpoint(ldm["ckpt"], tmp_path / "out", original_config=ldm["config"])
     with pytest.raises(ValueError, match="kind"):
         convert_ldm_checkpoint(ldm["ckpt"], tmp_path / "other", kind="unclip")

@@ -6,45 +6,47 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import format as fmt
-from pipeline.shards import publish_shard, read_stats, tar_bytes
+from pipeline.contract.ids import derive_seed, is_uid, make_uid, sha256_bytes
+from pipeline.contract.samples import SampleMeta, dense_logits, encode_teacher, npy_load
+from pipeline.contract.shards import publish_shard, read_shard, read_stats, tar_bytes
+from pipeline.contract.views import Views, center_view, sample_views, view_box, view_pixels
 
 
 def test_uids_are_stable_hex_without_dots():
-    uid = fmt.make_uid("real", "ab" * 32, "cls/img.01.jpg")
-    assert fmt.is_uid(uid) and "." not in uid
-    assert uid == fmt.make_uid("real", "ab" * 32, "cls/img.01.jpg") != fmt.make_uid("real", "ab" * 32, "x.jpg")
+    uid = make_uid("real", "ab" * 32, "cls/img.01.jpg")
+    assert is_uid(uid) and "." not in uid
+    assert uid == make_uid("real", "ab" * 32, "cls/img.01.jpg") != make_uid("real", "ab" * 32, "x.jpg")
 
 
 def test_seeds_depend_on_global_seed_and_uid_only():
-    assert fmt.derive_seed(0, "a" * 32) == fmt.derive_seed(0, "a" * 32)
-    assert len({fmt.derive_seed(s, u) for s in (0, 1) for u in ("a" * 32, "b" * 32)}) == 4
+    assert derive_seed(0, "a" * 32) == derive_seed(0, "a" * 32)
+    assert len({derive_seed(s, u) for s in (0, 1) for u in ("a" * 32, "b" * 32)}) == 4
 
 
 def test_views_are_deterministic_and_inside_the_image():
-    spec = fmt.ViewSpec(scale=(0.08, 1.0))
-    a = fmt.sample_views(7, 500, 375, 16, spec)
-    assert a == fmt.sample_views(7, 500, 375, 16, spec) != fmt.sample_views(8, 500, 375, 16, spec)
-    for v in a + fmt.center_view(500, 375, spec):
-        x0, y0, x1, y1 = fmt.view_box(v, 500, 375)
+    spec = Views(scale=(0.08, 1.0))
+    a = sample_views(7, 500, 375, 16, spec)
+    assert a == sample_views(7, 500, 375, 16, spec) != sample_views(8, 500, 375, 16, spec)
+    for v in a + center_view(500, 375, spec):
+        x0, y0, x1, y1 = view_box(v, 500, 375)
         assert 0 <= x0 < x1 <= 500 and 0 <= y0 < y1 <= 375
 
 
 def test_view_pixels_crop_and_flip():
     image = torch.arange(3 * 8 * 16).reshape(3, 8, 16).remainder(251).to(torch.uint8)
     left_half = [0.0, 0.0, 0.5, 1.0, 0]
-    out = fmt.view_pixels(image, left_half, 8)
+    out = view_pixels(image, left_half, 8)
     assert torch.allclose(out * 255, image[:, :, :8].float(), atol=1e-3)
-    flipped = fmt.view_pixels(image, left_half[:4] + [1], 8)
+    flipped = view_pixels(image, left_half[:4] + [1], 8)
     assert torch.equal(flipped, torch.flip(out, dims=[2]))
 
 
 def test_topk_logits_keep_the_top_and_the_rest_mass():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 50)).astype(np.float32) * 3
-    members, rest = fmt.encode_teacher(logits, topk=5)
-    meta = fmt.SampleMeta("a" * 32, "train", "real", 1, 0, [[0, 0, 1, 1, 0]] * 3, 8, 8, topk_rest=rest)
-    dense = fmt.dense_logits(members, meta, 50)
+    members, rest = encode_teacher(logits, topk=5)
+    meta = SampleMeta("a" * 32, "train", "real", 1, 0, [[0, 0, 1, 1, 0]] * 3, 8, 8, topk_rest=rest)
+    dense = dense_logits(members, meta, 50)
     p, q = (np.exp(z - z.max(1, keepdims=True)) for z in (logits, dense))
     p, q = p / p.sum(1, keepdims=True), q / q.sum(1, keepdims=True)
     top = np.argsort(-logits, 1)[:, :5]
@@ -54,29 +56,29 @@ def test_topk_logits_keep_the_top_and_the_rest_mass():
 
 def test_full_logits_round_trip_as_float16():
     logits = np.linspace(-3, 3, 20, dtype=np.float32).reshape(2, 10)
-    members, rest = fmt.encode_teacher(logits, topk=None)
-    meta = fmt.SampleMeta("a" * 32, "train", "real", 1, 0, [[0, 0, 1, 1, 0]] * 2, 8, 8)
-    assert rest is None and np.allclose(fmt.dense_logits(members, meta, 10), logits, atol=1e-2)
+    members, rest = encode_teacher(logits, topk=None)
+    meta = SampleMeta("a" * 32, "train", "real", 1, 0, [[0, 0, 1, 1, 0]] * 2, 8, 8)
+    assert rest is None and np.allclose(dense_logits(members, meta, 10), logits, atol=1e-2)
     with pytest.raises(ValueError, match="expected \\[K, 12\\]"):
-        fmt.dense_logits(members, meta, 12)
+        dense_logits(members, meta, 12)
 
 
 def test_npy_members_refuse_pickled_objects():
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="bad npy member"):
-        fmt.npy_load(buf.getvalue(), "shard.tar")
+        npy_load(buf.getvalue(), "shard.tar")
 
 
 def test_tars_are_byte_identical_and_read_back(tmp_path):
-    samples = [(fmt.make_uid(i), {"json": b"{}", "jpg": bytes([i]) * 10, "logits.npy": b"x"}) for i in range(3)]
+    samples = [(make_uid(i), {"json": b"{}", "jpg": bytes([i]) * 10, "logits.npy": b"x"}) for i in range(3)]
     data = tar_bytes(samples)
     assert data == tar_bytes(samples)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         infos = tar.getmembers()
     assert {(i.mtime, i.uid, i.gid, i.uname, i.mode) for i in infos} == {(0, 0, 0, "", 0o644)}
     assert infos[0].name.endswith(".jpg")  # image first within a sample
-    back = list(fmt.read_shard(io.BytesIO(data)))
+    back = list(read_shard(io.BytesIO(data)))
     assert [k for k, _ in back] == [k for k, _ in samples] and back[0][1]["jpg"] == samples[0][1]["jpg"]
     with pytest.raises(ValueError, match="must not contain"):
         tar_bytes([("a.b", {"json": b"{}"})])
@@ -91,13 +93,13 @@ def test_reading_refuses_paths_and_links(tmp_path):
             info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
             tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
         with pytest.raises(ValueError):
-            list(fmt.read_shard(io.BytesIO(buf.getvalue()), "bad.tar"))
+            list(read_shard(io.BytesIO(buf.getvalue()), "bad.tar"))
 
 
 def test_publish_then_stats_mark_the_shard_done(tmp_path):
-    data = tar_bytes([(fmt.make_uid(1), {"json": b"{}"})])
+    data = tar_bytes([(make_uid(1), {"json": b"{}"})])
     publish_shard(tmp_path, "real/train-000000", data, {"count": 1, "plan": "p1"})
-    assert read_stats(tmp_path, "real/train-000000", "p1")["sha256"] == fmt.sha256_bytes(data)
+    assert read_stats(tmp_path, "real/train-000000", "p1")["sha256"] == sha256_bytes(data)
     assert read_stats(tmp_path, "real/train-000000", "p2") is None  # made for another plan
     (tmp_path / "real/train-000000.tar").write_bytes(data[:-512])
     assert read_stats(tmp_path, "real/train-000000") is None        # truncated tar: not done

@@ -16,10 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline import format as fmt
-from pipeline import stages
 from pipeline.config import load_job
-from pipeline.plan import read_plan
+from pipeline.contract.ids import sha256_file
+from pipeline.contract.layout import MANIFEST, SHARD_SUFFIX, STATS_SUFFIX, TEACHER_DIR
+from pipeline.stages import jobdir as stages
+from pipeline.stages.distribute import generate_stage
+from pipeline.stages.plan import read_plan
 
 
 def copy_without_shards(src: Path, dst: Path) -> Path:
@@ -27,17 +29,17 @@ def copy_without_shards(src: Path, dst: Path) -> Path:
     shutil.copytree(src / stages.WORK / "ingest", dst / stages.WORK / "ingest")
     shutil.copy(src / stages.WORK / "plan.parquet", dst / stages.WORK / "plan.parquet")
     shutil.copy(src / stages.WORK / "job.yaml", dst / stages.WORK / "job.yaml")
-    shutil.copytree(src / fmt.TEACHER_DIR, dst / fmt.TEACHER_DIR)
+    shutil.copytree(src / TEACHER_DIR, dst / TEACHER_DIR)
     return dst
 
 
 def reference_hashes(release: Path) -> dict:
-    manifest = json.loads((release / fmt.MANIFEST).read_text())
+    manifest = json.loads((release / MANIFEST).read_text())
     return {s["name"]: s["sha256"] for s in manifest["shards"]}
 
 
 def produced_hashes(root: Path, names) -> dict:
-    return {n: fmt.sha256_file(root / f"{n}{fmt.SHARD_SUFFIX}") for n in names}
+    return {n: sha256_file(root / f"{n}{SHARD_SUFFIX}") for n in names}
 
 
 def ray_processes(title: str) -> list[int]:
@@ -55,7 +57,7 @@ def ray_processes(title: str) -> list[int]:
 
 
 def done_shards(root: Path) -> list[Path]:
-    return [p for d in ("real", "mix") if (root / d).is_dir() for p in (root / d).glob(f"*{fmt.STATS_SUFFIX}")]
+    return [p for d in ("real", "mix") if (root / d).is_dir() for p in (root / d).glob(f"*{STATS_SUFFIX}")]
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -78,7 +80,7 @@ def test_sigkill_a_worker_mid_shard_gives_the_same_release(small_release, tmp_pa
 
     def generate():
         try:
-            result.update(stages.generate(job, root, progress=False))
+            result.update(generate_stage(job, root, progress=False))
         except Exception as e:  # surfaced by the assertion below
             error.append(e)
 

@@ -10,9 +10,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.config import GENERATOR_KINDS, GeneratorConfig  # noqa: E402
-from pipeline.models import tiny  # noqa: E402
-from pipeline.models.generators import REGISTRY, build_generator, lerp, slerp, strengths  # noqa: E402
+from pipeline.config import GeneratorConfig  # noqa: E402
+from pipeline.demo import tiny  # noqa: E402
+from pipeline.models import registry  # noqa: E402
+from pipeline.models.generators import lerp, slerp, strengths  # noqa: E402
+from pipeline.models.registry import build_generator  # noqa: E402
 
 CPU = torch.device("cpu")
 DIFFUSION = ("image-mixer", "sd-image-variations", "unclip")
@@ -55,7 +57,16 @@ SEEDS = [11, 12, 13, 14]
 
 
 def test_registry_covers_every_configurable_kind():
-    assert set(REGISTRY) == set(GENERATOR_KINDS)
+    """Every kind the config accepts has an implementation to build (imported, not only named)."""
+    import importlib
+
+    import typing
+
+    configurable = typing.get_args(typing.get_type_hints(GeneratorConfig)["kind"])
+    assert set(registry.GENERATORS) == set(configurable)
+    for kind in registry.GENERATORS.values():
+        module, cls = kind.implementation.split(":")
+        assert callable(getattr(importlib.import_module(module), cls)), kind.name
 
 
 @pytest.mark.parametrize("kind", DIFFUSION)

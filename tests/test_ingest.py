@@ -27,7 +27,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import argparse
 import csv
 import hashlib
 import io
@@ -44,10 +43,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import format as fmt
-from pipeline.ingest import (INDEX_COLUMNS, ImageRejected, IngestError, assign_splits, ingest, main,
-                             open_rgb, sort_classes)
-from pipeline.toydata import write_toy_dataset
+from pipeline import cli  # noqa: E402
+from pipeline.contract.errors import UserError  # noqa: E402
+from pipeline.contract.ids import make_uid
+from pipeline.demo.toydata import write_toy_dataset
+from pipeline.sources.decode import ImageRejected, open_rgb  # noqa: E402
+from pipeline.sources.index import INDEX_COLUMNS  # noqa: E402
+from pipeline.sources.ingest import assign_splits, ingest, sort_classes
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -221,7 +223,7 @@ def test_index_schema_classes_and_rows(zoo):
         data = Path(r["path"]).read_bytes()
         assert Path(r["path"]).is_absolute() and Path(r["path"]) == root / r["relpath"]
         assert r["sha256"] == hashlib.sha256(data).hexdigest()
-        assert r["uid"] == fmt.make_uid("real", r["sha256"], r["relpath"])
+        assert r["uid"] == make_uid("real", r["sha256"], r["relpath"])
         assert classes[r["label"]] == r["class_name"] == r["relpath"].split("/")[0]
         assert r["split"] in ("train", "val")
 
@@ -334,7 +336,7 @@ def test_csv_source_with_splits_bad_values_missing_files_and_absolute_paths(tmp_
     reasons = {r["reason"] for r in pq.read_table(tmp_path / "out/rejects.parquet").to_pylist()}
     assert {rel: (r["class_name"], r["label"], r["split"]) for rel, r in rows.items()} == {
         "imgs/a.jpg": ("cat", 0, "train"), "imgs/b.jpg": ("dog", 1, "val"), "imgs/d.jpg": ("cat", 0, "val")}
-    assert rows["imgs/d.jpg"]["uid"] == fmt.make_uid("real", rows["imgs/d.jpg"]["sha256"], "imgs/d.jpg")
+    assert rows["imgs/d.jpg"]["uid"] == make_uid("real", rows["imgs/d.jpg"]["sha256"], "imgs/d.jpg")
     assert "file not found" in reasons
     assert "row 4: bad split 'test' (expected 'train' or 'val')" in reasons
     assert "row 6: listed twice (first at row 1)" in reasons
@@ -370,13 +372,13 @@ def test_parquet_source_with_integer_labels_and_a_bad_split(tmp_path):
 
 def test_missing_column_names_the_column_and_the_file(tmp_path):
     table = _write_csv(tmp_path / "list.csv", ["path", "class"], [["a.jpg", "cat"]])
-    with pytest.raises(IngestError, match=r"list\.csv: missing column 'label'"):
+    with pytest.raises(UserError, match=r"list\.csv: missing column 'label'"):
         ingest(table, tmp_path / "out", workers=1)
 
 
 # -- split --------------------------------------------------------------------------------------
 def test_assign_splits_is_stratified_and_keeps_a_train_image():
-    uids = {name: [fmt.make_uid(name, i) for i in range(n)]
+    uids = {name: [make_uid(name, i) for i in range(n)]
             for name, n in {"one": 1, "two": 2, "three": 3, "ten": 10, "twentyfive": 25}.items()}
     splits = assign_splits(uids, 0.1, seed=0)
     val = {name: sum(splits[u] == "val" for u in us) for name, us in uids.items()}
@@ -387,8 +389,8 @@ def test_assign_splits_is_stratified_and_keeps_a_train_image():
 
 
 def test_a_class_split_does_not_move_when_another_class_grows():
-    small = {"a": [fmt.make_uid("a", i) for i in range(20)], "b": [fmt.make_uid("b", i) for i in range(5)]}
-    grown = dict(small, b=small["b"] + [fmt.make_uid("b", i) for i in range(5, 30)])
+    small = {"a": [make_uid("a", i) for i in range(20)], "b": [make_uid("b", i) for i in range(5)]}
+    grown = dict(small, b=small["b"] + [make_uid("b", i) for i in range(5, 30)])
     first, second = assign_splits(small, 0.2, 0), assign_splits(grown, 0.2, 0)
     assert {u: first[u] for u in small["a"]} == {u: second[u] for u in small["a"]}
 
@@ -441,17 +443,15 @@ def test_empty_rejects_table_still_has_its_schema(tmp_path):
 
 
 # -- CLI ----------------------------------------------------------------------------------------
-def _args(src, out, **overrides):
-    values = dict(src=str(src), out=str(out), val_fraction=0.1, seed=0, workers=1, min_size=16)
-    values.update(overrides)
-    return argparse.Namespace(**values)
+def main(src, out) -> int:
+    return cli.main(["ingest", str(src), "--out", str(out), "--workers", "1"])
 
 
 def test_main_prints_one_summary_line(tmp_path, capsys):
     _images(tmp_path / "src/cat", [f"{i}.png" for i in range(10)])
     _images(tmp_path / "src/dog", [f"{i}.png" for i in range(10)])
     _write(tmp_path / "src/dog/bad.jpg", b"")
-    assert main(_args(tmp_path / "src", tmp_path / "out")) == 0
+    assert main(tmp_path / "src", tmp_path / "out") == 0
     line = capsys.readouterr().out.strip()
     assert line == (f"ingest: kept 20, rejected 1 (see {tmp_path / 'out' / 'rejects.parquet'}); "
                     f"2 classes; train 18, val 2")
@@ -460,7 +460,7 @@ def test_main_prints_one_summary_line(tmp_path, capsys):
 def test_main_warns_about_identical_files_in_train_and_val(tmp_path, capsys):
     _images(tmp_path / "src/cat", ["a.png"])
     shutil.copy(tmp_path / "src/cat/a.png", tmp_path / "src/cat/b.png")   # 2 images: 1 train, 1 val
-    assert main(_args(tmp_path / "src", tmp_path / "out")) == 0
+    assert main(tmp_path / "src", tmp_path / "out") == 0
     assert capsys.readouterr().out.strip().endswith(
         "train 1, val 1; warning: 1 val image(s) also in train (same bytes)")
 
@@ -473,8 +473,6 @@ def test_main_warns_about_identical_files_in_train_and_val(tmp_path, capsys):
 ])
 def test_main_exits_2_with_a_one_line_error(tmp_path, capsys, make_src, message):
     src = make_src(tmp_path)
-    with pytest.raises(SystemExit) as info:
-        main(_args(src, tmp_path / "out"))
-    assert info.value.code == 2
+    assert main(src, tmp_path / "out") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ingest: error: ") and re.search(message, err)
+    assert err.count("\n") == 1 and err.startswith("tsd ingest: error: ") and re.search(message, err)

@@ -10,9 +10,9 @@ import yaml
 
 from pipeline import cli
 from pipeline.config import load_job
-from pipeline.configlib import ConfigError, load
-from pipeline.estimate import (JPEG_ANCHOR, STOCK_IMG_S, estimate, format_estimate, mix_seconds_model,
-                               natural_test_image)
+from pipeline.contract.configlib import ConfigError, load
+from pipeline.tools.estimate import (JPEG_ANCHOR, STOCK_IMG_S, estimate, format_estimate, mix_seconds_model,
+                                     natural_test_image)
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 RECIPES = ["cub200", "aircraft", "dtd", "pets", "caltech101"]
@@ -177,7 +177,7 @@ def demo_paths(work: str) -> tuple[dict, str]:
 
 
 def test_demo_manifest_is_what_the_demo_runs(tmp_path):
-    from pipeline.demo import SIZES, job_config
+    from pipeline.demo.runner import SIZES, job_config
 
     models, index = demo_paths("../demo-out/work")
     assert raw("demo") == job_config(models, index, SIZES["demo"])
@@ -185,7 +185,7 @@ def test_demo_manifest_is_what_the_demo_runs(tmp_path):
 
 
 def test_train_demo_is_what_the_demo_trains(tmp_path):
-    from pipeline.demo import SIZES, train_config
+    from pipeline.demo.runner import SIZES, train_config
     from trainer.config import TrainConfig
 
     models, _ = demo_paths("../demo-out/work")

@@ -6,14 +6,14 @@ import shutil
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from pipeline import format as fmt
-from pipeline.verify import verify_release
+from pipeline.contract.layout import INDEX, MANIFEST
+from pipeline.tools.verify import verify_release
 
 
 def test_counts_agree_between_manifest_index_and_shards(small_release):
     root = small_release["root"]
-    manifest = json.loads((root / fmt.MANIFEST).read_text())
-    index = pq.read_table(root / fmt.INDEX).to_pylist()
+    manifest = json.loads((root / MANIFEST).read_text())
+    index = pq.read_table(root / INDEX).to_pylist()
     for shard in manifest["shards"]:
         url = str(root / f"{shard['name']}.tar")
         keys = [s["__key__"] for s in wds.WebDataset(url, shardshuffle=False)]
@@ -28,7 +28,7 @@ def test_verify_passes_then_names_the_shard_with_a_flipped_byte(small_release, t
     root = tmp_path / "release"
     shutil.copytree(small_release["root"], root)
     assert verify_release(root) == []
-    victim = json.loads((root / fmt.MANIFEST).read_text())["shards"][1]["name"]
+    victim = json.loads((root / MANIFEST).read_text())["shards"][1]["name"]
     path = root / f"{victim}.tar"
     data = bytearray(path.read_bytes())
     data[700] ^= 0x01
@@ -40,7 +40,7 @@ def test_verify_passes_then_names_the_shard_with_a_flipped_byte(small_release, t
 def _copy(small_release, tmp_path):
     root = tmp_path / "release"
     shutil.copytree(small_release["root"], root)
-    return root, json.loads((root / fmt.MANIFEST).read_text())
+    return root, json.loads((root / MANIFEST).read_text())
 
 
 def test_verify_names_a_deleted_shard_and_a_removed_index_row(small_release, tmp_path):
@@ -49,9 +49,9 @@ def test_verify_names_a_deleted_shard_and_a_removed_index_row(small_release, tmp
     root, manifest = _copy(small_release, tmp_path)
     gone, thinned = manifest["shards"][0]["name"], manifest["shards"][-1]["name"]
     (root / f"{gone}.tar").unlink()
-    table = pq.read_table(root / fmt.INDEX)
+    table = pq.read_table(root / INDEX)
     drop = table.column("shard").to_pylist().index(thinned)
-    pq.write_table(pa.concat_tables([table.slice(0, drop), table.slice(drop + 1)]), root / fmt.INDEX)
+    pq.write_table(pa.concat_tables([table.slice(0, drop), table.slice(drop + 1)]), root / INDEX)
     problems = dict(verify_release(root))
     assert problems[gone] == "missing"
     assert "index has" in problems[thinned] and "manifest says" in problems[thinned]

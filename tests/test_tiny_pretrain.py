@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import format as fmt
 from pipeline.config import ProbeConfig, TeacherConfig
+from pipeline.contract.views import Views, center_view, normalize, views_batch
+from pipeline.demo.pretrain import CORPUS_SEED_OFFSET, STORE_SIZE, load_corpus, pretrain_teacher
+from pipeline.demo.tiny import TinySizes, build_teacher
+from pipeline.demo.toydata import write_toy_dataset
 from pipeline.models.teacher import backbone_features, data_config, load_backbone
-from pipeline.models.tiny import TinySizes, build_teacher
-from pipeline.models.tiny_pretrain import CORPUS_SEED_OFFSET, STORE_SIZE, load_corpus, pretrain_teacher
-from pipeline.probe import accuracy, fit_head
-from pipeline.toydata import write_toy_dataset
+from pipeline.stages.probe import accuracy, fit_head
 
 SIZES = TinySizes()
 # short on purpose: the test checks the mechanics and the direction, not the demo's accuracy
@@ -88,11 +88,11 @@ def _features(backbone, root):
     """Centre views of a toy tree, stored as the demo stores them, through the teacher."""
     mean, std = data_config(backbone)
     images, labels = load_corpus(root, STORE_SIZE)
-    spec = fmt.ViewSpec()
-    x = torch.stack([fmt.views_batch(im, fmt.center_view(im.shape[2], im.shape[1], spec), SIZES.teacher_img)[0]
+    spec = Views()
+    x = torch.stack([views_batch(im, center_view(im.shape[2], im.shape[1], spec), SIZES.teacher_img)[0]
                      for im in images])
     with torch.no_grad():
-        return backbone_features(backbone, fmt.normalize(x, mean, std)), labels
+        return backbone_features(backbone, normalize(x, mean, std)), labels
 
 
 def test_improves_the_linear_probe(runs):

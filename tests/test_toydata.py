@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.ingest import ingest
-from pipeline.toydata import CLASS_ORDER, MARKER, write_toy_dataset
+from pipeline.demo.toydata import CLASS_ORDER, MARKER, write_toy_dataset
+from pipeline.sources.ingest import ingest
 
 
 def _files(root: Path) -> dict:
@@ -80,7 +80,7 @@ def test_complete_tree_is_skipped_and_other_parameters_replace_it(tmp_path):
     write_toy_dataset(root, num_classes=2, per_class=3)
     assert (root / MARKER).stat().st_mtime_ns == marker_time
     write_toy_dataset(root, num_classes=3, per_class=2)
-    assert json.loads((root / MARKER).read_text())["per_class"] == 2
+    assert json.loads((root / MARKER).read_text())["result"]["per_class"] == 2
     assert sum(1 for p in root.rglob("*") if p.suffix in (".jpg", ".png")) == 6
     assert not list(tmp_path.glob(".toy.partial"))
 

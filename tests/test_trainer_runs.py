@@ -14,11 +14,11 @@ from argparse import Namespace
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from trainer_fixtures import (REPO, read_log, release, rich_release, run_training, single_thread,  # noqa: F401
                               train_command, trainer_env, write_config)
 
-from trainer import bench, evaluate
+from pipeline import cli
+from trainer import evaluate
 
 pytestmark = pytest.mark.slow
 HEAVY = ("ray", "diffusers", "transformers")
@@ -96,7 +96,7 @@ def test_finetune_baseline_and_no_heavy_imports(tmp_path, release):
         import trainer.train, trainer.data, trainer.evaluate, trainer.bench
         from trainer.config import load_config
         config, releases = load_config({str(config)!r})
-        metrics = trainer.train.run(config, {str(tmp_path / 'run')!r}, releases=releases)
+        metrics = trainer.train.run_training(config, {str(tmp_path / 'run')!r}, releases=releases)
         heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})
         print(json.dumps({{"heavy": heavy, "metrics": metrics}}))
     """)
@@ -112,7 +112,7 @@ def test_finetune_baseline_and_no_heavy_imports(tmp_path, release):
 
 def test_feature_distillation_on_topk_logits(tmp_path, rich_release, single_thread):
     from trainer.config import load_config
-    from trainer.train import run
+    from trainer.train import run_training as run
 
     config, releases = load_config(write_config(
         tmp_path / "t.yaml", rich_release, loss={"feature_weight": 0.5},
@@ -143,22 +143,21 @@ def test_eval_command_reproduces_the_run_metrics(tmp_path, distill_run, release,
     _, run = distill_run
     args = Namespace(ckpt=str(run), release=str(release), json=str(tmp_path / "m.json"),
                      predictions=str(tmp_path / "p.jsonl"), batch_size=32, workers=0, device="cpu", precision="fp32")
-    assert evaluate.main(args) == 0
+    assert evaluate.run(args) == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "top1" in line and "agreement" in line
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["top1"] == json.loads((run / "metrics.json").read_text())["val"]["top1"] and metrics["n"] == 64
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 64
-    # what `tsd eval CKPT RELEASE --json F` passes: a student file, none of the optional attributes
-    minimal = Namespace(ckpt=str(run / "student.safetensors"), release=str(release), json=str(tmp_path / "n.json"),
-                        batch_size=32, device="cpu")
-    assert evaluate.main(minimal) == 0
+    # `tsd eval CKPT RELEASE --json F` on a student file, every other flag at its default
+    assert cli.main(["eval", str(run / "student.safetensors"), str(release), "--json", str(tmp_path / "n.json"),
+                     "--device", "cpu", "--workers", "0"]) == 0
     assert json.loads((tmp_path / "n.json").read_text())["top1"] == metrics["top1"]
 
 
 def test_bench_train_prints_both_rates(tmp_path, capsys, single_thread):
     """`tsd bench train` on a temporary synthetic release of real JPEG shards."""
-    assert bench.main_argv(["--arch", "resnet10t", "--img-size", "32", "--batch-size", "16", "--steps", "3",
+    assert cli.main(["bench", "train", "--arch", "resnet10t", "--img-size", "32", "--batch-size", "16", "--steps", "3",
                             "--warmup", "1", "--workers", "1", "--precision", "fp32", "--device", "cpu",
                             "--images", "64", "--store-size", "40", "--json", str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from trainer_fixtures import (config_dict, copy_release, corrupt_sample_image, release, rich_release,  # noqa: F401
                               shard_path, shard_samples, truncate_shard, write_config)
 
-from pipeline import format as fmt
-from pipeline.configlib import ConfigError, build
+from pipeline.contract.configlib import ConfigError, build, parse_overrides
+from pipeline.contract.images import decode_image
+from pipeline.contract.layout import MANIFEST
+from pipeline.contract.samples import dense_logits
+from pipeline.contract.views import normalize, view_pixels
 from trainer import data, samples, students
-from pipeline.configlib import parse_overrides
 from trainer.config import TrainConfig, check_releases, load_config
 from trainer.losses import distill_loss, feature_loss
 
@@ -108,9 +109,9 @@ def test_releases_must_agree(tmp_path, release, rich_release):
     msg = _config_error(tmp_path, release, releases=[str(release), str(rich_release)])
     assert "releases[1]:" in msg and "classes differ" in msg
     old = copy_release(release, tmp_path / "old")
-    manifest = json.loads((old / fmt.MANIFEST).read_text())
+    manifest = json.loads((old / MANIFEST).read_text())
     manifest["format_version"] = 0
-    (old / fmt.MANIFEST).write_text(json.dumps(manifest))
+    (old / MANIFEST).write_text(json.dumps(manifest))
     assert "format_version 0" in _config_error(tmp_path, release, releases=[str(old)])
     gone = copy_release(release, tmp_path / "gone")
     shard_path(gone, "real", "train", 2).unlink()
@@ -155,15 +156,15 @@ def test_trainer_feeds_exactly_the_recorded_view(release):
         members, meta = stored[uid]
         v = int(batch["view_index"][i])
         assert v == samples.choose_view(0, 0, uid, len(meta.views))
-        pixels = fmt.view_pixels(fmt.decode_image(members["jpg"]), meta.views[v], 32)
+        pixels = view_pixels(decode_image(members["jpg"]), meta.views[v], 32)
         assert torch.equal(batch["pixels"][i], pixels)
-        logits = fmt.dense_logits(members, meta, releases.num_classes)
+        logits = dense_logits(members, meta, releases.num_classes)
         assert torch.equal(batch["logits"][i], torch.from_numpy(logits[v]))
         assert bool(batch["is_real"][i]) == (meta.kind == "real") and int(batch["label"][i]) == meta.label
         expected.append(pixels)
     assert batch["is_real"].tolist() == [True] * 24 + [False] * 8
     x = data.model_inputs(batch, torch.device("cpu"), 32, mean, std)
-    assert torch.equal(x, fmt.normalize(torch.stack(expected), mean, std))
+    assert torch.equal(x, normalize(torch.stack(expected), mean, std))
 
 
 def test_view_choice_is_reseeded_per_epoch_and_reproducible(release):
@@ -202,7 +203,7 @@ def test_topk_logits_and_features(rich_release):
     stored = shard_samples(rich_release, "real", "train")
     members, meta = stored[batch["uid"][0]]
     assert "logits.npy" not in members and "topk_idx.npy" in members
-    assert torch.equal(batch["logits"][0], torch.from_numpy(fmt.dense_logits(members, meta, 5)[batch["view_index"][0]]))
+    assert torch.equal(batch["logits"][0], torch.from_numpy(dense_logits(members, meta, 5)[batch["view_index"][0]]))
 
 
 def test_device_decode_path_matches_cpu_decode(release):

@@ -1,13 +1,14 @@
 """`tsd viz`: the contact sheet, the PCA figure and the training curves are real, non-blank pictures."""
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.viz import VizError, main, plot_curves, plot_mixes, plot_pca, read_log
+from pipeline import cli
+from pipeline.contract.errors import UserError
+from pipeline.tools.viz import plot_curves, plot_mixes, plot_pca, read_log
 
 
 def assert_picture(path: Path, min_size: tuple[int, int]) -> None:
@@ -71,13 +72,12 @@ def test_curves_skip_a_cut_last_line_but_not_a_bad_middle_one(runs, tmp_path):
     entries, metrics = read_log(run)
     assert len(entries) == 5 and metrics is None
     (run / "log.jsonl").write_text("\n".join(lines[:2] + ["{oops"] + lines[2:5]) + "\n")
-    with pytest.raises(VizError, match=r"log.jsonl:3: not a JSON line"):
+    with pytest.raises(UserError, match=r"log.jsonl:3: not a JSON line"):
         read_log(run)
 
 
 def test_viz_main_reports_a_missing_run_folder(tmp_path, capsys):
-    args = Namespace(what="curves", runs=[str(tmp_path / "nope")], out=str(tmp_path / "x.png"))
-    assert main(args) == 2
+    assert cli.main(["viz", "curves", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
     assert "nope/log.jsonl: not found" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
@@ -85,10 +85,10 @@ def test_viz_main_reports_a_missing_run_folder(tmp_path, capsys):
 def test_mixes_sheet_needs_the_parents(small_release, tmp_path):
     import pyarrow.parquet as pq
 
-    from pipeline.subset import make_subset
+    from pipeline.tools.subset import make_subset
 
     rows = pq.read_table(Path(small_release["root"]) / "index.parquet").to_pylist()
     only_mixes = make_subset(small_release["root"], [r["uid"] for r in rows if r["kind"] == "mix"][:4], tmp_path / "s")
     assert only_mixes["counts"]["mix/train"] == 4
-    with pytest.raises(VizError, match="no mix with both parents"):
+    with pytest.raises(UserError, match="no mix with both parents"):
         plot_mixes(tmp_path / "s", tmp_path / "x.png")

@@ -1,24 +1,25 @@
 """The shard worker without Ray: same bytes as the distributed run, failures recorded per sample."""
 import json
 import shutil
+from dataclasses import replace
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline import format as fmt
-from pipeline import stages
 from pipeline.config import load_job
-from pipeline.plan import read_plan
-from pipeline.worker import ShardWorker
+from pipeline.contract.layout import MANIFEST, TEACHER_DIR
+from pipeline.stages import jobdir as stages
+from pipeline.stages.plan import read_plan
+from pipeline.stages.worker import ShardWorker
 
 
 def test_worker_alone_reproduces_the_distributed_shards(small_release, tmp_path):
     root = small_release["root"]
     job = load_job(small_release["job_path"])
     plan = read_plan(stages.plan_path(root))
-    shutil.copytree(root / fmt.TEACHER_DIR, tmp_path / fmt.TEACHER_DIR)
+    shutil.copytree(root / TEACHER_DIR, tmp_path / TEACHER_DIR)
     worker = ShardWorker(job, tmp_path, device="cpu")
-    manifest = json.loads((root / fmt.MANIFEST).read_text())
+    manifest = json.loads((root / MANIFEST).read_text())
     picked = [s for s in manifest["shards"] if s["name"].startswith(("mix/", "real/val"))][:2]
     for shard in picked:
         stats = worker.run_shard(shard["name"], plan.shards()[shard["name"]], plan.fingerprint)
@@ -29,15 +30,15 @@ def test_worker_alone_reproduces_the_distributed_shards(small_release, tmp_path)
 def test_bad_parents_and_nan_images_are_recorded_and_the_rest_goes_on(small_release, tmp_path):
     root = small_release["root"]
     job = load_job(small_release["job_path"])
-    mixes = [r for r in read_plan(stages.plan_path(root)).rows if r["kind"] == "mix"][:3]
-    mixes[1] = dict(mixes[1], parent_paths=[mixes[1]["parent_paths"][0], str(tmp_path / "gone.jpg")])
-    shutil.copytree(root / fmt.TEACHER_DIR, tmp_path / fmt.TEACHER_DIR)
+    mixes = [r for r in read_plan(stages.plan_path(root)).rows if r.kind == "mix"][:3]
+    mixes[1] = replace(mixes[1], parent_paths=[mixes[1].parent_paths[0], str(tmp_path / "gone.jpg")])
+    shutil.copytree(root / TEACHER_DIR, tmp_path / TEACHER_DIR)
     worker = ShardWorker(job, tmp_path, device="cpu")
     out = worker.make_samples(mixes)
-    assert [f is None for *_, f in out] == [True, False, True]
-    assert "unreadable parent" in out[1][3] and "file not found" in out[1][3]
+    assert [m.failure is None for m in out] == [True, False, True]
+    assert "unreadable parent" in out[1].failure and "file not found" in out[1].failure
     stats = worker.run_shard("mix/mix-000000", mixes, "test")
-    assert stats["count"] == 2 and stats["planned"] == 3 and stats["failures"][0]["uid"] == mixes[1]["uid"]
+    assert stats["count"] == 2 and stats["planned"] == 3 and stats["failures"][0]["uid"] == mixes[1].uid
     worker.close()
 
     # a generator whose weights hold a NaN yields non-finite images: each one is a recorded failure
@@ -51,5 +52,5 @@ def test_bad_parents_and_nan_images_are_recorded_and_the_rest_goes_on(small_rele
     broken = load_job(small_release["job_path"], {"generator": {"path": str(model)}})
     worker = ShardWorker(broken, tmp_path, device="cpu")
     out = worker.make_samples(mixes[:1])
-    assert out[0][1] is None and "non-finite" in out[0][3]
+    assert out[0].members is None and "non-finite" in out[0].failure
     worker.close()

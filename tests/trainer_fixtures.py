@@ -18,8 +18,9 @@ import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a model hub
 
-from pipeline import format as fmt  # noqa: E402
-from pipeline.shards import tar_bytes  # noqa: E402
+from pipeline.contract.layout import MANIFEST, SHARD_SUFFIX, shard_name  # noqa: E402
+from pipeline.contract.samples import SampleMeta  # noqa: E402
+from pipeline.contract.shards import read_shard, tar_bytes  # noqa: E402
 from trainer.synthetic import write_release  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def trainer_env() -> dict:
 
 
 def train_command(config: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "trainer.train", str(config), "--out", str(out), *extra]
+    return [sys.executable, "-m", "pipeline.cli", "train", str(config), "--out", str(out), *extra]
 
 
 def run_training(config: Path, out: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -107,12 +108,12 @@ def copy_release(src: Path, dst: Path) -> Path:
 
 
 def shard_path(release_path: Path, kind: str, split: str, number: int = 0) -> Path:
-    return release_path / f"{fmt.shard_name(kind, split, number)}{fmt.SHARD_SUFFIX}"
+    return release_path / f"{shard_name(kind, split, number)}{SHARD_SUFFIX}"
 
 
 def corrupt_sample_image(shard: Path, index: int = 1) -> str:
     """Replace the image bytes of the index-th sample of a shard; returns that sample's key."""
-    samples = list(fmt.read_shard(str(shard)))
+    samples = list(read_shard(str(shard)))
     key, members = samples[index]
     members["jpg"] = b"\xff\xd8 this is not a JPEG any more"
     shard.write_bytes(tar_bytes(samples))
@@ -127,11 +128,11 @@ def truncate_shard(shard: Path, keep: float = 0.5) -> None:
 
 def shard_samples(release_path: Path, kind: str, split: str) -> dict:
     """uid → (members, meta) over every shard of (kind, split), read with the format's own reader."""
-    manifest = json.loads((release_path / fmt.MANIFEST).read_text())
+    manifest = json.loads((release_path / MANIFEST).read_text())
     out = {}
     for entry in manifest["shards"]:
         if (entry["kind"], entry["split"]) == (kind, split):
-            for key, members in fmt.read_shard(str(release_path / f"{entry['name']}{fmt.SHARD_SUFFIX}")):
-                out[key] = (members, fmt.SampleMeta.from_json(members["json"]))
+            for key, members in read_shard(str(release_path / f"{entry['name']}{SHARD_SUFFIX}")):
+                out[key] = (members, SampleMeta.from_json(members["json"]))
     return out
 

@@ -1,9 +1,10 @@
 """tsdistill's light side: trains students from releases, with no teacher, Ray, diffusers or
-transformers in the process. It depends on `pipeline.format` (the release contract) and
-`pipeline.configlib` (the YAML loader) only; `trainer.synthetic`, the benchmark's fixture, also
-writes shards with `pipeline.shards` (imported when it runs).
+transformers in the process. From `pipeline` it imports `pipeline.contract` only (the release
+format, views, the YAML loader, the device rule, the user-error type).
 
 Modules: config (YAML → TrainConfig, checked against the releases), release (manifests → shard
 lists), samples (one stored sample → one replayed view), data (shards → batches), losses,
-students (timm models, local weights), train (the loop, DDP, checkpoints, exact resume),
-evaluate, bench, device, synthetic."""
+students (timm models, local weights), loop (the training loop), checkpoints (atomic
+checkpoints, resume), processes (ranks, DDP, RNG state), runlog (log.jsonl, TensorBoard),
+train (`tsd train`), evaluate (`tsd eval`), bench (`tsd bench train`), synthetic (the
+benchmark's and tests' release fixture)."""

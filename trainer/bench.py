@@ -13,21 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 
 import torch
 
-from pipeline.configlib import build
+from pipeline.contract.configlib import build
+from pipeline.contract.device import resolve_device
 
 from .config import TrainConfig
 from .data import batches, model_inputs, train_loader, train_plan
-from .device import resolve_device
+from .loop import make_optimizer, train_step
 from .release import open_releases
 from .samples import Replay
 from .students import Distillable, build_student, mean_std
-from .train import make_optimizer, train_step
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
 
 
-def main(args: argparse.Namespace) -> dict:
-    """Time training steps from shards and from memory; print both rates and their ratio."""
+def run(args: argparse.Namespace) -> int:
+    """`tsd bench train`: time training steps from shards and from memory; print both rates and their ratio."""
+    measure(args)
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """The benchmark's result (also printed, and written to --json)."""
     if args.release:
         return bench(args, args.release)
     from .synthetic import shards_for, write_release
@@ -129,16 +134,3 @@ def bench(args: argparse.Namespace, release: str) -> dict:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     return result
-
-
-def main_argv(argv: list[str]) -> int:
-    """`tsd bench train [ARGS]`: parse this benchmark's own arguments and run it."""
-    parser = argparse.ArgumentParser(prog="tsd bench train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    main(parser.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main_argv(sys.argv[1:]))

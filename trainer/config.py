@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-
-from pipeline.configlib import ConfigError, load, path_field, require_file
+from pipeline.contract.configlib import ConfigError, load, path_field, require_file
 
 from .release import ReleaseError, ReleaseSet, open_releases
 

@@ -10,8 +10,8 @@ Determinism (what makes `--resume` exact): the batches of an epoch are a pure fu
 - each batch is `n_real` real samples then `n_mix` mix samples (the mix ratio is exact in every
   batch), drawn from two endless streams that start over (new shard order) when they run out, so
   every rank makes exactly `steps_per_epoch` batches and DDP never waits on an exhausted rank.
-webdataset's own `shardshuffle` is passed as False: it shuffles after the split with one seed for
-all workers and epochs, so the order is set here instead. No webdataset decoder is used (its
+webdataset provides the splitting and the shuffle buffer; shards are read by the format's own tar
+reader (`contract.shards.read_shard`, local files or fsspec URLs): no webdataset decoder (their
 defaults include pickle), and tar member names never reach the filesystem.
 """
 from __future__ import annotations
@@ -20,38 +20,35 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from pipeline import format as fmt
-from pipeline.configlib import ConfigError
+from pipeline.contract.configlib import ConfigError
+from pipeline.contract.ids import derive_seed
+from pipeline.contract.shards import iter_shard_samples
+from pipeline.contract.views import normalize, view_pixels
 
 from .release import ReleaseSet
 from .samples import Corrupt, CorruptCounter, DataError, Replay, collate, parse_sample
 
 
-def _use_fsspec_for(urls) -> None:
-    """Let webdataset open non-local URLs through fsspec, as the manifest was read."""
-    for url in urls:
-        scheme = urlparse(url).scheme
-        if scheme not in ("", "file") and wds.gopen.gopen_schemes.get(scheme) is not _fsspec_open:
-            wds.gopen.gopen_schemes[scheme] = _fsspec_open
+def _tar_samples(shards, counter: "CorruptCounter"):
+    """webdataset stage: shard URLs → samples, read by the format's own tar reader. A shard that
+    cannot be opened or read is reported to `counter` (raise, or skip and count)."""
+    for item in shards:
+        url = item["url"]
+        try:
+            yield from iter_shard_samples(url)
+        except (OSError, ValueError) as e:
+            counter.unreadable(url, e)
 
 
-def _fsspec_open(url, mode="rb", bufsize=8192, **kw):
-    import fsspec
-
-    return fsspec.open(url, mode).open()
-
-
-def _webdataset(urls, handler, seed: int) -> wds.WebDataset:
+def _samples(urls, counter):
     """This rank's and worker's share of `urls`, in the given order (shards split by node then worker)."""
-    _use_fsspec_for(urls)
-    return wds.WebDataset(list(urls), shardshuffle=False, nodesplitter=wds.split_by_node,
-                          workersplitter=wds.split_by_worker, handler=handler, empty_check=False, seed=seed)
+    return wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.split_by_node, wds.split_by_worker,
+                            lambda shards: _tar_samples(shards, counter))
 
 
 class Reader:
@@ -70,11 +67,11 @@ class Reader:
         seed = self.replay.seed
         for n in itertools.count():
             order = list(self.urls)
-            random.Random(fmt.derive_seed(seed, f"{self.stream}/{self.epoch}/{n}", "shard-order")).shuffle(order)
-            reader_seed = fmt.derive_seed(seed, f"{self.stream}/{self.epoch}/{n}/{rank}/{worker}", "shuffle")
-            ds = _webdataset(order, self.counter, reader_seed)
+            random.Random(derive_seed(seed, f"{self.stream}/{self.epoch}/{n}", "shard-order")).shuffle(order)
+            reader_seed = derive_seed(seed, f"{self.stream}/{self.epoch}/{n}/{rank}/{worker}", "shuffle")
+            ds = _samples(order, self.counter)
             if self.shuffle_buffer > 1:
-                ds = ds.shuffle(self.shuffle_buffer, seed=reader_seed)
+                ds = ds.compose(wds.shuffle(self.shuffle_buffer, seed=reader_seed))
             usable = self._usable
             yield from ds
             if self._usable == usable:
@@ -179,7 +176,7 @@ def check_readers(stream: str, n_shards: int, world: int, workers: int, releases
 def train_loader(plan: TrainPlan, epoch: int, skip: int = 0, pin_memory: bool = False) -> DataLoader:
     # An explicit generator: creating the loader iterator must not draw from the global torch RNG,
     # or a resumed run would drift from the uninterrupted one.
-    generator = torch.Generator().manual_seed(fmt.derive_seed(plan.replay.seed, f"loader/{epoch}"))
+    generator = torch.Generator().manual_seed(derive_seed(plan.replay.seed, f"loader/{epoch}"))
     return DataLoader(TrainBatches(plan, epoch, skip), batch_size=None, num_workers=plan.workers,
                       pin_memory=pin_memory, generator=generator,
                       prefetch_factor=2 if plan.workers else None)
@@ -197,7 +194,7 @@ class ValBatches(IterableDataset):
     def _batches(self):
         counter = CorruptCounter(self.replay.on_corrupt)
         items = []
-        for sample in _webdataset(self.urls, counter, self.replay.seed):
+        for sample in _samples(self.urls, counter):
             try:
                 items.append(parse_sample(sample, "real", self.replay, None))
             except Corrupt as e:
@@ -245,7 +242,7 @@ def model_inputs(batch: dict, device, img_size: int, mean, std, channels_last: b
         pixels = decode_on_device(batch, img_size, device)
     else:
         pixels = batch["pixels"].to(device, non_blocking=True)
-    x = fmt.normalize(pixels, mean, std)
+    x = normalize(pixels, mean, std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -262,4 +259,4 @@ def decode_on_device(batch: dict, img_size: int, device) -> torch.Tensor:
             except RuntimeError as e:
                 raise Corrupt(f"{url}: sample {uid}: JPEG decode failed: {e}") from None
         raise
-    return torch.stack([fmt.view_pixels(image, view, img_size) for image, view in zip(images, batch["view"])])
+    return torch.stack([view_pixels(image, view, img_size) for image, view in zip(images, batch["view"])])

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.configlib import ConfigError
+from pipeline.contract.configlib import ConfigError
+from pipeline.contract.device import autocast, resolve_device
 
 from .data import batches, model_inputs, val_loader
-from .device import autocast, resolve_device
 from .release import ReleaseSet, open_releases
 from .samples import Replay
 from .students import load_student
@@ -93,12 +93,11 @@ def evaluate_checkpoint(ckpt, release: str, *, batch_size: int = 256, workers: i
     return metrics, info
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """`tsd eval CKPT RELEASE`: prints one line, writes JSON when asked."""
-    predictions = getattr(args, "predictions", None)
+    predictions = args.predictions
     metrics, info = evaluate_checkpoint(args.ckpt, args.release, batch_size=args.batch_size,
-                                        workers=getattr(args, "workers", 2), device=args.device,
-                                        precision=getattr(args, "precision", "bf16"),
+                                        workers=args.workers, device=args.device, precision=args.precision,
                                         predictions=bool(predictions))
     rows = metrics.pop("predictions", None)
     top5 = "-" if metrics["top5"] is None else f"{metrics['top5']:.4f}"
@@ -110,8 +109,3 @@ def main(args: argparse.Namespace) -> int:
         Path(predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return 0
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=main.__doc__)
-    add_arguments(parser)
-    main(parser.parse_args())

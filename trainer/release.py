@@ -5,13 +5,13 @@ by `trainer.data`. Several releases can be trained on together when their classe
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
-from pipeline import format as fmt
-from pipeline.configlib import ConfigError
+from pipeline.contract.configlib import ConfigError
+from pipeline.contract.errors import UserError
+from pipeline.contract.layout import MANIFEST, SHARD_SUFFIX
+from pipeline.contract.manifest import is_local, join, local_path, read_manifest
 
 
 class ReleaseError(ConfigError):
@@ -20,18 +20,6 @@ class ReleaseError(ConfigError):
     def __init__(self, message: str, index: int = 0):
         super().__init__(message)
         self.index = index
-
-
-def is_local(root: str) -> bool:
-    return urlparse(root).scheme in ("", "file")
-
-
-def local_path(root: str) -> str:
-    return urlparse(root).path if root.startswith("file://") else root
-
-
-def join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
 
 
 @dataclass(frozen=True)
@@ -48,13 +36,10 @@ class Release:
     """One release, its manifest checked against this reader's format version."""
 
     def __init__(self, root: str, manifest: dict):
+        """`manifest`: as `contract.manifest.read_manifest` returns it (checked)."""
         self.root = root
         self.manifest = manifest
-        where = join(root, fmt.MANIFEST)
-        try:
-            fmt.check_manifest(manifest, where)
-        except ValueError as e:
-            raise ReleaseError(str(e)) from None
+        where = join(root, MANIFEST)
         classes = manifest["classes"]
         self.classes: list[str] = classes
         self.teacher: dict = manifest.get("teacher") or {}
@@ -65,8 +50,8 @@ class Release:
             raise ReleaseError(f"{where}: has mix shards but no generator.kind")
 
     def _shard(self, entry: dict) -> Shard:
-        name = entry["name"]  # entries were checked by format.check_manifest
-        return Shard(join(self.root, name + fmt.SHARD_SUFFIX), name, entry["kind"], entry["split"],
+        name = entry["name"]  # entries were checked by contract.manifest.check_manifest
+        return Shard(join(self.root, name + SHARD_SUFFIX), name, entry["kind"], entry["split"],
                      int(entry["count"]), self.root)
 
     @property
@@ -82,36 +67,16 @@ class Release:
             return
         for shard in self._shards:
             if not os.path.isfile(local_path(shard.url)):
-                raise ReleaseError(f"{self.root}: shard {shard.name}{fmt.SHARD_SUFFIX} listed in "
-                                   f"{fmt.MANIFEST} is missing")
-
-
-def read_manifest(root: str) -> dict:
-    where = join(root, fmt.MANIFEST)
-    try:
-        if is_local(root):
-            with open(local_path(where), "rb") as f:
-                data = f.read()
-        else:
-            import fsspec
-
-            with fsspec.open(where, "rb") as f:
-                data = f.read()
-    except FileNotFoundError:
-        raise ReleaseError(f"{root}: not a release (no {fmt.MANIFEST})") from None
-    except OSError as e:
-        raise ReleaseError(f"{where}: cannot read: {e}") from None
-    try:
-        manifest = json.loads(data)
-    except ValueError as e:
-        raise ReleaseError(f"{where}: not valid JSON: {e}") from None
-    if not isinstance(manifest, dict):
-        raise ReleaseError(f"{where}: expected a JSON object")
-    return manifest
+                raise ReleaseError(f"{self.root}: shard {shard.name}{SHARD_SUFFIX} listed in "
+                                   f"{MANIFEST} is missing")
 
 
 def open_release(root: str) -> Release:
-    release = Release(root, read_manifest(root))
+    try:
+        manifest = read_manifest(root)
+    except UserError as e:
+        raise ReleaseError(str(e)) from None
+    release = Release(root, manifest)
     release.check_local_shards()
     return release
 

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline import format as fmt
-from pipeline.configlib import InputError
+from pipeline.contract.errors import UserError
+from pipeline.contract.ids import derive_seed
+from pipeline.contract.images import IMAGE_FORMATS, decode_image
+from pipeline.contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, image_member, npy_load
+from pipeline.contract.views import view_pixels
 
 
-class DataError(InputError):
+class DataError(UserError):
     """A data problem that stops training; one line naming the shard (and sample)."""
 
 
@@ -29,7 +32,7 @@ class Corrupt(DataError):
 
 def choose_view(seed: int, epoch: int, uid: str, k: int) -> int:
     """The view a sample replays in an epoch: uniform over its K views, reseeded every epoch."""
-    return fmt.derive_seed(seed, uid, f"view/{epoch}") % k
+    return derive_seed(seed, uid, f"view/{epoch}") % k
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,7 @@ class Replay:
 
 
 class CorruptCounter:
-    """Per-reader handling of corrupt data: raise (error) or warn, count and go on (skip).
-
-    Also webdataset's `handler` for errors inside a tar (truncated shard, unreadable file)."""
+    """Per-reader handling of corrupt data: raise (error) or warn, count and go on (skip)."""
 
     def __init__(self, on_corrupt: str):
         self.skip = on_corrupt == "skip"
@@ -58,11 +59,10 @@ class CorruptCounter:
         self.count += 1
         print(f"warning: skipped corrupt data: {message}", file=sys.stderr, flush=True)
 
-    def __call__(self, exn: Exception) -> bool:
-        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(fmt.SHARD_SUFFIX)),
-                   getattr(exn, "filename", None) or "unknown shard")
-        self.corrupt(f"{url}: unreadable shard: {type(exn).__name__}: {exn.args[0] if exn.args else exn}")
-        return True
+    def unreadable(self, url: str, exn: Exception) -> None:
+        """A shard that cannot be opened or read as a tar (truncated, missing, not a tar)."""
+        text = str(exn).removeprefix(f"{url}: ")
+        self.corrupt(f"{url}: unreadable shard: {text}")
 
     def take(self) -> int:
         """Corrupt items counted since the last call."""
@@ -85,9 +85,9 @@ def parse_sample(sample: dict, kind: str, replay: Replay, epoch: int | None) -> 
 
 
 def _parse(sample: dict, kind: str, replay: Replay, epoch: int | None, where: str) -> dict:
-    if fmt.M_JSON not in sample:
-        raise Corrupt(f"{where}: no {fmt.M_JSON} member")
-    meta = fmt.SampleMeta.from_json(sample[fmt.M_JSON], where)
+    if M_JSON not in sample:
+        raise Corrupt(f"{where}: no {M_JSON} member")
+    meta = SampleMeta.from_json(sample[M_JSON], where)
     if meta.uid != sample["__key__"]:
         raise Corrupt(f"{where}: json uid {meta.uid!r} differs from the key")
     if meta.kind != kind:
@@ -98,7 +98,7 @@ def _parse(sample: dict, kind: str, replay: Replay, epoch: int | None, where: st
     k = len(meta.views)
     if k == 0:
         raise Corrupt(f"{where}: no views")
-    logits = fmt.dense_logits(sample, meta, replay.num_classes, where)
+    logits = dense_logits(sample, meta, replay.num_classes, where)
     if logits.shape[0] != k or not np.isfinite(logits).all():
         raise Corrupt(f"{where}: teacher logits {logits.shape} not finite or not one row per view ({k})")
     v = 0 if epoch is None else choose_view(replay.seed, epoch, meta.uid, k)
@@ -106,27 +106,27 @@ def _parse(sample: dict, kind: str, replay: Replay, epoch: int | None, where: st
     item = {"uid": meta.uid, "url": sample["__url__"], "view_index": v, "view": view,
             "label": meta.label, "is_real": real, "logits": torch.from_numpy(logits[v].copy())}
     if replay.feature_dim:
-        if fmt.M_FEATURES not in sample:
-            raise Corrupt(f"{where}: no {fmt.M_FEATURES} member")
-        feats = fmt.npy_load(sample[fmt.M_FEATURES], where)
+        if M_FEATURES not in sample:
+            raise Corrupt(f"{where}: no {M_FEATURES} member")
+        feats = npy_load(sample[M_FEATURES], where)
         if feats.shape != (k, replay.feature_dim):
             raise Corrupt(f"{where}: features shape {feats.shape}, expected ({k}, {replay.feature_dim})")
         item["features"] = torch.from_numpy(feats[v].astype(np.float32))
-    ext = fmt.image_member(sample)
+    ext = image_member(sample)
     if ext is None:
-        raise Corrupt(f"{where}: no image member ({', '.join(fmt.IMAGE_FORMATS)})")
+        raise Corrupt(f"{where}: no image member ({', '.join(IMAGE_FORMATS)})")
     data = sample[ext]
     if replay.gpu_decode:
         item["jpeg"] = _checked_jpeg(data, meta, ext, where)
     else:
-        image = fmt.decode_image(data)
+        image = decode_image(data)
         if tuple(image.shape[1:]) != (meta.height, meta.width):
             raise Corrupt(f"{where}: image is {image.shape[2]}x{image.shape[1]}, json says {meta.width}x{meta.height}")
-        item["pixels"] = fmt.view_pixels(image, view, replay.img_size)
+        item["pixels"] = view_pixels(image, view, replay.img_size)
     return item
 
 
-def _checked_jpeg(data: bytes, meta: fmt.SampleMeta, ext: str, where: str) -> torch.Tensor:
+def _checked_jpeg(data: bytes, meta: SampleMeta, ext: str, where: str) -> torch.Tensor:
     """JPEG bytes for device decode, after a header check (cheap: no pixel is decoded here)."""
     from PIL import Image
 

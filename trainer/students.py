@@ -11,11 +11,13 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from timm.data import resolve_model_data_config
 from torch import nn
 
-from pipeline.configlib import ConfigError
+from pipeline.contract.configlib import ConfigError
+from pipeline.contract.errors import UserError
+from pipeline.contract.files import atomic_write
 
 
 def build_student(arch: str, num_classes: int, weights: str | None = None, drop_path: float = 0.0,
@@ -93,12 +95,8 @@ def save_student(model: nn.Module, out_dir, info: dict) -> None:
     """student.safetensors + student.json: everything `tsd eval` needs to rebuild the model."""
     out = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{STUDENT_WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / STUDENT_WEIGHTS)
-    tmp = out / f".{STUDENT_INFO}.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(out / STUDENT_INFO)
+    atomic_write(out / STUDENT_WEIGHTS, save(state))
+    atomic_write(out / STUDENT_INFO, json.dumps(info, indent=1).encode())
 
 
 def load_student(path) -> tuple[nn.Module, dict]:
@@ -108,7 +106,7 @@ def load_student(path) -> tuple[nn.Module, dict]:
     info_path = weights.with_suffix(".json")
     for p in (weights, info_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: not found (expected a run folder or a {STUDENT_WEIGHTS} "
+            raise UserError(f"{p}: not found (expected a run folder or a {STUDENT_WEIGHTS} "
                                     f"with its {STUDENT_INFO} beside it)")
     info = json.loads(info_path.read_text())
     model = timm.create_model(info["arch"], pretrained=False, num_classes=info["num_classes"],

@@ -6,19 +6,24 @@ the view's pixels exactly as the generation worker would (decode the stored byte
 `format.view_pixels`), so its logits are informative and depend on the view. Mixes blend two
 training images (pixel mixup, generator kind 'mixup') and are scored the same way.
 
-Writes the tar shards with `pipeline.shards` (imported here only) and a manifest.json as in
+Writes the tar shards and manifest.json with `pipeline.contract` (the format's own writers), as in
 docs/FORMAT.md; no index.parquet or card, which the trainer does not read.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import format as fmt
+from pipeline.contract.configlib import to_dict
+from pipeline.contract.ids import derive_seed, make_uid, sha256_bytes
+from pipeline.contract.images import decode_image, encode_image
+from pipeline.contract.layout import shard_name
+from pipeline.contract.manifest import write_manifest
+from pipeline.contract.samples import M_FEATURES, M_JSON, SampleMeta, encode_teacher, npy_bytes
+from pipeline.contract.views import Views, center_view, sample_views, view_pixels
 
 PALETTE = [(0.9, 0.1, 0.1), (0.1, 0.8, 0.1), (0.1, 0.2, 0.9), (0.9, 0.9, 0.1),
            (0.8, 0.1, 0.8), (0.1, 0.8, 0.8), (0.95, 0.95, 0.95), (0.05, 0.05, 0.05)]
@@ -34,7 +39,7 @@ def palette(num_classes: int, seed: int) -> np.ndarray:
 
 def teacher(image: torch.Tensor, views: list, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Logits [K, C] and features [K, 6] of the synthetic teacher on each view of a uint8 CHW image."""
-    pixels = torch.stack([fmt.view_pixels(image, v, TEACHER_SIZE) for v in views]).double()
+    pixels = torch.stack([view_pixels(image, v, TEACHER_SIZE) for v in views]).double()
     mean = pixels.mean(dim=(2, 3)).numpy()
     std = pixels.std(dim=(2, 3)).numpy()
     logits = -SHARPNESS * ((mean[:, None, :] - colours[None, :, :]) ** 2).sum(-1)
@@ -48,36 +53,36 @@ def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_
     """Write a release of colour classes under `root`; returns its path."""
     from PIL import Image
 
-    from pipeline.shards import publish_shard, tar_bytes
+    from pipeline.contract.shards import publish_shard, tar_bytes
 
     root = Path(root)
     colours = palette(classes, seed)
-    spec = fmt.ViewSpec()
+    spec = Views(k=views)
     shards, counts, teacher_hits, n_val = [], {}, 0, 0
 
     def encode(pixels: np.ndarray) -> bytes:
-        return fmt.encode_image(Image.fromarray(pixels), "jpg", quality)
+        return encode_image(Image.fromarray(pixels), "jpg", quality)
 
     def sample(data: bytes, kind: str, split: str, uid: str, label: int, **extra) -> tuple[str, dict, np.ndarray]:
-        stored = fmt.decode_image(data)  # the teacher sees the stored bytes, decoded
+        stored = decode_image(data)  # the teacher sees the stored bytes, decoded
         height, width = stored.shape[1:]
         if split == "val":
-            sample_views = fmt.center_view(width, height, spec)
+            recorded = center_view(width, height, spec)
         else:
-            sample_views = fmt.sample_views(fmt.derive_seed(seed, uid, "views"), width, height, views, spec)
-        logits, feats = teacher(stored, sample_views, colours)
-        members, rest = fmt.encode_teacher(logits, topk)
-        meta = fmt.SampleMeta(uid=uid, split=split, kind=kind, label=label, seed=fmt.derive_seed(seed, uid),
-                              views=sample_views, width=width, height=height, topk_rest=rest, **extra)
-        members.update({"jpg": data, fmt.M_JSON: meta.to_json()})
+            recorded = sample_views(derive_seed(seed, uid, "views"), width, height, views, spec)
+        logits, feats = teacher(stored, recorded, colours)
+        members, rest = encode_teacher(logits, topk)
+        meta = SampleMeta(uid=uid, split=split, kind=kind, label=label, seed=derive_seed(seed, uid),
+                          views=recorded, width=width, height=height, topk_rest=rest, **extra)
+        members.update({"jpg": data, M_JSON: meta.to_json()})
         if features:
-            members[fmt.M_FEATURES] = fmt.npy_bytes(feats.astype(np.float16))
+            members[M_FEATURES] = npy_bytes(feats.astype(np.float16))
         return uid, members, logits
 
     def publish(kind: str, split: str, samples: list) -> None:
         for number, start in enumerate(range(0, len(samples), shard_size)):
             chunk = samples[start:start + shard_size]
-            name = fmt.shard_name(kind, split, number)
+            name = shard_name(kind, split, number)
             stats = publish_shard(root, name, tar_bytes(chunk), {"count": len(chunk)})
             shards.append({"name": name, "kind": kind, "split": split, "count": len(chunk),
                            "bytes": stats["bytes"], "sha256": stats["sha256"]})
@@ -94,9 +99,9 @@ def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_
         samples = []
         for i in range(per_class * classes):
             label = i % classes
-            pixels = colour_image(label, np.random.default_rng(fmt.derive_seed(seed, f"{split}/{i}", "image")))
+            pixels = colour_image(label, np.random.default_rng(derive_seed(seed, f"{split}/{i}", "image")))
             data = encode(pixels)
-            uid = fmt.make_uid("real", fmt.sha256_bytes(data), f"synthetic/{split}/class-{label}/{i:06d}.jpg")
+            uid = make_uid("real", sha256_bytes(data), f"synthetic/{split}/class-{label}/{i:06d}.jpg")
             key, members, logits = sample(data, "real", split, uid, label)
             samples.append((key, members))
             if split == "train":
@@ -107,29 +112,27 @@ def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_
         publish("real", split, samples)
 
     samples = []
-    rng = np.random.default_rng(fmt.derive_seed(seed, "mixes", "plan"))
+    rng = np.random.default_rng(derive_seed(seed, "mixes", "plan"))
     for index in range(mixes):
         (uid_a, a), (uid_b, b) = (train_images[j] for j in rng.choice(len(train_images), 2, replace=False))
         weight = float(rng.uniform(0.25, 0.75))
         b = np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.BILINEAR), dtype=np.float64)
         pixels = np.clip(weight * a + (1 - weight) * b, 0, 255).astype(np.uint8)
-        uid = fmt.make_uid("mix", seed, uid_a, uid_b, index)
+        uid = make_uid("mix", seed, uid_a, uid_b, index)
         key, members, _ = sample(encode(pixels), "mix", "train", uid, -1, parents=(uid_a, uid_b), weight=weight,
                                  generator="mixup")
         samples.append((key, members))
     if mixes:
         publish("mix", "train", samples)
 
-    manifest = {
-        "format_version": fmt.FORMAT_VERSION,
-        "name": "synthetic-colours", "created": "1970-01-01T00:00:00Z", "code_version": "tsdistill synthetic",
+    write_manifest(root, {
+        "name": "synthetic-colours", "code_version": "tsdistill synthetic",
         "seed": seed,
         "config": {"synthetic": {"classes": classes, "train_per_class": train_per_class,
                                  "val_per_class": val_per_class, "mixes": mixes, "noise": noise}},
         "classes": [f"colour-{i}" for i in range(classes)], "num_classes": classes,
         "image": {"format": "jpg", "quality": quality, "store_size": store_size},
-        "views": {"k": views, "scale": list(spec.scale), "ratio": list(spec.ratio), "flip": spec.flip,
-                  "eval_crop": spec.eval_crop},
+        "views": to_dict(spec),
         "teacher": {"arch": "synthetic-colour-distance", "img_size": TEACHER_SIZE, "mean": [0.0] * 3,
                     "std": [1.0] * 3, "feature_dim": FEATURE_DIM, "logits": "topk" if topk else "full",
                     "topk": topk, "features": features, "weights": None, "head_sha256": None,
@@ -138,8 +141,7 @@ def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_
         "counts": counts,
         "shards": shards,
         "failures": [],
-    }
-    (root / fmt.MANIFEST).write_text(json.dumps(manifest, indent=1))
+    })
     return root
 
 

@@ -1,4 +1,4 @@
-"""The generator registry: two parent images and a mixing weight in, one image out.
+"""The generators (registered in `models.registry`): two parent images and a mixing weight in, one image out.
 
 Every generator takes a batch of parent pairs (uint8 CHW tensors of any size), mixing weights
 (the share of parent A) and per-sample seeds, and returns uint8 images [B, 3, S, S] plus a failure
@@ -23,29 +23,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..config import GeneratorConfig
-from ..runtime import torch_dtype
-
-REGISTRY: dict[str, Callable] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-    return wrap
-
-
-def build_generator(cfg: GeneratorConfig, device: torch.device):
-    if cfg.kind not in REGISTRY:
-        raise ValueError(f"generator.kind: unknown generator {cfg.kind!r} (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[cfg.kind](cfg, device)
+from ..contract.device import torch_dtype
 
 
 def strengths(weight: float) -> tuple[float, float]:
@@ -83,7 +66,6 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-@register("mixup")
 class PixelMixup:
     """Pixel-space mixup (Zhang et al. 2018) of two parents, both resized to size×size."""
 
@@ -98,7 +80,6 @@ class PixelMixup:
         return torch.stack(out), [None] * len(out)
 
 
-@register("cutmix")
 class PixelCutmix(PixelMixup):
     """CutMix (Yun et al. 2019): a box of B covering (1 - weight) of the area pasted into A."""
 
@@ -322,7 +303,6 @@ class DiffusionGenerator:
         return torch.cat(images), failures
 
 
-@register("image-mixer")
 class ImageMixer(DiffusionGenerator):
     """Conditioning tokens [s_a·e_a, s_b·e_b] (two tokens), unconditional branch = zeros
     (ImageMixer's demo: `uc = 0 * conds`)."""
@@ -334,7 +314,6 @@ class ImageMixer(DiffusionGenerator):
         return Conditioning(cond, torch.zeros_like(cond))
 
 
-@register("sd-image-variations")
 class ImageVariations(DiffusionGenerator):
     """One conditioning token: the interpolated embedding; unconditional branch = zeros, as the
     stock StableDiffusionImageVariationPipeline (`torch.zeros_like(image_embeddings)`)."""
@@ -344,7 +323,6 @@ class ImageVariations(DiffusionGenerator):
         return Conditioning(cond, torch.zeros_like(cond))
 
 
-@register("unclip")
 class UnCLIP(DiffusionGenerator):
     """Stable unCLIP img2img: the mixed embedding is noised at `cfg.noise_level` (the folder's
     image_normalizer and image_noising_scheduler), its noise-level embedding appended, and the

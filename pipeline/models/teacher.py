@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..config import TeacherConfig
-from ..format import sha256_file
+from ..contract.errors import UserError
+from ..contract.ids import sha256_file
 
 
 def load_backbone(cfg: TeacherConfig) -> nn.Module:
@@ -53,17 +54,12 @@ def make_head(kind: str, in_dim: int, num_classes: int, hidden: int = 1024) -> n
 
 
 def save_head(head: nn.Module, path: str | Path, meta: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from ..shards import atomic_write
+    from ..contract.files import atomic_write
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp),
-              metadata={"tsdistill": json.dumps(meta, sort_keys=True)})
-    atomic_write(path, tmp.read_bytes())
-    tmp.unlink()
+    atomic_write(path, save({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+                            metadata={"tsdistill": json.dumps(meta, sort_keys=True)}))
 
 
 def load_head(path: str | Path) -> tuple[nn.Module, dict]:
@@ -73,11 +69,11 @@ def load_head(path: str | Path) -> tuple[nn.Module, dict]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: teacher head not found (run `tsd probe` first)")
+        raise UserError(f"{path}: teacher head not found (run `tsd probe` first)")
     with safe_open(str(path), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("tsdistill", "{}"))
     if not {"head", "in_dim", "num_classes"} <= meta.keys():
-        raise ValueError(f"{path}: not a tsdistill head (metadata lacks head/in_dim/num_classes)")
+        raise UserError(f"{path}: not a tsdistill head (metadata lacks head/in_dim/num_classes)")
     head = make_head(meta["head"], meta["in_dim"], meta["num_classes"], meta.get("hidden", 1024))
     head.load_state_dict(load_file(str(path)))
     return head.eval().requires_grad_(False), meta

@@ -1,0 +1,243 @@
+"""Plain YAML validated into dataclasses: one strict loader for every config of the project.
+
+Light on purpose (stdlib + PyYAML): the trainer uses it too, and must not pull in the heavy side.
+Errors are one line that names the file and the dotted key, raised before any model loads.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError, UserError
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp) if a is not Ellipsis)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, base: Path | None = None) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (lists→tuples, dicts→dataclasses)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if tp in (dict, list):  # bare annotations: any contents
+        tp = dict[str, Any] if tp is dict else list[Any]
+        origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: must not be empty (expected {_type_name(tp)})")
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error is the precise one
+            return _coerce(value, options[0], where, base)
+        for arg in options:
+            try:
+                return _coerce(value, arg, where, base)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in get_args(tp))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {type(value).__name__}")
+        return build(tp, value, where, base)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]", base) for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{where}[{i}]", base) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}", base) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+
+
+def build(cls: type, data: dict, where: str = "", base: Path | None = None) -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types.
+
+    Path fields (see `path_field`) resolve against `base` before the dataclass's own `check()`
+    runs, so checks such as "weight file exists" see the real location."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{key}: unknown key (expected one of: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name in data:
+            value = _coerce(data[name], hints[name], key, base)
+            if f.metadata.get("path") and base is not None:
+                value = _resolve_any(value, base)
+            kwargs[name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: missing required key")
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as e:
+            raise ConfigError(f"{where}.{e}" if where else str(e)) from None
+    return obj
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load(cls: type, path: str | os.PathLike, overrides: dict | None = None) -> Any:
+    """Load YAML `path` into dataclass `cls`; relative paths in it resolve against the file's folder."""
+    data = load_yaml(path)
+    if overrides:
+        data = merge(data, overrides)
+    try:
+        obj = build(cls, data, base=Path(path).resolve().parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return obj
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge mapping `over` into a copy of `base`."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """['optim.lr=0.1', 'data.generators=[mixup]'] → nested dict; values are YAML scalars/lists."""
+    out: dict = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item}: expected key=value, e.g. optim.lr=0.001")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: value is not valid YAML") from None
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {part} is set both as a value and a section")
+        node[leaf] = parsed
+    return out
+
+
+def path_field(**kw):
+    """A dataclass field holding a filesystem path, resolved relative to the YAML file."""
+    return dataclasses.field(metadata={"path": True}, **kw)
+
+
+def _resolve_any(value: Any, base: Path) -> Any:
+    if isinstance(value, str):
+        return _resolve(value, base)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v, base) for v in value)
+    return value
+
+
+def _resolve(value: str, base: Path) -> str:
+    if "://" in value or os.path.isabs(value):
+        return value
+    return str((base / os.path.expanduser(value)).resolve())
+
+
+def to_dict(obj: Any, paths: bool = True) -> Any:
+    """The plain-data form of a config (for manifests and fingerprints). With `paths=False`, path
+    fields are left out: a fingerprint then follows the files' contents (hashed separately), not
+    where they are, so a moved or copied job folder reuses its finished work."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name), paths) for f in dataclasses.fields(obj)
+                if paths or not f.metadata.get("path")}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v, paths) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v, paths) for k, v in obj.items()}
+    return obj
+
+
+def dump(obj: Any, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+_FILES_REQUIRED = contextvars.ContextVar("tsdistill_files_required", default=True)
+
+
+@contextlib.contextmanager
+def files_optional():
+    """Validate configs without requiring their files to exist: `tsd plan --dry-run` estimates a
+    recipe before its data and weights are downloaded."""
+    token = _FILES_REQUIRED.set(False)
+    try:
+        yield
+    finally:
+        _FILES_REQUIRED.reset(token)
+
+
+def require_file(path: str | None, key: str) -> None:
+    """Fail with the key's name when a configured file is missing (before any model loads)."""
+    if path is not None and _FILES_REQUIRED.get() and "://" not in path and not os.path.exists(path):
+        raise ConfigError(f"{key}: file not found: {path}")
+
+
+__all__ = ["UserError", "ConfigError", "build", "load", "load_yaml", "merge", "path_field", "to_dict", "dump",
+           "require_file", "files_optional", "parse_overrides"]

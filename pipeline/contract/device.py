@@ -1,0 +1,40 @@
+"""Which device and dtype a process runs on: one rule for the generation side and the trainer."""
+from __future__ import annotations
+
+import contextlib
+
+from .errors import UserError
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0):
+    """'auto' → this rank's GPU when CUDA is available, else the CPU; 'cuda' without CUDA is an error."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' requested but no CUDA device is available")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device(name)
+
+
+def torch_dtype(name: str, device):
+    """The working dtype of a config's 'fp32' | 'bf16' | 'fp16' on `device`: the CPU always runs fp32
+    (half precision there is slow, and not what a byte-identical CPU rerun should use)."""
+    import torch
+
+    if device.type == "cpu":
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device, precision: str):
+    """bf16 autocast on CUDA; the CPU always runs fp32."""
+    import torch
+
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

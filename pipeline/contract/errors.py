@@ -1,0 +1,12 @@
+"""The one user-facing error type: what the CLI prints as `tsd <command>: error: …`, no traceback."""
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A problem with the user's input (config, data, release, arguments), phrased for the user in one
+    line that names the file, key, URL or value."""
+
+
+class ConfigError(UserError):
+    """A configuration problem, phrased '<file>: <key>: <what is wrong>' (keys get prefixed as the
+    loader walks up the config)."""

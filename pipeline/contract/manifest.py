@@ -1,0 +1,109 @@
+"""manifest.json: the one reader and the one writer, and the checks every reader relies on.
+
+A release root is a local folder or an fsspec URL; the manifest is read through fsspec when it is
+a URL. Errors are `UserError`s naming the file.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from .errors import UserError
+from .files import write_if_changed
+from .layout import MANIFEST, shard_kind_split
+
+FORMAT_VERSION = 1
+
+
+def join(root: str, name: str) -> str:
+    """`name` inside a release root (a folder or a URL)."""
+    return f"{str(root).rstrip('/')}/{name}"
+
+
+def is_local(root: str) -> bool:
+    from urllib.parse import urlparse
+
+    return urlparse(str(root)).scheme in ("", "file")
+
+
+def local_path(root: str) -> str:
+    from urllib.parse import urlparse
+
+    root = str(root)
+    return urlparse(root).path if root.startswith("file://") else root
+
+
+def check_manifest(manifest: dict, where: str) -> None:
+    """The parts of manifest.json every reader relies on; UserError('<where>: …') otherwise."""
+    if not isinstance(manifest, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(f"{where}: format_version {version!r}, this tsdistill reads {FORMAT_VERSION}")
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{where}: classes must be a non-empty list of names")
+    if manifest.get("num_classes", len(classes)) != len(classes):
+        raise UserError(f"{where}: num_classes {manifest['num_classes']} != {len(classes)} class names")
+    for entry in manifest.get("shards") or ():
+        try:
+            name, kind, split = entry["name"], entry["kind"], entry["split"]
+            int(entry["count"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{where}: shard entry {entry!r} lacks name/kind/split/count") from None
+        try:
+            named = shard_kind_split(name)
+        except ValueError:
+            named = None
+        if named != (kind, split):
+            raise UserError(f"{where}: shard {name!r} is not a {kind}/{split} shard name of this format")
+
+
+def read_manifest(root: str | Path) -> dict:
+    """The checked manifest of the release at `root` (a folder or an fsspec URL)."""
+    root = str(root)
+    where = join(root, MANIFEST)
+    try:
+        if is_local(root):
+            with open(local_path(where), "rb") as f:
+                data = f.read()
+        else:
+            import fsspec
+
+            with fsspec.open(where, "rb") as f:
+                data = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{root}: not a release (no {MANIFEST})") from None
+    except OSError as e:
+        raise UserError(f"{where}: cannot read: {e}") from None
+    try:
+        manifest = json.loads(data)
+    except ValueError as e:
+        raise UserError(f"{where}: not valid JSON: {e}") from None
+    check_manifest(manifest, where)
+    return manifest
+
+
+def created_now() -> str:
+    """The `created` stamp of a manifest: the date it was written (UTC)."""
+    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode()
+
+
+def new_manifest(fields: dict) -> dict:
+    """A manifest from its fields, `format_version` and `created` filled in when absent."""
+    return {"format_version": FORMAT_VERSION, "created": created_now(), **fields}
+
+
+def write_manifest(root: str | Path, manifest: dict) -> dict:
+    """Check and write `root/manifest.json` (rewritten only when its bytes change); returns it.
+
+    Written last by every writer: a folder with a manifest is a complete release."""
+    manifest = new_manifest(manifest)
+    check_manifest(manifest, str(Path(root) / MANIFEST))
+    write_if_changed(Path(root) / MANIFEST, manifest_bytes(manifest))
+    return manifest

@@ -1,0 +1,148 @@
+"""A sample of a shard: its members, its `json` member (`SampleMeta`) and the teacher encodings."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from .images import IMAGE_FORMATS
+
+M_JSON = "json"
+M_LOGITS = "logits.npy"            # float16 [K, C]: teacher logits on each recorded view
+M_TOPK_IDX = "topk_idx.npy"        # int32 [K, k]: top-k classes (instead of full logits)
+M_TOPK_LOGITS = "topk_logits.npy"  # float16 [K, k]: their logits; the rest mass is in json
+M_FEATURES = "features.npy"        # float16 [K, D]: optional teacher features (CLS ‖ mean patch)
+NPY_MEMBERS = (M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS, M_FEATURES)
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """The `json` member of every sample."""
+    uid: str
+    split: str
+    kind: str
+    label: int                    # -1 for mixes: they carry no label, only teacher outputs
+    seed: int
+    views: list                   # K × [x, y, w, h, flip], normalised to the stored image
+    width: int                    # stored image size
+    height: int
+    parents: tuple = ()           # parent uids (mixes)
+    weight: float | None = None   # mixing weight of parents[0]
+    generator: str | None = None
+    topk_rest: list | None = None # per view: teacher probability mass outside the stored top-k
+
+    def to_json(self) -> bytes:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["parents"] = list(self.parents)
+        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str = "") -> "SampleMeta":
+        try:
+            d = json.loads(data)
+            d["parents"] = tuple(d.get("parents", ()))
+            return cls(**d)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: bad json member: {e}") from None
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_load(data: bytes, where: str = "") -> np.ndarray:
+    """Load a .npy member; object arrays (pickle) are refused."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{where}: bad npy member: {e}") from None
+
+
+def encode_teacher(logits: np.ndarray, topk: int | None) -> tuple[dict, list | None]:
+    """Members for teacher logits [K, C]: full float16, or top-k plus the rest mass (at T=1)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if not topk or topk >= logits.shape[1]:
+        return {M_LOGITS: npy_bytes(logits.astype(np.float16))}, None
+    idx = np.argsort(-logits, axis=1, kind="stable")[:, :topk].astype(np.int32)
+    top = np.take_along_axis(logits, idx, axis=1)
+    lse = _logsumexp(logits)
+    rest = np.clip(1.0 - np.exp(top - lse[:, None]).sum(1), 0.0, 1.0)
+    members = {M_TOPK_IDX: npy_bytes(idx), M_TOPK_LOGITS: npy_bytes(top.astype(np.float16))}
+    return members, [round(float(r), 7) for r in rest]
+
+
+def dense_logits(members: dict, meta: SampleMeta, num_classes: int, where: str = "") -> np.ndarray:
+    """Teacher logits [K, C] from a sample's members (full, or top-k with the rest spread evenly)."""
+    if M_LOGITS in members:
+        out = npy_load(members[M_LOGITS], where).astype(np.float32)
+        if out.ndim != 2 or out.shape[1] != num_classes:
+            raise ValueError(f"{where}: logits shape {out.shape}, expected [K, {num_classes}]")
+        return out
+    if M_TOPK_IDX not in members or M_TOPK_LOGITS not in members:
+        raise ValueError(f"{where}: sample has no teacher logits ({M_LOGITS} or {M_TOPK_IDX})")
+    idx = npy_load(members[M_TOPK_IDX], where).astype(np.int64)
+    top = npy_load(members[M_TOPK_LOGITS], where).astype(np.float32)
+    rest = np.asarray(meta.topk_rest, dtype=np.float64)
+    k = idx.shape[1]
+    # log of the full partition function, recovered from the top-k share of the mass
+    lse = _logsumexp(top) - np.log(np.clip(1.0 - rest, 1e-12, None))
+    other = np.log(np.clip(rest / max(num_classes - k, 1), 1e-30, None)) + lse
+    out = np.repeat(other[:, None], num_classes, axis=1).astype(np.float32)
+    np.put_along_axis(out, idx, top, axis=1)
+    return out
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
+
+
+def teacher_summary(logits: np.ndarray) -> tuple[int, float]:
+    """Top-1 class and entropy (nats) of the teacher's mean prediction over the views."""
+    mean = teacher_mean_probs(logits)
+    entropy = float(-(mean * np.log(np.clip(mean, 1e-12, None))).sum())
+    return int(mean.argmax()), entropy
+
+
+def teacher_mean_probs(logits: np.ndarray) -> np.ndarray:
+    """The teacher's class probabilities averaged over the views: [C] from logits [K, C]."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return p.mean(0)
+
+
+def group_members(names_and_data: Iterable[tuple[str, bytes]], where: str = "") -> Iterable[tuple[str, dict]]:
+    """Group tar members into samples the way webdataset does (key = name up to the first dot).
+
+    Members must be consecutive per key. Names are never used as filesystem paths."""
+    key, members = None, {}
+    seen = set()
+    for name, data in names_and_data:
+        if "/" in name or "." not in name:
+            raise ValueError(f"{where}: unexpected tar member {name!r}")
+        k, ext = name.split(".", 1)
+        if k != key:
+            if key is not None:
+                yield key, members
+            if k in seen:
+                raise ValueError(f"{where}: members of sample {k!r} are not consecutive")
+            seen.add(k)
+            key, members = k, {}
+        if ext in members:
+            raise ValueError(f"{where}: sample {k!r} has member {ext!r} twice")
+        members[ext] = data
+    if key is not None:
+        yield key, members
+
+
+def image_member(members: dict) -> str | None:
+    for ext in IMAGE_FORMATS:
+        if ext in members:
+            return ext
+    return None

@@ -1,0 +1,265 @@
+"""`tsd demo`: every stage end to end on embedded defaults, in a few minutes on a laptop CPU.
+
+A procedural dataset (written as an ImageFolder tree and ingested like a user's), tiny random-weight
+models of the real architectures (saved to disk and loaded back through the real loaders), a local
+Ray cluster, then ingest → probe → plan → generate → release → verify → train twice → eval.
+Every stage reuses finished work, so a rerun on the same folder is fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..contract.configlib import load, to_dict
+from ..contract.files import reuse
+from ..contract.ids import fingerprint, sha256_bytes, sha256_file
+from ..runtime import quiet_libraries
+from .tiny import TinySizes
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    classes: int
+    per_class: int
+    pool: str            # mix pool size, as a multiple of the train set
+    steps: int           # denoising steps
+    views: int
+    epochs: int
+    shard_size: int
+    pretrain_steps: int  # teacher pretraining on a disjoint corpus (0: random weights)
+
+
+SIZES = {
+    "demo": DemoSize(classes=10, per_class=60, pool="1x", steps=10, views=4, epochs=12, shard_size=128,
+                     pretrain_steps=600),
+    "small": DemoSize(classes=8, per_class=16, pool="1x", steps=4, views=2, epochs=4, shard_size=32,
+                      pretrain_steps=0),
+}
+
+
+def job_config(models: dict, index: str, size: DemoSize) -> dict:
+    """The demo's job manifest (manifests/demo.yaml is the same, with the demo's paths)."""
+    tiny = TinySizes()
+    return {
+        "seed": 0,
+        "data": {"index": index, "store_size": 64, "image_format": "jpg", "quality": 90},
+        "teacher": {"arch": tiny.teacher_arch, "weights": models["teacher"], "img_size": tiny.teacher_img,
+                    "model_kwargs": dict(tiny.teacher_kwargs), "batch_size": 256},
+        "probe": {"head": "linear", "views": 2, "epochs": 60, "lr": 0.003, "batch_size": 256},
+        "views": {"k": size.views, "scale": [0.35, 1.0]},
+        "plan": {"pool_size": size.pool, "pairing": "any", "weight_law": "uniform"},
+        "generator": {"kind": "image-mixer", "path": models["image-mixer"], "size": 64, "steps": size.steps,
+                      "guidance": 3.0, "batch_size": 32},
+        "generate": {"shard_size": size.shard_size, "workers": 2, "cpus_per_worker": 1},
+        "release": {"name": "tsdistill-demo", "license": "cc0-1.0",
+                    "description": "The tsdistill demo: procedural shapes, tiny random-weight models."},
+    }
+
+
+def train_config(release: str, models: dict, mode: str, size: DemoSize) -> dict:
+    return {
+        "releases": [release],
+        "student": {"arch": TinySizes().student_arch, "weights": models["student"], "img_size": 48},
+        "loss": {"mode": mode, "alpha": 0.5, "temperature": 2.0},
+        "data": {"mix_ratio": 0.5, "batch_size": 64, "workers": 1},
+        "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 0.05, "epochs": size.epochs, "warmup_epochs": 1},
+        "runtime": {"device": "auto", "seed": 0, "log_every": 5},
+    }
+
+
+def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: int = 0,
+                      pretrain_steps: int = 0) -> dict:
+    """Write every tiny model under `folder` (skipped when already there) and return their paths.
+
+    `pretrain_steps` > 0 pretrains the teacher backbone on a procedural corpus disjoint from the
+    demo's data (see demo.pretrain): a stand-in for DINOv2's generic pretraining, so that probing
+    gives a teacher worth distilling. 0 keeps random weights (the tests' machinery checks)."""
+    import tempfile
+
+    from .pretrain import pretrain_teacher
+    from .tiny import build_image_mixer, build_student, build_teacher
+
+    folder = Path(folder)
+    paths = {"teacher": folder / "teacher" / "model.safetensors",
+             "student": folder / "student" / "model.safetensors",
+             "image-mixer": folder / "image-mixer"}
+
+    def build():
+        teacher = build_teacher(folder, sizes, seed)
+        if pretrain_steps:
+            with tempfile.TemporaryDirectory() as corpus:
+                pretrain_teacher(teacher, sizes, seed=seed, corpus_dir=Path(corpus), steps=pretrain_steps)
+        build_student(folder, sizes, seed)
+        build_image_mixer(folder, sizes, seed)
+        return description
+
+    description = {**to_dict(sizes), "seed": seed, "teacher_pretrain_steps": pretrain_steps}
+    reuse(folder / "tiny.done.json", fingerprint(description), build, outputs=list(paths.values()))
+    return {k: str(v) for k, v in paths.items()}
+
+
+class Timer:
+    def __init__(self):
+        self.rows: list[tuple[str, float, str]] = []
+
+    def run(self, name: str, fn, note=lambda result: ""):
+        t0 = time.time()
+        print(f"[demo] {name} …", flush=True)
+        result = fn()
+        self.rows.append((name, time.time() - t0, note(result)))
+        return result
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None) -> dict:
+    """Data, tiny models, then ingest → probe → plan → generate → release → verify into `out`.
+    Returns what the rest of the demo needs (models, manifest, probe metrics)."""
+    quiet_libraries()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
+    from ..config import load_job
+    from ..sources.ingest import ingest
+    from ..stages.distribute import generate_stage
+    from ..stages.jobdir import WORK
+    from ..stages.plan import plan_stage
+    from ..stages.probe import probe_stage
+    from ..stages.release import release_stage
+    from ..tools.verify import verify_release
+    from .toydata import write_toy_dataset
+
+    size = SIZES[size_name]
+    out = Path(out).resolve()
+    work = out / WORK
+    timer = timer or Timer()
+
+    def make_source():
+        write_toy_dataset(work / "source", num_classes=size.classes, per_class=size.per_class, seed=0)
+        return build_demo_models(work / "models", pretrain_steps=size.pretrain_steps)
+
+    models = timer.run("data + tiny models", make_source)
+    ingest_dir = work / "ingest"
+
+    def do_ingest():
+        settings = {"source": size.__dict__, "val_fraction": 0.15, "seed": 0}
+        return reuse(work / "ingest.done.json", fingerprint(settings),
+                     lambda: ingest(work / "source", ingest_dir, val_fraction=0.15, seed=0),
+                     outputs=[ingest_dir / "index.parquet"])[0]
+
+    timer.run("ingest", do_ingest, lambda s: f"kept {s['kept']}, rejected {s['rejected']}")
+    job_path = _write_yaml(work / "job.yaml", job_config(models, str(ingest_dir / "index.parquet"), size))
+    job = load_job(job_path)
+
+    probe, _ = timer.run("probe", lambda: probe_stage(job, out),
+                         lambda r: f"teacher val top-1 {r[0]['val_top1']:.3f}" + (" (reused)" if r[1] else ""))
+    timer.run("plan", lambda: plan_stage(job, out),
+              lambda r: f"{len(r[0].rows)} samples, {len(r[0].shards())} shards" + (" (reused)" if r[1] else ""))
+    timer.run("generate", lambda: generate_stage(job, out, progress=True),
+              lambda s: f"{s['done']} shards made, {s['skipped']} reused")
+    manifest = timer.run("release", lambda: release_stage(job, out))
+    problems = timer.run("verify", lambda: verify_release(out), lambda p: "OK" if not p else f"{len(p)} problems")
+    if problems:
+        raise RuntimeError(f"verify failed: {problems[:3]}")
+    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
+
+
+def run_demo(out: str | Path, size_name: str = "demo") -> dict:
+    t_start = time.time()
+    out = Path(out).resolve()
+    timer = Timer()
+    built = build_release(out, size_name, timer)
+    size, work, manifest = SIZES[size_name], out / "work", built["manifest"]
+    results = {}
+    for mode in ("finetune", "distill"):
+        cfg_path = _write_yaml(work / f"train-{mode}.yaml", train_config(str(out), built["models"], mode, size))
+        results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
+                                  lambda r: f"val top-1 {r['val']['top1']:.3f}")
+    evals = timer.run("eval", lambda: {m: _evaluate(out / "runs" / m, out) for m in results},
+                      lambda e: ", ".join(f"{m} {e[m]['top1']:.3f}" for m in e))
+    timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
+    summary = {
+        "counts": manifest["counts"],
+        "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k) for k in manifest["counts"]},
+        "teacher_val_top1": built["probe"]["val_top1"],
+        "finetune_val_top1": evals["finetune"]["top1"],
+        "distill_val_top1": evals["distill"]["top1"],
+        "distill_teacher_agreement": evals["distill"]["agreement"],
+        "stages": [(n, round(s, 1), note) for n, s, note in timer.rows],
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    (work / "demo-summary.json").write_text(json.dumps(summary, indent=1))
+    print_summary(summary, out)
+    return summary
+
+
+def _evaluate(run_dir: Path, release: Path) -> dict:
+    """What `tsd eval RUN RELEASE` reports: the saved student reloaded and run on the val shards."""
+    from trainer.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(run_dir, str(release), workers=1)[0]
+
+
+def _pictures(out: Path) -> list[Path]:
+    """The contact sheet of mixes, the paper's PCA figure and the training curves."""
+    from ..tools.viz import plot_curves, plot_mixes, plot_pca
+
+    runs = [out / "runs" / "distill", out / "runs" / "finetune"]
+    folder = out / "pictures"
+    names = [folder / n for n in ("mixes.png", "pca.png", "curves.png")]
+    inputs = fingerprint([sha256_file(out / "manifest.json"), *(sha256_file(r / "metrics.json") for r in runs)])
+
+    def draw():
+        plot_mixes(out, names[0])
+        plot_pca(out, runs, names[1])
+        plot_curves(runs, names[2])
+        return [str(p) for p in names]
+
+    return [Path(p) for p in reuse(folder / "pictures.done.json", inputs, draw, outputs=names)[0]]
+
+
+def _train(config_path: Path, run_dir: Path) -> dict:
+    """Train (or reuse a finished run with the same config) and return its final metrics."""
+    from trainer.config import TrainConfig
+    from trainer.train import run_training
+
+    return reuse(run_dir / "demo.done.json", sha256_bytes(config_path.read_bytes()),
+                 lambda: run_training(load(TrainConfig, config_path), run_dir), outputs=[run_dir / "metrics.json"])[0]
+
+
+def print_summary(s: dict, out: Path) -> None:
+    print()
+    print(f"tsd demo: {out}")
+    print(f"{'kind/split':<14}{'samples':>9}{'shards':>8}")
+    for k, n in s["counts"].items():
+        print(f"{k:<14}{n:>9}{s['shards'][k]:>8}")
+    print()
+    print(f"{'model':<22}{'val top-1':>10}")
+    print(f"{'teacher (probed)':<22}{s['teacher_val_top1']:>10.3f}")
+    print(f"{'student, finetuned':<22}{s['finetune_val_top1']:>10.3f}")
+    print(f"{'student, distilled':<22}{s['distill_val_top1']:>10.3f}"
+          f"   (agrees with the teacher on {s['distill_teacher_agreement']:.1%})")
+    print()
+    print(f"{'stage':<20}{'seconds':>9}  note")
+    for name, secs, note in s["stages"]:
+        print(f"{name:<20}{secs:>9.1f}  {note}")
+    print(f"{'total':<20}{s['wall_s']:>9.1f}")
+    print(f"\npictures: {out / 'pictures'}; verify the release with: tsd verify {out}")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
+    p.add_argument("--size", default="demo", choices=sorted(SIZES),
+                   help="'demo' (default) or 'small' (fewer images and steps; what the tests run)")
+
+
+def run(args) -> int:
+    run_demo(args.out, args.size)
+    return 0

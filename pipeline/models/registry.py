@@ -1,0 +1,49 @@
+"""The generator registry: every generator kind, what it needs, and where its code lives.
+
+Light (no torch, no diffusers): config validation, `tsd plan --dry-run`, the dataset card and
+`tsd convert` ask it without loading a model; `build_generator` imports the implementation only
+when a worker makes mixes.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GeneratorKind:
+    name: str
+    implementation: str          # 'module:Class', imported by `build_generator`
+    diffusion: bool              # needs a model folder (`generator.path`) and GPU time
+    ldm_checkpoint: bool = False  # `tsd convert` turns the original single-file checkpoint into its folder
+    summary: str = ""
+
+
+_ALL = (
+    GeneratorKind("image-mixer", "pipeline.models.generators:ImageMixer", diffusion=True, ldm_checkpoint=True,
+                  summary="the paper's SD-Mixup: ImageMixer, CLIP image embeddings of both parents as tokens"),
+    GeneratorKind("sd-image-variations", "pipeline.models.generators:ImageVariations", diffusion=True,
+                  ldm_checkpoint=True, summary="SD image variations: one token, the interpolated embedding"),
+    GeneratorKind("unclip", "pipeline.models.generators:UnCLIP", diffusion=True,
+                  summary="Stable unCLIP 2.1: the interpolated embedding, noised, as the UNet's class labels"),
+    GeneratorKind("mixup", "pipeline.models.generators:PixelMixup", diffusion=False,
+                  summary="pixel-space mixup (Zhang et al. 2018)"),
+    GeneratorKind("cutmix", "pipeline.models.generators:PixelCutmix", diffusion=False,
+                  summary="CutMix (Yun et al. 2019)"),
+)
+GENERATORS: dict[str, GeneratorKind] = {g.name: g for g in _ALL}
+KINDS: tuple[str, ...] = tuple(GENERATORS)
+DIFFUSION_KINDS: tuple[str, ...] = tuple(g.name for g in _ALL if g.diffusion)
+LDM_KINDS: tuple[str, ...] = tuple(g.name for g in _ALL if g.ldm_checkpoint)
+
+
+def generator_kind(name: str) -> GeneratorKind:
+    if name not in GENERATORS:
+        raise ValueError(f"generator.kind: unknown generator {name!r} (known: {', '.join(KINDS)})")
+    return GENERATORS[name]
+
+
+def build_generator(cfg, device):
+    """The generator of `cfg.kind`, loaded on `device`."""
+    module, cls = generator_kind(cfg.kind).implementation.split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, device)

@@ -1,0 +1,109 @@
+"""The source index: what `tsd ingest` writes and every later stage reads (one schema, one reader).
+
+`index.parquet` has one row per kept image, sorted by uid. Its schema metadata holds the class
+list (`CLASSES_KEY`) and the settings it was made with (`SETTINGS_KEY`: min_size, max_pixels,
+val_fraction, seed), so later stages decode the files with the limits ingest used.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..contract.errors import ConfigError
+from ..contract.files import atomic_write
+
+INDEX_FILE = "index.parquet"
+REJECTS_FILE = "rejects.parquet"
+CLASSES_FILE = "classes.json"
+CLASSES_KEY = b"tsdistill.classes"
+SETTINGS_KEY = b"tsdistill.ingest"   # the decoding limits and split settings the index was made with
+# column → Arrow type name, in file order
+COLUMNS = {"uid": "string", "path": "string", "relpath": "string", "label": "int32", "class_name": "string",
+           "split": "string", "sha256": "string", "width": "int32", "height": "int32", "source_mode": "string"}
+INDEX_COLUMNS = tuple(COLUMNS)
+READ_COLUMNS = INDEX_COLUMNS[:-1]    # what later stages use (source_mode is for the user)
+
+
+def index_schema(classes: list[str], settings: dict):
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS.items()],
+                     metadata={CLASSES_KEY: json.dumps(classes, ensure_ascii=False).encode(),
+                               SETTINGS_KEY: json.dumps(settings, sort_keys=True).encode()})
+
+
+def _write_table(path: Path, table) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write(path, sink.getvalue().to_pybytes())
+
+
+def write_index(path: Path, rows: list[dict], classes: list[str], settings: dict) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_pydict({name: [r[name] for r in rows] for name in INDEX_COLUMNS},
+                                 schema=index_schema(classes, settings))
+    _write_table(path, table)
+
+
+def write_rejects(path: Path, rejects: list[tuple]) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([("path", pa.string()), ("reason", pa.string())])
+    table = pa.Table.from_pydict({"path": [p for p, _ in rejects], "reason": [r for _, r in rejects]},
+                                 schema=schema)
+    _write_table(path, table)
+
+
+@dataclass
+class SourceIndex:
+    classes: list[str]
+    rows: list[dict]          # sorted by uid; labels index into `classes`
+    limits: dict              # the decoding limits ingest used: later stages decode with the same
+
+    def split(self, name: str) -> list[dict]:
+        return [r for r in self.rows if r["split"] == name]
+
+
+def read_source_index(data) -> SourceIndex:
+    """Rows of the ingested index `data.index`, restricted to `data.classes` when given (labels
+    re-indexed); `data` is the job's DataConfig."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data.index)
+    missing = [c for c in READ_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ConfigError(f"{data.index}: not an ingest index (missing column {missing[0]!r})")
+    meta = table.schema.metadata or {}
+    classes = json.loads(meta[CLASSES_KEY]) if CLASSES_KEY in meta \
+        else sorted(set(table.column("class_name").to_pylist()))
+    rows = table.select(list(READ_COLUMNS)).to_pylist()
+    if data.classes:
+        keep = {name: i for i, name in enumerate(data.classes)}
+        rows = [dict(r, label=keep[r["class_name"]]) for r in rows if r["class_name"] in keep]
+        classes = list(data.classes)
+    rows.sort(key=lambda r: r["uid"])
+    return SourceIndex(classes, rows, _limits(meta))
+
+
+def index_classes(path: str) -> set[str]:
+    """The class names of an index (its class column only)."""
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(path, columns=["class_name"]).column(0).to_pylist())
+
+
+def _limits(meta: dict) -> dict:
+    settings = json.loads(meta.get(SETTINGS_KEY, b"{}"))
+    return {k: settings[k] for k in ("min_size", "max_pixels") if k in settings}
+
+
+def decode_limits(index_path: str) -> dict:
+    """`open_rgb` keyword arguments matching how the index was made (read from its metadata only)."""
+    import pyarrow.parquet as pq
+
+    return _limits(pq.read_schema(index_path).metadata or {})

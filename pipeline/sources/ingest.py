@@ -1,0 +1,366 @@
+"""`tsd ingest SRC --out DIR`: turn a folder or a list of images into a checked, split index.
+
+Every source file is read once, hashed, and fully decoded by `sources.decode.open_rgb` (the rules
+are listed there).
+A file is either kept, with a row in `index.parquet`, or rejected, with a row and a reason in
+`rejects.parquet`: nothing is dropped silently.
+
+Sources
+-------
+- An ImageFolder tree: `SRC/<class>/<any nested path>/<file>`. Hidden files and folders (name starts
+  with '.') are skipped and counted, except system junk (`.DS_Store`, `Thumbs.db`, `desktop.ini`,
+  macOS `._*` files), which is listed as rejected. Every other file is tried, whatever its
+  extension. Files directly under SRC are rejected ("not inside a class folder"). The output folder
+  is skipped when it lies inside SRC.
+- A `.csv` or `.parquet` file with columns `path, label[, split]`. Paths are absolute or relative
+  to the file's folder. A label is a class name or an integer. `split`, when the column exists,
+  must be 'train' or 'val' on every row.
+
+Outputs (in `--out DIR`)
+------------------------
+- `index.parquet`: uid, path, relpath, label, class_name, split, sha256, width, height,
+  source_mode, sorted by uid. Schema metadata: the class list (`tsdistill.classes`) and the
+  settings it was made with (`tsdistill.ingest`: min_size, max_pixels, val_fraction, seed), so a
+  later `open_rgb` of these files can use the same limits.
+- `classes.json`: the class list. Classes are the label names of the kept rows, sorted
+  (numerically when every name is an integer); a class with no kept image does not exist.
+- `rejects.parquet`: path, reason (always written).
+
+Split: with no `split` column, each class's uids are sorted and a seeded permutation picks
+round(val_fraction × n) of them (half rounds up) for val: at least one when the class has two or
+more images, and never all of them. Each class has its own random stream, derived from (seed,
+class name), so adding images to one class does not move the others' splits.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import posixpath
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..contract.errors import UserError
+from ..contract.files import atomic_write
+from ..contract.ids import derive_seed, make_uid, sha256_bytes
+from ..contract.layout import SPLITS
+from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageRejected, decode_rgb, read_file, short_error
+from .index import CLASSES_FILE, INDEX_FILE, REJECTS_FILE, write_index, write_rejects
+
+# Files operating systems drop into image folders: listed as rejects without trying to decode them.
+JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini"})
+APPLEDOUBLE_PREFIX = "._"   # macOS resource forks written next to every file on foreign disks
+
+
+# -- sources → candidate files --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    path: str            # absolute
+    relpath: str         # POSIX, relative to the source root
+    class_name: str
+    split: str | None    # from the source's split column; None = assign
+
+
+@dataclass
+class Scan:
+    candidates: list
+    rejects: list        # (path, reason)
+    skipped_hidden: int = 0
+
+
+def scan_source(src, out_dir=None) -> Scan:
+    """Candidate files and early rejections of an ImageFolder tree or a CSV/Parquet list."""
+    src = Path(src)
+    if not src.exists():
+        raise UserError(f"{src}: no such file or folder")
+    if src.is_dir():
+        return _scan_folder(src.absolute(), Path(out_dir).absolute() if out_dir else None)
+    suffix = src.suffix.lower()
+    if suffix == ".csv":
+        return _scan_table(src.absolute(), _read_csv(src))
+    if suffix in (".parquet", ".pq"):
+        return _scan_table(src.absolute(), _read_parquet(src))
+    raise UserError(f"{src}: not a folder, .csv or .parquet file")
+
+
+def _is_junk(name: str) -> bool:
+    return name in JUNK_NAMES or name.startswith(APPLEDOUBLE_PREFIX)
+
+
+def _scan_folder(root: Path, out_dir: Path | None) -> Scan:
+    scan = Scan([], [])
+    skip_dir = os.path.realpath(out_dir) if out_dir else None
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        raise UserError(f"{root}: cannot list folder ({e.strerror or e})") from None
+    for entry in entries:
+        if _is_junk(entry.name):
+            scan.rejects.append((entry.path, "not an image (system file)"))
+        elif entry.name.startswith("."):
+            scan.skipped_hidden += 1
+        elif entry.is_dir():
+            if os.path.realpath(entry.path) != skip_dir:
+                _scan_class(root, entry, skip_dir, scan)
+        else:
+            scan.rejects.append((entry.path, "not inside a class folder"))
+    return scan
+
+
+def _scan_class(root: Path, class_dir: os.DirEntry, skip_dir: str | None, scan: Scan) -> None:
+    def unreadable(error: OSError) -> None:   # os.walk would otherwise skip it silently
+        scan.rejects.append((error.filename, f"unreadable folder ({error.strerror or error})"))
+
+    for folder, dirs, files in os.walk(class_dir.path, onerror=unreadable):
+        kept_dirs = [d for d in dirs if not d.startswith(".")
+                     and os.path.realpath(os.path.join(folder, d)) != skip_dir]
+        scan.skipped_hidden += len(dirs) - len(kept_dirs)
+        dirs[:] = sorted(kept_dirs)
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if _is_junk(name):
+                scan.rejects.append((path, "not an image (system file)"))
+            elif name.startswith("."):
+                scan.skipped_hidden += 1
+            else:
+                relpath = Path(os.path.relpath(path, root)).as_posix()
+                scan.candidates.append(Candidate(path, relpath, class_dir.name, None))
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot read CSV ({e})") from None
+    return columns, rows
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
+        raise UserError(f"{path}: cannot read Parquet ({short_error(e)})") from None
+    wanted = [c for c in ("path", "label", "split") if c in table.column_names]
+    return table.column_names, table.select(wanted).to_pylist()
+
+
+def _scan_table(table_path: Path, columns_rows: tuple[list[str], list[dict]]) -> Scan:
+    columns, rows = columns_rows
+    for required in ("path", "label"):
+        if required not in columns:
+            raise UserError(f"{table_path}: missing column {required!r} "
+                              f"(columns: {', '.join(columns) or 'none'})")
+    has_split = "split" in columns
+    base = table_path.parent
+    labels = [_label_text(r.get("label")) for r in rows]
+    integer_labels = all(_is_integer(t) for t in labels if t)
+    scan = Scan([], [])
+    first_row_of = {}
+    for number, (row, label) in enumerate(zip(rows, labels), start=1):
+        raw_path = "" if row.get("path") is None else str(row["path"]).strip()
+        where = f"{table_path}:row {number}"
+        if not raw_path:
+            scan.rejects.append((where, f"row {number}: missing path"))
+            continue
+        path = os.path.normpath(os.path.join(base, raw_path))
+        split = None
+        if has_split:
+            split = "" if row.get("split") is None else str(row["split"]).strip()
+        problem = _row_problem(label, split, has_split)
+        if problem is None and path in first_row_of:
+            problem = f"listed twice (first at row {first_row_of[path]})"
+        if problem:
+            scan.rejects.append((path, f"row {number}: {problem}"))
+            continue
+        first_row_of[path] = number
+        class_name = str(int(label)) if integer_labels else label
+        relpath = posixpath.normpath(Path(os.path.relpath(path, base)).as_posix())
+        scan.candidates.append(Candidate(path, relpath, class_name, split))
+    return scan
+
+
+def _row_problem(label: str, split: str | None, has_split: bool) -> str | None:
+    if not label:
+        return "missing label"
+    if has_split and split not in SPLITS:
+        return f"bad split {split!r} (expected 'train' or 'val')"
+    return None
+
+
+def _label_text(value) -> str:
+    """A label cell as text: integers (and integral floats, as pandas writes them) canonical."""
+    if value is None or isinstance(value, bool):
+        return "" if value is None else str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value).strip()
+
+
+def _is_integer(text: str) -> bool:
+    return bool(re.fullmatch(r"[+-]?\d+", text))
+
+
+# -- candidates → decoded facts (runs in worker processes) -------------------------------------
+def inspect_file(path: str, min_size: int, max_pixels: int) -> tuple:
+    """('ok', sha256, width, height, source_mode) or ('reject', reason) for one file."""
+    try:
+        data = read_file(path)
+        image, source_mode = decode_rgb(data, min_size=min_size, max_pixels=max_pixels)
+    except ImageRejected as e:
+        return ("reject", e.reason)
+    return ("ok", sha256_bytes(data), image.width, image.height, source_mode)
+
+
+def _inspect_all(paths: list[str], min_size: int, max_pixels: int, workers: int) -> list[tuple]:
+    """Results in the order of `paths`, whatever the number of workers."""
+    from tqdm import tqdm
+
+    progress = tqdm(total=len(paths), desc="ingest", unit="img", file=sys.stderr, disable=None)
+    workers = min(workers, len(paths))
+    with progress:
+        if workers <= 1:
+            results = []
+            for path in paths:
+                results.append(inspect_file(path, min_size, max_pixels))
+                progress.update()
+            return results
+        # spawn: safe whatever the parent already loaded (threads of pyarrow, torch, ray...)
+        context = multiprocessing.get_context("spawn")
+        chunk = max(1, min(32, len(paths) // (4 * workers)))
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            results = []
+            for result in pool.map(inspect_file, paths, [min_size] * len(paths),
+                                   [max_pixels] * len(paths), chunksize=chunk):
+                results.append(result)
+                progress.update()
+            return results
+
+
+# -- classes, split, output ---------------------------------------------------------------------
+def sort_classes(names) -> list[str]:
+    """Sorted class names; numerically when every name is an integer ('2' before '10')."""
+    names = set(names)
+    if names and all(_is_integer(n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def assign_splits(uids_by_class: dict, val_fraction: float, seed: int) -> dict:
+    """uid → 'train' | 'val': a seeded, stratified pick of round(val_fraction × n) per class."""
+    splits = {}
+    for class_name, uids in uids_by_class.items():
+        uids = sorted(uids)
+        n = len(uids)
+        n_val = int(math.floor(val_fraction * n + 0.5))
+        if val_fraction > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)   # every class is evaluated and still trained on
+        else:
+            n_val = 0 if n < 2 else n_val
+        rng = np.random.Generator(np.random.PCG64(derive_seed(seed, class_name, "split")))
+        val = {uids[i] for i in rng.permutation(n)[:n_val]}
+        splits.update({u: ("val" if u in val else "train") for u in uids})
+    return splits
+
+
+def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: int = DEFAULT_MIN_SIZE,
+           max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None) -> dict:
+    """Check, decode and split a source; write index.parquet, rejects.parquet, classes.json.
+
+    Returns a summary: kept, rejected, duplicates (rows whose bytes repeat an earlier row),
+    duplicates_across_splits, skipped_hidden, classes, splits, and the output paths.
+    With workers > 1 files are decoded in 'spawn' worker processes (safe whatever the caller has
+    loaded), so a calling script needs the usual `if __name__ == "__main__":` guard."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val fraction must be in [0, 1), got {val_fraction}")
+    out_dir = Path(out_dir)
+    scan = scan_source(src, out_dir)
+    results = _inspect_all([c.path for c in scan.candidates], min_size, max_pixels,
+                           workers if workers is not None else (os.cpu_count() or 1))
+    rows, rejects = [], list(scan.rejects)
+    for candidate, result in zip(scan.candidates, results):
+        if result[0] == "reject":
+            rejects.append((candidate.path, result[1]))
+            continue
+        _, sha, width, height, source_mode = result
+        rows.append(dict(uid=make_uid("real", sha, candidate.relpath), path=candidate.path,
+                         relpath=candidate.relpath, class_name=candidate.class_name,
+                         split=candidate.split, sha256=sha, width=width, height=height,
+                         source_mode=source_mode))
+    classes = sort_classes(r["class_name"] for r in rows)
+    _label_and_split(rows, classes, val_fraction, seed)
+    rows.sort(key=lambda r: r["uid"])
+    rejects.sort()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_rejects(out_dir / REJECTS_FILE, rejects)
+    atomic_write(out_dir / CLASSES_FILE, (json.dumps(classes, ensure_ascii=False) + "\n").encode())
+    settings = dict(min_size=min_size, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed)
+    write_index(out_dir / INDEX_FILE, rows, classes, settings)
+    return {
+        "kept": len(rows),
+        "rejected": len(rejects),
+        "duplicates": len(rows) - len({r["sha256"] for r in rows}),
+        "duplicates_across_splits": _shared_between_splits(rows),
+        "skipped_hidden": scan.skipped_hidden,
+        "classes": classes,
+        "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS},
+        "index": str(out_dir / INDEX_FILE),
+        "rejects": str(out_dir / REJECTS_FILE),
+    }
+
+
+def _shared_between_splits(rows: list[dict]) -> int:
+    """Distinct file contents present in both train and val: a leak the user should know about."""
+    by_split = {s: {r["sha256"] for r in rows if r["split"] == s} for s in SPLITS}
+    return len(by_split["train"] & by_split["val"])
+
+
+def _label_and_split(rows: list[dict], classes: list[str], val_fraction: float, seed: int) -> None:
+    label_of = {name: i for i, name in enumerate(classes)}
+    unassigned = {}
+    for row in rows:
+        row["label"] = label_of[row["class_name"]]
+        if row["split"] is None:
+            unassigned.setdefault(row["class_name"], []).append(row["uid"])
+    splits = assign_splits(unassigned, val_fraction, seed)
+    for row in rows:
+        if row["split"] is None:
+            row["split"] = splits[row["uid"]]
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    p.add_argument("src", help="ImageFolder root, or a .csv/.parquet file with columns path,label[,split]")
+    p.add_argument("--out", required=True, help="output folder for index.parquet and rejects.parquet")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="held-out share per class when SRC has no split (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the deterministic stratified split")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
+                   help="reject images with a side shorter than this (px)")
+
+
+def run(args) -> int:
+    """`tsd ingest`: 0 when the index is written (rejected images are not errors)."""
+    summary = ingest(args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                     min_size=args.min_size, workers=args.workers)
+    print(f"ingest: kept {summary['kept']}, rejected {summary['rejected']} (see {summary['rejects']}); "
+          f"{len(summary['classes'])} classes; train {summary['splits']['train']}, "
+          f"val {summary['splits']['val']}" + _leak_note(summary["duplicates_across_splits"]))
+    return 0
+
+
+def _leak_note(shared: int) -> str:
+    return f"; warning: {shared} val image(s) also in train (same bytes)" if shared else ""

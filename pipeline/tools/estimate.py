@@ -1,0 +1,285 @@
+"""`tsd plan --dry-run`: what a job will make and what it will cost, before anything runs.
+
+Sample and shard counts come from the ingested index when it exists, else from the job's
+`expected_counts` (a dataset's published sizes, for a recipe whose data is not downloaded yet).
+Disk size: the stored image (measured by encoding a natural-looking test image at the stored size
+with the release's encoder settings) plus the teacher's outputs and the tar overhead.
+GPU time: from speeds measured on one H100 (ANCHORS below), scaled to the job's settings by a
+compute model (UNet passes × FLOPs at the measured UNet throughput + VAE decode, ∝ (size/640)²),
+at two speeds: the stock diffusers pipeline, and the fused worker's target.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..config import JobConfig
+from ..contract.configlib import ConfigError
+from ..contract.images import encode_image, stored_size
+from ..models.registry import DIFFUSION_KINDS
+
+# Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from the shared bench folder:
+# bench/anchors-h100-2026-11-27.json (made by bench/anchors_gpu.py). Keys named after that file's.
+ANCHORS_SOURCE = "bench/anchors-h100-2026-11-27.json (one H100 80GB HBM3, torch 2.11.0+cu130)"
+UNET640_TFLOP = 1.35279          # unet640_gflop_per_sample: one UNet pass, one 640 px latent
+UNET_TFLOPS = {2: 70.76, 16: 251.53, 64: 266.73}  # unet640_fp16_b{2,16,64}_tflops, by UNet batch
+VAE640_DECODE_TFLOP = 3.95913    # vae640_decode_gflop_per_img
+VAE640_DECODE_S = 0.413285 / 16  # vae640_decode_b16_s, per image
+STOCK_IMG_S = {1: 0.6678, 8: 2.6448}  # naive_pipeline_640_30step(_b8)_img_per_s: images per call → img/s
+CLIP_L14_IMG_S = 2145.3          # clip_l14_img_per_s: parent embeddings
+TEACHER_IMG_S = {"vit_giant_patch14_dinov2": 706.85, "vit_large_patch14_dinov2": 2467.27}  # 224 px, bf16
+JPEG_ANCHOR = (500, 375, 90, 50647)  # jpeg_bytes_500x375: a real photo, 500×375, PIL quality 90
+# The speed the fused generation worker is built to reach at the reference settings (the issue's target).
+FUSED_TARGET_IMG_S = 5.0
+# Reference settings of the generation anchors: ImageMixer, 640 px, DDIM 30 steps, CFG on.
+REF_SIZE, REF_STEPS = 640, 30
+
+NPY_HEADER = 128         # bytes of a .npy header for a small 2-d array
+TAR_MEMBER = 512 + 256   # a tar header per member, plus half a 512-byte block of padding on average
+JSON_BASE, JSON_PER_VIEW = 330, 48  # the json member: fixed fields + one [x, y, w, h, flip] per view
+# Spectral slope of the test image: 1/f^1.47 amplitude makes a 500×375 image weigh what the anchor's
+# real photo weighs at the same JPEG settings (tests check the calibration).
+TEST_IMAGE_SLOPE = 1.47
+
+
+@dataclass(frozen=True)
+class Counts:
+    train: int
+    val: int
+    classes: int
+    source: str           # where the counts come from, for the printout
+    real_size: tuple      # a typical stored real image (width, height)
+
+
+def source_counts(job: JobConfig, n_train: int | None = None, n_val: int | None = None) -> Counts:
+    """Counts from the ingested index, else the job's `expected_counts`; `n_train`/`n_val`, when
+    given, replace the train/val counts (what-if estimates)."""
+    from ..sources.index import read_source_index
+
+    store = job.data.store_size
+    assumed_size = stored_size(4 * store, 3 * store, store)  # assumption: 4:3 sources, big enough
+    if os.path.isfile(job.data.index):
+        index = read_source_index(job.data)
+        train = index.split("train")
+        size = stored_size(int(np.median([r["width"] for r in train])), int(np.median([r["height"] for r in train])),
+                               store) if train else assumed_size
+        counts = Counts(len(train), len(index.split("val")), len(index.classes), f"index {job.data.index}", size)
+    elif job.expected_counts is not None:
+        hint = job.expected_counts
+        classes = len(job.data.classes) if job.data.classes else hint.classes
+        note = " (all classes; data.classes restricts them)" if job.data.classes else ""
+        counts = Counts(hint.train, hint.val, classes,
+                        f"expected_counts{note} (index not found: {job.data.index})", assumed_size)
+    else:
+        raise ConfigError(f"data.index: index not found: {job.data.index}: give counts (expected_counts: "
+                          "{train: N, val: M, classes: C}) or run `tsd ingest` first")
+    if n_train is None and n_val is None:
+        return counts
+    return Counts(counts.train if n_train is None else n_train, counts.val if n_val is None else n_val,
+                  counts.classes, f"arguments (classes from {counts.source})", counts.real_size)
+
+
+# -- disk ---------------------------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def image_bytes(width: int, height: int, image_format: str, quality: int) -> int:
+    """Bytes of a natural-looking test image of that size, encoded as the worker encodes."""
+    from PIL import Image
+
+    return len(encode_image(Image.fromarray(natural_test_image(width, height)), image_format, quality))
+
+
+def natural_test_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """uint8 [H, W, 3]: 1/f noise with correlated colour channels (natural images' power law)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    freq = np.sqrt(fx ** 2 + fy ** 2)
+    freq[0, 0] = 1.0
+    amplitude = freq ** -TEST_IMAGE_SLOPE
+    amplitude[0, 0] = 0.0
+
+    def field():
+        phase = np.exp(2j * np.pi * rng.random(amplitude.shape))
+        return np.fft.irfft2(amplitude * phase, s=(height, width))
+
+    luminance = field()
+    x = np.stack([0.8 * luminance + 0.2 * field() for _ in range(3)], axis=-1)
+    x = (x - x.mean()) / x.std()
+    return np.clip(128 + 45 * x, 0, 255).astype(np.uint8)
+
+
+def teacher_bytes(job: JobConfig, views: int, classes: int, feature_dim: int | None) -> int:
+    gen = job.generate
+    if gen.logits == "topk" and gen.topk < classes:
+        out = 2 * (NPY_HEADER + TAR_MEMBER) + views * gen.topk * (4 + 2)
+    else:
+        out = NPY_HEADER + TAR_MEMBER + views * classes * 2
+    if feature_dim:
+        out += NPY_HEADER + TAR_MEMBER + views * feature_dim * 2
+    return out
+
+
+def sample_bytes(job: JobConfig, size: tuple, views: int, classes: int, feature_dim: int | None) -> int:
+    image = image_bytes(size[0], size[1], job.data.image_format, job.data.quality) + TAR_MEMBER
+    meta = JSON_BASE + JSON_PER_VIEW * views + TAR_MEMBER
+    return image + meta + teacher_bytes(job, views, classes, feature_dim)
+
+
+def teacher_feature_dim(job: JobConfig) -> int:
+    """The teacher's feature size, from the architecture built on the meta device (no weights)."""
+    import timm
+    import torch
+
+    from ..models.teacher import feature_dim
+
+    kwargs = dict(job.teacher.model_kwargs)
+    kwargs.setdefault("img_size", job.teacher.img_size)
+    with torch.device("meta"):
+        backbone = timm.create_model(job.teacher.arch, pretrained=False, num_classes=0, **kwargs)
+    return feature_dim(backbone)
+
+
+# -- GPU time -----------------------------------------------------------------------------------
+def unet_tflops(unet_batch: int) -> tuple[int, float]:
+    """The measured UNet throughput at the measured batch nearest (in log scale) to `unet_batch`."""
+    nearest = min(UNET_TFLOPS, key=lambda b: abs(math.log(b) - math.log(max(unet_batch, 1))))
+    return nearest, UNET_TFLOPS[nearest]
+
+
+def mix_seconds_model(size: int, steps: int, guided: bool, batch: int) -> float:
+    """Compute model of one mix: UNet passes (×2 with CFG) at the measured throughput + VAE decode."""
+    area = (size / REF_SIZE) ** 2
+    passes = steps * (2 if guided else 1)
+    _, tflops = unet_tflops(batch * (2 if guided else 1))
+    return passes * UNET640_TFLOP * area / tflops + VAE640_DECODE_S * area
+
+
+def teacher_img_s(job: JobConfig) -> tuple[float, str]:
+    known = TEACHER_IMG_S.get(job.teacher.arch)
+    arch = job.teacher.arch if known else "vit_giant_patch14_dinov2"
+    rate = TEACHER_IMG_S[arch] * (224 / job.teacher.img_size) ** 2  # ∝ tokens
+    note = f"teacher {arch} at {TEACHER_IMG_S[arch]:.0f} img/s at 224 px (bf16), × (224/{job.teacher.img_size})²"
+    if not known:
+        note += f"; {job.teacher.arch} not measured: assumed as slow as ViT-g/14"
+    return rate, note
+
+
+def mix_seconds(job: JobConfig) -> tuple[dict, list[str]]:
+    """GPU seconds per mix at the stock-pipeline speed and at the fused-worker target, and how."""
+    gen = job.generator
+    if gen is None:
+        return {"stock": 0.0, "target": 0.0}, []
+    if gen.kind not in DIFFUSION_KINDS:
+        return {"stock": 0.0, "target": 0.0}, [f"{gen.kind}: pixel-space mixes, made on the CPU (no GPU time)"]
+    guided = gen.guidance > 1.0
+    model_s = mix_seconds_model(gen.size, gen.steps, guided, gen.batch_size)
+    stock_batch = 1 if gen.batch_size == 1 else 8   # the two measured stock settings
+    stock = model_s / mix_seconds_model(REF_SIZE, REF_STEPS, True, stock_batch) / STOCK_IMG_S[stock_batch]
+    target = model_s / mix_seconds_model(REF_SIZE, REF_STEPS, True, gen.batch_size) / FUSED_TARGET_IMG_S
+    clip = 2 / CLIP_L14_IMG_S                        # both parents embedded
+    unet_batch, unet_tf = unet_tflops(gen.batch_size * (2 if guided else 1))
+    notes = [
+        f"compute model per mix: {gen.steps} steps × {2 if guided else 1} (CFG) UNet passes × "
+        f"{UNET640_TFLOP:.3f} TFLOP at {unet_tf:.1f} TFLOP/s (measured, UNet batch {unet_batch}) + VAE decode "
+        f"{VAE640_DECODE_TFLOP:.2f} TFLOP ({VAE640_DECODE_S:.3f} s), × ({gen.size}/640)² = {model_s:.3f} s",
+        f"stock diffusers pipeline: {STOCK_IMG_S[stock_batch]:.2f} img/s measured at 640 px, 30 steps, CFG, "
+        f"{stock_batch} image(s) per call; scaled to these settings by the compute model",
+        f"fused-worker target: {FUSED_TARGET_IMG_S:.0f} img/s at 640 px, 30 steps, CFG; scaled likewise",
+        f"plus 2 CLIP ViT-L/14 embeddings per mix at {CLIP_L14_IMG_S:.0f} img/s",
+    ]
+    if gen.kind == "unclip":
+        notes.append("unclip: assumed the SD-1.x UNet's cost (SD 2.1's UNet is of similar size)")
+    return {"stock": stock + clip, "target": target + clip}, notes
+
+
+def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = None) -> dict:
+    """Counts, shards, disk bytes and GPU-seconds of a job (see the module doc for the model)."""
+    counts = source_counts(job, n_train, n_val)
+    k = job.views.k
+    mixes = job.plan.resolve_pool(counts.train) if job.generator is not None else 0
+    rows = {"real/train": counts.train, "real/val": counts.val, "mix/train": mixes}
+    views = {"real/train": k, "real/val": 1, "mix/train": k}
+    shards = {key: math.ceil(n / job.generate.shard_size) for key, n in rows.items()}
+
+    feature_dim = teacher_feature_dim(job) if job.generate.features else None
+    gen = job.generator
+    mix_size = stored_size(gen.size, gen.size, job.data.store_size) if gen else (0, 0)
+    sizes = {"real/train": counts.real_size, "real/val": counts.real_size, "mix/train": mix_size}
+    per_sample = {key: sample_bytes(job, sizes[key], views[key], counts.classes, feature_dim)
+                  for key in rows if rows[key]}
+    disk = {key: per_sample[key] * rows[key] for key in per_sample}
+
+    per_mix, mix_notes = mix_seconds(job)
+    teacher_rate, teacher_note = teacher_img_s(job)
+    teacher_passes = k * (counts.train + mixes) + counts.val   # the labels: K views each, 1 per val image
+    probe_passes = job.probe.views * counts.train + counts.val  # the probe's feature pass
+    teacher_s = (teacher_passes + probe_passes) / teacher_rate
+    gpu_seconds = {speed: {"mix": mixes * per_mix[speed], "teacher": teacher_s} for speed in per_mix}
+    assumptions = [
+        f"speeds measured on one H100: {ANCHORS_SOURCE}",
+        *mix_notes,
+        teacher_note,
+        f"teacher passes: {k} views × (real train + mixes) + 1 per val image; probe: "
+        f"{job.probe.views} view(s) per train image + val",
+        f"disk: stored images measured by encoding a 1/f test image at the stored size "
+        f"({job.data.image_format} q{job.data.quality}); real images assumed "
+        f"{counts.real_size[0]}×{counts.real_size[1]} after storing",
+        "not counted: CPU decoding/encoding, model loading, Ray start-up, student training",
+    ]
+    return {
+        "counts_from": counts.source,
+        "num_classes": counts.classes,
+        "counts": rows,
+        "shards": shards,
+        "views": views,
+        "bytes_per_sample": per_sample,
+        "disk_bytes": disk,
+        "disk_total": sum(disk.values()),
+        "seconds_per_mix": per_mix,
+        "gpu_seconds": gpu_seconds,
+        "gpu_hours": {speed: sum(parts.values()) / 3600 for speed, parts in gpu_seconds.items()},
+        "assumptions": assumptions,
+    }
+
+
+def human_bytes(n: float) -> str:
+    units = ("B", "KB", "MB", "GB", "TB")
+    i = 0
+    while n >= 1000 and i < len(units) - 1:
+        n /= 1000
+        i += 1
+    return f"{n:.0f} {units[i]}" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+def format_estimate(job: JobConfig, est: dict) -> str:
+    lines = [f"dry run: {job.release.name} — nothing is written",
+             f"counts from {est['counts_from']}; {est['num_classes']} classes",
+             "",
+             f"{'kind/split':<12}{'samples':>9}{'shards':>8}{'views':>7}{'per sample':>12}{'disk':>11}"]
+    for key, n in est["counts"].items():
+        per = est["bytes_per_sample"].get(key, 0)
+        lines.append(f"{key:<12}{n:>9,}{est['shards'][key]:>8}{est['views'][key]:>7}"
+                     f"{human_bytes(per):>12}{human_bytes(per * n):>11}")
+    lines.append(f"{'total':<12}{sum(est['counts'].values()):>9,}{sum(est['shards'].values()):>8}"
+                 f"{'':>19}{human_bytes(est['disk_total']):>11}")
+    lines += ["", f"{'GPU-hours (one H100)':<30}{'mixes':>9}{'teacher':>9}{'total':>9}"]
+    labels = {"stock": "at the stock-pipeline speed", "target": "at the fused-worker target"}
+    for speed, parts in est["gpu_seconds"].items():
+        lines.append(f"{labels[speed]:<30}{parts['mix'] / 3600:>9.2f}{parts['teacher'] / 3600:>9.2f}"
+                     f"{est['gpu_hours'][speed]:>9.2f}")
+    if est["seconds_per_mix"]["stock"]:
+        rates = {s: 1 / est["seconds_per_mix"][s] for s in ("stock", "target")}
+        lines.append(f"(one mix: {est['seconds_per_mix']['stock']:.3f} s stock = {rates['stock']:.2f} img/s; "
+                     f"{est['seconds_per_mix']['target']:.3f} s target = {rates['target']:.2f} img/s)")
+    lines += ["", "assumptions:"] + [f"  - {a}" for a in est["assumptions"]]
+    return "\n".join(lines)
+
+
+def print_estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = None) -> dict:
+    est = estimate(job, n_train, n_val)
+    print(format_estimate(job, est))
+    return est

@@ -1,0 +1,139 @@
+"""The house rules, read statically from every module's imports (AST: an import inside a function
+counts as much as one at the top):
+- the contract imports nothing else of the project and nothing heavy;
+- from `pipeline`, the trainer imports only `pipeline.contract`, and nothing heavy at all;
+- no import cycles between the project's modules;
+- `pipeline/` shows the flow: a handful of top-level modules, the rest in its subpackages.
+"""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "trainer")
+HEAVY = {"ray", "diffusers", "transformers", "accelerate", "timm", "webdataset", "pyarrow"}
+# what the contract may import besides the standard library and itself
+CONTRACT_ALLOWED = {"numpy", "yaml", "torch", "PIL", "fsspec"}
+TOP_LEVEL = {"__init__", "cli", "config", "runtime"}
+SUBPACKAGES = {"contract", "sources", "models", "stages", "tools", "demo"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))}
+
+
+def imports(name: str, path: Path) -> set[str]:
+    """Absolute names of every module `name` imports, anywhere in its body."""
+    is_package = path.name == "__init__.py"
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base[:len(base) - node.level + (1 if is_package else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            out.add(target)
+            # `from pipeline.contract import errors`: the submodule is what is imported
+            out |= {f"{target}.{alias.name}" for alias in node.names}
+    return out
+
+
+def project_edges() -> dict[str, set[str]]:
+    """module → project modules it imports (names resolved to existing modules)."""
+    mods = modules()
+    edges = {}
+    for name, path in mods.items():
+        targets = set()
+        for imported in imports(name, path):
+            if imported in mods:
+                targets.add(imported)
+        targets.discard(name)
+        edges[name] = targets
+    return edges
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_contract_is_self_contained_and_light():
+    stdlib = set(sys.stdlib_module_names)
+    bad = []
+    for name, path in modules().items():
+        if not name.startswith("pipeline.contract"):
+            continue
+        for imported in imports(name, path):
+            root = top(imported)
+            if imported.startswith("pipeline.contract") or root in stdlib or root in CONTRACT_ALLOWED \
+                    or root == "__future__":
+                continue
+            bad.append(f"{name} imports {imported}")
+    assert not bad, bad
+
+
+def test_the_trainer_enters_pipeline_only_through_the_contract():
+    bad = []
+    for name, path in modules().items():
+        if top(name) != "trainer":
+            continue
+        for imported in imports(name, path):
+            if top(imported) == "pipeline" and imported != "pipeline" \
+                    and not imported.startswith("pipeline.contract"):
+                bad.append(f"{name} imports {imported}")
+            if top(imported) in {"ray", "diffusers", "transformers", "accelerate"}:
+                bad.append(f"{name} imports {imported}")
+    assert not bad, bad
+
+
+def test_no_import_cycles():
+    edges = project_edges()
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" → ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, cycles
+
+
+def test_pipeline_is_grouped_by_its_flow():
+    root = REPO / "pipeline"
+    loose = {p.stem for p in root.glob("*.py")}
+    folders = {p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert loose == TOP_LEVEL, sorted(loose - TOP_LEVEL)
+    assert folders == SUBPACKAGES, sorted(folders ^ SUBPACKAGES)
+    # Ray only in the distributing stage; diffusers and transformers only in models/, tools/ and the demo
+    for name, path in modules().items():
+        for imported in imports(name, path):
+            if top(imported) == "ray":
+                assert name == "pipeline.stages.distribute", f"{name} imports ray"
+            if top(imported) in {"diffusers", "transformers"}:
+                assert name.split(".")[1] in {"models", "tools", "demo"}, f"{name} imports {imported}"
+
+
+def test_the_rules_see_lazy_imports(tmp_path):
+    """The reader counts an import inside a function, so the rules above cannot be dodged that way."""
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from pipeline.stages import plan\n    import ray\n")
+    assert {"pipeline.stages", "pipeline.stages.plan", "ray"} <= imports("trainer.m", path)

@@ -1,0 +1,233 @@
+"""The training loop: releases → student, with no teacher in the process.
+
+Exact resume. Everything a step depends on is either checkpointed or a pure function of the step:
+- model weights (safetensors), optimizer state, every process's RNG states, the log window;
+- the learning rate: linear warmup then cosine, a function of the step (no scheduler object);
+- the data: the batches of epoch e are a pure function of (seed, e) for a given number of ranks
+  and DataLoader workers (see trainer.data), so the data position is the step itself: epoch =
+  step // steps_per_epoch, batch = step % steps_per_epoch.
+A resumed run loads the latest checkpoint, restarts that epoch's streams and skips the batches
+already trained on (not decoded when on_corrupt is 'error'), and truncates log.jsonl to the
+checkpoint. On CPU the resumed run's per-step losses are then bitwise those of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.contract.configlib import dump, to_dict
+from pipeline.contract.device import autocast
+
+from .checkpoints import Resumed, resume, save_checkpoint
+from .config import TrainConfig
+from .data import TrainPlan, batches, model_inputs, train_loader, train_plan
+from .evaluate import evaluate
+from .losses import distill_loss, feature_loss
+from .processes import Processes, rng_state, seed_everything, set_rng_state
+from .release import ReleaseSet
+from .runlog import RunLog
+from .samples import Replay
+from .students import Distillable, build_student, mean_std, save_student
+
+METRICS = "metrics.json"
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """LR of update `step` (0-based): linear warmup to `peak`, then cosine decay to 0."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(net: torch.nn.Module, optim) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and normalisation weights (the 1-d tensors)."""
+    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=optim.lr)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
+
+
+def train_step(model, optimizer, x: torch.Tensor, batch: dict, device, *, alpha: float, temperature: float,
+               feature_weight: float, precision: str, clip_grad: float) -> torch.Tensor:
+    """One update; returns [loss, ce, kd, feat] (detached, on the device: no host sync here)."""
+    teacher = batch["logits"].to(device, non_blocking=True)
+    labels = batch["label"].to(device, non_blocking=True)
+    is_real = batch["is_real"].to(device, non_blocking=True)
+    with autocast(device, precision):
+        logits, projected = model(x)
+    loss, ce, kd = distill_loss(logits, teacher, labels, is_real, alpha, temperature)
+    if projected is not None:
+        feat = feature_loss(projected, batch["features"].to(device, non_blocking=True))
+        loss = loss + feature_weight * feat
+    else:
+        feat = torch.zeros((), device=device)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+    return torch.stack([loss, ce, kd, feat]).detach()
+
+
+@dataclass
+class Setup:
+    """What a run trains: the data plan, the student (and projector), the optimizer, the schedule."""
+    plan: TrainPlan
+    net: Distillable
+    optimizer: torch.optim.Optimizer
+    mean: list
+    std: list
+    feature_dim: int | None
+    channels_last: bool
+    total_steps: int
+    warmup_steps: int
+    alpha: float
+
+
+def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
+    """The data plan first (its errors come before any model loads), then the student."""
+    rt, optim, loss_cfg = config.runtime, config.optim, config.loss
+    cuda = procs.device.type == "cuda"
+    feature_dim = releases.feature_dim() if loss_cfg.feature_weight > 0 else None
+    if rt.gpu_decode and not cuda and procs.main:
+        print("warning: runtime.gpu_decode needs CUDA; decoding on the CPU", file=sys.stderr)
+    replay = Replay(releases.num_classes, config.student.img_size, rt.seed, feature_dim,
+                    rt.gpu_decode and cuda, config.data.on_corrupt)
+    plan = train_plan(releases, config, procs.world, replay)
+
+    student = build_student(config.student.arch, releases.num_classes, config.student.weights,
+                            config.student.drop_path, config.student.model_kwargs, config.student.img_size)
+    mean, std = mean_std(student)
+    net = Distillable(student, feature_dim).to(procs.device)
+    channels_last = cuda and rt.channels_last
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(net, optim)
+    spe = plan.steps_per_epoch
+    return Setup(plan, net, optimizer, mean, std, feature_dim, channels_last, total_steps=spe * optim.epochs,
+                 warmup_steps=round(optim.warmup_epochs * spe),
+                 alpha=0.0 if loss_cfg.mode == "finetune" else loss_cfg.alpha)
+
+
+def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool, procs: Processes) -> dict:
+    """Train into the run folder `out` (continuing its latest checkpoint with `resume_run`); returns
+    the metrics."""
+    rt = config.runtime
+    device = procs.device
+    seed_everything(rt.seed + procs.rank)
+    s = setup(config, releases, procs)
+    start = resume(out, s.net, s.optimizer, procs, s.plan.steps_per_epoch, s.plan.workers) if resume_run \
+        else Resumed()
+    if procs.main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump(config, out / "config.yaml")
+    log = RunLog(out, start.step, s.total_steps, procs.main)
+
+    model = s.net
+    if procs.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(s.net, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    if rt.compile:
+        model = torch.compile(model)
+    if start.rng is not None:
+        set_rng_state(start.rng)  # last, after everything that draws random numbers while building
+    elif start.checkpoint is not None:
+        seed_everything(rt.seed + procs.rank + start.step)
+
+    progress = run_steps(config, s, model, start, out, log, procs)
+    return finish(config, releases, s, progress, out, log, procs)
+
+
+def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, log: RunLog,
+              procs: Processes) -> dict:
+    """Every optimizer step from `start.step` to the end, logging and checkpointing on the way."""
+    rt, optim, loss_cfg = config.runtime, config.optim, config.loss
+    device, spe = procs.device, s.plan.steps_per_epoch
+    step, skipped = start.step, start.skipped
+    window = start.window.to(device) if start.window is not None else torch.zeros(4, dtype=torch.float64,
+                                                                                 device=device)
+    window_steps = start.window_steps
+    steps_this_run, train_seconds = 0, 0.0
+    window_start = time.perf_counter()
+    while step < s.total_steps:
+        epoch, done = divmod(step, spe)
+        stream = batches(train_loader(s.plan, epoch, skip=done, pin_memory=device.type == "cuda"))
+        started = time.perf_counter()
+        for index, batch in zip(range(spe), stream):
+            if index < done:
+                continue  # trained on before the resume point
+            for group in s.optimizer.param_groups:
+                group["lr"] = learning_rate(step, s.total_steps, s.warmup_steps, optim.lr)
+            x = model_inputs(batch, device, config.student.img_size, s.mean, s.std, s.channels_last)
+            losses = train_step(model, s.optimizer, x, batch, device, alpha=s.alpha,
+                                temperature=loss_cfg.temperature, feature_weight=loss_cfg.feature_weight,
+                                precision=rt.precision, clip_grad=optim.clip_grad)
+            step += 1
+            steps_this_run += 1
+            skipped += batch["skipped"]
+            window += losses
+            window_steps += 1
+            log.step()
+            if step % rt.log_every == 0 or step == s.total_steps:
+                means = (procs.sum(window / window_steps) / procs.world).tolist()
+                n_skipped = int(procs.sum(torch.tensor([skipped], device=device)).item())
+                elapsed = time.perf_counter() - window_start
+                entry = {"step": step, "epoch": epoch, "loss": means[0], "ce": means[1], "kd": means[2]}
+                if s.feature_dim:
+                    entry["feat"] = means[3]
+                entry.update(lr=s.optimizer.param_groups[0]["lr"],
+                             images_per_s=window_steps * config.data.batch_size / max(elapsed, 1e-9),
+                             skipped=n_skipped)
+                log.record(entry)
+                window.zero_()
+                window_steps = 0
+                window_start = time.perf_counter()
+            if rt.checkpoint_every and step % rt.checkpoint_every == 0 or step == s.total_steps:
+                # what differs between ranks is gathered: RNG streams, skip counts, the log window
+                ranks = procs.gather({"rng": rng_state(), "skipped": skipped,
+                                      "log_window": {"sums": window.cpu(), "steps": window_steps}})
+                state = {"step": step, "epoch": step // spe, "batch_in_epoch": step % spe, "steps_per_epoch": spe,
+                         "total_steps": s.total_steps, "optimizer": s.optimizer.state_dict(),
+                         "schedule": {"name": "warmup-cosine", "warmup_steps": s.warmup_steps, "peak_lr": optim.lr,
+                                      "total_steps": s.total_steps},
+                         "ranks": ranks, "world": procs.world, "workers": s.plan.workers, "seed": rt.seed}
+                if procs.main:
+                    save_checkpoint(out, step, s.net, state)
+        stream.close()  # shuts the epoch's DataLoader workers down
+        train_seconds += time.perf_counter() - started
+    return {"skipped": skipped, "steps_this_run": steps_this_run, "seconds_this_run": round(train_seconds, 3)}
+
+
+def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, out: Path, log: RunLog,
+           procs: Processes) -> dict:
+    """Evaluate on the val shards; rank 0 writes metrics.json and the student."""
+    rt = config.runtime
+    val = evaluate(s.net.student, releases, config.student.img_size, s.mean, s.std,
+                   batch_size=max(1, config.data.batch_size // procs.world), workers=config.data.workers,
+                   device=procs.device, precision=rt.precision, channels_last=s.channels_last,
+                   on_corrupt=config.data.on_corrupt, rank=procs.rank, world=procs.world)
+    metrics = {"val": val,
+               "train": {"steps": s.total_steps, "epochs": config.optim.epochs,
+                         "steps_per_epoch": s.plan.steps_per_epoch, "global_batch": config.data.batch_size,
+                         "mode": config.loss.mode, **progress, "world": procs.world},
+               "student": {"arch": config.student.arch, "img_size": config.student.img_size},
+               "releases": [r.root for r in releases]}
+    if procs.main:
+        log.scalars("val", val, s.total_steps)
+        (out / METRICS).write_text(json.dumps(metrics, indent=1))
+        save_student(s.net.student, out, {"arch": config.student.arch, "num_classes": releases.num_classes,
+                                          "img_size": config.student.img_size, "mean": s.mean, "std": s.std,
+                                          "classes": releases.classes,
+                                          "model_kwargs": config.student.model_kwargs,
+                                          "config": to_dict(config)})
+    log.close()
+    return metrics

@@ -1,0 +1,74 @@
+"""A run's log: log.jsonl, TensorBoard and a progress bar, written by rank 0 only."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from pipeline.contract.files import atomic_write
+
+LOG = "log.jsonl"
+
+
+class RunLog:
+    """log.jsonl, TensorBoard and a tqdm bar, written by rank 0 only."""
+
+    def __init__(self, out: Path, start_step: int, total_steps: int, enabled: bool):
+        self.enabled = enabled
+        self.path = out / LOG
+        self.tb = None
+        self.bar = None
+        if not enabled:
+            return
+        self._truncate(start_step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # lazily: tensorboard is optional
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+        except ImportError as e:
+            print(f"warning: TensorBoard logging is off ({e})", file=sys.stderr)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def _truncate(self, step: int) -> None:
+        """Keep the entries up to `step` (a resumed run rewrites what followed its checkpoint)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if _logged_step(line) <= step]
+        atomic_write(self.path, "".join(line + "\n" for line in kept).encode())
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def record(self, entry: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.tb is not None:
+            for key, value in entry.items():
+                if key not in ("step", "epoch"):
+                    self.tb.add_scalar(f"train/{key}", value, entry["step"])
+        self.bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{entry['images_per_s']:.0f}")
+
+    def scalars(self, prefix: str, values: dict, step: int) -> None:
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line cut short by a kill counts as after any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
