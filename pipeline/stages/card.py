@@ -1,9 +1,50 @@
-"""The dataset card (README.md of a release), in the Hugging Face dataset-card style."""
+"""The dataset card (README.md of a release), in the Hugging Face dataset-card style.
+
+The front matter is what `datasets.load_dataset(RELEASE[, CONFIG])` reads (webdataset builder):
+- one config per kind: `real` (train, validation; the default) and `mix` (train), so the two kinds
+  never share a split and an Arrow schema;
+- `dataset_info.features` declared for every config: without it the builder infers the schema from
+  the first samples, where a real sample's null `weight`/`generator`/`parents` type those columns
+  `null` and the first mix then fails to cast (huggingface/datasets#7549);
+- every split entry with `name`, `num_bytes` and `num_examples` (an entry missing one is dropped
+  silently, and the row counts would go unchecked). `num_bytes` is the split's tar bytes from the
+  manifest: `datasets` only uses it for a free-space check;
+- split names: the format says `val` (file names, json, index, manifest); the Hub's canonical name
+  is `validation`. `HF_SPLIT` maps them, here and nowhere else.
+The card is made from the manifest alone (no `datasets` import).
+"""
 from __future__ import annotations
+
+import copy
 
 import yaml
 
+from ..contract.layout import SHARD_PREFIX, SHARD_SUFFIX
+from ..contract.samples import M_FEATURES, M_JSON, M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS
 from ..models.registry import DIFFUSION_KINDS
+
+# tsdistill split → Hugging Face split name on the card
+HF_SPLIT = {"train": "train", "val": "validation"}
+# card config → the (kind, split) shards it holds; `real` first: datasets infers the builder
+# (webdataset) from the first config's files, and real shards always exist
+CARD_CONFIGS = {"real": (("real", "train"), ("real", "val")), "mix": (("mix", "train"),)}
+DEFAULT_CONFIG = "real"
+
+# the `json` member (contract.samples.SampleMeta), field by field; `label` is filled per release
+JSON_FIELDS = {
+    "uid": {"dtype": "string"},
+    "split": {"dtype": "string"},                 # the format's name: train | val
+    "kind": {"dtype": "string"},
+    "label": None,                                # class_label over manifest.classes; -1 for mixes
+    "seed": {"dtype": "int64"},
+    "views": {"list": {"list": "float64"}},       # K × [x, y, w, h, flip]; float64 keeps round(x·W) exact
+    "width": {"dtype": "int32"},
+    "height": {"dtype": "int32"},
+    "parents": {"list": "string"},                # [] for real samples
+    "weight": {"dtype": "float64"},               # null for real samples
+    "generator": {"dtype": "string"},             # null for real samples
+    "topk_rest": {"list": "float64"},             # null unless teacher.logits is topk
+}
 
 
 def size_category(n: int) -> str:
@@ -15,28 +56,79 @@ def size_category(n: int) -> str:
     return "n>100M"
 
 
+def card_features(manifest: dict) -> list[dict]:
+    """The columns a config yields, in the `datasets` YAML form (the same for every config).
+
+    npy members are lists of lists ([K, ·]; K is 1 for val, K for train, so never a fixed shape)."""
+    label = {"class_label": {"names": {str(i): name for i, name in enumerate(manifest["classes"])}}}
+    meta = [{"name": name, **(spec or {"dtype": label})} for name, spec in JSON_FIELDS.items()]
+    teacher = manifest["teacher"]
+    features = [{"name": "__key__", "dtype": "string"},   # the uid
+                {"name": "__url__", "dtype": "string"},   # the tar (declared: datasets 3.x streaming needs it)
+                {"name": manifest["image"]["format"], "dtype": "image"},
+                {"name": M_JSON, "struct": meta}]
+    if teacher["logits"] == "topk":
+        features += [{"name": M_TOPK_IDX, "list": {"list": "int32"}},
+                     {"name": M_TOPK_LOGITS, "list": {"list": "float16"}}]
+    else:
+        features.append({"name": M_LOGITS, "list": {"list": "float16"}})
+    if teacher.get("features"):
+        features.append({"name": M_FEATURES, "list": {"list": "float16"}})
+    return features
+
+
+def card_configs(manifest: dict) -> tuple[list[dict], list[dict]]:
+    """(configs, dataset_info) of the front matter, from the manifest's shards.
+
+    A config with no shard at all (no mixes, or a subset) is left out, since its glob would match
+    nothing and `load_dataset` would fail on it; a split with no shard likewise. The default is
+    `real`, or the first config left."""
+    features = card_features(manifest)
+    configs, infos = [], []
+    for name, parts in CARD_CONFIGS.items():
+        files, splits = [], []
+        for kind, split in parts:
+            shards = [s for s in manifest["shards"] if (s["kind"], s["split"]) == (kind, split)]
+            if not shards:
+                continue
+            files.append({"split": HF_SPLIT[split], "path": SHARD_PREFIX[(kind, split)] + "-*" + SHARD_SUFFIX})
+            splits.append({"name": HF_SPLIT[split], "num_bytes": sum(s["bytes"] for s in shards),
+                           "num_examples": sum(s["count"] for s in shards)})
+        if not files:
+            continue
+        configs.append({"config_name": name, "data_files": files})
+        size = sum(s["num_bytes"] for s in splits)
+        # a copy per config: PyYAML would otherwise write &id001 / *id001 anchors
+        infos.append({"config_name": name, "features": copy.deepcopy(features), "splits": splits,
+                      "download_size": size, "dataset_size": size})
+    if configs:
+        default = next((c for c in configs if c["config_name"] == DEFAULT_CONFIG), configs[0])
+        default["default"] = True
+    return configs, infos
+
+
 def dataset_card(manifest: dict) -> str:
     counts = manifest["counts"]
     total = sum(counts.values())
+    configs, infos = card_configs(manifest)
     front = {
         "license": manifest["config"]["release"]["license"],
         "task_categories": ["image-classification"],
         "size_categories": [size_category(total)],
         "tags": ["knowledge-distillation", "sd-mixup", "synthetic", "webdataset", "tsdistill"],
-        "configs": [{"config_name": "default", "data_files": [
-            {"split": "train", "path": ["real/train-*.tar", "mix/mix-*.tar"]},
-            {"split": "validation", "path": "real/val-*.tar"}]}],
-        "dataset_info": {"splits": [
-            {"name": "train", "num_examples": counts["real/train"] + counts["mix/train"]},
-            {"name": "validation", "num_examples": counts["real/val"]}]},
+        "configs": configs,
+        "dataset_info": infos,
     }
     t, g = manifest["teacher"], manifest["generator"]
     gen_line = "none (no mixes)" if not g else (
         f"`{g['kind']}`" + (f", {g['size']} px, {g['scheduler'].upper()} {g['steps']} steps, guidance {g['guidance']}"
                             if g["kind"] in DIFFUSION_KINDS else ", pixel space"))
     rows = "\n".join(f"| {k} | {v} |" for k, v in counts.items())
+    names = ", ".join(f"`{c['config_name']}`" for c in configs)
+    npy = ", ".join(f"`{f['name']}`" for f in card_features(manifest) if f["name"].endswith(".npy"))
+    logits_member = M_TOPK_LOGITS if t["logits"] == "topk" else M_LOGITS
     return f"""---
-{yaml.safe_dump(front, sort_keys=False).strip()}
+{yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
 ---
 
 # {manifest['name']}
@@ -57,6 +149,26 @@ so a student can be distilled from them without running the teacher.
 Shards are WebDataset tars (`real/train-*.tar`, `real/val-*.tar`, `mix/mix-*.tar`); the format is
 documented in the tsdistill repository (`docs/FORMAT.md`, format version {manifest['format_version']}).
 `index.parquet` has one row per sample; `manifest.json` lists every shard with its sha256.
+
+## Loading with `datasets`
+
+Configs: {names}. `real` holds the real images (splits `train` and `validation`), `mix` the SD-Mixup
+images (split `train`, `json.label` -1: they carry only the teacher's outputs).
+
+```python
+from datasets import load_dataset
+real = load_dataset("RELEASE")          # the default config, `real`: train + validation
+mix = load_dataset("RELEASE", "mix")    # train only
+x = real["train"].with_format("numpy", columns=["{logits_member}"], dtype="float16")[0]["{logits_member}"]   # [K, ·]
+```
+
+- Split names: the Hugging Face split `validation` is tsdistill's split `val` (`real/val-*.tar`,
+  `json.split == "val"`, `index.parquet` and `manifest.json` say `val`); `train` is `train`.
+- Columns: `__key__` (the uid), `__url__`, the image, `json` (the sample's metadata, typed) and {npy}
+  (one row per recorded view).
+- `num_bytes` counts the shards' tar bytes, not Arrow bytes.
+- Passing `data_files=` to `load_dataset` bypasses these declared features: pass
+  `features=load_dataset_builder("RELEASE", "real").info.features` with it.
 
 ## How it was generated
 
