@@ -53,6 +53,11 @@ COMMANDS = {
     "eval": Command("trainer.evaluate", "evaluate a student on a release's validation shards",
                     "Top-1/top-5 accuracy and agreement with the teacher on the release's real/val shards. CKPT is a "
                     "run folder or a student.safetensors with its student.json beside it."),
+    "export": Command("trainer.export", "a trained student as a timm folder (+ ONNX, TorchScript) with a model card",
+                      "Write OUT/config.json and OUT/model.safetensors, which timm.create_model('local-dir:OUT', "
+                      "pretrained=True) loads with the trained classifier and preprocessing, and OUT/README.md, a "
+                      "Hugging Face model card. --onnx adds model.onnx (dynamic batch) and --torchscript "
+                      "model.torchscript.pt, each checked against torch at export (max difference 1e-4)."),
     "demo": Command("pipeline.demo.runner", "run every stage end to end on embedded defaults",
                     "Write a procedural image dataset and tiny random-weight models of the real architectures, then "
                     "run ingest → probe → plan → generate (local Ray) → release → verify → train (finetune baseline "

@@ -33,7 +33,7 @@ from .processes import Processes, rng_state, seed_everything, set_rng_state
 from .release import ReleaseSet
 from .runlog import RunLog
 from .samples import Replay
-from .students import Distillable, build_student, mean_std, save_student
+from .students import Distillable, build_student, mean_std, preprocessing, release_eval_crop, save_student
 
 METRICS = "metrics.json"
 
@@ -224,8 +224,10 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
     if procs.main:
         log.scalars("val", val, s.total_steps)
         (out / METRICS).write_text(json.dumps(metrics, indent=1))
+        eval_crop = release_eval_crop([r.manifest for r in releases])
         save_student(s.net.student, out, {"arch": config.student.arch, "num_classes": releases.num_classes,
                                           "img_size": config.student.img_size, "mean": s.mean, "std": s.std,
+                                          **preprocessing(config.student.img_size, s.mean, s.std, eval_crop),
                                           "classes": releases.classes,
                                           "model_kwargs": config.student.model_kwargs,
                                           "config": to_dict(config)})

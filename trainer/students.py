@@ -7,6 +7,7 @@ classifier when its class count differs and initialises a fresh head for the rel
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import timm
@@ -18,6 +19,7 @@ from torch import nn
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError
 from pipeline.contract.files import atomic_write
+from pipeline.contract.views import Views
 
 
 def build_student(arch: str, num_classes: int, weights: str | None = None, drop_path: float = 0.0,
@@ -57,6 +59,33 @@ def mean_std(model: nn.Module) -> tuple[list[float], list[float]]:
     """The student's colour normalisation, from its timm data config."""
     cfg = resolve_model_data_config(model)
     return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+
+
+# How the trainer turns a stored image into the student's input, in timm's pretrained_cfg terms.
+# A validation sample replays one centred square of `views.eval_crop` × its short side, resized to
+# img_size with bilinear antialiased interpolation (`contract.views.view_pixels`). timm's eval
+# transform with crop_pct = eval_crop, crop_mode 'center' and interpolation 'bilinear' (resize the
+# short side to img_size / crop_pct, then centre-crop img_size) takes the same square: the two differ
+# only in rounding and in resizing before or after the crop. Training views are the release's
+# recorded RandomResizedCrop-style views (scale and ratio in its manifest), replayed the same way.
+INTERPOLATION = "bilinear"
+CROP_MODE = "center"
+
+
+def preprocessing(img_size: int, mean, std, eval_crop: float) -> dict:
+    """The student.json fields that say how to preprocess an image as the student was evaluated."""
+    return {"input_size": [3, img_size, img_size], "mean": list(mean), "std": list(std),
+            "crop_pct": float(eval_crop), "crop_mode": CROP_MODE, "interpolation": INTERPOLATION}
+
+
+def release_eval_crop(manifests: list[dict]) -> float:
+    """The eval crop the student was validated with: the releases' `views.eval_crop` (the first
+    release's when they differ, with a warning: each release's val views keep their own)."""
+    crops = [float((m.get("views") or {}).get("eval_crop", Views.eval_crop)) for m in manifests]
+    if len(set(crops)) > 1:
+        print(f"warning: the releases' views.eval_crop differ ({sorted(set(crops))}); student.json "
+              f"records the first, {crops[0]}", file=sys.stderr)
+    return crops[0]
 
 
 def feature_dim(model: nn.Module) -> int:
