@@ -13,6 +13,7 @@ from argparse import Namespace
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from trainer_fixtures import (REPO, read_log, release, rich_release, run_training, single_thread,  # noqa: F401
                               train_command, trainer_env, write_config)
@@ -47,6 +48,22 @@ def test_distillation_learns(distill_run):
     assert info["arch"] == "resnet10t" and info["num_classes"] == 4 and info["img_size"] == 32
     assert info["classes"] == [f"colour-{i}" for i in range(4)] and len(info["mean"]) == 3
     assert list((run / "tb").iterdir())                                # TensorBoard events
+
+
+def test_validation_every_epoch_leaves_the_training_unchanged(tmp_path, distill_run):
+    config, reference = distill_run
+    val = [json.loads(line) for line in (reference / "val.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["epoch"], e["images_seen"]) for e in val] == [(6, 1, 192), (12, 2, 384), (18, 3, 576)]
+    assert all(e["n"] == 64 and 0 <= e["top1"] <= 1 and "agreement" in e for e in val)
+    assert val[-1]["top1"] == json.loads((reference / "metrics.json").read_text())["val"]["top1"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(reference / "tb")).Reload()
+    assert [e.step for e in events.Scalars("val/top1")] == [6, 12, 18]
+    run_training(config, tmp_path / "run", "--set", "runtime.eval_every=0")   # validation at the end only
+    keys = ("step", "epoch", "loss", "ce", "kd", "lr", "skipped")
+    assert [[e[k] for k in keys] for e in read_log(tmp_path / "run")] == [[e[k] for k in keys] for e in read_log(reference)]
+    assert len((tmp_path / "run" / "val.jsonl").read_text().splitlines()) == 1
 
 
 def test_checkpoints_are_safetensors_and_a_weights_only_state(distill_run):
@@ -141,12 +158,19 @@ def test_ddp_two_ranks_run_the_same_steps(tmp_path, release):
 
 def test_eval_command_reproduces_the_run_metrics(tmp_path, distill_run, release, capsys, single_thread):
     _, run = distill_run
-    args = Namespace(ckpt=str(run), release=str(release), json=str(tmp_path / "m.json"),
+    args = Namespace(ckpt=str(run), release=str(release), json=str(tmp_path / "m.json"), out=str(tmp_path / "eval"),
                      predictions=str(tmp_path / "p.jsonl"), batch_size=32, workers=0, device="cpu", precision="fp32")
     assert evaluate.run(args) == 0
-    line = capsys.readouterr().out.strip()
-    assert "\n" not in line and "top1" in line and "agreement" in line
+    line = capsys.readouterr().out.strip().splitlines()[0]
+    assert "top1" in line and "agreement" in line
     metrics = json.loads((tmp_path / "m.json").read_text())
+    # per-class accuracy and the confusion matrix, consistent with the overall top-1
+    per_class = metrics["per_class"]
+    assert [r["class"] for r in per_class] == [f"colour-{i}" for i in range(4)] and sum(r["n"] for r in per_class) == 64
+    assert sum(r["top1"] * r["n"] for r in per_class) == pytest.approx(metrics["top1"] * 64)
+    assert (tmp_path / "eval" / "per_class.csv").read_text().splitlines()[0] == "class,n,top1,teacher_top1"
+    with Image.open(tmp_path / "eval" / "confusion.png") as im:
+        assert im.format == "PNG" and im.width > 400
     assert metrics["top1"] == json.loads((run / "metrics.json").read_text())["val"]["top1"] and metrics["n"] == 64
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 64
     # `tsd eval CKPT RELEASE --json F` on a student file, every other flag at its default

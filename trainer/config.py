@@ -106,6 +106,7 @@ class RuntimeConfig:
     seed: int = 0
     checkpoint_every: int = 1000              # steps between checkpoints (one is always written at the end); 0 = end only
     log_every: int = 50                       # steps between log.jsonl / TensorBoard entries
+    eval_every: int = 1                       # epochs between validations (val.jsonl, TensorBoard val/*); 0 = at the end only
     compile: bool = False                     # torch.compile the student
     gpu_decode: bool = False                  # decode JPEGs on the GPU (nvjpeg); CPU decode when CUDA is absent
 
@@ -114,6 +115,8 @@ class RuntimeConfig:
             raise ConfigError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
         if self.log_every < 1:
             raise ConfigError(f"log_every: must be at least 1, got {self.log_every}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every: must be >= 0 (epochs; 0 = at the end only), got {self.eval_every}")
 
 
 @dataclass

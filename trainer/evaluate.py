@@ -7,9 +7,11 @@ the counts are summed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.contract.configlib import ConfigError
@@ -68,9 +70,76 @@ def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, 
     return metrics
 
 
+def per_class(rows: list[dict], classes: list[str]) -> tuple[np.ndarray, list[dict]]:
+    """(confusion matrix [true, predicted] of counts, per-class rows {class, n, top1, teacher_top1})."""
+    c = len(classes)
+    confusion = np.zeros((c, c), dtype=np.int64)
+    teacher_hits = np.zeros(c, dtype=np.int64)
+    for r in rows:
+        confusion[r["label"], r["pred"]] += 1
+        teacher_hits[r["label"]] += r["teacher"] == r["label"]
+    n = confusion.sum(1)
+    table = [{"class": name, "n": int(n[i]), "top1": float(confusion[i, i] / n[i]) if n[i] else None,
+              "teacher_top1": float(teacher_hits[i] / n[i]) if n[i] else None} for i, name in enumerate(classes)]
+    return confusion, table
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], title: str, out: Path) -> Path | None:
+    """confusion.png: rows normalised to the true class (the diagonal is per-class accuracy); counts
+    written in the cells up to 20 classes, names on the axes up to 60. None when matplotlib is absent."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    c = len(classes)
+    n = confusion.sum(1, keepdims=True)
+    share = np.divide(confusion, n, out=np.zeros(confusion.shape), where=n > 0)
+    side = min(16.0, max(5.0, 0.32 * c + 2.5))
+    fig = Figure(figsize=(side + 1.2, side), dpi=110)
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the true class's images")
+    if c <= 20:
+        for i, j in zip(*np.nonzero(confusion)):
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.6 else "black")
+    if c <= 60:
+        size = 8 if c <= 30 else 6
+        ax.set_xticks(range(c), classes, rotation=90, fontsize=size)
+        ax.set_yticks(range(c), classes, fontsize=size)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, facecolor="white")
+    return out
+
+
+def write_per_class(table: list[dict], out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "n", "top1", "teacher_top1"])
+        for r in table:
+            writer.writerow([r["class"], r["n"], *("" if r[k] is None else f"{r[k]:.4f}" for k in ("top1", "teacher_top1"))])
+    return out
+
+
+def eval_report(metrics: dict, rows: list[dict], info: dict, release: str, out: Path) -> tuple[Path, Path | None]:
+    """per_class.csv and confusion.png in `out` (the PNG only with matplotlib); adds metrics['per_class']."""
+    confusion, table = per_class(rows, info["classes"])
+    metrics["per_class"] = table
+    title = f"{info['arch']} on {Path(str(release)).name}: val top-1 {metrics['top1']:.3f} (n={metrics['n']})"
+    return write_per_class(table, out / "per_class.csv"), plot_confusion(confusion, info["classes"], title,
+                                                                          out / "confusion.png")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ckpt", help="a run folder, or a student.safetensors with its student.json beside it")
     parser.add_argument("release", help="release folder or fsspec URL whose real/val shards are evaluated")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where confusion.png and per_class.csv go (default: eval/ in the run folder)")
     parser.add_argument("--json", default=None, help="write the metrics to this JSON file")
     parser.add_argument("--predictions", default=None, help="write per-sample predictions (JSON lines) here")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -94,18 +163,24 @@ def evaluate_checkpoint(ckpt, release: str, *, batch_size: int = 256, workers: i
 
 
 def run(args: argparse.Namespace) -> int:
-    """`tsd eval CKPT RELEASE`: prints one line, writes JSON when asked."""
-    predictions = args.predictions
+    """`tsd eval CKPT RELEASE`: prints one line; writes per_class.csv and confusion.png (and JSON when asked)."""
     metrics, info = evaluate_checkpoint(args.ckpt, args.release, batch_size=args.batch_size,
                                         workers=args.workers, device=args.device, precision=args.precision,
-                                        predictions=bool(predictions))
-    rows = metrics.pop("predictions", None)
+                                        predictions=True)
+    rows = metrics.pop("predictions")
     top5 = "-" if metrics["top5"] is None else f"{metrics['top5']:.4f}"
     print(f"{info['arch']} on {args.release}: top1 {metrics['top1']:.4f}  top5 {top5}  "
           f"agreement {metrics['agreement']:.4f}  (teacher top1 {metrics['teacher_top1']:.4f}, n={metrics['n']})")
+    ckpt = Path(args.ckpt)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
+    csv_path, png = eval_report(metrics, rows, info, args.release, out)
+    worst = sorted((r for r in metrics["per_class"] if r["top1"] is not None), key=lambda r: (r["top1"], r["class"]))
+    print(f"per-class top-1: {csv_path}; lowest: " + ", ".join(f"{r['class']} {r['top1']:.3f}" for r in worst[:3]))
+    print(f"confusion matrix: {png}" if png else
+          "note: no confusion.png: matplotlib is not installed (pip install 'tsdistill[viz]')")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(metrics, ckpt=str(args.ckpt), release=args.release), indent=1))
-    if rows is not None:
-        Path(predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if args.predictions:
+        Path(args.predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return 0
 

@@ -118,6 +118,25 @@ def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
                  alpha=0.0 if loss_cfg.mode == "finetune" else loss_cfg.alpha)
 
 
+def validate(config: TrainConfig, s: Setup, releases: ReleaseSet, procs: Processes) -> dict:
+    """The student on the val shards (every rank its share). The RNG states are restored afterwards:
+    the val loader draws its workers' seeds from them, and training must not see that."""
+    state = rng_state()
+    try:
+        return evaluate(s.net.student, releases, config.student.img_size, s.mean, s.std,
+                        batch_size=max(1, config.data.batch_size // procs.world), workers=config.data.workers,
+                        device=procs.device, precision=config.runtime.precision, channels_last=s.channels_last,
+                        on_corrupt=config.data.on_corrupt, rank=procs.rank, world=procs.world)
+    finally:
+        set_rng_state(state)
+
+
+def val_entry(step: int, s: Setup, config: TrainConfig, val: dict) -> dict:
+    """A line of val.jsonl: where in training (step, epochs, images seen) and the metrics."""
+    return {"step": step, "epoch": step / s.plan.steps_per_epoch, "images_seen": step * config.data.batch_size,
+            **{k: v for k, v in val.items() if k != "predictions"}}
+
+
 def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool, procs: Processes) -> dict:
     """Train into the run folder `out` (continuing its latest checkpoint with `resume_run`); returns
     the metrics."""
@@ -143,13 +162,15 @@ def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool
     elif start.checkpoint is not None:
         seed_everything(rt.seed + procs.rank + start.step)
 
-    progress = run_steps(config, s, model, start, out, log, procs)
+    progress = run_steps(config, s, model, start, out, log, procs, releases)
     return finish(config, releases, s, progress, out, log, procs)
 
 
 def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, log: RunLog,
-              procs: Processes) -> dict:
-    """Every optimizer step from `start.step` to the end, logging and checkpointing on the way."""
+              procs: Processes, releases: ReleaseSet) -> dict:
+    """Every optimizer step from `start.step` to the end, logging, validating every
+    `runtime.eval_every` epochs (before that step's checkpoint, so a resume from it never misses a
+    validation) and checkpointing on the way. The last validation is `finish`'s."""
     rt, optim, loss_cfg = config.runtime, config.optim, config.loss
     device, spe = procs.device, s.plan.steps_per_epoch
     step, skipped = start.step, start.skipped
@@ -191,6 +212,12 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
                 window.zero_()
                 window_steps = 0
                 window_start = time.perf_counter()
+            if rt.eval_every and step % (rt.eval_every * spe) == 0 and step < s.total_steps:
+                paused = time.perf_counter()
+                log.record_val(val_entry(step, s, config, validate(config, s, releases, procs)))
+                paused = time.perf_counter() - paused   # not training time: out of the speed figures
+                window_start += paused
+                started += paused
             if rt.checkpoint_every and step % rt.checkpoint_every == 0 or step == s.total_steps:
                 # what differs between ranks is gathered: RNG streams, skip counts, the log window
                 ranks = procs.gather({"rng": rng_state(), "skipped": skipped,
@@ -210,11 +237,7 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
 def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, out: Path, log: RunLog,
            procs: Processes) -> dict:
     """Evaluate on the val shards; rank 0 writes metrics.json and the student."""
-    rt = config.runtime
-    val = evaluate(s.net.student, releases, config.student.img_size, s.mean, s.std,
-                   batch_size=max(1, config.data.batch_size // procs.world), workers=config.data.workers,
-                   device=procs.device, precision=rt.precision, channels_last=s.channels_last,
-                   on_corrupt=config.data.on_corrupt, rank=procs.rank, world=procs.world)
+    val = validate(config, s, releases, procs)
     metrics = {"val": val,
                "train": {"steps": s.total_steps, "epochs": config.optim.epochs,
                          "steps_per_epoch": s.plan.steps_per_epoch, "global_batch": config.data.batch_size,
@@ -222,7 +245,7 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
                "student": {"arch": config.student.arch, "img_size": config.student.img_size},
                "releases": [r.root for r in releases]}
     if procs.main:
-        log.scalars("val", val, s.total_steps)
+        log.record_val(val_entry(s.total_steps, s, config, val))
         (out / METRICS).write_text(json.dumps(metrics, indent=1))
         eval_crop = release_eval_crop([r.manifest for r in releases])
         save_student(s.net.student, out, {"arch": config.student.arch, "num_classes": releases.num_classes,

@@ -1,4 +1,5 @@
-"""A run's log: log.jsonl, TensorBoard and a progress bar, written by rank 0 only."""
+"""A run's log: log.jsonl (training), val.jsonl (validation), TensorBoard and a progress bar,
+written by rank 0 only."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 from pipeline.contract.files import atomic_write
 
 LOG = "log.jsonl"
+VAL_LOG = "val.jsonl"   # one line per validation: {step, epoch, images_seen, top1, top5, agreement, ...}
 
 
 class RunLog:
@@ -17,11 +19,13 @@ class RunLog:
     def __init__(self, out: Path, start_step: int, total_steps: int, enabled: bool):
         self.enabled = enabled
         self.path = out / LOG
+        self.val_path = out / VAL_LOG
         self.tb = None
         self.bar = None
         if not enabled:
             return
-        self._truncate(start_step)
+        for path in (self.path, self.val_path):
+            self._truncate(path, start_step)
         try:
             from torch.utils.tensorboard import SummaryWriter  # lazily: tensorboard is optional
             self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
@@ -31,12 +35,13 @@ class RunLog:
 
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0)
 
-    def _truncate(self, step: int) -> None:
+    @staticmethod
+    def _truncate(path: Path, step: int) -> None:
         """Keep the entries up to `step` (a resumed run rewrites what followed its checkpoint)."""
-        if not self.path.exists():
+        if not path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if _logged_step(line) <= step]
-        atomic_write(self.path, "".join(line + "\n" for line in kept).encode())
+        kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= step]
+        atomic_write(path, "".join(line + "\n" for line in kept).encode())
 
     def step(self) -> None:
         if self.bar is not None:
@@ -52,6 +57,14 @@ class RunLog:
                 if key not in ("step", "epoch"):
                     self.tb.add_scalar(f"train/{key}", value, entry["step"])
         self.bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{entry['images_per_s']:.0f}")
+
+    def record_val(self, entry: dict) -> None:
+        """A validation: a line of val.jsonl and val/* scalars at its step."""
+        if not self.enabled:
+            return
+        with open(self.val_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.scalars("val", {k: v for k, v in entry.items() if k not in ("step", "epoch")}, entry["step"])
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         if self.tb is not None:

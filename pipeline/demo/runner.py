@@ -201,10 +201,13 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
 
 
 def _evaluate(run_dir: Path, release: Path) -> dict:
-    """What `tsd eval RUN RELEASE` reports: the saved student reloaded and run on the val shards."""
-    from trainer.evaluate import evaluate_checkpoint
+    """What `tsd eval RUN RELEASE` reports and writes (RUN/eval/: per_class.csv, confusion.png): the
+    saved student reloaded and run on the val shards."""
+    from trainer.evaluate import eval_report, evaluate_checkpoint
 
-    return evaluate_checkpoint(run_dir, str(release), workers=1)[0]
+    metrics, info = evaluate_checkpoint(run_dir, str(release), workers=1, predictions=True)
+    eval_report(metrics, metrics.pop("predictions"), info, str(release), run_dir / "eval")
+    return metrics
 
 
 def _pictures(out: Path) -> list[Path]:
