@@ -82,6 +82,7 @@ def test_recipe_header_documents_sizes_source_and_ingest(name):
     assert f"{counts['train']:,}" in header and f"{counts['val']:,}" in header
     assert "https://" in header
     assert "tsd ingest " in header and f"--out /data/{name}/ingest" in header
+    assert f"--layout {name}" in header and "awk" not in header   # the official files, as downloaded
     assert f"tsd plan manifests/{name}.yaml --dry-run" in header
 
 

@@ -42,7 +42,7 @@ import posixpath
 import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ from ..contract.ids import derive_seed, make_uid, sha256_bytes
 from ..contract.layout import SPLITS
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageRejected, decode_rgb, read_file, short_error
 from .index import CLASSES_FILE, INDEX_FILE, REJECTS_FILE, write_index, write_rejects
+from .layouts import Candidate, Options, Scan, resolve_layout, scan_layout
 
 # Files operating systems drop into image folders: listed as rejects without trying to decode them.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini"})
@@ -60,34 +61,23 @@ APPLEDOUBLE_PREFIX = "._"   # macOS resource forks written next to every file on
 
 
 # -- sources → candidate files --------------------------------------------------------------------
-@dataclass(frozen=True)
-class Candidate:
-    path: str            # absolute
-    relpath: str         # POSIX, relative to the source root
-    class_name: str
-    split: str | None    # from the source's split column; None = assign
-
-
-@dataclass
-class Scan:
-    candidates: list
-    rejects: list        # (path, reason)
-    skipped_hidden: int = 0
-
-
-def scan_source(src, out_dir=None) -> Scan:
-    """Candidate files and early rejections of an ImageFolder tree or a CSV/Parquet list."""
+def scan_source(src, out_dir=None, layout: str | None = None, options: Options = Options()) -> Scan:
+    """Candidate files and early rejections of SRC in `layout` (detected when None: see
+    `sources.layouts`); `scan.layout` names the layout, `scan.detected` whether it was detected."""
     src = Path(src)
     if not src.exists():
         raise UserError(f"{src}: no such file or folder")
-    if src.is_dir():
-        return _scan_folder(src.absolute(), Path(out_dir).absolute() if out_dir else None)
-    suffix = src.suffix.lower()
-    if suffix == ".csv":
-        return _scan_table(src.absolute(), _read_csv(src))
-    if suffix in (".parquet", ".pq"):
-        return _scan_table(src.absolute(), _read_parquet(src))
-    raise UserError(f"{src}: not a folder, .csv or .parquet file")
+    name, root, detected = resolve_layout(src.absolute(), layout)
+    if name == "imagefolder":
+        scan = _scan_folder(root, Path(out_dir).absolute() if out_dir else None)
+    elif name == "csv":
+        scan = _scan_table(root, _read_csv(root) if root.suffix.lower() == ".csv" else _read_parquet(root))
+    else:
+        if out_dir is None:
+            raise UserError(f"{src}: the {name} layout needs an output folder (its images are extracted there)")
+        scan = scan_layout(name, root, Path(out_dir), options)
+    scan.layout, scan.detected = name, detected
+    return scan
 
 
 def _is_junk(name: str) -> bool:
@@ -275,7 +265,8 @@ def assign_splits(uids_by_class: dict, val_fraction: float, seed: int) -> dict:
 
 
 def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: int = DEFAULT_MIN_SIZE,
-           max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None) -> dict:
+           max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None, layout: str | None = None,
+           options: Options | None = None) -> dict:
     """Check, decode and split a source; write index.parquet, rejects.parquet, classes.json.
 
     Returns a summary: kept, rejected, duplicates (rows whose bytes repeat an earlier row),
@@ -285,7 +276,7 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val fraction must be in [0, 1), got {val_fraction}")
     out_dir = Path(out_dir)
-    scan = scan_source(src, out_dir)
+    scan = scan_source(src, out_dir, layout, replace(options or Options(), seed=seed))
     results = _inspect_all([c.path for c in scan.candidates], min_size, max_pixels,
                            workers if workers is not None else (os.cpu_count() or 1))
     rows, rejects = [], list(scan.rejects)
@@ -309,6 +300,8 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
     settings = dict(min_size=min_size, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed)
     write_index(out_dir / INDEX_FILE, rows, classes, settings)
     return {
+        "layout": scan.layout,
+        "layout_detected": scan.detected,
         "kept": len(rows),
         "rejected": len(rejects),
         "duplicates": len(rows) - len({r["sha256"] for r in rows}),
@@ -342,8 +335,19 @@ def _label_and_split(rows: list[dict], classes: list[str], val_fraction: float, 
 
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
-    p.add_argument("src", help="ImageFolder root, or a .csv/.parquet file with columns path,label[,split]")
+    from .layouts import AIRCRAFT_LEVELS, LAYOUTS
+
+    p.add_argument("src", help="the dataset as downloaded (see --layout), an ImageFolder root, or a .csv/.parquet "
+                               "file with columns path,label[,split]")
     p.add_argument("--out", required=True, help="output folder for index.parquet and rejects.parquet")
+    p.add_argument("--layout", choices=list(LAYOUTS), default=None,
+                   help="how SRC is laid out (default: detected, and printed): " +
+                        "; ".join(f"{n}: {layout.what}" for n, layout in LAYOUTS.items()))
+    p.add_argument("--aircraft-label", choices=AIRCRAFT_LEVELS, default="variant",
+                   help="aircraft: the label level (default variant, 100 classes)")
+    p.add_argument("--dtd-split", type=int, default=1, help="dtd: which of the 10 official splits (default 1)")
+    p.add_argument("--caltech-train", type=int, default=30,
+                   help="caltech101: training images per class, picked with --seed (default 30)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="held-out share per class when SRC has no split (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the deterministic stratified split")
@@ -354,8 +358,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """`tsd ingest`: 0 when the index is written (rejected images are not errors)."""
+    options = Options(aircraft_label=args.aircraft_label, dtd_split=args.dtd_split, caltech_train=args.caltech_train)
     summary = ingest(args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                     min_size=args.min_size, workers=args.workers)
+                     min_size=args.min_size, workers=args.workers, layout=args.layout, options=options)
+    if summary["layout_detected"]:
+        print(f"ingest: {args.src}: detected layout {summary['layout']} (--layout to choose another)", file=sys.stderr)
     print(f"ingest: kept {summary['kept']}, rejected {summary['rejected']} (see {summary['rejects']}); "
           f"{len(summary['classes'])} classes; train {summary['splits']['train']}, "
           f"val {summary['splits']['val']}" + _leak_note(summary["duplicates_across_splits"]))
