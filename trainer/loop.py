@@ -205,7 +205,7 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
                 entry = {"step": step, "epoch": epoch, "loss": means[0], "ce": means[1], "kd": means[2]}
                 if s.feature_dim:
                     entry["feat"] = means[3]
-                entry.update(lr=s.optimizer.param_groups[0]["lr"],
+                entry.update(lr=s.optimizer.param_groups[0]["lr"], images_seen=step * config.data.batch_size,
                              images_per_s=window_steps * config.data.batch_size / max(elapsed, 1e-9),
                              skipped=n_skipped)
                 log.record(entry)

@@ -6,12 +6,15 @@
   colour each) and of mixes (grey), for the teacher and for each student run. PCA is fitted on
   the real images; mixes are projected into that plane, so one sees where they fall between
   the classes.
-- `curves`: training curves from each run's log.jsonl (loss, its CE and KD terms, learning rate).
+- `curves`: training curves from each run's log.jsonl and val.jsonl against epochs (or images
+  seen), so runs of different batch compositions line up: the loss, only the terms each run's loss
+  holds (finetune: CE), validation top-1 per epoch with the teacher's, the learning rate.
 """
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from ..contract.views import Views, center_view, normalize, view_pixels
 from .reader import ReleaseReader
 
 GREY = "#9a9a9a"
+MIX_FRAME = "#d62728"
 MAX_CLASSES = 30
 
 
@@ -62,6 +66,7 @@ def pick_mixes(index: list[dict], count: int, seed: int) -> list[dict]:
 
 def plot_mixes(root: str | Path, out: str | Path, rows: int = 8, seed: int = 0) -> Path:
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     if rows < 1:
         raise UserError(f"--rows: must be at least 1, got {rows}")
@@ -88,11 +93,11 @@ def plot_mixes(root: str | Path, out: str | Path, rows: int = 8, seed: int = 0) 
             ax = axes[i, j]
             show_in_square(ax, stored_image(members))
             ax.set_xlabel(label, fontsize=9, linespacing=1.15)
-            for spine in ax.spines.values():  # a frame marks the generated image only
+            for spine in ax.spines.values():  # a frame marks the generated image only (said in the legend)
                 spine.set_visible(j == 2)
-                spine.set_edgecolor("#d62728")
+                spine.set_edgecolor(MIX_FRAME)
                 spine.set_linewidth(1.5)
-    for j, title in enumerate(("parent A", "parent B", "mix")):
+    for j, title in enumerate(("parent A (real)", "parent B (real)", "mix (generated)")):
         axes[0, j].set_title(title, fontsize=11, fontweight="bold")
     gen = manifest.get("generator") or {}
     detail = f"{gen.get('kind', '?')}"
@@ -100,7 +105,14 @@ def plot_mixes(root: str | Path, out: str | Path, rows: int = 8, seed: int = 0) 
         detail += f", {gen['size']} px, {gen['steps']} steps, guidance {gen['guidance']}"
     fig.suptitle(f"SD-Mixup samples of {manifest['name']}\n({detail}; rows sorted by the weight of parent A)",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    frame = Patch(facecolor="none", edgecolor=MIX_FRAME, linewidth=1.5,
+                  label="red frame: the generated image (no label; the teacher's top-1 class and probability under it)")
+    real = Patch(facecolor="none", edgecolor="none",
+                 label="parents: real training images with their class and mixing weight")
+    fig.legend(handles=[frame, real], loc="lower center", ncol=1, fontsize=8.5, frameon=False,
+               handlelength=1.4, borderaxespad=0.3)
+    legend_height = 0.5 / fig.get_figheight()
+    fig.tight_layout(rect=(0, legend_height, 1, 0.985))
     return save(fig, out)
 
 
@@ -203,11 +215,39 @@ def pca_2d(real: np.ndarray, mixes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return (real - center) @ axes, ((mixes - center) @ axes if len(mixes) else np.zeros((0, 2))), ratio
 
 
-def class_colours(n: int) -> list:
-    from matplotlib import colormaps
+# tab10 without its grey (grey is the mixes' colour): the first classes look as matplotlib users expect
+TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
-    palette = list(colormaps["tab20"].colors) + list(colormaps["tab20b"].colors)
-    return palette[:n]
+
+def srgb_to_lab(rgb) -> np.ndarray:
+    """CIELAB (D65) of sRGB colours in [0, 1]: distances there are what eyes tell apart."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+                       [0.0193339, 0.1191920, 0.9503041]])
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def class_colours(n: int) -> list[tuple]:
+    """n qualitative colours, each as far (in CIELAB) from the others as possible: tab10's first,
+    then farthest-first picks from an sRGB grid of saturated, mid-light colours (never grey, never
+    pale on white). For up to 30 classes every pair differs by ΔE > 25."""
+    chosen = [tuple(int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)) for h in TAB10[:n]]
+    levels = np.linspace(0, 1, 18)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    lab = srgb_to_lab(grid)
+    keep = (np.hypot(lab[:, 1], lab[:, 2]) > 35) & (lab[:, 0] > 30) & (lab[:, 0] < 80)
+    grid, lab = grid[keep], lab[keep]
+    distance = np.full(len(grid), np.inf)
+    for colour in srgb_to_lab(np.array(chosen)) if chosen else ():
+        distance = np.minimum(distance, np.linalg.norm(lab - colour, axis=1))
+    while len(chosen) < n:
+        i = int(distance.argmax())
+        chosen.append(tuple(float(v) for v in grid[i]))
+        distance = np.minimum(distance, np.linalg.norm(lab - lab[i], axis=1))
+    return chosen
 
 
 def plot_pca(root: str | Path, runs: list[str | Path], out: str | Path, per_class: int = 20,
@@ -263,11 +303,7 @@ def plot_pca(root: str | Path, runs: list[str | Path], out: str | Path, per_clas
 
 
 # -- curves -------------------------------------------------------------------------------------
-def read_log(run: Path) -> tuple[list[dict], dict | None]:
-    """(log entries, final metrics or None) of a run folder."""
-    path = run / "log.jsonl"
-    if not path.is_file():
-        raise UserError(f"{path}: not found (not a run folder?)")
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     entries = []
     lines = path.read_text().splitlines()
     for number, line in enumerate(lines, 1):
@@ -280,9 +316,18 @@ def read_log(run: Path) -> tuple[list[dict], dict | None]:
                 print(f"note: {path}:{number}: incomplete last line skipped", file=sys.stderr)
                 continue
             raise UserError(f"{path}:{number}: not a JSON line") from None
-        if not isinstance(entry, dict) or "step" not in entry or "loss" not in entry:
-            raise UserError(f"{path}:{number}: expected an object with 'step' and 'loss'")
+        if not isinstance(entry, dict) or any(k not in entry for k in required):
+            raise UserError(f"{path}:{number}: expected an object with {' and '.join(map(repr, required))}")
         entries.append(entry)
+    return entries
+
+
+def read_log(run: Path) -> tuple[list[dict], dict | None]:
+    """(log entries, final metrics or None) of a run folder."""
+    path = run / "log.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (not a run folder?)")
+    entries = _read_jsonl(path, ("step", "loss"))
     if not entries:
         raise UserError(f"{path}: no entries")
     metrics_path = run / "metrics.json"
@@ -290,40 +335,114 @@ def read_log(run: Path) -> tuple[list[dict], dict | None]:
     return entries, metrics
 
 
-def plot_curves(runs: list[str | Path], out: str | Path) -> Path:
+def loss_terms(config: dict) -> list[str]:
+    """The terms of L = (1-a)·CE + a·T²·KD (+ w·feat) that this run's loss holds (finetune: CE only)."""
+    loss = config.get("loss") or {}
+    mode, alpha = loss.get("mode", "distill"), float(loss.get("alpha", 0.5))
+    alpha = 0.0 if mode == "finetune" else alpha
+    terms = [t for t, on in (("ce", alpha < 1), ("kd", alpha > 0)) if on]
+    return terms + (["feat"] if float(loss.get("feature_weight") or 0) > 0 else [])
+
+
+@dataclass
+class RunCurves:
+    """What the curves figure draws of one run folder."""
+    name: str
+    entries: list[dict]          # log.jsonl
+    val: list[dict]              # val.jsonl (one per validation; older runs: none)
+    metrics: dict | None
+    config: dict
+    steps_per_epoch: int | None
+    batch: int | None            # global batch: images per step
+
+    @classmethod
+    def read(cls, run: Path) -> "RunCurves":
+        import yaml
+
+        entries, metrics = read_log(run)
+        val = _read_jsonl(run / "val.jsonl", ("step", "top1")) if (run / "val.jsonl").is_file() else []
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+        if not config:   # an older run folder: what student.json kept of its config
+            info = run / "student.json"
+            config = (json.loads(info.read_text()).get("config") or {}) if info.is_file() else {}
+        train = (metrics or {}).get("train") or {}
+        spe = train.get("steps_per_epoch") or next((round(v["step"] / v["epoch"]) for v in val if v.get("epoch")),
+                                                   None)
+        batch = train.get("global_batch") or (config.get("data") or {}).get("batch_size")
+        return cls(run.name, entries, val, metrics, config, spe, batch)
+
+    def x(self, entries: list[dict], axis: str) -> list[float] | None:
+        """Epochs (over the real train set) or images seen at each entry; None when unknown."""
+        if axis == "epochs":
+            return [e["step"] / self.steps_per_epoch for e in entries] if self.steps_per_epoch else None
+        if all("images_seen" in e for e in entries):
+            return [e["images_seen"] for e in entries]
+        return [e["step"] * self.batch for e in entries] if self.batch else None
+
+    def label(self) -> str:
+        mode = (self.config.get("loss") or {}).get("mode")
+        return f"{self.name} ({mode})" if mode and mode not in self.name else self.name
+
+
+TERM_STYLE = {"ce": ("-", "CE (real labels)"), "kd": ("--", "KD (teacher)"), "feat": (":", "feature")}
+
+
+def plot_curves(runs: list[str | Path], out: str | Path, x_axis: str = "epochs") -> Path:
+    """Loss, the terms in each run's loss, validation top-1 (and the teacher's) and the learning
+    rate, against epochs over the real train set (runs with different batches line up) or images seen."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    logs = [(Path(r), *read_log(Path(r))) for r in runs]
-    fig = Figure(figsize=(13, 4.1), dpi=110)
-    ax_loss, ax_terms, ax_lr = fig.subplots(1, 3)
+    if x_axis not in ("epochs", "images"):
+        raise UserError(f"--x: 'epochs' or 'images', got {x_axis!r}")
+    curves = [RunCurves.read(Path(r)) for r in runs]
+    missing = [c.name for c in curves if c.x(c.entries, x_axis) is None]
+    if missing:
+        raise UserError(f"{', '.join(missing)}: cannot place the log on {x_axis} (no metrics.json, config.yaml "
+                        "or val.jsonl to say the steps per epoch / batch size)")
+    fig = Figure(figsize=(12, 7.6), dpi=110)
+    (ax_loss, ax_terms), (ax_val, ax_lr) = fig.subplots(2, 2)
     palette = colormaps["tab10"].colors
-    for i, (run, entries, metrics) in enumerate(logs):
+    teacher = []
+    for i, c in enumerate(curves):
         colour = palette[i % len(palette)]
-        step = [e["step"] for e in entries]
-        label = run.name
-        if metrics and (metrics.get("val") or {}).get("top1") is not None:
-            label += f" (val top-1 {metrics['val']['top1']:.3f})"
-        ax_loss.plot(step, [e["loss"] for e in entries], color=colour, linewidth=1.6, label=label)
-        for key, style in (("ce", "-"), ("kd", "--"), ("feat", ":")):
-            if all(key in e for e in entries):
-                ax_terms.plot(step, [e[key] for e in entries], color=colour, linestyle=style, linewidth=1.3,
-                              label=f"{run.name}: {key}")
-        if all("lr" in e for e in entries):
-            ax_lr.plot(step, [e["lr"] for e in entries], color=colour, linewidth=1.6, label=run.name)
-    for ax, title, ylabel in ((ax_loss, "training loss", "loss"),
-                              (ax_terms, "loss terms (CE: real labels, KD: teacher)", "value"),
+        x = c.x(c.entries, x_axis)
+        ax_loss.plot(x, [e["loss"] for e in c.entries], color=colour, linewidth=1.8, label=c.label())
+        for term in loss_terms(c.config) if c.config else [t for t in TERM_STYLE if all(t in e for e in c.entries)]:
+            if all(term in e for e in c.entries):
+                style, what = TERM_STYLE[term]
+                ax_terms.plot(x, [e[term] for e in c.entries], color=colour, linestyle=style, linewidth=1.5,
+                              label=f"{c.name}: {what}")
+        if c.val:
+            top1 = [v["top1"] for v in c.val]
+            ax_val.plot(c.x(c.val, x_axis), top1, color=colour, marker="o", markersize=4, linewidth=1.6,
+                        label=f"{c.name} (final {top1[-1]:.3f})")
+            teacher += [v["teacher_top1"] for v in c.val if v.get("teacher_top1") is not None]
+        elif c.metrics and (c.metrics.get("val") or {}).get("top1") is not None:  # final value only
+            end = c.x(c.entries[-1:], x_axis)
+            ax_val.plot(end, [c.metrics["val"]["top1"]], color=colour, marker="o", linestyle="",
+                        label=f"{c.name} (final {c.metrics['val']['top1']:.3f})")
+        if all("lr" in e for e in c.entries):
+            ax_lr.plot(x, [e["lr"] for e in c.entries], color=colour, linewidth=1.6, label=c.name)
+    if teacher:
+        ax_val.axhline(teacher[-1], color="#444444", linestyle=":", linewidth=1.4,
+                       label=f"teacher (stored logits) {teacher[-1]:.3f}")
+    x_label = "epochs (passes over the real training images)" if x_axis == "epochs" else "images seen (real + mixes)"
+    for ax, title, ylabel in ((ax_loss, "training loss (what each run minimises)", "loss"),
+                              (ax_terms, "terms in each run's loss", "value"),
+                              (ax_val, "validation top-1", "top-1"),
                               (ax_lr, "learning rate", "lr")):
         ax.set_title(title, fontsize=11)
-        ax.set_xlabel("step", fontsize=9)
+        ax.set_xlabel(x_label, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3, linewidth=0.5)
         if ax.lines:
             ax.legend(fontsize=8, frameon=False)
+    ax_val.set_ylim(0, 1.02)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    fig.suptitle("Training curves: " + ", ".join(run.name for run, _, _ in logs), fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle("Training curves: " + ", ".join(c.label() for c in curves), fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return save(fig, out)
 
 
@@ -343,9 +462,11 @@ def add_arguments(p) -> None:
     pca.add_argument("--mixes", type=int, default=300, help="mixes shown (default 300)")
     pca.add_argument("--seed", type=int, default=0, help="which images are picked")
     add_device_argument(pca)
-    curves = sub.add_parser("curves", help="training curves from run folders' log.jsonl")
+    curves = sub.add_parser("curves", help="training curves from run folders' log.jsonl and val.jsonl")
     curves.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
     curves.add_argument("--out", required=True, help="PNG file to write")
+    curves.add_argument("--x", default="epochs", choices=("epochs", "images"), dest="x_axis",
+                        help="x axis: epochs over the real train set (default; runs line up) or images seen")
 
 
 def run(args) -> int:
@@ -355,6 +476,6 @@ def run(args) -> int:
     elif args.what == "pca":
         out = plot_pca(args.release, args.runs, args.out, args.per_class, args.mixes, args.device, args.seed)
     else:
-        out = plot_curves(args.runs, args.out)
+        out = plot_curves(args.runs, args.out, args.x_axis)
     print(f"viz {args.what}: wrote {out}")
     return 0
