@@ -61,7 +61,7 @@ APPLEDOUBLE_PREFIX = "._"   # macOS resource forks written next to every file on
 
 
 # -- sources → candidate files --------------------------------------------------------------------
-def scan_source(src, out_dir=None, layout: str | None = None, options: Options = Options()) -> Scan:
+def scan_source(src, out_dir=None, layout: str | None = None, options: Options | None = None) -> Scan:
     """Candidate files and early rejections of SRC in `layout` (detected when None: see
     `sources.layouts`); `scan.layout` names the layout, `scan.detected` whether it was detected."""
     src = Path(src)
@@ -75,7 +75,7 @@ def scan_source(src, out_dir=None, layout: str | None = None, options: Options =
     else:
         if out_dir is None:
             raise UserError(f"{src}: the {name} layout needs an output folder (its images are extracted there)")
-        scan = scan_layout(name, root, Path(out_dir), options)
+        scan = scan_layout(name, root, Path(out_dir), options or Options())
     scan.layout, scan.detected = name, detected
     return scan
 

@@ -38,9 +38,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -268,6 +268,13 @@ def _rel(src: Path, path: Path) -> str:
     return path.name if src.is_file() else path.relative_to(src).as_posix()
 
 
+def split_files(src: Path, suffix: str, out: Path) -> list[tuple[Path, str, str | None]]:
+    """(file, its path relative to SRC, its format split or None) of every data file of SRC."""
+    files = {_rel(src, f): f for f in _files(src, suffix, out)}
+    splits = format_splits({rel: named_split(rel) for rel in files})
+    return [(files[rel], rel, splits[rel]) for rel in files]
+
+
 def sniff_ext(data: bytes, name: str | None = None) -> str:
     """A file extension for image bytes (decode does not need it; people reading OUT/images do)."""
     if data[:3] == b"\xff\xd8\xff":
@@ -326,11 +333,8 @@ def find_hf_parquet(src: Path) -> Path | None:
 def scan_hf_parquet(src: Path, out: Path, options: Options) -> Scan:
     import pyarrow.parquet as pq
 
-    files = _files(src, ".parquet", out)
-    splits = format_splits({_rel(src, f): named_split(_rel(src, f)) for f in files})
     scan = Scan([], [])
-    for path in files:
-        rel = _rel(src, path)
+    for path, rel, split in split_files(src, ".parquet", out):
         try:
             parquet = pq.ParquetFile(path)
         except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
@@ -359,7 +363,7 @@ def scan_hf_parquet(src: Path, out: Path, options: Options) -> Scan:
                 else:
                     scan.rejects.append((f"{path}:row {row - 1}", "no image bytes or path"))
                     continue
-                scan.candidates.append(Candidate(file, where, class_name, splits[rel]))
+                scan.candidates.append(Candidate(file, where, class_name, split))
     return scan
 
 
@@ -389,11 +393,8 @@ def _wds_label(sample: dict) -> str | None:
 def scan_webdataset(src: Path, out: Path, options: Options) -> Scan:
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    files = _files(src, ".tar", out)
-    splits = format_splits({_rel(src, f): named_split(_rel(src, f)) for f in files})
     scan = Scan([], [])
-    for path in files:
-        rel = _rel(src, path)
+    for path, rel, split in split_files(src, ".tar", out):
         try:
             with open(path, "rb") as f:   # members are read into memory, never extracted by name
                 members = ({**m, "__url__": rel} for m in tar_file_iterator(f))
@@ -406,7 +407,7 @@ def scan_webdataset(src: Path, out: Path, options: Options) -> Scan:
                         scan.rejects.append((f"{path}:{key}", what))
                         continue
                     scan.candidates.append(Candidate(extract(out, sample[ext], f"x.{ext}"), f"{rel}/{key}",
-                                                     label, splits[rel]))
+                                                     label, split))
         except (OSError, ValueError, EOFError) as e:
             scan.rejects.append((str(path), f"unreadable tar ({e})"))
         except Exception as e:  # noqa: BLE001 - tarfile.ReadError and friends

@@ -356,7 +356,7 @@ class RunCurves:
     batch: int | None            # global batch: images per step
 
     @classmethod
-    def read(cls, run: Path) -> "RunCurves":
+    def read(cls, run: Path) -> RunCurves:
         import yaml
 
         entries, metrics = read_log(run)
