@@ -23,10 +23,12 @@ class Command:
 
 
 COMMANDS = {
-    "ingest": Command("pipeline.sources.ingest", "index a source dataset (ImageFolder tree, CSV or Parquet)",
-                      "Decode every image of SRC (an ImageFolder tree class/xxx.jpg, or a CSV/Parquet file with "
-                      "path,label[,split]) and write DIR/index.parquet and DIR/rejects.parquet. Unusable files are "
-                      "listed in rejects with a reason, never dropped silently."),
+    "ingest": Command("pipeline.sources.ingest", "index a source dataset (as downloaded, ImageFolder, CSV or Parquet)",
+                      "Decode every image of SRC (a dataset in its published layout: cub200, aircraft, dtd, pets, "
+                      "caltech101, hf-parquet, webdataset, detected unless --layout says; an ImageFolder tree "
+                      "class/xxx.jpg; or a CSV/Parquet file with path,label[,split]) and write DIR/index.parquet and "
+                      "DIR/rejects.parquet. Official splits are kept (test → val). Unusable files are listed in "
+                      "rejects with a reason, never dropped silently."),
     "probe": Command("pipeline.stages.probe", "fit the teacher's task head on frozen features",
                      "Compute teacher features on the training views of the stored images, fit a linear (or MLP) "
                      "head on them and report the teacher's validation accuracy. Writes OUT/teacher/head.safetensors "
@@ -51,7 +53,8 @@ COMMANDS = {
                      "mix samples plus CE on real labels, or a baseline (finetune, kd-real). Checkpoints atomically; "
                      "--resume continues a killed run. Multi-GPU with torchrun (-m pipeline.cli train ...)."),
     "eval": Command("trainer.evaluate", "evaluate a student on a release's validation shards",
-                    "Top-1/top-5 accuracy and agreement with the teacher on the release's real/val shards. CKPT is a "
+                    "Top-1/top-5 accuracy and agreement with the teacher on the release's real/val shards, and "
+                    "per-class top-1 (per_class.csv) and the confusion matrix (confusion.png) in --out. CKPT is a "
                     "run folder or a student.safetensors with its student.json beside it."),
     "export": Command("trainer.export", "a trained student as a timm folder (+ ONNX, TorchScript) with a model card",
                       "Write OUT/config.json and OUT/model.safetensors, which timm.create_model('local-dir:OUT', "

@@ -274,3 +274,18 @@ def test_fixed_grid_students_need_their_img_size():
     assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 4)
     mean, std = students.mean_std(vit)
     assert len(mean) == len(std) == 3 and math.isfinite(sum(mean))
+
+
+def test_eval_report_without_matplotlib_still_writes_per_class(tmp_path, monkeypatch):
+    import sys
+
+    from trainer.evaluate import eval_report
+
+    rows = [{"uid": str(i), "label": i % 2, "pred": 0, "teacher": i % 2} for i in range(6)]
+    metrics = {"top1": 0.5, "n": 6}
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)   # as if the viz extra were not installed
+    csv_path, png = eval_report(metrics, rows, {"arch": "resnet10t", "classes": ["a", "b"]}, "rel", tmp_path)
+    assert png is None and not (tmp_path / "confusion.png").exists()
+    assert [(r["class"], r["n"], r["top1"], r["teacher_top1"]) for r in metrics["per_class"]] == [
+        ("a", 3, 1.0, 1.0), ("b", 3, 0.0, 1.0)]
+    assert csv_path.read_text().splitlines() == ["class,n,top1,teacher_top1", "a,3,1.0000,1.0000", "b,3,0.0000,1.0000"]
