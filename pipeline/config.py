@@ -6,11 +6,11 @@ number of views), they are documented choices, never hard-coded elsewhere.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from .contract.configlib import ConfigError, load, parse_overrides, path_field, require_file
+from .contract import storage
+from .contract.configlib import ConfigError, load, parse_overrides, path_field, require_file, require_weights
 from .contract.images import IMAGE_FORMATS
 from .contract.views import Views
 from .models import registry
@@ -38,14 +38,15 @@ class DataConfig:
 @dataclass
 class TeacherConfig:
     arch: str = "vit_giant_patch14_dinov2"   # a timm model name
-    weights: Optional[str] = path_field(default=None)  # safetensors/pth file; null = random init
+    weights: Optional[str] = path_field(default=None)  # safetensors/pth file or URL; null = random init
+    weights_sha256: Optional[str] = None      # required for a URL: each node downloads it once and checks it
     img_size: int = 224
     model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
     dtype: Dtype = "bf16"                     # on GPU; the CPU always runs fp32
     batch_size: int = 256
 
     def check(self):
-        require_file(self.weights, "weights")
+        require_weights(self.weights, self.weights_sha256)
         if self.img_size < 8:
             raise ConfigError(f"img_size: must be at least 8, got {self.img_size}")
 
@@ -222,11 +223,11 @@ def load_job(path, overrides: dict | None = None) -> JobConfig:
 
 def check_classes(job: JobConfig) -> None:
     """Configured class names must exist in the ingested index (read only its class column)."""
-    if not job.data.classes or not os.path.isfile(job.data.index):  # no index yet: a dry run only
+    if not job.data.classes or not storage.isfile(job.data.index):  # no index yet: a dry run only
         return
-    import pyarrow.parquet as pq
+    from .sources.index import index_classes
 
-    known = set(pq.read_table(job.data.index, columns=["class_name"]).column(0).to_pylist())
+    known = index_classes(job.data.index)
     unknown = [c for c in job.data.classes if c not in known]
     if unknown:
         raise ConfigError(f"data.classes: unknown class {unknown[0]!r} (not in {job.data.index})")

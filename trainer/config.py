@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from pipeline.contract.configlib import ConfigError, load, path_field, require_file
+from pipeline.contract.configlib import ConfigError, load, path_field, require_weights
 
 from .release import ReleaseError, ReleaseSet, open_releases
 
@@ -20,7 +20,8 @@ from .release import ReleaseError, ReleaseSet, open_releases
 @dataclass
 class StudentConfig:
     arch: str = "resnet50"                    # any timm model name
-    weights: Optional[str] = path_field(default=None)  # local weight file (safetensors/pth); null = random init
+    weights: Optional[str] = path_field(default=None)  # weight file or URL (safetensors/pth); null = random init
+    weights_sha256: Optional[str] = None      # required for a URL: downloaded once per machine, checked
     img_size: int = 224                       # the student's input size; views are replayed at it
     model_kwargs: dict = field(default_factory=dict)   # extra timm.create_model arguments (ViTs: img_size)
     drop_path: float = 0.0                    # stochastic depth rate (timm drop_path_rate)
@@ -30,7 +31,7 @@ class StudentConfig:
 
         if not timm.is_model(self.arch):
             raise ConfigError(f"arch: unknown timm model {self.arch!r}")
-        require_file(self.weights, "weights")
+        require_weights(self.weights, self.weights_sha256)
         if self.img_size < 8:
             raise ConfigError(f"img_size: must be at least 8, got {self.img_size}")
         if not 0 <= self.drop_path < 1:

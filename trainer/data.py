@@ -26,6 +26,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.contract.configlib import ConfigError
+from pipeline.contract.errors import UserError
 from pipeline.contract.ids import derive_seed
 from pipeline.contract.shards import iter_shard_samples
 from pipeline.contract.views import normalize, view_pixels
@@ -41,6 +42,8 @@ def _tar_samples(shards, counter: "CorruptCounter"):
         url = item["url"]
         try:
             yield from iter_shard_samples(url)
+        except UserError as e:  # the storage itself (credentials, endpoint): no shard can be read
+            raise DataError(str(e)) from None
         except (OSError, ValueError) as e:
             counter.unreadable(url, e)
 

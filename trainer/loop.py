@@ -105,7 +105,8 @@ def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
     plan = train_plan(releases, config, procs.world, replay)
 
     student = build_student(config.student.arch, releases.num_classes, config.student.weights,
-                            config.student.drop_path, config.student.model_kwargs, config.student.img_size)
+                            config.student.drop_path, config.student.model_kwargs, config.student.img_size,
+                            config.student.weights_sha256)
     mean, std = mean_std(student)
     net = Distillable(student, feature_dim).to(procs.device)
     channels_last = cuda and rt.channels_last

@@ -1,17 +1,18 @@
 """Reading releases: manifest.json checked, shard URLs listed from it (never by globbing).
 
-A release is a local folder or an fsspec URL. Only the manifest is read here; shards are streamed
-by `trainer.data`. Several releases can be trained on together when their classes are identical.
+A release is a local folder or an fsspec URL (`pipeline.contract.storage`). Only the manifest and the
+shard folders' listings are read here; shards are streamed by `trainer.data`. Several releases can be trained on together when their classes are identical.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from pipeline.contract import storage
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError
 from pipeline.contract.layout import MANIFEST, SHARD_SUFFIX
-from pipeline.contract.manifest import is_local, join, local_path, read_manifest
+from pipeline.contract.manifest import read_manifest
+from pipeline.contract.shards import shard_url
 
 
 class ReleaseError(ConfigError):
@@ -39,7 +40,7 @@ class Release:
         """`manifest`: as `contract.manifest.read_manifest` returns it (checked)."""
         self.root = root
         self.manifest = manifest
-        where = join(root, MANIFEST)
+        where = storage.join(root, MANIFEST)
         classes = manifest["classes"]
         self.classes: list[str] = classes
         self.teacher: dict = manifest.get("teacher") or {}
@@ -51,7 +52,7 @@ class Release:
 
     def _shard(self, entry: dict) -> Shard:
         name = entry["name"]  # entries were checked by contract.manifest.check_manifest
-        return Shard(join(self.root, name + SHARD_SUFFIX), name, entry["kind"], entry["split"],
+        return Shard(shard_url(self.root, name), name, entry["kind"], entry["split"],
                      int(entry["count"]), self.root)
 
     @property
@@ -61,12 +62,14 @@ class Release:
     def shards(self, kind: str, split: str) -> list[Shard]:
         return [s for s in self._shards if s.kind == kind and s.split == split]
 
-    def check_local_shards(self) -> None:
-        """Every listed shard exists (local releases only: a remote check would cost a request each)."""
-        if not is_local(self.root):
-            return
+    def check_shards(self) -> None:
+        """Every listed shard exists: one listing per shard folder, local or on object storage."""
+        listed: dict[str, dict] = {}
         for shard in self._shards:
-            if not os.path.isfile(local_path(shard.url)):
+            folder, _, base = shard.name.rpartition("/")
+            if folder not in listed:
+                listed[folder] = storage.listing(storage.join(self.root, folder))
+            if base + SHARD_SUFFIX not in listed[folder]:
                 raise ReleaseError(f"{self.root}: shard {shard.name}{SHARD_SUFFIX} listed in "
                                    f"{MANIFEST} is missing")
 
@@ -77,7 +80,7 @@ def open_release(root: str) -> Release:
     except UserError as e:
         raise ReleaseError(str(e)) from None
     release = Release(root, manifest)
-    release.check_local_shards()
+    release.check_shards()
     return release
 
 

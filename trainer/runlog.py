@@ -1,5 +1,5 @@
-"""A run's log: log.jsonl (training), val.jsonl (validation), TensorBoard and a progress bar,
-written by rank 0 only."""
+"""A run's log: log.jsonl (training), val.jsonl (validation), TensorBoard and the progress line
+(`contract.progress`), written by rank 0 only."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 from pipeline.contract.files import atomic_write
+from pipeline.contract.progress import Progress
 
 LOG = "log.jsonl"
 VAL_LOG = "val.jsonl"   # one line per validation: {step, epoch, images_seen, top1, top5, agreement, ...}
 
 
 class RunLog:
-    """log.jsonl, TensorBoard and a tqdm bar, written by rank 0 only."""
+    """log.jsonl, TensorBoard and a progress line, written by rank 0 only."""
 
     def __init__(self, out: Path, start_step: int, total_steps: int, enabled: bool):
         self.enabled = enabled
@@ -31,9 +32,7 @@ class RunLog:
             self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
         except ImportError as e:
             print(f"warning: TensorBoard logging is off ({e})", file=sys.stderr)
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0)
+        self.bar = Progress("train", total_steps, unit="steps", initial=start_step)
 
     @staticmethod
     def _truncate(path: Path, step: int) -> None:
@@ -56,7 +55,7 @@ class RunLog:
             for key, value in entry.items():
                 if key not in ("step", "epoch"):
                     self.tb.add_scalar(f"train/{key}", value, entry["step"])
-        self.bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{entry['images_per_s']:.0f}")
+        self.bar.set(loss=f"{entry['loss']:.4f}", **{"images/s": f"{entry['images_per_s']:.0f}"})
 
     def record_val(self, entry: dict) -> None:
         """A validation: a line of val.jsonl and val/* scalars at its step."""

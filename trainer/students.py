@@ -18,18 +18,22 @@ from torch import nn
 
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError
+from pipeline.contract import storage
 from pipeline.contract.files import atomic_write
 from pipeline.contract.views import Views
 
 
 def build_student(arch: str, num_classes: int, weights: str | None = None, drop_path: float = 0.0,
-                  model_kwargs: dict | None = None, img_size: int | None = None) -> nn.Module:
+                  model_kwargs: dict | None = None, img_size: int | None = None,
+                  weights_sha256: str | None = None) -> nn.Module:
+    """`weights`: a local file, or a URL downloaded once per machine and checked against `weights_sha256`."""
     if not timm.is_model(arch):
         raise ConfigError(f"student.arch: unknown timm model {arch!r}")
     kwargs = dict(model_kwargs or {})
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-    overlay = dict(file=weights) if weights else None
+    local = storage.cached_local(weights, weights_sha256, "student weights") if weights else None
+    overlay = dict(file=local) if local else None
     try:
         model = timm.create_model(arch, pretrained=bool(weights), pretrained_cfg_overlay=overlay,
                                   num_classes=num_classes, **kwargs)

@@ -13,7 +13,9 @@ import argparse
 import os
 from pathlib import Path
 
+from pipeline.contract import storage
 from pipeline.contract.configlib import parse_overrides
+from pipeline.contract.errors import UserError
 
 from .config import TrainConfig, check_releases, load_config
 from .loop import train
@@ -23,6 +25,9 @@ from .release import ReleaseSet
 
 def run_training(config: TrainConfig, out_dir, resume: bool = False, releases: ReleaseSet | None = None) -> dict:
     """Train a student as configured into `out_dir`; returns the metrics (also in metrics.json)."""
+    if storage.is_url(out_dir):  # checkpoints are folders renamed into place, which object stores lack
+        raise UserError(f"--out {out_dir}: the run folder must be a local path (releases may be URLs); "
+                        "copy the finished run to object storage afterwards")
     releases = releases if releases is not None else check_releases(config)
     procs = Processes(config.runtime.device)
     try:

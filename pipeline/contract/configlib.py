@@ -9,12 +9,14 @@ import contextlib
 import contextvars
 import dataclasses
 import os
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from . import storage
 from .errors import ConfigError, UserError
 
 
@@ -112,7 +114,10 @@ def build(cls: type, data: dict, where: str = "", base: Path | None = None) -> A
         if name in data:
             value = _coerce(data[name], hints[name], key, base)
             if f.metadata.get("path") and base is not None:
-                value = _resolve_any(value, base)
+                try:
+                    value = _resolve_any(value, base)
+                except UserError as e:  # e.g. 's3:/bucket', a URL with a slash missing
+                    raise ConfigError(f"{key}: {e}") from None
             kwargs[name] = value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: missing required key")
@@ -196,7 +201,7 @@ def _resolve_any(value: Any, base: Path) -> Any:
 
 
 def _resolve(value: str, base: Path) -> str:
-    if "://" in value or os.path.isabs(value):
+    if storage.is_url(value) or value.startswith("file://") or os.path.isabs(value):
         return value
     return str((base / os.path.expanduser(value)).resolve())
 
@@ -234,10 +239,31 @@ def files_optional():
 
 
 def require_file(path: str | None, key: str) -> None:
-    """Fail with the key's name when a configured file is missing (before any model loads)."""
-    if path is not None and _FILES_REQUIRED.get() and "://" not in path and not os.path.exists(path):
-        raise ConfigError(f"{key}: file not found: {path}")
+    """Fail with the key's name when a configured file (a path or a URL) is missing, or its URL's
+    scheme cannot be read here (before any model loads)."""
+    if path is None:
+        return
+    try:
+        if storage.is_url(path):
+            storage.filesystem(path)  # an unknown or uninstalled scheme, even in a dry run
+        if _FILES_REQUIRED.get() and not storage.exists(path):
+            raise ConfigError(f"{key}: file not found: {path}")
+    except ConfigError:
+        raise
+    except UserError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def require_weights(weights: str | None, expected_sha256: str | None) -> None:
+    """A weight file exists; a weight URL comes with the sha256 its download is checked against
+    (keys `weights` and `weights_sha256`)."""
+    require_file(weights, "weights")
+    if expected_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256):
+        raise ConfigError(f"weights_sha256: expected 64 hex digits, got {expected_sha256!r}")
+    if weights is not None and storage.is_url(weights) and expected_sha256 is None:
+        raise ConfigError(f"weights_sha256: required when weights is a URL ({weights}): each node downloads "
+                          "the file once and checks it against this digest")
 
 
 __all__ = ["UserError", "ConfigError", "build", "load", "load_yaml", "merge", "path_field", "to_dict", "dump",
-           "require_file", "files_optional", "parse_overrides"]
+           "require_file", "require_weights", "files_optional", "parse_overrides"]

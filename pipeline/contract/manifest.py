@@ -7,31 +7,13 @@ from __future__ import annotations
 
 import datetime
 import json
-from pathlib import Path
 
+from . import storage
 from .errors import UserError
 from .files import write_if_changed
 from .layout import MANIFEST, shard_kind_split
 
 FORMAT_VERSION = 1
-
-
-def join(root: str, name: str) -> str:
-    """`name` inside a release root (a folder or a URL)."""
-    return f"{str(root).rstrip('/')}/{name}"
-
-
-def is_local(root: str) -> bool:
-    from urllib.parse import urlparse
-
-    return urlparse(str(root)).scheme in ("", "file")
-
-
-def local_path(root: str) -> str:
-    from urllib.parse import urlparse
-
-    root = str(root)
-    return urlparse(root).path if root.startswith("file://") else root
 
 
 def check_manifest(manifest: dict, where: str) -> None:
@@ -60,20 +42,13 @@ def check_manifest(manifest: dict, where: str) -> None:
             raise UserError(f"{where}: shard {name!r} is not a {kind}/{split} shard name of this format")
 
 
-def read_manifest(root: str | Path) -> dict:
+def read_manifest(root: str) -> dict:
     """The checked manifest of the release at `root` (a folder or an fsspec URL)."""
     root = str(root)
-    where = join(root, MANIFEST)
+    where = storage.join(root, MANIFEST)
     try:
-        if is_local(root):
-            with open(local_path(where), "rb") as f:
-                data = f.read()
-        else:
-            import fsspec
-
-            with fsspec.open(where, "rb") as f:
-                data = f.read()
-    except FileNotFoundError:
+        data = storage.read_bytes(where)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"{root}: not a release (no {MANIFEST})") from None
     except OSError as e:
         raise UserError(f"{where}: cannot read: {e}") from None
@@ -99,11 +74,12 @@ def new_manifest(fields: dict) -> dict:
     return {"format_version": FORMAT_VERSION, "created": created_now(), **fields}
 
 
-def write_manifest(root: str | Path, manifest: dict) -> dict:
+def write_manifest(root: str, manifest: dict) -> dict:
     """Check and write `root/manifest.json` (rewritten only when its bytes change); returns it.
 
     Written last by every writer: a folder with a manifest is a complete release."""
     manifest = new_manifest(manifest)
-    check_manifest(manifest, str(Path(root) / MANIFEST))
-    write_if_changed(Path(root) / MANIFEST, manifest_bytes(manifest))
+    where = storage.join(root, MANIFEST)
+    check_manifest(manifest, where)
+    write_if_changed(where, manifest_bytes(manifest))
     return manifest

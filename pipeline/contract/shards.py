@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import io
-import json
-import os
 import tarfile
-from pathlib import Path
 from typing import Iterable
 
-from .files import atomic_write, read_json
+from . import storage
+from .files import json_bytes, parse_json, read_json
 from .ids import sha256_bytes
 from .images import IMAGE_FORMATS
 from .layout import SHARD_SUFFIX, STATS_SUFFIX
@@ -61,14 +59,8 @@ def read_shard(fileobj, where: str = "") -> Iterable[tuple[str, dict]]:
 
 
 def open_shard(url: str):
-    """A shard for reading: a local path (or file:// URL) opened directly, any other URL through fsspec."""
-    from .manifest import is_local, local_path
-
-    if is_local(url):
-        return open(local_path(url), "rb")
-    import fsspec
-
-    return fsspec.open(url, "rb").open()
+    """A shard for reading: a local path, a file:// URL or any fsspec URL (`contract.storage`)."""
+    return storage.open_read(url)
 
 
 def iter_shard_samples(url: str) -> Iterable[dict]:
@@ -78,27 +70,59 @@ def iter_shard_samples(url: str) -> Iterable[dict]:
             yield {"__key__": key, "__url__": url, **members}
 
 
-def publish_shard(root: str | os.PathLike, name: str, data: bytes, stats: dict) -> dict:
-    """Publish shard `name` (e.g. 'mix/mix-000002') under `root`: the tar first, then its stats.
+def shard_url(root, name: str) -> str:
+    return storage.join(root, f"{name}{SHARD_SUFFIX}")
+
+
+def stats_url(root, name: str) -> str:
+    return storage.join(root, f"{name}{STATS_SUFFIX}")
+
+
+def publish_shard(root, name: str, data: bytes, stats: dict) -> dict:
+    """Publish shard `name` (e.g. 'mix/mix-000002') under `root` (a folder or a URL): the tar first,
+    each complete or not at all, then its stats.
 
     The stats file is the done-marker: a shard with a tar but no stats is redone on rerun."""
-    root = Path(root)
     stats = dict(stats, shard=name, bytes=len(data), sha256=sha256_bytes(data))
-    atomic_write(root / f"{name}{SHARD_SUFFIX}", data)
-    atomic_write(root / f"{name}{STATS_SUFFIX}", json.dumps(stats, indent=1, sort_keys=True).encode())
+    storage.publish_bytes(shard_url(root, name), data)
+    storage.publish_bytes(stats_url(root, name), json_bytes(stats))
     return stats
 
 
-def read_stats(root: str | os.PathLike, name: str, plan: str | None = None) -> dict | None:
-    """The stats of a finished shard, or None when it is not done, its tar went missing, or it
-    was made for another plan (`plan` = the plan's fingerprint, when given)."""
-    root = Path(root)
-    tar_path = root / f"{name}{SHARD_SUFFIX}"
-    stats = read_json(root / f"{name}{STATS_SUFFIX}")
-    if not isinstance(stats, dict) or not tar_path.is_file():
-        return None
-    if stats.get("bytes") != tar_path.stat().st_size:
+def _checked(stats, tar_bytes: int | None, plan: str | None) -> dict | None:
+    if not isinstance(stats, dict) or tar_bytes is None or stats.get("bytes") != tar_bytes:
         return None
     if plan is not None and stats.get("plan") != plan:
         return None
     return stats
+
+
+def read_stats(root, name: str, plan: str | None = None) -> dict | None:
+    """The stats of a finished shard, or None when it is not done, its tar went missing, or it
+    was made for another plan (`plan` = the plan's fingerprint, when given)."""
+    return _checked(read_json(stats_url(root, name)), storage.size(shard_url(root, name)), plan)
+
+
+def finished_shards(root, names: Iterable[str], plan: str | None = None,
+                    keep=lambda stats: stats) -> dict[str, dict]:
+    """{name: keep(stats)} of the finished shards among `names`: one listing per shard folder, then
+    the stats files of the shards listed with a tar, read concurrently. `keep` trims what is held
+    (the driver drops the per-sample records: it never holds them for all shards)."""
+    by_folder: dict[str, list[str]] = {}
+    for name in names:
+        folder, _, _ = name.rpartition("/")
+        by_folder.setdefault(folder, []).append(name)
+    out = {}
+    for folder, members in by_folder.items():
+        files = storage.listing(storage.join(root, folder) if folder else root)
+        candidates = [n for n in members if f"{n.rpartition('/')[2]}{STATS_SUFFIX}" in files
+                      and f"{n.rpartition('/')[2]}{SHARD_SUFFIX}" in files]
+        for start in range(0, len(candidates), 256):  # bounded memory: a batch of stats files at a time
+            batch = candidates[start:start + 256]
+            data = storage.read_many([stats_url(root, n) for n in batch])
+            for name in batch:
+                stats = _checked(parse_json(data[stats_url(root, name)]),
+                                 files[f"{name.rpartition('/')[2]}{SHARD_SUFFIX}"], plan)
+                if stats is not None:
+                    out[name] = keep(stats)
+    return out

@@ -161,7 +161,7 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     probe, _ = timer.run("probe", lambda: probe_stage(job, out),
                          lambda r: f"teacher val top-1 {r[0]['val_top1']:.3f}" + (" (reused)" if r[1] else ""))
     timer.run("plan", lambda: plan_stage(job, out),
-              lambda r: f"{len(r[0].rows)} samples, {len(r[0].shards())} shards" + (" (reused)" if r[1] else ""))
+              lambda r: f"{len(r[0])} samples, {len(r[0].shard_names())} shards" + (" (reused)" if r[1] else ""))
     timer.run("generate", lambda: generate_stage(job, out, progress=True),
               lambda s: f"{s['done']} shards made, {s['skipped']} reused")
     manifest = timer.run("release", lambda: release_stage(job, out))

@@ -6,12 +6,12 @@ the head (linear, or a small MLP) is the only trained part (the paper's "probing
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import TeacherConfig
+from ..contract import storage
 from ..contract.errors import UserError
 from ..contract.ids import sha256_file
 
@@ -22,10 +22,11 @@ def load_backbone(cfg: TeacherConfig) -> nn.Module:
 
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("img_size", cfg.img_size)
+    weights = local_weights(cfg)
     model = timm.create_model(
         cfg.arch,
-        pretrained=cfg.weights is not None,
-        pretrained_cfg_overlay=dict(file=cfg.weights) if cfg.weights else None,
+        pretrained=weights is not None,
+        pretrained_cfg_overlay=dict(file=weights) if weights else None,
         num_classes=0,
         **kwargs,
     )
@@ -53,7 +54,7 @@ def make_head(kind: str, in_dim: int, num_classes: int, hidden: int = 1024) -> n
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
 
 
-def save_head(head: nn.Module, path: str | Path, meta: dict) -> None:
+def save_head(head: nn.Module, path, meta: dict) -> None:
     from safetensors.torch import save
 
     from ..contract.files import atomic_write
@@ -62,21 +63,29 @@ def save_head(head: nn.Module, path: str | Path, meta: dict) -> None:
                             metadata={"tsdistill": json.dumps(meta, sort_keys=True)}))
 
 
-def load_head(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a head from its safetensors file (its metadata says which kind and sizes)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def load_head(path) -> tuple[nn.Module, dict]:
+    """Rebuild a head from its safetensors file, local or a URL (its metadata says which kind and sizes)."""
+    from safetensors.torch import load
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: teacher head not found (run `tsd probe` first)")
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("tsdistill", "{}"))
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: teacher head not found (run `tsd probe` first)") from None
+    meta = json.loads(safetensors_metadata(data).get("tsdistill", "{}"))
     if not {"head", "in_dim", "num_classes"} <= meta.keys():
         raise UserError(f"{path}: not a tsdistill head (metadata lacks head/in_dim/num_classes)")
     head = make_head(meta["head"], meta["in_dim"], meta["num_classes"], meta.get("hidden", 1024))
-    head.load_state_dict(load_file(str(path)))
+    head.load_state_dict(load(data))
     return head.eval().requires_grad_(False), meta
+
+
+def safetensors_metadata(data: bytes) -> dict:
+    """The `__metadata__` of a safetensors file's bytes (its header: an 8-byte length, then JSON)."""
+    length = int.from_bytes(data[:8], "little")
+    try:
+        return json.loads(data[8:8 + length]).get("__metadata__") or {}
+    except ValueError:
+        return {}
 
 
 class Teacher(nn.Module):
@@ -113,15 +122,30 @@ def describe_backbone(cfg: TeacherConfig) -> dict:
     return {"mean": list(mean), "std": list(std), "feature_dim": feature_dim(backbone)}
 
 
-def load_teacher(cfg: TeacherConfig, head_path: str | Path) -> Teacher:
+def load_teacher(cfg: TeacherConfig, head_path) -> Teacher:
     backbone = load_backbone(cfg)
     head, _ = load_head(head_path)
     mean, std = data_config(backbone)
     return Teacher(backbone, head, mean, std).eval()
 
 
+def local_weights(cfg: TeacherConfig) -> str | None:
+    """The weight file on this machine: the configured path, or a URL's copy in this node's cache
+    (downloaded once, checked against `weights_sha256`)."""
+    if cfg.weights is None:
+        return None
+    return storage.cached_local(cfg.weights, cfg.weights_sha256, "teacher weights")
+
+
+def weights_sha256(cfg: TeacherConfig) -> str | None:
+    """The weights' sha256: a URL's configured digest (its download is checked against it), else the file's."""
+    if cfg.weights is None:
+        return None
+    return cfg.weights_sha256.lower() if storage.is_url(cfg.weights) else sha256_file(cfg.weights)
+
+
 def weights_identity(cfg: TeacherConfig) -> dict:
     """What the manifest records about the teacher's weights."""
     if cfg.weights is None:
         return {"file": None, "sha256": None}
-    return {"file": Path(cfg.weights).name, "sha256": sha256_file(cfg.weights)}
+    return {"file": storage.basename(cfg.weights), "sha256": weights_sha256(cfg)}

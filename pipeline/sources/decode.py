@@ -51,6 +51,9 @@ import stat
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..contract import storage
+from ..contract.errors import UserError
+
 DEFAULT_MAX_PIXELS = 89_478_485   # PIL's default Image.MAX_IMAGE_PIXELS
 DEFAULT_MIN_SIZE = 16
 
@@ -105,7 +108,20 @@ def decode_rgb(data: bytes, *, min_size: int = DEFAULT_MIN_SIZE,
 
 
 def read_file(path) -> bytes:
-    """The file's bytes, with the usual filesystem failures turned into rejections."""
+    """The file's bytes (a local path or a URL), with the usual filesystem failures turned into rejections."""
+    if storage.is_url(path):
+        try:
+            return storage.read_bytes(path)
+        except FileNotFoundError:
+            raise ImageRejected("file not found") from None
+        except IsADirectoryError:
+            raise ImageRejected("not a regular file") from None
+        except PermissionError:
+            raise ImageRejected("unreadable (permission denied)") from None
+        except OSError as e:
+            raise ImageRejected(f"unreadable ({e.strerror or e})") from None
+        except UserError as e:  # no credentials, endpoint down: this file cannot be read here
+            raise ImageRejected(f"unreadable ({e})") from None
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..contract import storage
 from ..contract.errors import ConfigError
 from ..contract.files import atomic_write
 
@@ -33,7 +33,7 @@ def index_schema(classes: list[str], settings: dict):
                                SETTINGS_KEY: json.dumps(settings, sort_keys=True).encode()})
 
 
-def _write_table(path: Path, table) -> None:
+def _write_table(path, table) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -42,7 +42,7 @@ def _write_table(path: Path, table) -> None:
     atomic_write(path, sink.getvalue().to_pybytes())
 
 
-def write_index(path: Path, rows: list[dict], classes: list[str], settings: dict) -> None:
+def write_index(path, rows: list[dict], classes: list[str], settings: dict) -> None:
     import pyarrow as pa
 
     table = pa.Table.from_pydict({name: [r[name] for r in rows] for name in INDEX_COLUMNS},
@@ -50,7 +50,7 @@ def write_index(path: Path, rows: list[dict], classes: list[str], settings: dict
     _write_table(path, table)
 
 
-def write_rejects(path: Path, rejects: list[tuple]) -> None:
+def write_rejects(path, rejects: list[tuple]) -> None:
     import pyarrow as pa
 
     schema = pa.schema([("path", pa.string()), ("reason", pa.string())])
@@ -70,11 +70,9 @@ class SourceIndex:
 
 
 def read_source_index(data) -> SourceIndex:
-    """Rows of the ingested index `data.index`, restricted to `data.classes` when given (labels
-    re-indexed); `data` is the job's DataConfig."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(data.index)
+    """Rows of the ingested index `data.index` (a path or a URL), restricted to `data.classes` when
+    given (labels re-indexed); `data` is the job's DataConfig."""
+    table = read_table(data.index)
     missing = [c for c in READ_COLUMNS if c not in table.column_names]
     if missing:
         raise ConfigError(f"{data.index}: not an ingest index (missing column {missing[0]!r})")
@@ -92,9 +90,7 @@ def read_source_index(data) -> SourceIndex:
 
 def index_classes(path: str) -> set[str]:
     """The class names of an index (its class column only)."""
-    import pyarrow.parquet as pq
-
-    return set(pq.read_table(path, columns=["class_name"]).column(0).to_pylist())
+    return set(read_table(path, columns=["class_name"]).column(0).to_pylist())
 
 
 def _limits(meta: dict) -> dict:
@@ -106,4 +102,18 @@ def decode_limits(index_path: str) -> dict:
     """`open_rgb` keyword arguments matching how the index was made (read from its metadata only)."""
     import pyarrow.parquet as pq
 
-    return _limits(pq.read_schema(index_path).metadata or {})
+    with storage.open_read(index_path) as f:
+        return _limits(pq.read_schema(f).metadata or {})
+
+
+def read_table(path, columns: list[str] | None = None):
+    """A Parquet file (local or a URL) as an Arrow table."""
+    import pyarrow.parquet as pq
+
+    with storage.open_read(path) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def index_sha256(path) -> str:
+    """The sha256 of an index file (local or a URL): what the plan and the probe depend on."""
+    return storage.sha256(path)

@@ -34,6 +34,7 @@ class name), so adding images to one class does not move the others' splits.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import multiprocessing
@@ -47,10 +48,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import storage
 from ..contract.errors import UserError
 from ..contract.files import atomic_write
 from ..contract.ids import derive_seed, make_uid, sha256_bytes
 from ..contract.layout import SPLITS
+from ..contract.progress import Progress
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageRejected, decode_rgb, read_file, short_error
 from .index import CLASSES_FILE, INDEX_FILE, REJECTS_FILE, write_index, write_rejects
 from .layouts import Candidate, Options, Scan, resolve_layout, scan_layout
@@ -64,6 +67,16 @@ APPLEDOUBLE_PREFIX = "._"   # macOS resource forks written next to every file on
 def scan_source(src, out_dir=None, layout: str | None = None, options: Options | None = None) -> Scan:
     """Candidate files and early rejections of SRC in `layout` (detected when None: see
     `sources.layouts`); `scan.layout` names the layout, `scan.detected` whether it was detected."""
+    if storage.is_url(src):  # a list of files on object storage (its rows may be URLs too)
+        suffix = storage.basename(src).rsplit(".", 1)[-1].lower()
+        if layout not in (None, "csv") or suffix not in ("csv", "parquet", "pq"):
+            raise UserError(f"{src}: on object storage, ingest reads a .csv or .parquet list of files "
+                            "(other layouts must be local)")
+        if not storage.isfile(src):
+            raise UserError(f"{src}: no such file")
+        scan = _scan_table(str(src), _read_csv(src) if suffix == "csv" else _read_parquet(src))
+        scan.layout, scan.detected = "csv", layout is None
+        return scan
     src = Path(src)
     if not src.exists():
         raise UserError(f"{src}: no such file or folder")
@@ -74,7 +87,7 @@ def scan_source(src, out_dir=None, layout: str | None = None, options: Options |
         scan = _scan_table(root, _read_csv(root) if root.suffix.lower() == ".csv" else _read_parquet(root))
     else:
         if out_dir is None:
-            raise UserError(f"{src}: the {name} layout needs an output folder (its images are extracted there)")
+            raise UserError(f"{src}: the {name} layout needs a local output folder (its images are extracted there)")
         scan = scan_layout(name, root, Path(out_dir), options or Options())
     scan.layout, scan.detected = name, detected
     return scan
@@ -124,9 +137,9 @@ def _scan_class(root: Path, class_dir: os.DirEntry, skip_dir: str | None, scan: 
                 scan.candidates.append(Candidate(path, relpath, class_dir.name, None))
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+def _read_csv(path) -> tuple[list[str], list[dict]]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with io.TextIOWrapper(storage.open_read(path), newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             rows = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
@@ -135,25 +148,25 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
-def _read_parquet(path: Path) -> tuple[list[str], list[dict]]:
-    import pyarrow.parquet as pq
+def _read_parquet(path) -> tuple[list[str], list[dict]]:
+    from .index import read_table
 
     try:
-        table = pq.read_table(path)
+        table = read_table(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
         raise UserError(f"{path}: cannot read Parquet ({short_error(e)})") from None
     wanted = [c for c in ("path", "label", "split") if c in table.column_names]
     return table.column_names, table.select(wanted).to_pylist()
 
 
-def _scan_table(table_path: Path, columns_rows: tuple[list[str], list[dict]]) -> Scan:
+def _scan_table(table_path, columns_rows: tuple[list[str], list[dict]]) -> Scan:
     columns, rows = columns_rows
     for required in ("path", "label"):
         if required not in columns:
             raise UserError(f"{table_path}: missing column {required!r} "
                               f"(columns: {', '.join(columns) or 'none'})")
     has_split = "split" in columns
-    base = table_path.parent
+    base = storage.parent(table_path) if storage.is_url(table_path) else os.path.dirname(table_path)
     labels = [_label_text(r.get("label")) for r in rows]
     integer_labels = all(_is_integer(t) for t in labels if t)
     scan = Scan([], [])
@@ -164,7 +177,7 @@ def _scan_table(table_path: Path, columns_rows: tuple[list[str], list[dict]]) ->
         if not raw_path:
             scan.rejects.append((where, f"row {number}: missing path"))
             continue
-        path = os.path.normpath(os.path.join(base, raw_path))
+        path, relpath = _row_path(base, raw_path)
         split = None
         if has_split:
             split = "" if row.get("split") is None else str(row["split"]).strip()
@@ -176,9 +189,20 @@ def _scan_table(table_path: Path, columns_rows: tuple[list[str], list[dict]]) ->
             continue
         first_row_of[path] = number
         class_name = str(int(label)) if integer_labels else label
-        relpath = posixpath.normpath(Path(os.path.relpath(path, base)).as_posix())
         scan.candidates.append(Candidate(path, relpath, class_name, split))
     return scan
+
+
+def _row_path(base: str, raw_path: str) -> tuple[str, str]:
+    """(path, relpath) of a listed file: relative to the list's folder unless absolute or a URL; a
+    URL's scheme is checked here, so one that cannot be read is one error, not a reject per row."""
+    if storage.is_url(raw_path) or storage.is_url(base):
+        path = raw_path if "://" in raw_path else storage.join(base, raw_path)
+        storage.filesystem(path)
+        prefix = base.rstrip("/") + "/"
+        return path, posixpath.normpath(path[len(prefix):]) if path.startswith(prefix) else path
+    path = os.path.normpath(os.path.join(base, raw_path))
+    return path, posixpath.normpath(Path(os.path.relpath(path, base)).as_posix())
 
 
 def _row_problem(label: str, split: str | None, has_split: bool) -> str | None:
@@ -215,9 +239,7 @@ def inspect_file(path: str, min_size: int, max_pixels: int) -> tuple:
 
 def _inspect_all(paths: list[str], min_size: int, max_pixels: int, workers: int) -> list[tuple]:
     """Results in the order of `paths`, whatever the number of workers."""
-    from tqdm import tqdm
-
-    progress = tqdm(total=len(paths), desc="ingest", unit="img", file=sys.stderr, disable=None)
+    progress = Progress("ingest", len(paths))
     workers = min(workers, len(paths))
     with progress:
         if workers <= 1:
@@ -275,8 +297,9 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
     loaded), so a calling script needs the usual `if __name__ == "__main__":` guard."""
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val fraction must be in [0, 1), got {val_fraction}")
-    out_dir = Path(out_dir)
-    scan = scan_source(src, out_dir, layout, replace(options or Options(), seed=seed))
+    out_dir = storage.location(out_dir)
+    scan = scan_source(src, out_dir if storage.is_local(out_dir) else None, layout,
+                       replace(options or Options(), seed=seed))
     results = _inspect_all([c.path for c in scan.candidates], min_size, max_pixels,
                            workers if workers is not None else (os.cpu_count() or 1))
     rows, rejects = [], list(scan.rejects)
@@ -294,11 +317,11 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
     rows.sort(key=lambda r: r["uid"])
     rejects.sort()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_rejects(out_dir / REJECTS_FILE, rejects)
-    atomic_write(out_dir / CLASSES_FILE, (json.dumps(classes, ensure_ascii=False) + "\n").encode())
+    storage.make_folder(out_dir)
+    write_rejects(storage.join(out_dir, REJECTS_FILE), rejects)
+    atomic_write(storage.join(out_dir, CLASSES_FILE), (json.dumps(classes, ensure_ascii=False) + "\n").encode())
     settings = dict(min_size=min_size, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed)
-    write_index(out_dir / INDEX_FILE, rows, classes, settings)
+    write_index(storage.join(out_dir, INDEX_FILE), rows, classes, settings)
     return {
         "layout": scan.layout,
         "layout_detected": scan.detected,
@@ -309,8 +332,8 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
         "skipped_hidden": scan.skipped_hidden,
         "classes": classes,
         "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS},
-        "index": str(out_dir / INDEX_FILE),
-        "rejects": str(out_dir / REJECTS_FILE),
+        "index": storage.join(out_dir, INDEX_FILE),
+        "rejects": storage.join(out_dir, REJECTS_FILE),
     }
 
 

@@ -8,20 +8,20 @@ same samples.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import JobConfig, add_job_arguments, load_job_args
+from ..contract import storage
 from ..contract.configlib import ConfigError, files_optional, to_dict
 from ..contract.errors import UserError
-from ..contract.files import atomic_write, reuse
-from ..contract.ids import derive_seed, fingerprint, make_uid, sha256_file
+from ..contract.files import reuse
+from ..contract.ids import derive_seed, fingerprint, make_uid
 from ..contract.images import stored_size
-from ..contract.layout import shard_name
-from ..contract.views import center_view, sample_views
-from ..sources.index import CLASSES_KEY, SourceIndex, read_source_index
+from ..contract.layout import shard_kind_split, shard_name
+from ..contract.views import center_view, sample_views_many
+from ..sources.index import CLASSES_KEY, SourceIndex, index_sha256, read_source_index
 from .jobdir import marker, plan_path
 
 FINGERPRINT_KEY = b"tsdistill.fingerprint"
@@ -59,30 +59,44 @@ def plan_schema():
     ])
 
 
+PLAN_FORMAT = 2   # one Parquet row group per shard, the shard directory in the footer
+
+
 def plan_fingerprint(job: JobConfig) -> str:
     """What the plan depends on: a changed value means the plan (and its shards) must be redone."""
     return fingerprint({"seed": job.seed, "data": to_dict(job.data, paths=False), "views": to_dict(job.views),
                         "plan": to_dict(job.plan), "shard_size": job.generate.shard_size,
                         "gen_size": job.generator.size if job.generator else None,
-                        "index_sha256": sha256_file(job.data.index)})
+                        "index_sha256": index_sha256(job.data.index), "format": PLAN_FORMAT})
+
+
+def geometry_many(job: JobConfig, kind: str, split: str, seeds, sources: list[dict] | None = None) -> tuple:
+    """(stored widths, stored heights, recorded views [N, K, 5]) of planned samples: real images from
+    their source rows' sizes, mixes from the generator's square output."""
+    if kind == "real":
+        sizes = [stored_size(r["width"], r["height"], job.data.store_size) for r in sources]
+    else:
+        sizes = [stored_size(job.generator.size, job.generator.size, job.data.store_size)] * len(seeds)
+    widths = np.array([w for w, _ in sizes], np.int64)
+    heights = np.array([h for _, h in sizes], np.int64)
+    if split == "train":
+        views = sample_views_many(seeds, widths, heights, job.views.k, job.views)
+    else:
+        views = np.array([center_view(w, h, job.views) for w, h in sizes], np.float64).reshape(len(sizes), 1, 5)
+    return widths, heights, views
 
 
 def geometry(job: JobConfig, kind: str, split: str, seed: int, source: dict | None = None) -> tuple[int, int, list]:
-    """(stored width, stored height, recorded views) of a planned sample: a real image from its
-    source row's size, a mix from the generator's square output."""
-    if kind == "real":
-        w, h = stored_size(source["width"], source["height"], job.data.store_size)
-    else:
-        w, h = stored_size(job.generator.size, job.generator.size, job.data.store_size)
-    views = sample_views(seed, w, h, job.views.k, job.views) if split == "train" else center_view(w, h, job.views)
-    return w, h, views
+    """`geometry_many` of one sample: (stored width, stored height, views as [x, y, w, h, flip] lists)."""
+    widths, heights, views = geometry_many(job, kind, split, [seed], [source] if source is not None else None)
+    return int(widths[0]), int(heights[0]), [[*v[:4], int(v[4])] for v in views[0].tolist()]
 
 
 def make_row(job: JobConfig, uid: str, split: str, kind: str, *, label: int, class_name: str | None,
              source: dict | None = None, parents: tuple = (), parent_paths: tuple = (),
              weight: float | None = None, shard: str = "") -> PlanRow:
-    """The one constructor of a planned sample (plan and regenerate): the seed from (seed, uid),
-    the stored size and views from `geometry`."""
+    """One planned sample (regenerate rebuilds a released one with it): the seed from (seed, uid),
+    the stored size and views from `geometry`, as `write_plan` makes them for all at once."""
     seed = derive_seed(job.seed, uid)
     width, height, views = geometry(job, kind, split, seed, source)
     return PlanRow(uid=uid, split=split, kind=kind, shard=shard, label=label, class_name=class_name,
@@ -91,13 +105,8 @@ def make_row(job: JobConfig, uid: str, split: str, kind: str, *, label: int, cla
                    views=views)
 
 
-def _real_rows(job: JobConfig, rows: list[dict], split: str, classes: list[str]) -> list[PlanRow]:
-    return [make_row(job, r["uid"], split, "real", label=r["label"], class_name=classes[r["label"]], source=r)
-            for r in rows]
-
-
-def draw_pairs(job: JobConfig, train: list[dict], count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Parent index pairs by the configured pairing mode (class-agnostic 'any' by default)."""
+def draw_pairs(job: JobConfig, train: list[dict], count: int, rng: np.random.Generator) -> np.ndarray:
+    """Parent index pairs [count, 2] by the configured pairing mode (class-agnostic 'any' by default)."""
     labels = np.array([r["label"] for r in train])
     by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
     mode, n = job.plan.pairing, len(train)
@@ -107,6 +116,8 @@ def draw_pairs(job: JobConfig, train: list[dict], count: int, rng: np.random.Gen
         raise ConfigError("plan.pairing: 'cross-class' needs at least 2 classes")
     if mode == "same-class" and not any(len(v) >= 2 for v in by_class.values()):
         raise ConfigError("plan.pairing: 'same-class' needs a class with at least 2 images")
+    if mode == "any":
+        return _any_pairs(rng, n, count)
     pairs = []
     while len(pairs) < count:
         a = int(rng.integers(n))
@@ -120,97 +131,206 @@ def draw_pairs(job: JobConfig, train: list[dict], count: int, rng: np.random.Gen
         if b == a or (mode == "cross-class" and labels[a] == labels[b]):
             continue
         pairs.append((a, b))
-    return pairs
+    return np.array(pairs, np.int64).reshape(-1, 2)
 
 
-def draw_weight(job: JobConfig, rng: np.random.Generator) -> float:
+def _any_pairs(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
+    """What `count` rounds of "a = integers(n); b = integers(n); keep if a != b" draw, in blocks:
+    `integers(n, size=m)` consumes the stream exactly as m single calls do. A block drawn past the
+    last kept pair is drawn again to exactly where the rounds would have stopped (the weights
+    are drawn next, from the same stream)."""
+    out, have = [], 0
+    while have < count:
+        need = count - have
+        saved = rng.bit_generator.state
+        block = rng.integers(n, size=2 * (need + need // (n - 1) + 16)).reshape(-1, 2)
+        keep = block[:, 0] != block[:, 1]
+        kept = np.cumsum(keep)
+        if kept[-1] >= need:
+            used = int(np.searchsorted(kept, need)) + 1
+            rng.bit_generator.state = saved
+            rng.integers(n, size=2 * used)
+            block, keep = block[:used], keep[:used]
+        out.append(block[keep])
+        have += int(keep.sum())
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+
+
+def draw_weights(job: JobConfig, rng: np.random.Generator, count: int) -> list[float]:
+    """The mixing weight of each pair, in pair order (one draw each, as single calls would)."""
     p = job.plan
     if p.weight_law == "fixed":
-        return p.weight
+        return [p.weight] * count
     if p.weight_law == "beta":
-        return round(float(rng.beta(p.beta_a, p.beta_a)), 6)
-    lo, hi = p.weight_range
-    return round(float(rng.uniform(lo, hi)), 6)
+        values = rng.beta(p.beta_a, p.beta_a, size=count)
+    else:
+        values = rng.uniform(p.weight_range[0], p.weight_range[1], size=count)
+    return [round(v, 6) for v in values.tolist()]
 
 
-def _mix_rows(job: JobConfig, train: list[dict]) -> list[PlanRow]:
-    count = job.plan.resolve_pool(len(train))
-    if count == 0:
-        return []
-    rng = np.random.Generator(np.random.PCG64(job.seed))
-    out = []
-    for i, (a, b) in enumerate(draw_pairs(job, train, count, rng)):
-        weight = draw_weight(job, rng)
-        ua, ub = train[a]["uid"], train[b]["uid"]
-        out.append(make_row(job, make_uid("mix", job.seed, ua, ub, i), "train", "mix", label=-1, class_name=None,
-                            parents=(ua, ub), parent_paths=(train[a]["path"], train[b]["path"]), weight=weight))
-    return out
-
-
-def _assign_shards(rows: list[PlanRow], kind: str, split: str, shard_size: int) -> list[PlanRow]:
-    return [replace(row, shard=shard_name(kind, split, i // shard_size)) for i, row in enumerate(rows)]
+# -- the plan file ------------------------------------------------------------------------------
+SHARDS_KEY = b"tsdistill.shards"     # [[name, rows], ...]: row group i holds shard i
+CHUNK_ROWS = 16384                   # rows built at a time (rounded to whole shards)
 
 
 @dataclass
-class Plan:
-    rows: list[PlanRow]
-    classes: list[str]
-    fingerprint: str
+class _Part:
+    """Consecutive planned samples of one (kind, split), numbered into their own shards."""
+    kind: str
+    split: str
+    count: int
+    columns: object            # (start, stop) → this part's columns for those rows
 
-    def shards(self) -> dict[str, list[PlanRow]]:
-        out: dict[str, list[PlanRow]] = {}
-        for r in self.rows:
-            out.setdefault(r.shard, []).append(r)
-        return out
+
+def _real_part(job: JobConfig, rows: list[dict], split: str, classes: list[str]) -> _Part:
+    def columns(start, stop):
+        chunk = rows[start:stop]
+        uids = [r["uid"] for r in chunk]
+        seeds = [derive_seed(job.seed, u) for u in uids]
+        widths, heights, views = geometry_many(job, "real", split, seeds, chunk)
+        labels = [r["label"] for r in chunk]
+        return {"uid": uids, "label": labels, "class_name": [classes[i] for i in labels],
+                "path": [r["path"] for r in chunk], "parents": [[]] * len(chunk), "parent_paths": [[]] * len(chunk),
+                "weight": [None] * len(chunk), "seed": seeds, "width": widths, "height": heights, "views": views}
+    return _Part("real", split, len(rows), columns)
+
+
+def _mix_part(job: JobConfig, train: list[dict]) -> _Part:
+    count = job.plan.resolve_pool(len(train))
+    if count == 0:
+        return _Part("mix", "train", 0, None)
+    rng = np.random.Generator(np.random.PCG64(job.seed))
+    pairs = draw_pairs(job, train, count, rng)
+    weights = draw_weights(job, rng, count)
+
+    def columns(start, stop):
+        a, b = pairs[start:stop, 0].tolist(), pairs[start:stop, 1].tolist()
+        ua, ub = [train[i]["uid"] for i in a], [train[i]["uid"] for i in b]
+        uids = [make_uid("mix", job.seed, x, y, i) for i, (x, y) in enumerate(zip(ua, ub), start)]
+        seeds = [derive_seed(job.seed, u) for u in uids]
+        widths, heights, views = geometry_many(job, "mix", "train", seeds)
+        n = len(uids)
+        return {"uid": uids, "label": [-1] * n, "class_name": [None] * n, "path": [None] * n,
+                "parents": [list(p) for p in zip(ua, ub)],
+                "parent_paths": [[train[i]["path"], train[j]["path"]] for i, j in zip(a, b)],
+                "weight": weights[start:stop], "seed": seeds, "width": widths, "height": heights, "views": views}
+    return _Part("mix", "train", count, columns)
+
+
+def _views_array(views: np.ndarray):
+    import pyarrow as pa
+
+    n, k, _ = views.shape
+    inner = pa.ListArray.from_arrays(np.arange(0, n * k * 5 + 1, 5, dtype=np.int32), views.reshape(-1))
+    return pa.ListArray.from_arrays(np.arange(0, n * k + 1, k, dtype=np.int32), inner)
+
+
+def _table(part: _Part, start: int, stop: int, shard_size: int, schema):
+    import pyarrow as pa
+
+    cols = part.columns(start, stop)
+    n = stop - start
+    cols.update(split=[part.split] * n, kind=[part.kind] * n,
+                shard=[shard_name(part.kind, part.split, i // shard_size) for i in range(start, stop)])
+    arrays = [_views_array(cols[f.name]) if f.name == "views" else pa.array(cols[f.name], type=f.type)
+              for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_plan(job: JobConfig, path, index: SourceIndex | None = None) -> "Plan":
+    """Plan every sample of `job` into `path` (a local path or a URL), streamed: rows are drawn a
+    chunk at a time and written one row group per shard, so memory does not grow with the job."""
+    import pyarrow.parquet as pq
+
+    index = index or read_source_index(job.data)
+    train = index.split("train")  # sorted by uid: hashes, so shards mix the classes
+    size = job.generate.shard_size
+    parts = [_real_part(job, train, "train", index.classes), _real_part(job, index.split("val"), "val", index.classes),
+             _mix_part(job, train)]
+    directory = [[shard_name(p.kind, p.split, i), min(size, p.count - i * size)]
+                 for p in parts for i in range(-(-p.count // size))]
+    fp = plan_fingerprint(job)
+    schema = plan_schema().with_metadata({CLASSES_KEY: json.dumps(index.classes).encode(),
+                                          FINGERPRINT_KEY: fp.encode(),
+                                          SHARDS_KEY: json.dumps(directory, separators=(",", ":")).encode()})
+    step = size * max(1, CHUNK_ROWS // size)
+    with storage.publishing(path) as local:
+        # statistics on the shard column only: a footer with min/max of every column of every row
+        # group would be megabytes that each reader parses
+        with pq.ParquetWriter(local, schema, compression="zstd", write_statistics=["shard"]) as writer:
+            for part in parts:
+                for start in range(0, part.count, step):
+                    writer.write_table(_table(part, start, min(part.count, start + step), size, schema),
+                                       row_group_size=size)
+    return Plan(path, index.classes, fp, [(name, rows) for name, rows in directory])
+
+
+class Plan:
+    """A written plan: classes, fingerprint and the shard directory (from the footer, cheap to read);
+    a shard's rows read when asked for (one row group), never all rows at once."""
+
+    def __init__(self, path, classes: list[str], fingerprint: str, shards: list[tuple[str, int]]):
+        self.path, self.classes, self.fingerprint = str(path), classes, fingerprint
+        self._shards = {name: (i, rows) for i, (name, rows) in enumerate(shards)}
+        self._file = None
+
+    def __getstate__(self):  # an open file does not travel to another process
+        return dict(self.__dict__, _file=None)
+
+    def _parquet(self):
+        import pyarrow.parquet as pq
+
+        if self._file is None:
+            self._file = pq.ParquetFile(storage.open_read(self.path))
+        return self._file
+
+    def shard_names(self) -> list[str]:
+        return list(self._shards)
+
+    def shard_rows(self, name: str) -> int:
+        return self._shards[name][1]
+
+    def __len__(self) -> int:
+        return sum(rows for _, rows in self._shards.values())
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for r in self.rows:
-            key = f"{r.kind}/{r.split}"
-            out[key] = out.get(key, 0) + 1
+        for name, (_, rows) in self._shards.items():
+            kind, split = shard_kind_split(name)
+            out[f"{kind}/{split}"] = out.get(f"{kind}/{split}", 0) + rows
         return out
 
+    def table(self, name: str, columns: list[str] | None = None):
+        """Shard `name`'s rows as an Arrow table (its row group)."""
+        return self._parquet().read_row_group(self._shards[name][0], columns=columns)
 
-def make_plan(job: JobConfig, index: SourceIndex | None = None) -> Plan:
-    index = index or read_source_index(job.data)
-    train = index.split("train")  # sorted by uid: hashes, so shards mix the classes
-    rows = []
-    for kind, split, part in (("real", "train", _real_rows(job, train, "train", index.classes)),
-                              ("real", "val", _real_rows(job, index.split("val"), "val", index.classes)),
-                              ("mix", "train", _mix_rows(job, train))):
-        rows += _assign_shards(part, kind, split, job.generate.shard_size)
-    return Plan(rows, index.classes, plan_fingerprint(job))
+    def rows(self, name: str) -> list[PlanRow]:
+        return [PlanRow(**r) for r in self.table(name).to_pylist()]
+
+    def iter_rows(self):
+        """Every planned sample, shard by shard in plan order."""
+        for name in self._shards:
+            yield from self.rows(name)
 
 
-def write_plan(plan: Plan, path: str | Path) -> None:
-    import pyarrow as pa
+def read_plan(path) -> Plan:
+    """The plan at `path` (a local path or a URL): its footer only; rows are read per shard."""
     import pyarrow.parquet as pq
 
-    schema = plan_schema().with_metadata({CLASSES_KEY: json.dumps(plan.classes).encode(),
-                                          FINGERPRINT_KEY: plan.fingerprint.encode()})
-    table = pa.Table.from_pylist([asdict(r) for r in plan.rows], schema=schema)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write(path, sink.getvalue().to_pybytes())
-
-
-def read_plan(path: str | Path) -> Plan:
-    import pyarrow.parquet as pq
-
-    if not Path(path).is_file():
+    if not storage.isfile(path):
         raise UserError(f"{path}: no plan (run `tsd plan` first)")
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    return Plan([PlanRow(**r) for r in table.to_pylist()], json.loads(meta[CLASSES_KEY]),
-                meta[FINGERPRINT_KEY].decode())
+    with storage.open_read(path) as f:
+        meta = pq.read_schema(f).metadata or {}
+    if SHARDS_KEY not in meta:
+        raise UserError(f"{path}: a plan of an older tsdistill: run `tsd plan` again")
+    shards = [(name, rows) for name, rows in json.loads(meta[SHARDS_KEY])]
+    return Plan(path, json.loads(meta[CLASSES_KEY]), meta[FINGERPRINT_KEY].decode(), shards)
 
 
-def plan_stage(job: JobConfig, out: str | Path, force: bool = False) -> tuple[Plan, bool]:
+def plan_stage(job: JobConfig, out, force: bool = False) -> tuple[Plan, bool]:
     """(plan, reused) — plan.parquet is rewritten only when its fingerprint changed."""
     def write():
-        plan = make_plan(job)
-        write_plan(plan, plan_path(out))
-        return plan.counts()
+        return write_plan(job, plan_path(out)).counts()
 
     _, reused = reuse(marker(out, "plan"), plan_fingerprint(job), write, outputs=[plan_path(out)], force=force)
     return read_plan(plan_path(out)), reused
@@ -234,7 +354,7 @@ def run(args) -> int:
     job = load_job_args(args)
     if not args.out:
         raise UserError("--out is required (or use --dry-run)")
-    plan, reused = plan_stage(job, args.out)
+    plan, reused = plan_stage(job, storage.location(args.out))
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items())
-    print(f"plan: {counts}; {len(plan.shards())} shards{' [reused]' if reused else ''}")
+    print(f"plan: {counts}; {len(plan.shard_names())} shards{' [reused]' if reused else ''}")
     return 0

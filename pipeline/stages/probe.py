@@ -7,23 +7,25 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..config import JobConfig, add_device_argument, add_job_arguments, load_job_args
+from ..contract import storage
 from ..contract.configlib import to_dict
 from ..contract.device import resolve_device, torch_dtype
 from ..contract.errors import UserError
 from ..contract.files import reuse, write_json
-from ..contract.ids import derive_seed, fingerprint, sha256_file
+from ..contract.ids import derive_seed, fingerprint
 from ..contract.images import decode_image, store_image
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
+from ..contract.progress import Progress
 from ..contract.views import center_view, normalize, sample_views, views_batch
-from ..models.teacher import backbone_features, data_config, feature_dim, load_backbone, make_head, save_head
+from ..models.teacher import (backbone_features, data_config, feature_dim, load_backbone, make_head, save_head,
+                              weights_sha256)
 from ..sources.decode import open_rgb
-from ..sources.index import read_source_index
+from ..sources.index import index_sha256, read_source_index
 from .jobdir import marker
 
 
@@ -46,14 +48,12 @@ def _load_views(job: JobConfig, row: dict, train: bool, limits: dict) -> torch.T
 def extract_features(job: JobConfig, rows: list[dict], train: bool, device, desc: str,
                      limits: dict | None = None) -> torch.Tensor:
     """Teacher features [N × views, D] in the order of `rows` (views of a row are consecutive)."""
-    from tqdm import tqdm
-
     backbone = load_backbone(job.teacher).to(device)
     mean, std = data_config(backbone)
     dtype = torch_dtype(job.teacher.dtype, device)
     backbone = backbone.to(dtype)
     out, batch, bs = [], [], job.teacher.batch_size
-    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(rows), desc=desc, leave=False) as bar:
+    with ThreadPoolExecutor(max_workers=4) as pool, Progress(desc, len(rows)) as bar:
         # decoding runs ahead in threads (PIL and torch resize release the GIL)
         for views in pool.map(lambda r: _load_views(job, r, train, limits or {}), rows):
             batch.append(views)
@@ -97,7 +97,7 @@ def accuracy(head, feats, labels) -> float:
     return float((head(feats).argmax(1) == labels).float().mean()) if len(labels) else float("nan")
 
 
-def run_probe(job: JobConfig, out_dir: str | Path, device: str = "auto") -> dict:
+def run_probe(job: JobConfig, out_dir, device: str = "auto") -> dict:
     """Write `out_dir/teacher/head.safetensors` and `teacher/probe.json`; return the metrics."""
     t0 = time.time()
     dev = resolve_device(device)
@@ -118,21 +118,20 @@ def run_probe(job: JobConfig, out_dir: str | Path, device: str = "auto") -> dict
         "feature_dim": f_train.shape[1], "num_classes": len(index.classes),
         "head": job.probe.head, "seconds": round(time.time() - t0, 2),
     }
-    out = Path(out_dir)
     meta = {"head": job.probe.head, "in_dim": f_train.shape[1], "num_classes": len(index.classes),
             "hidden": job.probe.hidden, "classes": index.classes, "teacher_arch": job.teacher.arch}
-    save_head(head, out / HEAD_FILE, meta)
-    write_json(out / PROBE_METRICS, metrics)
+    save_head(head, storage.join(out_dir, HEAD_FILE), meta)
+    write_json(storage.join(out_dir, PROBE_METRICS), metrics)
     return metrics
 
 
-def probe_stage(job: JobConfig, out: str | Path, device: str = "auto", force: bool = False) -> tuple[dict, bool]:
+def probe_stage(job: JobConfig, out, device: str = "auto", force: bool = False) -> tuple[dict, bool]:
     """(metrics, reused) — the teacher head is refit only when its inputs changed."""
-    weights = sha256_file(job.teacher.weights) if job.teacher.weights else None
+    out = storage.location(out)
     fp = fingerprint([to_dict(job.teacher, paths=False), to_dict(job.probe), to_dict(job.data, paths=False),
-                      to_dict(job.views), job.seed, sha256_file(job.data.index), weights])
-    return reuse(marker(out, "probe"), fp, lambda: run_probe(job, out, device), outputs=[Path(out) / HEAD_FILE],
-                 force=force)
+                      to_dict(job.views), job.seed, index_sha256(job.data.index), weights_sha256(job.teacher)])
+    return reuse(marker(out, "probe"), fp, lambda: run_probe(job, out, device),
+                 outputs=[storage.join(out, HEAD_FILE)], force=force)
 
 
 # -- CLI ----------------------------------------------------------------------------------------

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import JobConfig, add_job_arguments, load_job_args
+from ..contract import storage
 from ..contract.configlib import to_dict
 from ..contract.errors import UserError
 from ..contract.files import read_json, write_if_changed
 from ..contract.ids import sha256_file
 from ..contract.layout import CARD, HEAD_FILE, INDEX, PROBE_METRICS, shard_kind_split
 from ..contract.manifest import new_manifest, write_manifest
-from ..contract.shards import read_stats
+from ..contract.shards import finished_shards
 from .jobdir import plan_path
 from .plan import Plan, read_plan
 
@@ -31,29 +32,15 @@ def code_version() -> str:
     return f"tsdistill {__version__}"
 
 
-def collect_stats(root: Path, plan: Plan) -> dict[str, dict]:
-    stats, missing = {}, []
-    for name in sorted(plan.shards()):
-        s = read_stats(root, name, plan.fingerprint)
-        if s is None:
-            missing.append(name)
-        else:
-            stats[name] = s
-    if missing:
-        raise UserError(f"{len(missing)} planned shard(s) are not generated yet "
-                           f"(first: {missing[0]}); run `tsd generate` first")
-    return stats
-
-
-def teacher_record(job: JobConfig, root: Path) -> dict:
+def teacher_record(job: JobConfig, root) -> dict:
     from ..models.teacher import describe_backbone, weights_identity
 
-    probe = read_json(root / PROBE_METRICS) or {}
+    probe = read_json(storage.join(root, PROBE_METRICS)) or {}
     return {"arch": job.teacher.arch, "img_size": job.teacher.img_size, "model_kwargs": job.teacher.model_kwargs,
             **describe_backbone(job.teacher),
             "logits": job.generate.logits, "topk": job.generate.topk if job.generate.logits == "topk" else None,
             "features": job.generate.features, "weights": weights_identity(job.teacher),
-            "head_sha256": sha256_file(root / HEAD_FILE), "head": job.probe.head,
+            "head_sha256": storage.sha256(storage.join(root, HEAD_FILE)), "head": job.probe.head,
             "val_top1": probe.get("val_top1")}
 
 
@@ -70,10 +57,12 @@ def generator_record(job: JobConfig) -> dict | None:
     return rec
 
 
-def build_manifest(job: JobConfig, root: Path, plan: Plan, stats: dict[str, dict]) -> dict:
+def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict]) -> dict:
+    """The manifest from each shard's stats (their counts, bytes, sha256 and failures: no per-sample data)."""
     counts = {"real/train": 0, "real/val": 0, "mix/train": 0}
     shards, failures = [], []
-    for name, s in stats.items():
+    for name in sorted(stats):
+        s = stats[name]
         kind, split = shard_kind_split(name)
         counts[f"{kind}/{split}"] += s["count"]
         shards.append({"name": name, "kind": kind, "split": split, "count": s["count"],
@@ -97,20 +86,6 @@ def build_manifest(job: JobConfig, root: Path, plan: Plan, stats: dict[str, dict
     })
 
 
-def index_rows(plan: Plan, stats: dict[str, dict]) -> list[dict]:
-    records = {r["uid"]: r for s in stats.values() for r in s["samples"]}
-    rows = []
-    for r in plan.rows:
-        rec = records.get(r.uid)
-        if rec is None:  # a failed sample: listed in manifest.failures, not in the index
-            continue
-        rows.append({"uid": r.uid, "split": r.split, "kind": r.kind, "shard": r.shard,
-                     "label": r.label, "class_name": r.class_name, "parents": list(r.parents or []),
-                     "weight": r.weight, "seed": r.seed, "n_views": len(r.views),
-                     "teacher_top1": rec["teacher_top1"], "teacher_entropy": rec["teacher_entropy"]})
-    return rows
-
-
 def index_schema():
     import pyarrow as pa
 
@@ -122,29 +97,71 @@ def index_schema():
     ])
 
 
-def write_index(rows: list[dict], path: Path) -> None:
+PLAN_COLUMNS = ["uid", "split", "kind", "shard", "label", "class_name", "parents", "weight", "seed", "views"]
+ROW_GROUP = 65536   # index rows per Parquet row group
+
+
+def shard_index(plan: Plan, name: str, stats: dict):
+    """index.parquet's rows of one shard: its planned rows that were made (a failed sample is listed
+    in manifest.failures, not here), with the teacher's top-1 and entropy from the shard's stats."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = plan.table(name, PLAN_COLUMNS)
+    records = {r["uid"]: r for r in stats["samples"]}
+    uids = table.column("uid").to_pylist()
+    made = np.array([u in records for u in uids], bool)
+    top1 = [records[u]["teacher_top1"] for u in uids if u in records]
+    entropy = [records[u]["teacher_entropy"] for u in uids if u in records]
+    n_views = pc.list_value_length(table.column("views")).cast(pa.int32())
+    table = table.drop_columns(["views"]).append_column("n_views", n_views).filter(pa.array(made))
+    table = table.append_column("teacher_top1", pa.array(top1, pa.int32()))
+    table = table.append_column("teacher_entropy", pa.array(entropy, pa.float64()))
+    return table.select(index_schema().names).cast(index_schema())
+
+
+def write_release(job: JobConfig, root, plan: Plan) -> dict:
+    """Write index.parquet, README.md and manifest.json (last) for the generated shards; return the
+    manifest. Streams shard by shard: the stats of a batch of shards are read at once (concurrently
+    from object storage), their rows go to the index, and only each shard's summary is kept."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=index_schema()), sink, compression="zstd")
-    write_if_changed(path, sink.getvalue().to_pybytes())
-
-
-def write_release(job: JobConfig, root: str | Path, plan: Plan) -> dict:
-    """Write manifest.json, index.parquet and README.md for the generated shards; return the manifest."""
     from .card import dataset_card
 
-    root = Path(root)
-    stats = collect_stats(root, plan)
-    manifest = build_manifest(job, root, plan, stats)
-    write_index(index_rows(plan, stats), root / INDEX)
-    write_if_changed(root / CARD, dataset_card(manifest).encode())
+    root = str(root)
+    summaries, missing, pending = {}, [], []
+    with storage.publishing(storage.join(root, INDEX)) as local:
+        with pq.ParquetWriter(local, index_schema(), compression="zstd") as writer:
+            names = plan.shard_names()
+            for start in range(0, len(names), 256):
+                batch = names[start:start + 256]
+                found = finished_shards(root, batch, plan.fingerprint)
+                for name in batch:
+                    if name not in found:
+                        missing.append(name)
+                        continue
+                    stats = found.pop(name)
+                    if not missing:
+                        pending.append(shard_index(plan, name, stats))
+                    summaries[name] = {k: v for k, v in stats.items() if k != "samples"}
+                    if sum(len(t) for t in pending) >= ROW_GROUP:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending = []
+            if missing:
+                raise UserError(f"{len(missing)} planned shard(s) are not generated yet "
+                                f"(first: {missing[0]}); run `tsd generate` first")
+            if pending or not summaries:
+                writer.write_table(pa.concat_tables(pending) if pending else index_schema().empty_table())
+    manifest = build_manifest(job, root, plan, summaries)
+    write_if_changed(storage.join(root, CARD), dataset_card(manifest).encode())
     return write_manifest(root, manifest)
 
 
-def release_stage(job: JobConfig, out: str | Path) -> dict:
+def release_stage(job: JobConfig, out) -> dict:
     """The release files of the job folder `out`, from its plan and generated shards."""
+    out = storage.location(out)
     return write_release(job, out, read_plan(plan_path(out)))
 
 
@@ -154,7 +171,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    m = release_stage(load_job_args(args), args.out)
+    m = release_stage(load_job_args(args), storage.location(args.out))
     counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
     print(f"release: {args.out}: {counts}; {len(m['shards'])} shards, {len(m['failures'])} failed samples")
     return 0

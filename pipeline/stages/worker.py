@@ -7,15 +7,17 @@ the device's work on the neighbouring batches. The tar is published atomically, 
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import JobConfig
+from ..contract import storage
 from ..contract.device import resolve_device, torch_dtype
 from ..contract.images import decode_image, pil_to_tensor, store_image, tensor_to_pil
 from ..contract.layout import HEAD_FILE, shard_kind_split
@@ -43,16 +45,19 @@ class Failure(Exception):
 
 
 class ShardWorker:
-    def __init__(self, job: JobConfig, release_dir: str | Path, device: str = "auto", threads: int = 4):
+    def __init__(self, job: JobConfig, release_dir, device: str = "auto", threads: int = 4,
+                 origin: dict | None = None):
+        """`release_dir`: a folder or a URL; `origin`: where this worker runs (the Ray node id), for the stats."""
         quiet_libraries()
         self.job = job
-        self.root = Path(release_dir)
+        self.root = str(release_dir)
+        self.origin = {"host": socket.gethostname(), "pid": os.getpid(), **(origin or {})}
         self.device = resolve_device(device)
         self._threads_before = torch.get_num_threads()
         if self.device.type == "cpu":
             # CPU kernels split reductions by thread count: fixing it keeps reruns byte-identical
             torch.set_num_threads(max(1, int(job.generate.cpus_per_worker)))
-        self.teacher: Teacher = load_teacher(job.teacher, self.root / HEAD_FILE).to(self.device)
+        self.teacher: Teacher = load_teacher(job.teacher, storage.join(self.root, HEAD_FILE)).to(self.device)
         # the backbone in the configured precision; the small head stays fp32 (Teacher casts features)
         self.teacher.backbone.to(torch_dtype(job.teacher.dtype, self.device))
         self.limits = decode_limits(job.data.index)
@@ -86,7 +91,7 @@ class ShardWorker:
         kind, split = shard_kind_split(name)
         stats = {"kind": kind, "split": split, "count": len(samples), "planned": len(rows),
                  "failures": failures, "samples": records, "seconds": round(time.time() - t0, 3),
-                 "device": str(self.device), "plan": plan}
+                 "device": str(self.device), "plan": plan, **self.origin}
         return publish_shard(self.root, name, tar_bytes(samples), stats)
 
     def make_samples(self, rows: list[PlanRow]) -> list[Made]:

@@ -1,34 +1,39 @@
 """Reading a finished release, for the tools: its manifest, its index, and samples by uid.
 
 The one reader behind verify, regenerate, subset and viz (the trainer streams shards its own way,
-through `trainer.data`). Nothing read is ever executed: tars are read member by member into
-memory (`contract.shards.read_shard`), the index with pyarrow.
+through `trainer.data`). A release is a folder or an fsspec URL (`contract.storage`). Nothing read
+is ever executed: tars are read member by member into memory (`contract.shards.read_shard`), the
+index with pyarrow.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..contract import storage
 from ..contract.errors import UserError
-from ..contract.layout import INDEX, SHARD_SUFFIX
+from ..contract.layout import INDEX
 from ..contract.manifest import read_manifest
-from ..contract.shards import read_shard
+from ..contract.shards import read_shard, shard_url
 
 
 class ReleaseReader:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root):
+        self.root = storage.absolute(root)
         self.manifest = read_manifest(self.root)
 
-    def shard_path(self, name: str) -> Path:
-        return self.root / f"{name}{SHARD_SUFFIX}"
+    def path(self, name: str) -> str:
+        """A file of the release (e.g. 'teacher/head.safetensors')."""
+        return storage.join(self.root, name)
+
+    def shard_path(self, name: str) -> str:
+        return shard_url(self.root, name)
 
     def index_table(self, columns: list[str] | None = None):
-        import pyarrow.parquet as pq
+        from ..sources.index import read_table
 
-        path = self.root / INDEX
-        if not path.is_file():
-            raise UserError(f"{path}: not found (not a release folder?)")
-        return pq.read_table(path, columns=columns)
+        path = self.path(INDEX)
+        try:
+            return read_table(path, columns)
+        except FileNotFoundError:
+            raise UserError(f"{path}: not found (not a release folder?)") from None
 
     def index(self) -> list[dict]:
         """index.parquet rows, in file order."""
@@ -40,8 +45,8 @@ class ReleaseReader:
     def shard_samples(self, name: str, keep: set[str] | None = None) -> list[tuple[str, dict]]:
         """(uid, members) of one shard, in shard order; only the uids in `keep` when given."""
         path = self.shard_path(name)
-        with open(path, "rb") as f:
-            return [(key, members) for key, members in read_shard(f, str(path)) if keep is None or key in keep]
+        with storage.open_read(path) as f:
+            return [(key, members) for key, members in read_shard(f, path) if keep is None or key in keep]
 
     def samples(self, rows: list[dict]) -> dict[str, dict]:
         """{uid: members} for index rows (each with 'uid' and 'shard'), each shard read once."""

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import JobConfig, add_device_argument
+from ..contract import storage
 from ..contract.configlib import ConfigError, build
 from ..contract.errors import UserError
-from ..contract.ids import derive_seed, sha256_file
+from ..contract.ids import derive_seed
 from ..contract.images import decode_image
 from ..contract.layout import HEAD_FILE, INDEX, KINDS, MANIFEST
 from ..contract.samples import (M_FEATURES, M_JSON, M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS, SampleMeta, dense_logits,
@@ -46,15 +47,15 @@ class Comparison:
         return f"{where}: {self.status}: {detail}"
 
 
-def job_from_manifest(root: Path, manifest: dict) -> JobConfig:
+def job_from_manifest(root, manifest: dict) -> JobConfig:
     """The release's resolved job config, validated like a manifest (its files must exist here)."""
     try:
         return build(JobConfig, manifest["config"], "config")
     except ConfigError as e:
-        raise UserError(f"{root / MANIFEST}: {e}") from None
+        raise UserError(f"{storage.join(root, MANIFEST)}: {e}") from None
 
 
-def check_models(root: Path, job: JobConfig, manifest: dict, need_generator: bool) -> None:
+def check_models(root, job: JobConfig, manifest: dict, need_generator: bool) -> None:
     """The weights on this machine must be the ones the release was made with."""
     from ..models.teacher import weights_identity
     from ..stages.release import generator_record
@@ -63,8 +64,8 @@ def check_models(root: Path, job: JobConfig, manifest: dict, need_generator: boo
     if weights_identity(job.teacher)["sha256"] != recorded["weights"]["sha256"]:
         raise UserError(f"{job.teacher.weights}: teacher weights differ from the release's "
                               f"(sha256 {recorded['weights']['sha256']})")
-    if sha256_file(root / HEAD_FILE) != recorded["head_sha256"]:
-        raise UserError(f"{root / HEAD_FILE}: teacher head differs from the manifest's")
+    if storage.sha256(storage.join(root, HEAD_FILE)) != recorded["head_sha256"]:
+        raise UserError(f"{storage.join(root, HEAD_FILE)}: teacher head differs from the manifest's")
     if need_generator:
         have = generator_record(job)["files"]
         for name, digest in manifest["generator"]["files"].items():
@@ -149,7 +150,7 @@ def _max_diff(result: Comparison, name: str, a: np.ndarray, b: np.ndarray, tol: 
     (result.notes if diff <= tol else result.problems).append(f"{name} max diff {diff:.6g}")
 
 
-def regenerate(root: str | Path, uids: list[str], device: str = "auto", pixel_tol: int = 0,
+def regenerate(root, uids: list[str], device: str = "auto", pixel_tol: int = 0,
                logit_tol: float = 0.0, warn=print) -> list[Comparison]:
     """Rebuild `uids` from the release at `root` and compare each with its stored sample."""
     from ..sources.index import read_source_index
@@ -161,7 +162,7 @@ def regenerate(root: str | Path, uids: list[str], device: str = "auto", pixel_to
     index = release.index_by_uid()
     unknown = [u for u in uids if u not in index]
     if unknown:
-        raise UserError(f"{root / INDEX}: no sample {', '.join(unknown[:3])}"
+        raise UserError(f"{storage.join(root, INDEX)}: no sample {', '.join(unknown[:3])}"
                               f"{f' (and {len(unknown) - 3} more)' if len(unknown) > 3 else ''}")
     samples = [index[u] for u in dict.fromkeys(uids)]
     job = job_from_manifest(root, manifest)
@@ -188,7 +189,7 @@ def regenerate(root: str | Path, uids: list[str], device: str = "auto", pixel_to
 
 
 def add_arguments(p) -> None:
-    p.add_argument("release", help="release folder")
+    p.add_argument("release", help="release folder or URL")
     p.add_argument("--uid", action="append", required=True, help="a sample's uid (repeatable)")
     add_device_argument(p)
     p.add_argument("--pixel-tol", type=int, default=0, help="largest pixel difference accepted, 0..255 (default 0)")

@@ -9,15 +9,16 @@ Mixes are kept without their parents unless the parents are listed too.
 """
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
+from ..contract import storage
 from ..contract.errors import UserError
 from ..contract.files import atomic_write, read_json, write_json
-from ..contract.ids import is_uid, sha256_bytes, sha256_file
-from ..contract.layout import CARD, INDEX, MANIFEST, SHARD_SUFFIX, STATS_SUFFIX, TEACHER_DIR
+from ..contract.ids import is_uid, sha256_bytes
+from ..contract.layout import CARD, INDEX, MANIFEST, TEACHER_DIR
 from ..contract.manifest import created_now, write_manifest
-from ..contract.shards import tar_bytes
+from ..contract.shards import shard_url, stats_url, tar_bytes
 from .reader import ReleaseReader
 
 
@@ -39,20 +40,19 @@ def read_uid_file(path: str | Path) -> list[str]:
     return list(dict.fromkeys(uids))
 
 
-def write_shard(release: ReleaseReader, out: Path, shard: dict, keep: set[str],
+def write_shard(release: ReleaseReader, out: str, shard: dict, keep: set[str],
                 uids_in_shard: list[str]) -> dict | None:
     """Copy, rewrite or drop one shard; returns its new manifest entry (None when dropped)."""
     name, parent = shard["name"], release.root
     kept = [u for u in uids_in_shard if u in keep]
     if not kept:
         return None
-    src, dst = parent / f"{name}{SHARD_SUFFIX}", out / f"{name}{SHARD_SUFFIX}"
-    stats_src, stats_dst = parent / f"{name}{STATS_SUFFIX}", out / f"{name}{STATS_SUFFIX}"
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    src, dst = shard_url(parent, name), shard_url(out, name)
+    stats_src, stats_dst = stats_url(parent, name), stats_url(out, name)
     if len(kept) == len(uids_in_shard):
-        shutil.copyfile(src, dst)
-        if stats_src.is_file():
-            shutil.copyfile(stats_src, stats_dst)
+        storage.copy(src, dst)
+        if storage.isfile(stats_src):
+            storage.copy(stats_src, stats_dst)
         return dict(shard)
     samples = release.shard_samples(name, set(kept))
     if len(samples) != len(kept):
@@ -61,67 +61,77 @@ def write_shard(release: ReleaseReader, out: Path, shard: dict, keep: set[str],
     data = tar_bytes(samples)
     atomic_write(dst, data)
     entry = dict(shard, count=len(samples), bytes=len(data), sha256=sha256_bytes(data))
-    if stats_src.is_file():  # the worker's stats, narrowed to the kept samples
-        stats = read_json(stats_src) or {}
+    stats = read_json(stats_src)
+    if stats is not None:  # the worker's stats, narrowed to the kept samples
         stats.update(count=entry["count"], bytes=entry["bytes"], sha256=entry["sha256"], failures=[],
                      samples=[s for s in stats.get("samples", []) if s["uid"] in keep])
         write_json(stats_dst, stats)
     return entry
 
 
-def make_subset(release: str | Path, uids: list[str], out: str | Path, name: str | None = None) -> dict:
-    """Write the subset of `release` holding `uids` into `out` (new or empty); returns its manifest."""
+def _inside(child: str, parent: str) -> bool:
+    return child.rstrip("/") == parent.rstrip("/") or child.startswith(parent.rstrip("/") + "/")
+
+
+def make_subset(release, uids: list[str], out, name: str | None = None) -> dict:
+    """Write the subset of `release` holding `uids` into `out` (new or empty; folders or URLs); returns
+    its manifest, written last."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from ..stages.card import dataset_card
 
-    reader = ReleaseReader(Path(release).resolve())
-    parent, out, manifest = reader.root, Path(out).resolve(), reader.manifest
-    if out == parent or parent in out.parents:
+    reader = ReleaseReader(release)
+    parent, out, manifest = reader.root, storage.location(out), reader.manifest
+    if storage.is_local(parent):
+        parent = os.path.realpath(parent)
+    if storage.is_local(out):
+        out = os.path.realpath(out)
+    if _inside(out, parent):
         raise UserError(f"{out}: must not lie inside the parent release {parent}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not storage.is_empty_or_missing(out):
         raise UserError(f"{out}: exists and is not an empty folder")
     index = reader.index_table()
     known = set(index.column("uid").to_pylist())
     unknown = [u for u in uids if u not in known]
     if unknown:
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
-        raise UserError(f"{len(unknown)} uid(s) not in {parent / INDEX}: {', '.join(unknown[:3])}{more}")
+        raise UserError(f"{len(unknown)} uid(s) not in {reader.path(INDEX)}: {', '.join(unknown[:3])}{more}")
 
     keep = set(uids)
     by_shard: dict[str, list[str]] = {}
     for uid, shard in zip(index.column("uid").to_pylist(), index.column("shard").to_pylist()):
         by_shard.setdefault(shard, []).append(uid)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.make_folder(out)
     shards = [entry for s in manifest["shards"]
               if (entry := write_shard(reader, out, s, keep, by_shard.get(s["name"], []))) is not None]
-    shutil.copytree(parent / TEACHER_DIR, out / TEACHER_DIR)
+    for rel in storage.walk_files(reader.path(TEACHER_DIR)):
+        storage.copy(storage.join(reader.path(TEACHER_DIR), rel), storage.join(out, TEACHER_DIR, rel))
     sub_index = index.filter(pc.is_in(index.column("uid"), value_set=pa.array(sorted(keep))))
     sink = pa.BufferOutputStream()
     pq.write_table(sub_index, sink, compression="zstd")
-    atomic_write(out / INDEX, sink.getvalue().to_pybytes())
+    atomic_write(storage.join(out, INDEX), sink.getvalue().to_pybytes())
 
     counts = {key: 0 for key in manifest["counts"]}
     for s in shards:
         counts[f"{s['kind']}/{s['split']}"] += s["count"]
     new = dict(manifest, name=name or f"{manifest['name']}-subset", created=created_now(),
                counts=counts, shards=shards, failures=[],
-               subset_of={"name": manifest["name"], "manifest_sha256": sha256_file(parent / MANIFEST),
+               subset_of={"name": manifest["name"], "manifest_sha256": storage.sha256(reader.path(MANIFEST)),
                           "samples": sum(counts.values()), "of": sum(manifest["counts"].values())})
     card = dataset_card(new) + (
         f"\n## Subset\n\nA subset of `{manifest['name']}` (manifest sha256 `{new['subset_of']['manifest_sha256']}`): "
         f"{new['subset_of']['samples']} of its {new['subset_of']['of']} samples, made by `tsd subset`; "
         "shards keep their names and their samples' bytes.\n")
-    atomic_write(out / CARD, card.encode())
+    atomic_write(storage.join(out, CARD), card.encode())
     return write_manifest(out, new)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("release", help="release folder")
+    p.add_argument("release", help="release folder or URL")
     p.add_argument("--uids", required=True, help="text file, one uid per line ('#' starts a comment)")
-    p.add_argument("--out", required=True, help="new (or empty) folder for the subset")
+    p.add_argument("--out", required=True, help="new (or empty) folder or URL for the subset")
     p.add_argument("--name", default=None, help="the subset's release name (default: the parent's + '-subset')")
 
 

@@ -2,16 +2,16 @@
 and the index against both. Names every bad shard; reading never executes anything from it."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import hashlib
 
 import numpy as np
 
-from ..contract.ids import sha256_file
+from ..contract import storage
 from ..contract.layout import INDEX, SHARD_FOLDERS, SHARD_SUFFIX
 from ..contract.manifest import read_manifest
+from ..contract.progress import Progress
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, npy_load
-from ..contract.shards import read_shard
+from ..contract.shards import read_shard, shard_url
 
 
 def check_sample(key: str, members: dict, manifest: dict, split: str, where: str) -> str | None:
@@ -44,66 +44,85 @@ def check_sample(key: str, members: dict, manifest: dict, split: str, where: str
     return None
 
 
-def check_shard(root: Path, shard: dict, manifest: dict, quick: bool) -> tuple[list[str], list[str]]:
-    """(problems, uids) of one shard."""
-    path = root / f"{shard['name']}{SHARD_SUFFIX}"
-    if not path.is_file():
+class _Hashing:
+    """A read-only file wrapper that hashes what passes through: a shard is read once, for its
+    sha256 and its samples together (one GET on object storage)."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        while self.read(8 << 20):  # what the tar reader left unread (end-of-archive padding)
+            pass
+        return self.h.hexdigest()
+
+
+def check_shard(root, shard: dict, manifest: dict, quick: bool, size: int | None) -> tuple[list[str], list[str]]:
+    """(problems, uids) of one shard; `size` is its listed size (None: not there)."""
+    path = shard_url(root, shard["name"])
+    if size is None:
         return ["missing"], []
-    size = path.stat().st_size
     if size != shard["bytes"]:
         return [f"size {size} bytes, manifest says {shard['bytes']}"], []
     if quick:
         return [], []
-    problems = []
-    digest = sha256_file(path)
-    if digest != shard["sha256"]:
-        problems.append(f"sha256 {digest[:12]}…, manifest says {shard['sha256'][:12]}…")
-    uids = []
-    try:
-        with open(path, "rb") as f:
-            for key, members in read_shard(f, str(path)):
+    problems, uids = [], []
+    with storage.open_read(path) as f:
+        reader = _Hashing(f)
+        try:
+            for key, members in read_shard(reader, path):
                 uids.append(key)
-                bad = check_sample(key, members, manifest, shard["split"], str(path))
+                bad = check_sample(key, members, manifest, shard["split"], path)
                 if bad:
                     problems.append(bad)
                     break  # one bad sample is enough to condemn the shard; keep the report short
-    except ValueError as e:
-        problems.append(str(e).split(": ", 1)[-1])
+        except ValueError as e:
+            problems.append(str(e).split(": ", 1)[-1])
+        digest = reader.hexdigest()
+    if digest != shard["sha256"]:
+        problems.insert(0, f"sha256 {digest[:12]}…, manifest says {shard['sha256'][:12]}…")
     if not problems and len(uids) != shard["count"]:
         problems.append(f"{len(uids)} samples, manifest says {shard['count']}")
     return problems, uids
 
 
-def verify_release(root: str | Path, quick: bool = False, progress: bool = False) -> list[tuple[str, str]]:
-    """[(what, problem)] — empty when the release is intact."""
-    from tqdm import tqdm
-
-    root = Path(root)
+def verify_release(root, quick: bool = False, progress: bool = False) -> list[tuple[str, str]]:
+    """[(what, problem)] — empty when the release (a folder or a URL) is intact."""
+    root = storage.absolute(root)
     manifest = read_manifest(root)
     problems: list[tuple[str, str]] = []
     listed = {s["name"] for s in manifest["shards"]}
+    files = {prefix: storage.listing(storage.join(root, prefix)) for prefix in SHARD_FOLDERS}
     shard_uids: dict[str, list[str]] = {}
-    for shard in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
-        found, uids = check_shard(root, shard, manifest, quick)
-        problems += [(shard["name"], p) for p in found]
-        shard_uids[shard["name"]] = uids
+    with Progress("verify", len(manifest["shards"]), unit="shards", enabled=progress) as bar:
+        for shard in manifest["shards"]:
+            folder, _, base = shard["name"].partition("/")
+            found, uids = check_shard(root, shard, manifest, quick, files.get(folder, {}).get(base + SHARD_SUFFIX))
+            problems += [(shard["name"], p) for p in found]
+            shard_uids[shard["name"]] = uids
+            bar.update(1, images=shard["count"])
     for prefix in SHARD_FOLDERS:
-        for tar in sorted((root / prefix).glob(f"*{SHARD_SUFFIX}")):
-            name = f"{prefix}/{tar.name[:-len(SHARD_SUFFIX)]}"
+        for tar in sorted(n for n in files[prefix] if n.endswith(SHARD_SUFFIX) and not n.startswith(".")):
+            name = f"{prefix}/{tar[:-len(SHARD_SUFFIX)]}"
             if name not in listed:
                 problems.append((name, "shard not listed in the manifest"))
     problems += check_index(root, manifest, shard_uids, quick)
     return problems
 
 
-def check_index(root: Path, manifest: dict, shard_uids: dict, quick: bool) -> list[tuple[str, str]]:
-    import pyarrow.parquet as pq
+def check_index(root, manifest: dict, shard_uids: dict, quick: bool) -> list[tuple[str, str]]:
+    from ..sources.index import read_table
 
-    path = root / INDEX
-    if not path.is_file():
+    path = storage.join(root, INDEX)
+    if not storage.isfile(path):
         return [(INDEX, "missing")]
     try:
-        table = pq.read_table(path, columns=["uid", "shard"])
+        table = read_table(path, columns=["uid", "shard"])
     except Exception as e:  # pyarrow raises several types for a damaged file
         return [(INDEX, f"unreadable: {e}")]
     per_shard: dict[str, list[str]] = {}
@@ -123,13 +142,13 @@ def check_index(root: Path, manifest: dict, shard_uids: dict, quick: bool) -> li
 
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
-    p.add_argument("release", help="release folder")
+    p.add_argument("release", help="release folder or URL (s3://bucket/releases/x)")
     p.add_argument("--quick", action="store_true", help="sizes and counts only (no hashing, no decoding)")
 
 
 def run(args) -> int:
     """0 when the release is intact; 1 after naming each bad shard."""
-    problems = verify_release(args.release, quick=args.quick, progress=sys.stderr.isatty())
+    problems = verify_release(args.release, quick=args.quick, progress=True)
     for what, why in problems:
         print(f"BAD {what}: {why}")
     if problems:

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import add_device_argument
+from ..contract import storage
 from ..contract.errors import UserError
+from ..contract.files import atomic_write
 from ..contract.images import decode_image
 from ..contract.layout import MANIFEST
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, image_member, npy_load, teacher_mean_probs
@@ -46,9 +49,10 @@ def teacher_top1(members: dict, num_classes: int) -> tuple[int, float]:
 
 
 def save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=fig.dpi, facecolor="white")
+    """Write the PNG to `out` (a path or a URL), complete or not at all."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
+    atomic_write(out, buf.getvalue())
     return out
 
 
@@ -183,7 +187,7 @@ def teacher_features(root: Path, manifest: dict, samples: dict, uids: list[str],
     try:
         cfg = build(TeacherConfig, manifest["config"]["teacher"], "config.teacher")
     except ConfigError as e:
-        raise UserError(f"{root / MANIFEST}: {e} (the PCA needs the teacher's weights)") from None
+        raise UserError(f"{storage.join(root, MANIFEST)}: {e} (the PCA needs the teacher's weights)") from None
     backbone = load_backbone(cfg).to(device)
     t = manifest["teacher"]
     x = eval_views(samples, uids, t["img_size"], t["mean"], t["std"], manifest["views"]["eval_crop"])
