@@ -1,17 +1,31 @@
-"""Shared fixtures: one local Ray cluster per session, and one small release built by the real pipeline."""
+"""Shared fixtures: one local Ray cluster per session, one small release built by the real pipeline,
+and a real S3 API on loopback (`s3_fixtures`)."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a missing file must fail at once, not retry against a hub
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# downloaded weights go to a cache of this session, never the user's ~/.cache
+_CACHE = tempfile.mkdtemp(prefix="tsd-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["TSD_CACHE"] = _CACHE
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["s3_fixtures"]
+
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(request):
     import ray
 
+    try:  # the S3 server's environment first: Ray workers inherit the environment ray.init sees
+        request.getfixturevalue("moto_server")
+    except pytest.skip.Exception:
+        pass
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray

@@ -103,3 +103,49 @@ def test_publish_then_stats_mark_the_shard_done(tmp_path):
     assert read_stats(tmp_path, "real/train-000000", "p2") is None  # made for another plan
     (tmp_path / "real/train-000000.tar").write_bytes(data[:-512])
     assert read_stats(tmp_path, "real/train-000000") is None        # truncated tar: not done
+
+
+def _views_one_call_at_a_time(seed, width, height, k, views):
+    """The straightforward definition `sample_views_many` must equal: numpy draws one at a time."""
+    import math
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out = []
+    for _ in range(k):
+        box = None
+        for _attempt in range(10):
+            target = width * height * rng.uniform(views.scale[0], views.scale[1])
+            aspect = math.exp(rng.uniform(math.log(views.ratio[0]), math.log(views.ratio[1])))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                box = (int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
+                break
+        if box is None:
+            side = min(width, height)
+            box = ((width - side) // 2, (height - side) // 2, side, side)
+        flip = int(views.flip and rng.random() < 0.5)
+        x, y, w, h = box
+        out.append([round(x / width, 6), round(y / height, 6), round(w / width, 6), round(h / height, 6), flip])
+    return out
+
+
+def test_vectorised_views_equal_drawing_them_one_call_at_a_time():
+    import random
+
+    from pipeline.contract.views import pcg64_seeded, sample_views_many
+
+    rnd = random.Random(0)
+    specs = [Views(), Views(k=3, scale=(0.35, 1.0)), Views(k=4, scale=(0.01, 0.02), ratio=(0.1, 10.0), flip=False),
+             Views(k=2, scale=(1.0, 1.0)), Views(k=2, scale=(0.9, 1.0), ratio=(3.0, 4.0))]  # the last: many misses
+    for spec in specs:
+        seeds = [rnd.getrandbits(rnd.choice([5, 32, 33, 63])) for _ in range(150)]
+        widths = [rnd.choice([1, 2, 3, 40, 64, 255, 1000]) for _ in seeds]
+        heights = [rnd.choice([1, 4, 48, 64, 375, 999]) for _ in seeds]
+        # a short stream forces the path that redraws images whose rejections ran past it
+        for n_raw in (None, 6):
+            got = sample_views_many(seeds, widths, heights, spec.k, spec, n_raw=n_raw)
+            for i, (s, w, h) in enumerate(zip(seeds, widths, heights)):
+                assert [[*v[:4], int(v[4])] for v in got[i].tolist()] == _views_one_call_at_a_time(s, w, h, spec.k, spec)
+    seeds = [0, 1, 2**32 - 1, 2**32, 2**63 - 1] + [rnd.getrandbits(63) for _ in range(200)]
+    assert pcg64_seeded(seeds) == [(st["state"]["state"], st["state"]["inc"])
+                                   for st in (np.random.PCG64(s).state for s in seeds)]

@@ -22,7 +22,7 @@ def test_worker_alone_reproduces_the_distributed_shards(small_release, tmp_path)
     manifest = json.loads((root / MANIFEST).read_text())
     picked = [s for s in manifest["shards"] if s["name"].startswith(("mix/", "real/val"))][:2]
     for shard in picked:
-        stats = worker.run_shard(shard["name"], plan.shards()[shard["name"]], plan.fingerprint)
+        stats = worker.run_shard(shard["name"], plan.rows(shard["name"]), plan.fingerprint)
         assert stats["sha256"] == shard["sha256"], shard["name"]
     worker.close()
 
@@ -30,7 +30,7 @@ def test_worker_alone_reproduces_the_distributed_shards(small_release, tmp_path)
 def test_bad_parents_and_nan_images_are_recorded_and_the_rest_goes_on(small_release, tmp_path):
     root = small_release["root"]
     job = load_job(small_release["job_path"])
-    mixes = [r for r in read_plan(stages.plan_path(root)).rows if r.kind == "mix"][:3]
+    mixes = [r for r in read_plan(stages.plan_path(root)).iter_rows() if r.kind == "mix"][:3]
     mixes[1] = replace(mixes[1], parent_paths=[mixes[1].parent_paths[0], str(tmp_path / "gone.jpg")])
     shutil.copytree(root / TEACHER_DIR, tmp_path / TEACHER_DIR)
     worker = ShardWorker(job, tmp_path, device="cpu")

@@ -140,9 +140,9 @@ def _filesystem(url: str):
     except ImportError:
         package, extra = EXTRAS.get(scheme, (None, None))
         if package is None:
-            import fsspec.registry
+            from fsspec.registry import known_implementations
 
-            package = fsspec.registry.known_implementations.get(scheme, {}).get("class", scheme).split(".")[0]
+            package = known_implementations.get(scheme, {}).get("class", scheme).split(".")[0]
         hint = f"pip install 'tsdistill[{extra}]'" if extra else f"pip install {package}"
         raise UserError(f"{url}: the {scheme}:// scheme needs the {package} package ({hint})") from None
     except ValueError as e:
