@@ -26,8 +26,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY trainer ./trainer
-# the pipeline extra: ray, diffusers, transformers; ray pinned to the RayJob's rayVersion
-RUN pip install ".[pipeline]" "ray[default]==2.40.0"
+# the pipeline extra (ray pinned in pyproject.toml: the RayJob's rayVersion), and s3:// storage
+RUN pip install ".[pipeline,s3]" "ray[default]==2.60.0"
 
 RUN useradd --create-home --uid 1000 tsd
 USER tsd

@@ -224,15 +224,34 @@ def test_rayjob_generate_structure():
     job = raw("rayjob-generate")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     spec = job["spec"]
-    assert "tsd generate /job/job.yaml --out /data/releases/" in spec["entrypoint"]
+    for stage in ("plan", "generate", "release"):  # into object storage
+        assert f"tsd {stage} /job/job.yaml --out s3://" in spec["entrypoint"]
+    assert "tsd verify s3://" in spec["entrypoint"]
     assert spec["shutdownAfterJobFinishes"] is True
     cluster = spec["rayClusterSpec"]
-    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert cluster["authOptions"]["mode"] == "token"
+    head_pod = cluster["headGroupSpec"]["template"]["spec"]
+    head = head_pod["containers"][0]
     assert "tsdistill-worker" in head["image"]
     assert "nvidia.com/gpu" not in head["resources"].get("limits", {})
     (group,) = cluster["workerGroupSpecs"]
-    worker = group["template"]["spec"]["containers"][0]
+    worker_pod = group["template"]["spec"]
+    worker = worker_pod["containers"][0]
     assert "tsdistill-worker" in worker["image"]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert {m["mountPath"] for m in worker["volumeMounts"]} >= {"/data", "/job"}
+    assert "/job" in {m["mountPath"] for m in worker["volumeMounts"]}
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    for pod in (head_pod, worker_pod):  # no shared volume: every pod has its own disk and the bucket
+        assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert {"secretRef": {"name": "aws-creds"}} in pod["containers"][0]["envFrom"]
+
+
+def test_the_rayjob_runs_the_ray_of_pyproject():
+    import re
+    import tomllib
+
+    pipeline = tomllib.loads((MANIFESTS.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]["pipeline"]
+    (pin,) = [re.fullmatch(r"ray(\[[^]]*\])?==([\w.]+)", d.split(";")[0].strip()) for d in pipeline
+              if d.startswith("ray")]
+    assert pin, "pyproject.toml must pin one Ray version (every node and driver runs the same)"
+    assert raw("rayjob-generate")["spec"]["rayClusterSpec"]["rayVersion"] == pin.group(2)

@@ -1,0 +1,117 @@
+"""`tsd generate` on a real two-node Ray cluster started here (`ray start --head`, then
+`ray start --address`, distinct ports and temp dirs, token authentication on), writing to a bucket
+of a real S3 API, as a cluster without a shared disk would:
+
+- both nodes make shards, byte-identical to the local run; each stats file says where and how;
+- a driver without the cluster's token is refused in one line, fast;
+- the README's `ray job submit` runs as written, resumes, and its log is plain lines.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ray_cluster_fixtures import TwoNodeCluster
+
+from pipeline.contract import storage
+from pipeline.contract.layout import MANIFEST, TEACHER_DIR
+from pipeline.stages import jobdir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(moto_server):
+    if not shutil.which("ray", path=os.path.dirname(sys.executable)):
+        pytest.skip("needs the `ray` command (the pipeline extra)")
+    env = {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+           "TSD_PROGRESS_EVERY": "1"}
+    with TwoNodeCluster(include_dashboard=True, extra_env=env) as c:
+        yield c
+    assert not c.leftover_pids, c.leftover_pids
+
+
+def job_folder(small_release, url: str) -> str:
+    """The job folder in the bucket as `tsd plan` and `tsd probe` leave it: the plan and the teacher."""
+    src = small_release["root"]
+    storage.copy(str(src / jobdir.WORK / "plan.parquet"), jobdir.plan_path(url))
+    for f in sorted((src / TEACHER_DIR).iterdir()):
+        storage.copy(str(f), f"{url}/{TEACHER_DIR}/{f.name}")
+    return url
+
+
+def job_file(small_release, tmp_path) -> Path:
+    job = yaml.safe_load(Path(small_release["job_path"]).read_text())
+    job["generate"].update(workers=2, cpus_per_worker=1)  # one actor per node (each has one CPU)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def driver_env(cluster, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    path = f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}"  # `ray` and `tsd`, as installed
+    return {**env, **cluster.driver_env, "PATH": path, "TSD_PROGRESS_EVERY": "1", **extra}
+
+
+def reference_hashes(small_release) -> dict:
+    return {s["name"]: s["sha256"] for s in json.loads((small_release["root"] / MANIFEST).read_text())["shards"]}
+
+
+def test_two_nodes_make_the_local_runs_shards(small_release, s3_bucket, cluster, tmp_path):
+    root = job_folder(small_release, f"{s3_bucket}/two-nodes")
+    cmd = [sys.executable, "-m", "pipeline.cli", "generate", str(job_file(small_release, tmp_path)),
+           "--out", root, "--address", cluster.address]
+    proc = subprocess.run(cmd, env=driver_env(cluster), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = reference_hashes(small_release)
+    assert f"generate: {len(reference)} shards made" in proc.stdout
+    assert {n: storage.sha256(f"{root}/{n}.tar") for n in reference} == reference
+    stats = [json.loads(storage.read_bytes(f"{root}/{n}.stats.json")) for n in reference]
+    for s in stats:
+        assert {"node_id", "host", "pid", "device", "seconds"} <= s.keys() and s["device"] == "cpu"
+    assert len({s["node_id"] for s in stats}) == 2, "one node made every shard"
+    assert len({(s["node_id"], s["pid"]) for s in stats}) == 2
+    assert "\r" not in proc.stderr and "generate: " in proc.stderr  # progress: plain lines off a terminal
+
+
+def test_a_driver_without_the_token_is_refused_in_one_line(small_release, s3_bucket, cluster, tmp_path):
+    root = job_folder(small_release, f"{s3_bucket}/refused")
+    cmd = [sys.executable, "-m", "pipeline.cli", "generate", str(job_file(small_release, tmp_path)),
+           "--out", root, "--address", cluster.address]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, env=driver_env(cluster, RAY_AUTH_MODE="disabled"), capture_output=True, text=True,
+                          timeout=120)
+    seconds = time.monotonic() - t0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("tsd generate: error: ") and "RAY_AUTH_MODE" in lines[0]
+    assert str(cluster.token_path) in lines[0]  # the token file it looked for (RAY_AUTH_TOKEN_PATH)
+    assert seconds < 15, f"took {seconds:.1f} s: Ray's 20 s of retries were not cut short"
+
+
+@pytest.mark.cluster_submit
+def test_ray_job_submit_as_the_readme_writes_it(small_release, s3_bucket, cluster, tmp_path):
+    readme = (REPO / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("ray job submit") and "python -m pipeline.cli" in x)
+    root = job_folder(small_release, f"{s3_bucket}/job-submit")
+    # half the shards done already: the job resumes
+    reference = reference_hashes(small_release)
+    names = sorted(reference)
+    job = job_file(small_release, tmp_path)
+    ours = line.replace("http://HEAD:8265", cluster.dashboard_url).replace("manifests/cub200.yaml", str(job)) \
+        .replace("s3://bucket/releases/cub200", root).replace("--working-dir .", f"--working-dir {REPO}")
+    for n in names[:5]:
+        for suffix in (".tar", ".stats.json"):
+            storage.copy(str(small_release["root"] / f"{n}{suffix}"), f"{root}/{n}{suffix}")
+    proc = subprocess.run(ours, shell=True, env=driver_env(cluster), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (ours, proc.stdout[-3000:], proc.stderr[-3000:])
+    assert f"generate: {len(names) - 5} shards made, 5 already done" in proc.stdout, proc.stdout[-3000:]
+    assert "\r" not in proc.stdout
+    assert {n: storage.sha256(f"{root}/{n}.tar") for n in reference} == reference
