@@ -112,3 +112,24 @@ def test_config_checks_urls_before_any_model_loads(small_release, tmp_path):
     path.write_text(yaml.safe_dump({**job, "teacher": {**job["teacher"], "weights": "memory://t.safetensors"}}))
     with pytest.raises(ConfigError, match="teacher.weights_sha256: required when weights is a URL"):
         load_job(path)
+
+
+def test_bench_scale_phases_run_and_report(tmp_path):
+    """`tsd bench scale` at a tiny size, its phases in this process: a plan, shards, the driver's look, a release."""
+    import json
+
+    from pipeline.contract.manifest import read_manifest
+    from pipeline.tools import bench_scale
+
+    folder = str(tmp_path)
+    (tmp_path / "job.json").write_text(json.dumps(bench_scale.job_dict(folder, 1900, 64, 3)))
+    bench_scale.write_index(folder, 1900)
+    planned = bench_scale.phase_plan(folder)
+    assert planned["samples"] == 1900 and planned["shards"] == 32
+    bench_scale.phase_fake_shards(folder)
+    assert bench_scale.phase_bookkeeping(folder) == {"pending": 0, "shards": 32}
+    assert bench_scale.phase_release(folder) == {"indexed": 1900}
+    assert sum(read_manifest(folder)["counts"].values()) == 1900
+    row = {"size": 1900, **{p: {"seconds": 1.0, "cpu_seconds": 0.5, "peak_bytes": 1 << 28, "shards": 31}
+                            for p in ("plan", "bookkeeping", "release")}}
+    assert "plan + release 2.0 s" in bench_scale.line(row)

@@ -7,6 +7,7 @@ student: two copies would drift, and the student would no longer see what the te
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -53,10 +54,9 @@ _MIX_L, _MIX_R, _XSHIFT, _M32 = 0xCA01F9DD, 0x4973F715, 16, 0xFFFFFFFF
 _PCG_MULT, _M128 = (2549297995355413924 << 64) + 4865540595714422341, (1 << 128) - 1
 
 
-def pcg64_seeded(seeds) -> list[tuple[int, int]]:
-    """(state, inc) of `np.random.PCG64(seed)` for many seeds (0 <= seed < 2**64): numpy's
-    SeedSequence vectorised over the seeds, then PCG64's seeding steps. Making a PCG64 per seed
-    costs ~12 µs, mostly SeedSequence; this ~2 µs (tests check it against numpy)."""
+def _seed_words(seeds) -> list[np.ndarray]:
+    """numpy's SeedSequence(seed).generate_state(4, uint64) as its 8 32-bit words, for many seeds
+    (0 <= seed < 2**64) at once."""
     s = np.asarray(seeds, dtype=np.uint64)
     u32 = np.uint32
     lo, hi = (s & np.uint64(_M32)).astype(u32), (s >> np.uint64(32)).astype(u32)
@@ -78,17 +78,28 @@ def pcg64_seeded(seeds) -> list[tuple[int, int]]:
                     mixed = u32(_MIX_L) * pool[i_dst] - u32(_MIX_R) * hashmix(pool[i_src])
                     pool[i_dst] = mixed ^ (mixed >> u32(_XSHIFT))
         words, hb = [], _INIT_B
-        for i in range(8):  # generate_state(4, uint64): 8 words, little-endian pairs
+        for i in range(8):
             value = pool[i % 4] ^ u32(hb)
             hb = (hb * _MULT_B) & _M32
             value = value * u32(hb)
             words.append((value ^ (value >> u32(_XSHIFT))).astype(np.uint64))
-    halves = [(words[2 * j] | (words[2 * j + 1] << np.uint64(32))).tolist() for j in range(4)]
-    out = []
-    for a, b, c, d in zip(*halves):
+    return words
+
+
+def pcg64_raw(seeds, n: int) -> np.ndarray:
+    """[len(seeds), n]: the first n outputs of `np.random.PCG64(seed).random_raw()` for each seed.
+    Making a PCG64 per seed costs ~12 µs, mostly SeedSequence; here SeedSequence runs vectorised over
+    the seeds and one PCG64 is set to each seeded state in turn (~4 µs; tests check it against numpy)."""
+    w = [x.tolist() for x in _seed_words(seeds)]
+    bits = np.random.PCG64(0)
+    out = np.empty((len(w[0]), n), np.uint64)
+    for i, words in enumerate(zip(*w)):
+        a, b, c, d = (words[2 * j] | (words[2 * j + 1] << 32) for j in range(4))
         inc = ((((c << 64) | d) << 1) | 1) & _M128
-        state = (inc + ((a << 64) | b)) & _M128    # step from 0, add the initial state, step again
-        out.append(((state * _PCG_MULT + inc) & _M128, inc))
+        state = (inc + ((a << 64) | b)) & _M128    # PCG64's seeding: step from 0, add the initial state, step
+        bits.state = {"bit_generator": "PCG64", "state": {"state": (state * _PCG_MULT + inc) & _M128, "inc": inc},
+                      "has_uint32": 0, "uinteger": 0}
+        out[i] = bits.random_raw(n)
     return out
 
 
@@ -102,12 +113,7 @@ class _Streams:
 
     def __init__(self, seeds, n_raw: int):
         n = len(seeds)
-        self.raw = np.zeros((n, n_raw), np.uint64)
-        bits = np.random.PCG64(0)
-        for i, (state, inc) in enumerate(pcg64_seeded(seeds)):  # what PCG64(seed) would start from
-            bits.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": inc},
-                          "has_uint32": 0, "uinteger": 0}
-            self.raw[i] = bits.random_raw(n_raw)
+        self.raw = pcg64_raw(seeds, n_raw) if n else np.zeros((0, n_raw), np.uint64)
         self.pos = np.zeros(n, np.int64)
         self.has32 = np.zeros(n, bool)
         self.buf32 = np.zeros(n, np.uint64)
@@ -176,7 +182,7 @@ def sample_views_many(seeds, widths, heights, k: int, views: Views, n_raw: int |
                 break
             target = area[pending] * (lo_s + (hi_s - lo_s) * streams.double(pending))
             log_aspect = lo_r + (hi_r - lo_r) * streams.double(pending)
-            aspect = np.array([math.exp(a) for a in log_aspect.tolist()], np.float64)  # libm's exp, as before
+            aspect = np.fromiter(map(math.exp, log_aspect.tolist()), np.float64, len(log_aspect))  # libm's, as before
             w = np.rint(np.sqrt(target * aspect)).astype(np.int64)
             h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
             fits = (w > 0) & (w <= width[pending]) & (h > 0) & (h <= height[pending])
@@ -203,16 +209,21 @@ def _normalised(boxes: np.ndarray, flips: np.ndarray, width: np.ndarray, height:
     """[x/W, y/H, w/W, h/H, flip], each rounded as Python's round(value, 6) does: looked up in a
     table per distinct side (numpy's rounding differs from Python's in the last digit at times)."""
     out = np.empty(boxes.shape[:2] + (5,), np.float64)
-    for axis, (sizes, cols) in enumerate(((width, (0, 2)), (height, (1, 3)))):
+    for sizes, cols in ((width, (0, 2)), (height, (1, 3))):
         values, inverse = np.unique(sizes, return_inverse=True)
         offsets = np.concatenate([[0], np.cumsum(values + 1)])[:-1]
-        table = np.array([round(i / int(side), 6) for side in values.tolist() for i in range(int(side) + 1)],
-                         np.float64)
+        table = np.concatenate([_rounded_fractions(int(side)) for side in values.tolist()])
         base = offsets[inverse.reshape(-1)][:, None]
         for c in cols:
             out[:, :, c] = table[base + boxes[:, :, c]]
     out[:, :, 4] = flips
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _rounded_fractions(side: int) -> np.ndarray:
+    """round(i / side, 6) for i in 0..side (a dataset has few distinct sides: computed once each)."""
+    return np.array([round(i / side, 6) for i in range(side + 1)], np.float64)
 
 
 def center_view(width: int, height: int, views: Views) -> list:

@@ -297,6 +297,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                           description=__doc__.split("\n\n")[0]))
     train_bench.add_arguments(sub.add_parser("train", help="training steps from shards vs from memory",
                                              description=train_bench.__doc__.split("\n\n")[0]))
+    from . import bench_scale
+
+    bench_scale.add_arguments(sub.add_parser("scale", help="plan, driver bookkeeping and release at 10k-1M samples",
+                                             description=bench_scale.__doc__.split("\n\n")[0]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -304,6 +308,10 @@ def run(args: argparse.Namespace) -> int:
         from trainer import bench as train_bench
 
         return train_bench.run(args)
+    if args.what == "scale":
+        from . import bench_scale
+
+        return bench_scale.run(args)
     for name in ("batch", "steps", "images"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name}: must be at least 1")
