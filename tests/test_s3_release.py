@@ -78,6 +78,14 @@ def test_a_release_made_in_a_bucket_is_verified_trained_on_and_its_damage_named(
     code, out, _ = tsd(capsys, "verify", rel)
     assert code == 0 and out.strip().endswith(": OK"), out
     assert tsd(capsys, "verify", rel, "--quick")[0] == 0
+    # a subset of it, into the same bucket, is a valid release too
+    from pipeline.tools.reader import ReleaseReader
+
+    uids = ReleaseReader(rel).index_table(["uid"]).column("uid").to_pylist()[::7]
+    (tmp_path / "uids.txt").write_text("\n".join(uids))
+    assert tsd(capsys, "subset", rel, "--uids", tmp_path / "uids.txt", "--out", f"{s3_bucket}/subset")[0] == 0
+    code, out, _ = tsd(capsys, "verify", f"{s3_bucket}/subset")
+    assert code == 0, out
 
     # a student from the bucket, then evaluated on it (shards streamed by DataLoader workers)
     cfg = train_config(rel, small_release["models"], "distill", SIZES["small"])

@@ -133,3 +133,22 @@ def test_bench_scale_phases_run_and_report(tmp_path):
     row = {"size": 1900, **{p: {"seconds": 1.0, "cpu_seconds": 0.5, "peak_bytes": 1 << 28, "shards": 31}
                             for p in ("plan", "bookkeeping", "release")}}
     assert "plan + release 2.0 s" in bench_scale.line(row)
+
+
+def test_a_relative_output_inside_a_ray_job_package_is_refused(tmp_path, monkeypatch):
+    package = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    package.mkdir(parents=True)
+    monkeypatch.chdir(package)
+    with pytest.raises(UserError, match="relative path inside a Ray job lands in Ray's temporary package folder"):
+        storage.location("releases/cub200")
+    assert storage.location("/data/releases/cub200") == "/data/releases/cub200"
+    assert storage.location("s3://bucket/releases/cub200") == "s3://bucket/releases/cub200"
+    monkeypatch.chdir(tmp_path)
+    assert storage.location("releases/cub200") == str(tmp_path / "releases" / "cub200")
+
+
+def test_a_run_folder_must_be_local(capsys):
+    from trainer.train import run_training
+
+    with pytest.raises(UserError, match="the run folder must be a local path"):
+        run_training(None, "s3://bucket/runs/r50")

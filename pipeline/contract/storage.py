@@ -178,39 +178,36 @@ def _fresh(fs, path: str) -> None:
 
 
 # -- reading -------------------------------------------------------------------------------------
-def exists(target) -> bool:
+def _fresh_answer(target, local, remote):
+    """`local(path)` for a local target, else `remote(fs, path)` after dropping cached listings."""
     if is_local(target):
-        return os.path.exists(local_path(target))
+        return local(local_path(target))
     fs, path = _filesystem(str(target))
     with _remote_errors(str(target)):
         _fresh(fs, path)
-        return fs.exists(path)
+        return remote(fs, path)
+
+
+def exists(target) -> bool:
+    return _fresh_answer(target, os.path.exists, lambda fs, path: fs.exists(path))
 
 
 def isfile(target) -> bool:
-    if is_local(target):
-        return os.path.isfile(local_path(target))
-    fs, path = _filesystem(str(target))
-    with _remote_errors(str(target)):
-        _fresh(fs, path)
-        return fs.isfile(path)
+    return _fresh_answer(target, os.path.isfile, lambda fs, path: fs.isfile(path))
 
 
 def size(target) -> int | None:
     """Bytes of a file, None when there is none."""
-    if is_local(target):
-        try:
-            return os.stat(local_path(target)).st_size
-        except OSError:
-            return None
-    fs, path = _filesystem(str(target))
-    with _remote_errors(str(target)):
-        _fresh(fs, path)
+    def local(path):
+        return os.stat(path).st_size if os.path.isfile(path) else None
+
+    def remote(fs, path):
         try:
             info = fs.info(path)
         except FileNotFoundError:
             return None
-    return int(info["size"]) if info.get("type") != "directory" else None
+        return int(info["size"]) if info.get("type") != "directory" else None
+    return _fresh_answer(target, local, remote)
 
 
 def read_bytes(target) -> bytes:
@@ -309,56 +306,49 @@ def _local_tmp(path: str) -> str:
     return os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}")
 
 
-def publish_bytes(target, data: bytes) -> None:
-    """Write `data` to `target` so that readers see the whole file or none of it."""
-    if is_local(target):
-        path = local_path(target)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = _local_tmp(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
-        return
+@contextlib.contextmanager
+def _replacing(path: str):
+    """A temporary name next to local `path`; fsync'd and renamed over it when the block succeeds."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = _local_tmp(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _put(target, upload) -> None:
+    """`upload(fs, path)` to an object store: data already whole goes up in one PUT (or a multipart
+    upload completed at its end, aborted on failure), so nothing partial ever appears."""
     fs, path = _filesystem(str(target))
     with _remote_errors(str(target)):
         try:
-            # one PUT (or a multipart upload completed at the end) of bytes already whole
-            fs.pipe_file(path, bytes(data))
-        except FileNotFoundError as e:  # s3fs: "The specified bucket does not exist"
+            upload(fs, path)
+        except FileNotFoundError as e:  # s3fs: "The specified bucket does not exist"; none is created
             raise UserError(f"{target}: cannot write: {e}") from None
         _fresh(fs, path)
+
+
+def publish_bytes(target, data: bytes) -> None:
+    """Write `data` to `target` so that readers see the whole file or none of it."""
+    if is_local(target):
+        with _replacing(local_path(target)) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+    else:
+        _put(target, lambda fs, path: fs.pipe_file(path, bytes(data)))
 
 
 def publish_file(local_file: str, target) -> None:
     """Publish a finished local file as `target`, complete or not at all."""
     if is_local(target):
-        path = local_path(target)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = _local_tmp(path)
-        try:
+        with _replacing(local_path(target)) as tmp:
             shutil.copyfile(local_file, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
-        return
-    fs, path = _filesystem(str(target))
-    with _remote_errors(str(target)):
-        try:
-            fs.put_file(local_file, path)  # s3fs aborts its multipart upload on failure: nothing appears
-        except FileNotFoundError as e:
-            raise UserError(f"{target}: cannot write: {e}") from None
-        _fresh(fs, path)
+    else:
+        _put(target, lambda fs, path: fs.put_file(local_file, path))
 
 
 @contextlib.contextmanager
@@ -366,17 +356,8 @@ def publishing(target):
     """A local file to write `target` into, published (complete or not at all) when the block ends
     without an error; for big outputs written by a library (Parquet), never held in memory whole."""
     if is_local(target):
-        path = local_path(target)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = _local_tmp(path)
-        try:
+        with _replacing(local_path(target)) as tmp:
             yield tmp
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
         return
     import tempfile
 

@@ -109,20 +109,9 @@ def decode_rgb(data: bytes, *, min_size: int = DEFAULT_MIN_SIZE,
 
 def read_file(path) -> bytes:
     """The file's bytes (a local path or a URL), with the usual filesystem failures turned into rejections."""
-    if storage.is_url(path):
-        try:
-            return storage.read_bytes(path)
-        except FileNotFoundError:
-            raise ImageRejected("file not found") from None
-        except IsADirectoryError:
-            raise ImageRejected("not a regular file") from None
-        except PermissionError:
-            raise ImageRejected("unreadable (permission denied)") from None
-        except OSError as e:
-            raise ImageRejected(f"unreadable ({e.strerror or e})") from None
-        except UserError as e:  # no credentials, endpoint down: this file cannot be read here
-            raise ImageRejected(f"unreadable ({e})") from None
     try:
+        if storage.is_url(path):
+            return storage.read_bytes(path)
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             raise ImageRejected("not a regular file")
@@ -130,10 +119,14 @@ def read_file(path) -> bytes:
             return f.read()
     except FileNotFoundError:
         raise ImageRejected("file not found") from None
+    except IsADirectoryError:
+        raise ImageRejected("not a regular file") from None
     except PermissionError:
         raise ImageRejected("unreadable (permission denied)") from None
     except OSError as e:
         raise ImageRejected(f"unreadable ({e.strerror or e})") from None
+    except UserError as e:  # a URL whose storage cannot be reached from here (credentials, endpoint)
+        raise ImageRejected(f"unreadable ({e})") from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
