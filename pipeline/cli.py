@@ -85,9 +85,10 @@ COMMANDS = {
                        "Write a diffusers-layout folder (unet/, vae/, scheduler/, image_encoder/, feature_extractor/) "
                        "from an original single-file checkpoint such as ImageMixer's image-mixer-pruned.ckpt. The "
                        "checkpoint is read without executing code (torch.load weights_only=True, or safetensors)."),
-    "bench": Command("pipeline.tools.bench", "benchmarks: `tsd bench generate` and `tsd bench train`",
+    "bench": Command("pipeline.tools.bench", "benchmarks: `tsd bench generate`, `tsd bench train`, `tsd bench scale`",
                      "Measure speed against a reference in the same run. `generate`: the fused worker vs the stock "
-                     "diffusers pipeline. `train`: step rate from shards vs from in-memory tensors."),
+                     "diffusers pipeline. `train`: step rate from shards vs from in-memory tensors. `scale`: time and "
+                     "peak memory of planning, the driver's bookkeeping and the release index at 10k-1M samples."),
 }
 
 

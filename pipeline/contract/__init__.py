@@ -9,11 +9,13 @@ What both sides must agree on lives here and nowhere else, one module per concep
 - `images`: how an image is stored (size, encoder settings) and decoded;
 - `shards`: tar shards: deterministic writing, the one reader, publishing and their stats;
 - `manifest`: manifest.json read, checked and written;
+- `storage`: local folders and fsspec URLs behind one set of calls; publishing complete or not at all;
 - `files`: atomic writes and the one "skip if done" marker;
+- `progress`: the progress line of long loops (plain periodic lines off a terminal);
 - `device`: which device and dtype a process runs on;
 - `configlib`, `errors`: the strict YAML → dataclass loader, and the one user-error type.
 
-Light on purpose: numpy, PyYAML and the standard library at module level; torch and PIL only
-inside the functions that need them. It imports nothing else of the project (a test checks).
+Light on purpose: numpy, PyYAML and the standard library at module level; torch, PIL and fsspec
+only inside the functions that need them. It imports nothing else of the project (a test checks).
 docs/FORMAT.md describes the same in prose.
 """
