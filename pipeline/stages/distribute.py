@@ -113,9 +113,11 @@ def _stderr_captured():
 def check_cluster(address: str) -> None:
     """A quick look at the cluster's GCS before `ray.init`: a driver without the cluster's token
     would otherwise retry for 20 s and end in a traceback. One UserError line instead."""
-    from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError
-
+    try:
+        from ray._raylet import GcsClient  # what ray.init itself calls (private: skipped if it moves)
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return
     try:
         with _stderr_captured():
             GcsClient(address=address)
