@@ -6,12 +6,16 @@
 - SIGKILL a Ray worker in the middle of a shard's upload: the object never appears half-written,
   the retried shard completes the release and a rerun has nothing left to do.
 """
+import contextlib
+import io
 import json
 import os
 import signal
 import threading
+import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 from s3_fixtures import s3_objects
 
@@ -32,10 +36,12 @@ def bucket_hashes(root: str, names) -> dict:
     return {n: storage.sha256(f"{root}/{n}.tar") for n in names}
 
 
-def tsd(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+def tsd(*args) -> tuple[int, str, str]:
+    """`tsd ARGS` in this process (its Ray cluster is the session's): exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
 
 
 def no_colon_folders(*roots) -> list:
@@ -49,62 +55,83 @@ def upload_tree(local: Path, url: str) -> list[str]:
     return rels
 
 
-def test_a_release_made_in_a_bucket_is_verified_trained_on_and_its_damage_named(
-        small_release, s3_bucket, tmp_path, monkeypatch, capsys):
-    from pipeline.demo.runner import SIZES, train_config
+@pytest.fixture(scope="module")
+def bucket_release(small_release, moto_server, tmp_path_factory):
+    """The small release made straight into a bucket by the CLI, from sources and teacher weights in
+    the bucket too: ingest → probe → plan → generate → release, run from an empty folder."""
+    import fsspec
 
-    monkeypatch.chdir(tmp_path)
-    source, rel = small_release["root"] / "work" / "source", f"{s3_bucket}/releases/small"
-    # the source images and the teacher's weights live in the bucket too
-    files = upload_tree(source, f"{s3_bucket}/src")
-    storage.publish_bytes(f"{s3_bucket}/src/list.csv",
-                          ("path,label\n" + "".join(f"{f},{f.split('/')[0]}\n" for f in files)).encode())
-    weights = small_release["models"]["teacher"]
-    storage.copy(weights, f"{s3_bucket}/models/teacher.safetensors")
-    code, _, err = tsd(capsys, "ingest", f"{s3_bucket}/src/list.csv", "--out", f"{s3_bucket}/ingest",
-                       "--val-fraction", "0.15", "--workers", "1")
-    assert code == 0, err
-    job = yaml.safe_load(Path(small_release["job_path"]).read_text())
-    job["data"]["index"] = f"{s3_bucket}/ingest/index.parquet"
-    job["teacher"].update(weights=f"{s3_bucket}/models/teacher.safetensors", weights_sha256=sha256_file(weights))
-    job_path = tmp_path / "job.yaml"
-    job_path.write_text(yaml.safe_dump(job))
+    bucket = f"s3://tsd-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3").mkdir(bucket[5:])
+    work = tmp_path_factory.mktemp("bucket-release")
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        files = upload_tree(small_release["root"] / "work" / "source", f"{bucket}/src")
+        storage.publish_bytes(f"{bucket}/src/list.csv",
+                              ("path,label\n" + "".join(f"{f},{f.split('/')[0]}\n" for f in files)).encode())
+        weights = small_release["models"]["teacher"]
+        storage.copy(weights, f"{bucket}/models/teacher.safetensors")
+        code, _, err = tsd("ingest", f"{bucket}/src/list.csv", "--out", f"{bucket}/ingest", "--val-fraction", "0.15",
+                           "--workers", "1")
+        assert code == 0, err
+        job = yaml.safe_load(Path(small_release["job_path"]).read_text())
+        job["data"]["index"] = f"{bucket}/ingest/index.parquet"
+        job["teacher"].update(weights=f"{bucket}/models/teacher.safetensors", weights_sha256=sha256_file(weights))
+        (work / "job.yaml").write_text(yaml.safe_dump(job))
+        rel = f"{bucket}/releases/small"
+        for stage in ("probe", "plan", "generate", "release"):
+            code, _, err = tsd(stage, work / "job.yaml", "--out", rel)
+            assert code == 0, (stage, err[-3000:])
+    finally:
+        os.chdir(cwd)
+    return {"bucket": bucket, "release": rel, "work": work}
 
-    for stage in ("probe", "plan", "generate", "release"):
-        code, out, err = tsd(capsys, stage, job_path, "--out", rel)
-        assert code == 0, (stage, err[-3000:])
-    reference = reference_hashes(small_release["root"])
+
+def test_a_release_made_in_a_bucket_equals_the_local_one_and_verifies(small_release, bucket_release, tmp_path):
+    rel, reference = bucket_release["release"], reference_hashes(small_release["root"])
     assert bucket_hashes(rel, reference) == reference  # the same bytes as the release made on disk
-    code, out, _ = tsd(capsys, "verify", rel)
+    code, out, _ = tsd("verify", rel)
     assert code == 0 and out.strip().endswith(": OK"), out
-    assert tsd(capsys, "verify", rel, "--quick")[0] == 0
+    assert tsd("verify", rel, "--quick")[0] == 0
     # a subset of it, into the same bucket, is a valid release too
     from pipeline.tools.reader import ReleaseReader
 
     uids = ReleaseReader(rel).index_table(["uid"]).column("uid").to_pylist()[::7]
     (tmp_path / "uids.txt").write_text("\n".join(uids))
-    assert tsd(capsys, "subset", rel, "--uids", tmp_path / "uids.txt", "--out", f"{s3_bucket}/subset")[0] == 0
-    code, out, _ = tsd(capsys, "verify", f"{s3_bucket}/subset")
+    assert tsd("subset", rel, "--uids", tmp_path / "uids.txt", "--out", f"{bucket_release['bucket']}/subset")[0] == 0
+    code, out, _ = tsd("verify", f"{bucket_release['bucket']}/subset")
     assert code == 0, out
+    assert not no_colon_folders(bucket_release["work"], tmp_path, REPO), "a URL became a local folder"
 
-    # a student from the bucket, then evaluated on it (shards streamed by DataLoader workers)
+
+def test_a_student_trains_and_is_evaluated_from_the_bucket(small_release, bucket_release, tmp_path):
+    from pipeline.demo.runner import SIZES, train_config
+
+    rel = bucket_release["release"]
     cfg = train_config(rel, small_release["models"], "distill", SIZES["small"])
     cfg["optim"]["epochs"] = 1
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
-    code, out, err = tsd(capsys, "train", tmp_path / "train.yaml", "--out", tmp_path / "run")
+    # shards streamed from the bucket by a DataLoader worker process
+    code, out, err = tsd("train", tmp_path / "train.yaml", "--out", tmp_path / "run")
     assert code == 0 and "val top1" in out, err[-3000:]
-    code, out, err = tsd(capsys, "eval", tmp_path / "run", rel, "--workers", "0")
+    code, out, err = tsd("eval", tmp_path / "run", rel, "--workers", "0")
     assert code == 0 and "top1" in out, err[-3000:]
 
-    # flip one byte of a shard object (same size: only the full check sees it)
-    victim = sorted(reference)[1]
-    data = bytearray(storage.read_bytes(f"{rel}/{victim}.tar"))
-    data[1000] ^= 0xFF
+
+def test_verify_names_a_flipped_byte_of_a_shard_object(small_release, bucket_release):
+    rel = bucket_release["release"]
+    victim = sorted(reference_hashes(small_release["root"]))[1]
+    original = storage.read_bytes(f"{rel}/{victim}.tar")
+    data = bytearray(original)
+    data[1000] ^= 0xFF  # same size: only the full check sees it
     storage.publish_bytes(f"{rel}/{victim}.tar", bytes(data))
-    code, out, _ = tsd(capsys, "verify", rel)
-    assert code == 1 and f"BAD {victim}: sha256" in out and out.count("BAD ") == 1, out
-    assert tsd(capsys, "verify", rel, "--quick")[0] == 0
-    assert not no_colon_folders(tmp_path, REPO, small_release["root"]), "a URL became a local folder"
+    try:
+        code, out, _ = tsd("verify", rel)
+        assert code == 1 and f"BAD {victim}: sha256" in out and out.count("BAD ") == 1, out
+        assert tsd("verify", rel, "--quick")[0] == 0
+    finally:
+        storage.publish_bytes(f"{rel}/{victim}.tar", original)
 
 
 def ray_processes(title: str) -> list[int]:
