@@ -113,12 +113,21 @@ class GeneratorConfig:
     size: int = 640
     steps: int = 30
     guidance: float = 3.0
-    scheduler: Literal["ddim", "dpm", "euler", "pndm"] = "ddim"
+    # ddim/dpm/euler/pndm: diffusers' schedulers on the folder's scheduler config (ddim: 'leading' +
+    # steps_offset 1: S=30 runs 958 … 1); ldm-ddim: CompVis ldm's DDIM, 'uniform' (S=30 runs 31
+    # steps, 991 … 1); ldm-ddim-fork: the same without its largest timestep, as ImageMixer's own
+    # repo runs it (S=30: 958 … 1). See models.ldm_ddim.
+    scheduler: Literal["ddim", "dpm", "euler", "pndm", "ldm-ddim", "ldm-ddim-fork"] = "ddim"
     dtype: Dtype = "fp16"
     batch_size: int = 8                       # images per denoising batch (CFG doubles it)
-    compile: bool = False                     # torch.compile the UNet once per worker (GPU)
+    tokens: int = 5                           # image-mixer: conditioning slots (2 live, the rest zeros), as trained
     noise_level: int = 0                      # unclip only
     interpolation: Literal["slerp", "lerp"] = "slerp"  # one-token generators (sd-image-variations, unclip)
+    # speed switches (the output does not depend on them beyond float rounding):
+    compile: bool = False                     # torch.compile the UNet once per worker, fixed shapes (GPU)
+    cuda_graphs: bool = False                 # with compile: CUDA graphs over the UNet call (mode reduce-overhead)
+    attention: Literal["sdpa", "classic"] = "sdpa"   # SDPA (flash / memory-efficient kernels) or the plain math
+    vae_slice: int = 8                        # images per VAE decode call (its activations dominate memory)
 
     def check(self):
         if self.kind in registry.DIFFUSION_KINDS and self.path is None:
@@ -128,6 +137,12 @@ class GeneratorConfig:
             raise ConfigError(f"size: must be a positive multiple of 8, got {self.size}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps/batch_size: must be at least 1")
+        if self.scheduler == "ldm-ddim-fork" and self.steps < 2:
+            raise ConfigError("steps: ldm-ddim-fork drops the largest of its timesteps, so it needs at least 2")
+        if self.tokens < 2:
+            raise ConfigError(f"tokens: must be at least 2 (one per parent), got {self.tokens}")
+        if self.vae_slice < 1:
+            raise ConfigError(f"vae_slice: must be at least 1, got {self.vae_slice}")
         if self.noise_level < 0:
             raise ConfigError(f"noise_level: must be >= 0, got {self.noise_level}")
 

@@ -122,27 +122,78 @@ def test_sd_image_variations_equals_the_stock_pipeline(folders):
     assert (image.float() - reference).abs().max() <= 0.5 + 1e-3   # same float image, rounded once
 
 
+def imagemixer_demo_conditioning(embed, inputs, n_inputs=5, dim=None):
+    """ImageMixer's conditioning re-derived from its demo (justinpinkney/stable-diffusion,
+    scripts/gradio_image_mixer.py): per UI slot, `s * get_im_c(im)` for an image and
+    `torch.zeros((1, 768))` for "Nothing"; `conds = torch.cat(conds, 0).unsqueeze(0)`;
+    `uc = 0 * conds`. `get_im_c` is CLIP's `encode_image` on the stock preprocessing, unnormalised."""
+    conds = []
+    for slot in range(n_inputs):
+        if slot < len(inputs):
+            image, strength = inputs[slot]
+            conds.append(strength * embed(image))
+        else:
+            conds.append(torch.zeros((1, dim)))
+    conds = torch.cat(conds, 0).unsqueeze(0)
+    return conds, 0 * conds
+
+
+def test_image_mixer_context_is_imagemixers_five_slots(generators, folders):
+    """5 slots, the two parents' scaled embeddings in the first two, zeros in the other three; the
+    unconditional branch all zeros of the same shape; against the demo's own construction, with
+    the folder's CLIPImageProcessor (PIL) and image encoder standing in for `clip.load`."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    gen = generators["image-mixer"]
+    assert gen.cfg.tokens == 5
+    processor = CLIPImageProcessor.from_pretrained(folders["image-mixer"] / "feature_extractor")
+    encoder = CLIPVisionModelWithProjection.from_pretrained(folders["image-mixer"] / "image_encoder").eval()
+
+    def get_im_c(image):
+        pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+        with torch.no_grad():
+            return encoder(processor(images=pil, return_tensors="pt").pixel_values).image_embeds.float()
+
+    dim = encoder.config.projection_dim
+    with torch.no_grad():
+        cond = gen.conditioning(PARENTS_A[:2], PARENTS_B[:2], WEIGHTS[:2], [torch.Generator()] * 2)
+    assert cond.context.shape == cond.uncond_context.shape == (2, 5, dim)
+    for i in range(2):
+        s_a, s_b = strengths(WEIGHTS[i])
+        conds, uc = imagemixer_demo_conditioning(get_im_c, [(PARENTS_A[i], s_a), (PARENTS_B[i], s_b)], dim=dim)
+        ours = cond.context[i:i + 1]
+        assert torch.equal(ours[:, 2:], conds[:, 2:]) and torch.equal(cond.uncond_context[i:i + 1], uc)
+        # live slots: our tensor preprocessing vs PIL's two uint8 passes (≤ 3 levels), through CLIP
+        assert torch.allclose(ours[:, :2], conds[:, :2], atol=0.05 * conds.abs().max().item()), (ours, conds)
+        assert not torch.equal(ours[:, 0], torch.zeros_like(ours[:, 0]))
+    # the slot count is a setting; fewer slots change the image (zero slots still take softmax mass)
+    two = make(folders, "image-mixer", tokens=2, batch_size=1)
+    assert two.conditioning(PARENTS_A[:1], PARENTS_B[:1], [0.5], [torch.Generator()]).context.shape == (1, 2, dim)
+    assert not torch.equal(two.mix(PARENTS_A[:1], PARENTS_B[:1], [0.5], [3])[0],
+                           make(folders, "image-mixer", batch_size=1).mix(PARENTS_A[:1], PARENTS_B[:1], [0.5], [3])[0])
+
+
 def test_image_mixer_equals_the_stock_loop_given_imagemixers_conditioning(folders):
     """The stock pipeline's loop, CFG and decode, with its conditioning replaced by ImageMixer's
-    written out here: tokens [s_a·e_a, s_b·e_b] from the CLIP projected embeddings, zeros as the
-    unconditional branch (ImageMixer's demo: `uc = 0 * conds`)."""
+    written out here: 5 slots [s_a·e_a, s_b·e_b, 0, 0, 0] from the CLIP projected embeddings, zeros
+    as the unconditional branch (ImageMixer's demo: `uc = 0 * conds`)."""
     from diffusers import StableDiffusionImageVariationPipeline
 
-    class TwoTokenPipeline(StableDiffusionImageVariationPipeline):
+    class FiveSlotPipeline(StableDiffusionImageVariationPipeline):
         tokens = None
 
         def _encode_image(self, image, device, num_images_per_prompt, do_classifier_free_guidance):
             return torch.cat([torch.zeros_like(self.tokens), self.tokens])
 
     gen = make(folders, "image-mixer", batch_size=1)
-    stock = TwoTokenPipeline.from_pretrained(folders["image-mixer"])
+    stock = FiveSlotPipeline.from_pretrained(folders["image-mixer"])
     stock.set_progress_bar_config(disable=True)
     a, b, weight, seed = PARENTS_A[1], PARENTS_B[1], 0.7, 22
     with torch.no_grad():
         e_a, e_b = stock.image_encoder(gen.clip_pixels([a, b])).image_embeds
     s_a, s_b = strengths(weight)
     assert (s_a, s_b) == pytest.approx((1.0, 0.3 / 0.7))
-    stock.tokens = torch.stack([s_a * e_a, s_b * e_b])[None]
+    stock.tokens = torch.stack([s_a * e_a, s_b * e_b] + [torch.zeros_like(e_a)] * 3)[None]
     reference = stock(image=gen.clip_pixels([a]), height=SIZE, width=SIZE, num_inference_steps=STEPS,
                       guidance_scale=GUIDANCE, latents=start_noise(gen, seed), output_type="pt").images * 255
     image, _ = gen.mix([a], [b], [weight], [seed])

@@ -67,7 +67,7 @@ def test_recipe_is_the_papers_setup_and_validates(name, tmp_path):
     job = load_job(write_yaml(tmp_path / "job.yaml", localise(data, tmp_path)))
     t, g = job.teacher, job.generator
     assert (t.arch, t.img_size, t.dtype) == ("vit_giant_patch14_dinov2", 224, "bf16")
-    assert (g.kind, g.size, g.scheduler, g.steps, g.guidance, g.dtype) == ("image-mixer", 640, "ddim", 30, 3.0, "fp16")
+    assert (g.kind, g.size, g.scheduler, g.steps, g.guidance, g.dtype) == ("image-mixer", 640, "ldm-ddim", 30, 3.0, "fp16")
     assert g.path and data["generator"]["path"] == "/data/models/image-mixer-diffusers"
     assert (job.data.store_size, job.data.image_format) == (256, "jpg")
     assert job.views.k > 1 and job.probe.head == "linear"
@@ -134,7 +134,10 @@ def test_estimate_before_ingest_uses_the_expected_counts(tmp_path):
 
 def test_estimate_scales_with_the_generator_settings(tmp_path):
     job = cub_without_index(tmp_path)
+    ldm = estimate(job)["seconds_per_mix"]["target"]   # the recipe's ldm-ddim: S=30 runs 31 UNet steps
+    job.generator.scheduler = "ddim"
     base = estimate(job)["seconds_per_mix"]["target"]
+    assert ldm / base == pytest.approx(31 / 30, rel=0.01)
     job.generator.steps = 15
     assert estimate(job)["seconds_per_mix"]["target"] == pytest.approx(base / 2, rel=0.1)
     job.generator.steps, job.generator.size = 30, 320

@@ -6,8 +6,9 @@ reason per sample (None when fine). Per-sample noise comes from the sample's own
 does not depend on which other samples shared its batch.
 
 - image-mixer: the paper's SD-Mixup (lambdalabs ImageMixer, an SD-1.x image-variation finetune):
-  CLIP image embeddings of both parents, scaled by strengths derived from the weight, concatenated
-  as two conditioning tokens; zeros as the unconditional branch; DDIM + classifier-free guidance.
+  CLIP image embeddings of both parents, scaled by strengths derived from the weight, in the first
+  two of ImageMixer's 5 conditioning slots, the others zeros; zeros as the unconditional branch;
+  DDIM (ldm's, in the paper's recipes) + classifier-free guidance.
 - sd-image-variations (lambdalabs/sd-image-variations-diffusers layout): one conditioning token,
   the slerp (or lerp) of the two CLIP image embeddings at the weight; zeros as the unconditional
   branch, as the stock StableDiffusionImageVariationPipeline.
@@ -29,11 +30,14 @@ import torch.nn.functional as F
 
 from ..config import GeneratorConfig
 from ..contract.device import torch_dtype
+from .ldm_ddim import LDM_SCHEDULERS, LdmDDIM
 
 
 def strengths(weight: float) -> tuple[float, float]:
     """ImageMixer token strengths from the mixing weight: the dominant parent at 1, the other
-    scaled by the ratio of weights (an even mix gives (1, 1): ImageMixer's demo default)."""
+    scaled by the ratio of weights (an even mix gives (1, 1): ImageMixer's demo default). A choice
+    of ours: ImageMixer has no mixing weight, only a strength slider per input (0..5, default 1)
+    that multiplies that input's raw embedding."""
     top = max(weight, 1.0 - weight)
     return weight / top, (1.0 - weight) / top
 
@@ -101,12 +105,6 @@ class PixelCutmix(PixelMixup):
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler",
               "euler": "EulerDiscreteScheduler", "pndm": "PNDMScheduler"}
 
-# Images per VAE decode call. The decoder's full-resolution activations dominate its memory
-# (about 1.7 GB per 128-channel map for 16 images at 640 px in fp16, several alive at once), so a
-# large denoising batch is decoded in slices of this constant size (a fixed shape, too).
-VAE_DECODE_CHUNK = 8
-
-
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Linear interpolation; t = share of b, one value per row ([B, 1])."""
     return (1 - t) * a + t * b
@@ -166,11 +164,17 @@ class DiffusionGenerator:
     kernels pick their blocking by shape, so the same sample in a batch of another size can differ
     in the last float bits (±1 intensity level after decoding), while at a fixed shape each row is
     computed the same way whatever the other rows hold. `channels_last` is off by default: on the
-    reference H100 it made the fp16 UNet 12% slower at batch 64 (anchors: unet640_fp16_cl_b64)."""
+    reference H100 it made the fp16 UNet 12% slower at batch 64 (anchors: unet640_fp16_cl_b64).
+
+    Speed switches (GeneratorConfig): `attention` (SDPA, or the plain math to measure it against),
+    `compile` (once per worker; padding keeps one shape, so it never recompiles) and `cuda_graphs`
+    (compile mode reduce-overhead: the UNet call replayed as one CUDA graph), `vae_slice` (images
+    per VAE decode call: the decoder's full-resolution activations dominate memory, about 1.7 GB
+    per 128-channel map for 16 images at 640 px in fp16, several alive at once)."""
 
     def __init__(self, cfg: GeneratorConfig, device: torch.device, channels_last: bool = False):
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from diffusers.models.attention_processor import AttnProcessor2_0
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
         from diffusers.utils import logging as dlogging
         from transformers import CLIPVisionModelWithProjection
         from transformers.utils import logging as tlogging
@@ -186,8 +190,9 @@ class DiffusionGenerator:
         self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet", torch_dtype=self.dtype).to(device).eval()
         self.vae = AutoencoderKL.from_pretrained(self.root / "vae", torch_dtype=self.dtype).to(device).eval()
         # SDPA (flash / memory-efficient kernels on GPU): diffusers' default, stated so it stays so
-        self.unet.set_attn_processor(AttnProcessor2_0())
-        self.vae.set_attn_processor(AttnProcessor2_0())
+        attention = AttnProcessor2_0 if cfg.attention == "sdpa" else AttnProcessor
+        self.unet.set_attn_processor(attention())
+        self.vae.set_attn_processor(attention())
         self.scheduler_config = json.loads((self.root / "scheduler" / "scheduler_config.json").read_text())
         self._clip_preprocess_config()
         if device.type == "cuda":
@@ -197,9 +202,11 @@ class DiffusionGenerator:
             if channels_last:
                 self.unet.to(memory_format=torch.channels_last)
                 self.vae.to(memory_format=torch.channels_last)
+        self.cuda_graphs = bool(cfg.compile and cfg.cuda_graphs and device.type == "cuda")
         if cfg.compile and device.type == "cuda":
             # default mode (max-autotune took over 5 min on the H100), fixed shapes: compiled once per worker
-            self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False)
+            mode = "reduce-overhead" if self.cuda_graphs else None
+            self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False, mode=mode)
 
     def _clip_preprocess_config(self):
         pp = json.loads((self.root / "feature_extractor" / "preprocessor_config.json").read_text())
@@ -211,6 +218,8 @@ class DiffusionGenerator:
     def new_scheduler(self):
         import diffusers
 
+        if self.cfg.scheduler in LDM_SCHEDULERS:
+            return LdmDDIM(self.scheduler_config, self.cfg.steps, self.cfg.scheduler, self.device)
         cls = getattr(diffusers, SCHEDULERS[self.cfg.scheduler])
         sched = cls.from_config(self.scheduler_config)
         sched.set_timesteps(self.cfg.steps, device=self.device)
@@ -264,11 +273,17 @@ class DiffusionGenerator:
         images, failures = self.decode(self.denoise(cond, generators))
         return images[:real], failures[:real]
 
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """ldm keeps its latents (and the DDIM update) in float32 while the UNet runs in half
+        precision; diffusers' pipelines keep them in the UNet's dtype."""
+        return torch.float32 if self.cfg.scheduler in LDM_SCHEDULERS else self.dtype
+
     def initial_latents(self, generators: list[torch.Generator], sched) -> torch.Tensor:
         """Per-sample noise drawn on the CPU from the sample's generator: identical whatever the batch."""
         h = w = self.cfg.size // self.vae_scale
         noise = [torch.randn((self.unet.config.in_channels, h, w), generator=g) for g in generators]
-        return torch.stack(noise).to(self.device, self.dtype) * sched.init_noise_sigma
+        return torch.stack(noise).to(self.device, self.latent_dtype) * sched.init_noise_sigma
 
     @property
     def vae_scale(self) -> int:
@@ -283,7 +298,9 @@ class DiffusionGenerator:
         unet_kwargs = cond.unet_kwargs(guided)
         for t in sched.timesteps:
             x = torch.cat([latents, latents]) if guided else latents
-            x = sched.scale_model_input(x, t)
+            x = sched.scale_model_input(x, t).to(self.dtype)
+            if self.cuda_graphs:   # the previous replay's outputs are consumed: let the graph reuse them
+                torch.compiler.cudagraph_mark_step_begin()
             eps = self.unet(x, t, **unet_kwargs).sample
             if guided:
                 uncond, text = eps.chunk(2)
@@ -294,8 +311,8 @@ class DiffusionGenerator:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, list]:
         images, failures = [], []
-        for chunk in latents.split(VAE_DECODE_CHUNK):
-            x = self.vae.decode(chunk / self.vae.config.scaling_factor).sample.float()
+        for chunk in latents.split(self.cfg.vae_slice):
+            x = self.vae.decode((chunk / self.vae.config.scaling_factor).to(self.dtype)).sample.float()
             failures += [None if ok else "non-finite pixels in the generated image"
                          for ok in torch.isfinite(x).flatten(1).all(1).tolist()]
             x = torch.nan_to_num(x, nan=0.0)
@@ -304,13 +321,18 @@ class DiffusionGenerator:
 
 
 class ImageMixer(DiffusionGenerator):
-    """Conditioning tokens [s_a·e_a, s_b·e_b] (two tokens), unconditional branch = zeros
-    (ImageMixer's demo: `uc = 0 * conds`)."""
+    """Context [s_a·e_a, s_b·e_b, 0, …, 0] of `cfg.tokens` slots (5: ImageMixer was trained on 5
+    crop tokens, FrozenCLIPImageMutliEmbedder max_crops=5, and its demo fills unused inputs with
+    zeros, n_inputs=5); unconditional branch = zeros of the same shape (the demo: `uc = 0 * conds`).
+    The slots are not equivalent to fewer tokens: ldm's to_k/to_v have no bias, so each zero slot
+    adds exp(0) to every cross-attention softmax denominator. e is the raw (unnormalised) projected
+    CLIP image embedding, as the demo's `encode_image`."""
 
     def conditioning(self, parents_a, parents_b, weights, generators):
         ea, eb = self.embed(list(parents_a) + list(parents_b)).chunk(2)
         s = torch.tensor([strengths(w) for w in weights], device=self.device, dtype=ea.dtype)
-        cond = torch.stack([ea * s[:, :1], eb * s[:, 1:]], dim=1)
+        cond = ea.new_zeros((len(weights), self.cfg.tokens, ea.shape[1]))
+        cond[:, 0], cond[:, 1] = ea * s[:, :1], eb * s[:, 1:]
         return Conditioning(cond, torch.zeros_like(cond))
 
 

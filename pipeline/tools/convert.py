@@ -11,9 +11,12 @@ lambdalabs/image-mixer's `image-mixer-pruned.ckpt`, → the diffusers folder the
   embeds with the stock OpenAI ViT-L/14, i.e. openai/clip-vit-large-patch14), else the
   checkpoint's `cond_stage_model` (ldm's FrozenCLIPImageEmbedder: OpenAI CLIP under
   `cond_stage_model.model.visual.`), mapped here to transformers' layout.
-- Scheduler: DDIM on the checkpoint's schedule (LDM 'linear' = diffusers 'scaled_linear'), with
-  the sampler's conventions of the LDM DDIM (steps + 1, final alpha = alphas_cumprod[0]),
-  checked against the checkpoint's own `alphas_cumprod` when it has them.
+- Scheduler: diffusers' DDIM on the checkpoint's schedule (LDM 'linear' = diffusers
+  'scaled_linear'), checked against the checkpoint's own `alphas_cumprod` when it has them:
+  'leading' + steps_offset 1 + final alpha ᾱ_0, which at 30 steps runs the 30 timesteps 958 … 1 of
+  ImageMixer's own repo (`generator.scheduler: ldm-ddim-fork`; other step counts differ). The
+  paper's recipes sample with `ldm-ddim` (CompVis ldm's 'uniform' table, S=30: 31 timesteps
+  991 … 1), which reads only the betas from this config (models.ldm_ddim).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..config import JobConfig
 from ..contract.configlib import ConfigError
 from ..contract.images import encode_image, stored_size
+from ..models.ldm_ddim import unet_steps
 from ..models.registry import DIFFUSION_KINDS
 
 # Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from the shared bench folder:
@@ -176,14 +177,15 @@ def mix_seconds(job: JobConfig) -> tuple[dict, list[str]]:
     if gen.kind not in DIFFUSION_KINDS:
         return {"stock": 0.0, "target": 0.0}, [f"{gen.kind}: pixel-space mixes, made on the CPU (no GPU time)"]
     guided = gen.guidance > 1.0
-    model_s = mix_seconds_model(gen.size, gen.steps, guided, gen.batch_size)
+    steps = unet_steps(gen.scheduler, gen.steps)   # ldm's DDIM: its own table (S=30 runs 31)
+    model_s = mix_seconds_model(gen.size, steps, guided, gen.batch_size)
     stock_batch = 1 if gen.batch_size == 1 else 8   # the two measured stock settings
     stock = model_s / mix_seconds_model(REF_SIZE, REF_STEPS, True, stock_batch) / STOCK_IMG_S[stock_batch]
     target = model_s / mix_seconds_model(REF_SIZE, REF_STEPS, True, gen.batch_size) / FUSED_TARGET_IMG_S
     clip = 2 / CLIP_L14_IMG_S                        # both parents embedded
     unet_batch, unet_tf = unet_tflops(gen.batch_size * (2 if guided else 1))
     notes = [
-        f"compute model per mix: {gen.steps} steps × {2 if guided else 1} (CFG) UNet passes × "
+        f"compute model per mix: {steps} steps × {2 if guided else 1} (CFG) UNet passes × "
         f"{UNET640_TFLOP:.3f} TFLOP at {unet_tf:.1f} TFLOP/s (measured, UNet batch {unet_batch}) + VAE decode "
         f"{VAE640_DECODE_TFLOP:.2f} TFLOP ({VAE640_DECODE_S:.3f} s), × ({gen.size}/640)² = {model_s:.3f} s",
         f"stock diffusers pipeline: {STOCK_IMG_S[stock_batch]:.2f} img/s measured at 640 px, 30 steps, CFG, "
