@@ -16,8 +16,8 @@ Choices forced by a 2-core, 24 GiB machine shared with others (aim: peak under ~
 - One stage per process: a stage's memory is returned to the system when it exits, and its peak
   is its own (RSS summed over the process and its children, Ray's workers included, sampled every
   0.2 s: shared pages count once per process, so the sum errs high).
-- The checkpoint is memory-mapped when converted (tools.convert) and never copied; models are
-  built on the meta device where weights are assigned from a file.
+- `tsd convert` memory-maps the 5.1 GB checkpoint and builds the UNet and VAE on the meta device,
+  the checkpoint's tensors assigned as their weights: nothing is copied or randomly initialised.
 - The VAE decodes one image per call (generator.vae_slice: 1): at 640 px its full-resolution
   activations dominate the memory of a decode.
 Rerun on the same DIR: finished stages are reused, and a model file already present is kept, so
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from ..contract.device import CPU_BF16_ENV
 from .published import PUBLISHED, REHEARSAL, ModelSpec, count_checkpoint, count_folder, count_safetensors, paths
 
 GIB = 1024 ** 3
@@ -55,7 +56,7 @@ class RealSizeRun:
     mixes: int = 4
     views: int = 2
     train_batch: int = 8
-    env: dict = field(default_factory=lambda: {"TSD_CPU_BF16": "1"})
+    env: dict = field(default_factory=lambda: {CPU_BF16_ENV: "1"})
 
 
 RUNS = {"published": RealSizeRun(PUBLISHED),
