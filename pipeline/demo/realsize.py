@@ -238,7 +238,7 @@ def run_real_size(out: str | Path, run_name: str = "published") -> dict:
     vm = psutil.virtual_memory()
     print(f"[real-size] {out} ({run_name} models): {vm.total / GIB:.1f} GiB memory, {vm.available / GIB:.1f} GiB "
           f"available, {os.cpu_count()} CPUs", flush=True)
-    t0 = time.time()
+    t0, load_start = time.time(), os.getloadavg()[0]   # other jobs on the machine stretch the wall times
     stages = Stages(work, env)
     models = paths(models_dir, spec)
 
@@ -307,6 +307,7 @@ def run_real_size(out: str | Path, run_name: str = "published") -> dict:
         "parameters": [{"model": m, "params": n, "file": f} for m, n, f in counts],
         "eval": evals,
         "memory_total_gib": round(vm.total / GIB, 1), "cpus": os.cpu_count(),
+        "load_average": {"start": round(load_start, 1), "end": round(os.getloadavg()[0], 1)},
     }
     (work / "real-size-summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary, out)
@@ -319,7 +320,8 @@ def print_summary(s: dict, out: Path) -> None:
     print(f"{'stage':<30}{'wall s':>9}{'peak RSS GiB':>14}  note")
     for r in s["stages"]:
         print(f"{r['name']:<30}{r['seconds']:>9.1f}{r['peak_rss_gib']:>14.2f}  {r['note']}")
-    print(f"{'total':<30}{s['wall_s']:>9.1f}{s['peak_rss_gib']:>14.2f}  (peak: the largest stage)")
+    print(f"{'total':<30}{s['wall_s']:>9.1f}{s['peak_rss_gib']:>14.2f}  (peak: the largest stage; load average "
+          f"{s['load_average']['start']} at the start, {s['load_average']['end']} at the end, {s['cpus']} CPUs)")
     print()
     print(f"{'model (parameters counted from the files written)':<58}{'parameters':>16}")
     for p in s["parameters"]:

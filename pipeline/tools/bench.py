@@ -4,7 +4,7 @@ the same random-weight models (speed does not depend on the values), plus the te
 Timed, warm-up calls excluded, CUDA synchronised around each timed region:
   (a) the stock StableDiffusionImageVariationPipeline, one image per call (what a user would run),
   (b) the same pipeline with --batch images per call,
-  (c) the fused `ImageMixer.mix` at --batch (two-token conditioning, both CFG branches in one UNet
+  (c) the fused `ImageMixer.mix` at --batch (5-slot conditioning, both CFG branches in one UNet
       call, per-sample seeds, chunked VAE decode),
   (d) the teacher forward: DINOv2 ViT-g/14 at 224 px bf16 (imagemixer) or the tiny teacher (tiny).
 FLOPs per generated image (torch.utils.flop_counter): one UNet call at batch 1 × 2·steps (the
@@ -189,11 +189,11 @@ def measure(args: argparse.Namespace) -> dict:
         stock = StableDiffusionImageVariationPipeline.from_pretrained(folder).to(device, dtype)
         stock.set_progress_bar_config(disable=True)
 
-        # FLOPs per image: the eager UNet (not a compiled wrapper) at batch 1 with ImageMixer's two tokens
+        # FLOPs per image: the eager UNet (not a compiled wrapper) at batch 1 with ImageMixer's 5 slots
         unet = getattr(gen.unet, "_orig_mod", gen.unet)
         side = size.image // gen.vae_scale
         z = torch.randn(1, unet.config.in_channels, side, side, device=device, dtype=dtype)
-        tokens = torch.randn(1, 2, unet.config.cross_attention_dim, device=device, dtype=dtype)
+        tokens = torch.randn(1, cfg.tokens, unet.config.cross_attention_dim, device=device, dtype=dtype)
         t = torch.tensor(500, device=device)
         unet_flops = count_flops(lambda: unet(z, t, encoder_hidden_states=tokens))
         vae_flops = count_flops(lambda: gen.vae.decode(z))
