@@ -21,7 +21,7 @@ SD_SCHEDULE = dict(tiny.sd_ddim_scheduler().config)   # what `tsd convert` write
 
 
 def ldm_alphas_cumprod():
-    """ddpm.py register_schedule on make_beta_schedule('linear', 1000, 0.00085, 0.012): float64, then the fp32 buffer."""
+    """ddpm.py register_schedule on make_beta_schedule('linear', 1000, 0.00085, 0.012): float64, then fp32."""
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
     return torch.tensor(np.cumprod(1.0 - betas.numpy(), axis=0), dtype=torch.float32)
 
@@ -82,7 +82,8 @@ def test_the_fork_drops_the_largest_timestep_and_equals_diffusers_leading_only_a
 
     for S in (30, 50, 60, 10):
         run, _, _, _ = ldm_schedule(S, fork=True)
-        assert denoising_timesteps("ldm-ddim-fork", S) == run == LdmDDIM(SD_SCHEDULE, S, "ldm-ddim-fork").timesteps.tolist()
+        ours = LdmDDIM(SD_SCHEDULE, S, "ldm-ddim-fork").timesteps.tolist()
+        assert denoising_timesteps("ldm-ddim-fork", S) == run == ours
     diffusers = DDIMScheduler.from_config(SD_SCHEDULE)
     diffusers.set_timesteps(30)
     assert diffusers.timesteps.tolist() == denoising_timesteps("ldm-ddim-fork", 30)

@@ -67,7 +67,8 @@ def test_recipe_is_the_papers_setup_and_validates(name, tmp_path):
     job = load_job(write_yaml(tmp_path / "job.yaml", localise(data, tmp_path)))
     t, g = job.teacher, job.generator
     assert (t.arch, t.img_size, t.dtype) == ("vit_giant_patch14_dinov2", 224, "bf16")
-    assert (g.kind, g.size, g.scheduler, g.steps, g.guidance, g.dtype) == ("image-mixer", 640, "ldm-ddim", 30, 3.0, "fp16")
+    assert (g.kind, g.size, g.scheduler, g.steps, g.guidance, g.dtype, g.tokens) == \
+        ("image-mixer", 640, "ldm-ddim", 30, 3.0, "fp16", 5)
     assert g.path and data["generator"]["path"] == "/data/models/image-mixer-diffusers"
     assert (job.data.store_size, job.data.image_format) == (256, "jpg")
     assert job.views.k > 1 and job.probe.head == "linear"

@@ -28,12 +28,14 @@ import torch
 # openai/clip-vit-large-patch14's config.json (transformers CLIPConfig)
 OPENAI_CLIP_VIT_L14 = {
     "projection_dim": 768,
-    "text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
-                    "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 768, "hidden_act": "quick_gelu"},
-    "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
-                      "patch_size": 14, "image_size": 224, "projection_dim": 768, "hidden_act": "quick_gelu"},
+    "text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                    "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408,
+                    "projection_dim": 768, "hidden_act": "quick_gelu"},
+    "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                      "num_hidden_layers": 24, "patch_size": 14, "image_size": 224, "projection_dim": 768,
+                      "hidden_act": "quick_gelu"},
 }
-# ImageMixer's UNet and VAE: SD 1.x (image-mixer-config.yaml's unet_config / first_stage_config) as diffusers builds them
+# ImageMixer's UNet and VAE: SD 1.x (image-mixer-config.yaml's unet_config / first_stage_config), in diffusers' terms
 SD1_UNET = {"sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
             "block_out_channels": (320, 640, 1280, 1280),
             "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -173,7 +175,9 @@ def ldm_schedule(timesteps: int = 1000, linear_start: float = 0.00085, linear_en
     """The 12 buffers LDM's `register_schedule` keeps (float64 math, stored float32; v_posterior 0)."""
     import numpy as np
 
-    betas = np.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=np.float64) ** 2
+    from ..models.ldm_ddim import ldm_betas
+
+    betas = ldm_betas(timesteps, linear_start, linear_end)
     alphas = 1.0 - betas
     cumprod = np.cumprod(alphas, axis=0)
     prev = np.append(1.0, cumprod[:-1])
@@ -257,7 +261,8 @@ def write_image_mixer(models: Path, spec: ModelSpec) -> Path:
 
 # -- counting what was written ----------------------------------------------------------------------
 CKPT_GROUPS = (("UNet", "model.diffusion_model."), ("VAE", "first_stage_model."),
-               ("CLIP visual", "cond_stage_model.model.visual."), ("CLIP text-side leftovers", "cond_stage_model.model."),
+               ("CLIP visual", "cond_stage_model.model.visual."),
+               ("CLIP text-side leftovers", "cond_stage_model.model."),
                ("EMA bookkeeping", "model_ema."), ("schedule buffers", ""))
 
 

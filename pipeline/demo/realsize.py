@@ -176,7 +176,8 @@ def job_config(run: RealSizeRun, models: dict, index: Path) -> dict:
                       "batch_size": 2, "vae_slice": 1},
         "generate": {"shard_size": 256, "workers": 1, "cpus_per_worker": os.cpu_count() or 1},
         "release": {"name": "tsdistill-real-size-demo", "license": "cc0-1.0",
-                    "description": "tsd demo --real-size: procedural images, random-weight models at the paper's sizes."},
+                    "description": "tsd demo --real-size: procedural images, random-weight models at the "
+                                   "paper's sizes."},
     }
 
 

@@ -58,13 +58,20 @@ def unet_steps(scheduler: str, steps: int, num_train_timesteps: int = 1000) -> i
     return steps
 
 
+def ldm_betas(num_train_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012):
+    """ldm's 'linear' schedule (`make_beta_schedule`): linspace of sqrt(beta), squared, float64 numpy."""
+    import numpy as np
+
+    return np.linspace(linear_start ** 0.5, linear_end ** 0.5, num_train_timesteps, dtype=np.float64) ** 2
+
+
 def ldm_alphas_cumprod(num_train_timesteps: int, linear_start: float, linear_end: float):
-    """ᾱ_t of ldm's 'linear' schedule (`make_beta_schedule`, then `register_schedule`'s float32 buffer)."""
+    """ᾱ_t as ldm holds it (`register_schedule`: the float64 cumprod, kept as a float32 buffer)."""
     import numpy as np
     import torch
 
-    betas = np.linspace(linear_start ** 0.5, linear_end ** 0.5, num_train_timesteps, dtype=np.float64) ** 2
-    return torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
+    return torch.tensor(np.cumprod(1.0 - ldm_betas(num_train_timesteps, linear_start, linear_end)),
+                        dtype=torch.float32)
 
 
 class LdmDDIM:

@@ -151,13 +151,41 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> tuple[float, str
     return 2 * n ** 3 / times[len(times) // 2], str(dt).removeprefix("torch.")
 
 
+def cuda_settings(device: torch.device) -> None:
+    """The process-wide settings the generator sets, for the stock pipeline as for ours."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def load_stock(folder: Path, device: torch.device, dtype: torch.dtype):
+    from diffusers import StableDiffusionImageVariationPipeline
+
+    stock = StableDiffusionImageVariationPipeline.from_pretrained(folder).to(device, dtype)
+    stock.set_progress_bar_config(disable=True)
+    return stock
+
+
+def stock_rates(stock, pil, image: int, steps: int, guidance: float, batch: int, images: int,
+                device: torch.device) -> dict:
+    """Images/s of the stock pipeline at one image per call (`images` calls) and at `batch` per
+    call (enough calls for `images`)."""
+    common = dict(height=image, width=image, num_inference_steps=steps, guidance_scale=guidance, output_type="pil")
+    calls = math.ceil(images / batch)
+    with warnings.catch_warnings():   # random weights can give NaN pixels: the stock PIL cast warns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        one = images / timed(lambda: stock(image=pil, **common), images, device)
+        batched = calls * batch / timed(lambda: stock(image=[pil] * batch, **common), calls, device)
+    return {"stock_1": one, "stock_batched": batched}
+
+
 def random_parents(n: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 256, (3, 375, 500), generator=g, dtype=torch.uint8) for _ in range(n)]
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from diffusers import StableDiffusionImageVariationPipeline
     from PIL import Image
 
     from ..config import GeneratorConfig
@@ -171,10 +199,7 @@ def measure(args: argparse.Namespace) -> dict:
     size = replace(size, **{k: v for k, v in (("batch", args.batch), ("steps", args.steps), ("images", args.images))
                             if v is not None})
     calls = math.ceil(size.images / size.batch)
-    if device.type == "cuda":   # the same process-wide settings for the stock pipeline as for ours
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    cuda_settings(device)
     res = {"size": args.size, **asdict(size), "dtype": str(dtype).removeprefix("torch."), "compile": args.compile,
            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__}
     peak, peak_dtype = matmul_ceiling(device, dtype)
@@ -186,8 +211,7 @@ def measure(args: argparse.Namespace) -> dict:
                               guidance=size.guidance, scheduler="ddim", dtype=args.dtype, batch_size=size.batch,
                               compile=args.compile)
         gen = ImageMixer(cfg, device)
-        stock = StableDiffusionImageVariationPipeline.from_pretrained(folder).to(device, dtype)
-        stock.set_progress_bar_config(disable=True)
+        stock = load_stock(folder, device, dtype)
 
         # FLOPs per image: the eager UNet (not a compiled wrapper) at batch 1 with ImageMixer's 5 slots
         unet = getattr(gen.unet, "_orig_mod", gen.unet)
@@ -205,20 +229,12 @@ def measure(args: argparse.Namespace) -> dict:
 
         parents_a, parents_b = random_parents(size.batch, 1), random_parents(size.batch, 2)
         pil = Image.fromarray(parents_a[0].permute(1, 2, 0).numpy())
-        common = dict(height=size.image, width=size.image, num_inference_steps=size.steps,
-                      guidance_scale=size.guidance, output_type="pil")
         weights = [0.5] * size.batch
         seeds = list(range(size.batch))
         failures = []
-        with warnings.catch_warnings():   # random weights can give NaN pixels: the stock PIL cast warns
-            warnings.simplefilter("ignore", RuntimeWarning)
-            rates = {
-                "stock_1": size.images / timed(lambda: stock(image=pil, **common), size.images, device),
-                "stock_batched": calls * size.batch / timed(lambda: stock(image=[pil] * size.batch, **common),
-                                                            calls, device),
-                "fused": calls * size.batch / timed(
-                    lambda: failures.extend(gen.mix(parents_a, parents_b, weights, seeds)[1]), calls, device),
-            }
+        rates = stock_rates(stock, pil, size.image, size.steps, size.guidance, size.batch, size.images, device)
+        rates["fused"] = calls * size.batch / timed(
+            lambda: failures.extend(gen.mix(parents_a, parents_b, weights, seeds)[1]), calls, device)
         if args.channels_last:
             gen_cl = ImageMixer(cfg, device, channels_last=True)
             rates["fused_channels_last"] = calls * size.batch / timed(

@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -39,7 +37,7 @@ import torch
 
 from ..contract.device import resolve_device, torch_dtype
 from ..runtime import quiet_libraries
-from .bench import build_models, matmul_ceiling, random_parents, synchronize, timed
+from .bench import build_models, cuda_settings, load_stock, matmul_ceiling, random_parents, stock_rates, synchronize
 
 TARGETS = {"worker_img_per_s": 5.0, "worker_vs_stock_batched": 1.9, "teacher_img_per_s": 900.0,
            "trainer_shards_over_memory": 0.9}
@@ -183,26 +181,17 @@ def sweep_variants(size: GpuBenchSize, device: torch.device, compile_modes) -> l
 
 
 # -- stock pipeline --------------------------------------------------------------------------------
-def stock_rates(folder: Path, size: GpuBenchSize, device: torch.device, dtype: torch.dtype, images: int) -> dict:
-    from diffusers import StableDiffusionImageVariationPipeline
+def stock(folder: Path, size: GpuBenchSize, device: torch.device, dtype: torch.dtype, images: int) -> dict:
     from PIL import Image
 
-    stock = StableDiffusionImageVariationPipeline.from_pretrained(folder).to(device, dtype)
-    stock.set_progress_bar_config(disable=True)
+    pipe = load_stock(folder, device, dtype)
     pil = Image.fromarray(random_parents(1, 1)[0].permute(1, 2, 0).numpy())
-    common = dict(height=size.image, width=size.image, num_inference_steps=size.steps,
-                  guidance_scale=size.guidance, output_type="pil")
-    calls = math.ceil(images / size.stock_batch)
-    with warnings.catch_warnings():   # random weights can give NaN pixels: the stock PIL cast warns
-        warnings.simplefilter("ignore", RuntimeWarning)
-        one = images / timed(lambda: stock(image=pil, **common), images, device)
-        batched = calls * size.stock_batch / timed(lambda: stock(image=[pil] * size.stock_batch, **common),
-                                                   calls, device)
-    del stock
+    rates = stock_rates(pipe, pil, size.image, size.steps, size.guidance, size.stock_batch, images, device)
+    del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"stock_1_img_per_s": one, "stock_batched_img_per_s": batched, "stock_batch": size.stock_batch,
-            "stock_unet_steps": size.steps}
+    return {"stock_1_img_per_s": rates["stock_1"], "stock_batched_img_per_s": rates["stock_batched"],
+            "stock_batch": size.stock_batch, "stock_unet_steps": size.steps}
 
 
 # -- trainer -------------------------------------------------------------------------------------------
@@ -235,10 +224,7 @@ def measure(args: argparse.Namespace) -> dict:
         size = replace(size, mixes=args.mixes)
     dtype = torch_dtype(args.dtype, device)
     threads = torch.get_num_threads()
-    if device.type == "cuda":   # the same process-wide settings for the stock pipeline as for ours
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    cuda_settings(device)
     res = {"size": args.size, **{k: v for k, v in asdict(size).items() if k != "trainer"},
            "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -254,7 +240,7 @@ def measure(args: argparse.Namespace) -> dict:
         rows = planned_mixes(job)
         res["mixes"] = len(rows)
         log("stock pipeline …")
-        res.update(stock_rates(model, size, device, dtype, images=min(len(rows), 2 * size.stock_batch)))
+        res.update(stock(model, size, device, dtype, images=min(len(rows), 2 * size.stock_batch)))
         worker = BenchWorker(job, release, device)
         try:
             sweep = []
