@@ -10,7 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_gpu_bench_prints_one_json_with_the_ratios():
-    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    # one thread: nothing here asserts a speed, and a single thread is immune to the OpenMP spin-waits
+    # that make two threads on an oversubscribed (shared) CPU several times slower
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(REPO / "bench" / "gpu.sh"), "--size", "tiny", "--device", "cpu"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -21,7 +23,7 @@ def test_tiny_gpu_bench_prints_one_json_with_the_ratios():
                 "sdpa_speedup", "peak_tflops"):
         assert res[key] > 0, key
     assert res["worker_vs_stock_batched"] == res["worker_img_per_s"] / res["stock_batched_img_per_s"]
-    assert res["worker_unet_steps"] == 2 and res["mixes"] == 4
+    assert res["worker_unet_steps"] == 2 and res["mixes"] == 2
     sweep = res["sweep"]   # batch sizes × compile (off only on a CPU), plus the attention and VAE-slice levers
     assert [s["batch_size"] for s in sweep if "attention" not in s and "vae_slice" not in s] == [1, 2]
     assert not any(s["compile"] for s in sweep)

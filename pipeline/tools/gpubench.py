@@ -56,19 +56,20 @@ class GpuBenchSize:
     batches: tuple              # worker batch sizes swept
     views: int                  # K recorded views (teacher passes per sample)
     teacher_batch: int
+    source_sizes: tuple         # side range of the parent images (px)
     trainer: dict = field(default_factory=dict)   # student arch → `tsd bench train` settings
 
 
 SIZES = {
-    "tiny": GpuBenchSize(image=64, steps=2, guidance=3.0, scheduler="ldm-ddim", stock_batch=2, mixes=4,
-                         batches=(1, 2), views=2, teacher_batch=32,
-                         # ViT-S/16 is built for 224 px (timm's fixed grid): smaller batches there
-                         trainer={"resnet50": dict(img_size=32, batch_size=4, steps=2, warmup=1, workers=0, images=16,
+    "tiny": GpuBenchSize(image=64, steps=2, guidance=3.0, scheduler="ldm-ddim", stock_batch=2, mixes=2,
+                         batches=(1, 2), views=2, teacher_batch=32, source_sizes=(64, 128),
+                         # a code-path check: one step each; ViT-S/16 is built for 224 px (timm's fixed grid)
+                         trainer={"resnet50": dict(img_size=32, batch_size=2, steps=1, warmup=0, workers=0, images=4,
                                                    store_size=40),
-                                  "vit_small_patch16_224": dict(img_size=224, batch_size=2, steps=1, warmup=1,
-                                                                workers=0, images=8, store_size=40)}),
+                                  "vit_small_patch16_224": dict(img_size=224, batch_size=2, steps=1, warmup=0,
+                                                                workers=0, images=4, store_size=40)}),
     "imagemixer": GpuBenchSize(image=640, steps=30, guidance=3.0, scheduler="ldm-ddim", stock_batch=8, mixes=32,
-                               batches=(8, 16, 32), views=10, teacher_batch=256,
+                               batches=(8, 16, 32), views=10, teacher_batch=256, source_sizes=(360, 500),
                                trainer={arch: dict(img_size=224, batch_size=256, steps=30, warmup=5,
                                                    workers=min(16, os.cpu_count() or 1), images=4096, store_size=256)
                                         for arch in STUDENTS}),
@@ -95,9 +96,9 @@ def write_job(size_name: str, size: GpuBenchSize, folder: Path, model: Path, dev
     from ..sources.ingest import ingest
     from .bench import TEACHER_IMAGEMIXER
 
-    # parents the size of the datasets' photos (500x375-ish), stored at the recipes' 256 px
-    write_toy_dataset(folder / "source", num_classes=4, per_class=max(4, size.mixes // 2), seed=0,
-                      size_range=(360, 500))
+    # parents the size of the datasets' photos (500x375-ish at imagemixer), stored at the recipes' 256 px
+    write_toy_dataset(folder / "source", num_classes=4, per_class=max(2, size.mixes // 4), seed=0,
+                      size_range=size.source_sizes)
     ingest(folder / "source", folder / "ingest", val_fraction=0.1, seed=0, workers=1)
     if size_name == "tiny":
         t = TinySizes()
