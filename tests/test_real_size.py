@@ -2,7 +2,7 @@
 
 By default: the published layouts counted on the meta device (no memory: the counts the real files
 must have), and the same writers at tiny sizes loaded back through the recipes' loaders (timm's
-file overlay, `tsd convert`, the generator). The real-size run itself (~20 min, ~14 GiB) and its
+file overlay, `tsd convert`, the generator). The real-size run itself (< 25 min, ~10 GiB) and its
 tiny rehearsal are behind the `slow_real` marker:
 
     python -m pytest -q -m slow_real tests/test_real_size.py

@@ -263,8 +263,8 @@ def add_arguments(p) -> None:
                    help="'demo' (default) or 'small' (fewer images and steps; what the tests run)")
     p.add_argument("--real-size", action="store_true",
                    help="every stage with random-weight models at the paper's sizes (DINOv2 ViT-g/14, ImageMixer, "
-                        "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: about 20 min and "
-                        "14 GiB on 2 CPU cores, 17 GB of disk; prints time and peak memory per stage")
+                        "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: under 25 min on 2 CPU "
+                        "cores, 10 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
 
 
 def run(args) -> int:
