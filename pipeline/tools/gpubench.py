@@ -123,10 +123,10 @@ def write_job(size_name: str, size: GpuBenchSize, folder: Path, model: Path, dev
     return job, release
 
 
-def planned_mixes(job) -> list:
-    from ..stages.plan import make_plan
+def planned_mixes(job, folder) -> list:
+    from ..stages.plan import write_plan
 
-    return [r for r in make_plan(job).rows if r.kind == "mix"]
+    return [r for r in write_plan(job, folder / "plan.parquet").iter_rows() if r.kind == "mix"]
 
 
 class BenchWorker:
@@ -238,7 +238,7 @@ def measure(args: argparse.Namespace) -> dict:
         log("building the models and the job …")
         model = build_models(args.size, tmp / "models", dtype)
         job, release = write_job(args.size, size, tmp, model, device, args.dtype, threads)
-        rows = planned_mixes(job)
+        rows = planned_mixes(job, tmp)
         res["mixes"] = len(rows)
         log("stock pipeline …")
         res.update(stock(model, size, device, dtype, images=min(len(rows), 2 * size.stock_batch)))
