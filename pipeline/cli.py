@@ -2,13 +2,18 @@
 
 Each subcommand is a module exposing `add_arguments(parser)` (its flags, declared once) and
 `run(args) -> exit code`. Only the invoked command's module is imported, so `tsd train` never
-loads the generation side and `tsd --help` loads no model library. Every user-facing failure is a
-`UserError`, printed here once as `tsd <command>: error: …` with exit code 2.
+loads the generation side and `tsd --help` loads no model library.
+
+One error path: every failure is printed here, once, as `tsd <command>: error: …` on one line on
+stderr, after any progress bar is closed. Exit status 2: the input is wrong (`UserError`); 1: the
+job ran and failed (`JobFailed`, or an unexpected exception: its traceback is shown only with
+TSD_TRACEBACK=1); 130: interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -85,6 +90,9 @@ COMMANDS = {
                        "Write a diffusers-layout folder (unet/, vae/, scheduler/, image_encoder/, feature_extractor/) "
                        "from an original single-file checkpoint such as ImageMixer's image-mixer-pruned.ckpt. The "
                        "checkpoint is read without executing code (torch.load weights_only=True, or safetensors)."),
+    "config-doc": Command("pipeline.tools.configdoc", "every config key: type, default, range, meaning",
+                          "Print (or write with --out) the Markdown reference of every key of the job manifest and "
+                          "the training config, generated from the config dataclasses: docs/CONFIG.md is its output."),
     "bench": Command("pipeline.tools.bench", "benchmarks: `tsd bench generate`, `tsd bench train`, `tsd bench scale`",
                      "Measure speed against a reference in the same run. `generate`: the fused worker vs the stock "
                      "diffusers pipeline. `train`: step rate from shards vs from in-memory tensors. `scale`: time and "
@@ -107,18 +115,45 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .contract.errors import UserError
+    from .contract.errors import JobFailed, UserError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    name = f"tsd {args.command}"
     try:
         return int(importlib.import_module(COMMANDS[args.command].module).run(args) or 0)
     except UserError as e:  # the user's input is wrong: one line, no traceback
-        print(f"tsd {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return fail(name, str(e), 2)
+    except JobFailed as e:  # the job ran and failed
+        return fail(name, str(e), 1)
     except KeyboardInterrupt:
-        print(f"tsd {args.command}: interrupted", file=sys.stderr)
+        close_progress_bars()
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug, or a library's error we did not foresee: still one line
+        if os.environ.get("TSD_TRACEBACK"):
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        return fail(name, f"unexpected {type(e).__name__}{': ' + first if first else ''} "
+                          "(set TSD_TRACEBACK=1 to see the traceback)", 1)
+
+
+def fail(name: str, message: str, code: int) -> int:
+    """Print `<name>: error: <message>` as one line on stderr, below any progress bar; return `code`."""
+    close_progress_bars()
+    print(f"{name}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return code
+
+
+def close_progress_bars() -> None:
+    """Close the bars still open (a failure skipped their `close`), so the message gets a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error itself
+            pass
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

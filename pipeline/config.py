@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from .contract import storage
-from .contract.configlib import ConfigError, load, parse_overrides, path_field, require_file, require_weights
+from .contract.configlib import (ConfigError, check_weights_header, load, parse_overrides, path_field, ranged,
+                                 require_file, require_weights)
 from .contract.images import IMAGE_FORMATS
 from .contract.views import Views
 from .models import registry
@@ -20,73 +21,62 @@ Dtype = Literal["fp32", "bf16", "fp16"]
 
 @dataclass
 class DataConfig:
+    """The ingested images and how they are stored in the shards."""
     index: str = path_field()                 # index.parquet written by `tsd ingest`
-    store_size: int = 256                     # short side of stored images (px); never upscaled
-    image_format: Literal["jpg", "webp", "png"] = "jpg"
-    quality: int = 90
+    store_size: int = ranged(256, ge=8)       # short side of stored images (px); never upscaled
+    image_format: Literal["jpg", "webp", "png"] = "jpg"   # how stored images are encoded in the shards
+    quality: int = ranged(90, ge=1, le=100)   # encoder quality (jpg, webp)
     classes: Optional[list[str]] = None       # restrict to these class names (must exist in the index)
 
     def check(self):
         require_file(self.index, "index")
-        if self.store_size < 8:
-            raise ConfigError(f"store_size: must be at least 8, got {self.store_size}")
-        if not 1 <= self.quality <= 100:
-            raise ConfigError(f"quality: must be in 1..100, got {self.quality}")
         assert self.image_format in IMAGE_FORMATS
 
 
 @dataclass
 class TeacherConfig:
-    arch: str = "vit_giant_patch14_dinov2"   # a timm model name
+    """The teacher's frozen backbone (a timm model; DINOv2 ViT-g/14 in the paper)."""
+    arch: str = ranged("vit_giant_patch14_dinov2", allowed="a timm model name")  # the frozen backbone
     weights: Optional[str] = path_field(default=None)  # safetensors/pth file or URL; null = random init
     weights_sha256: Optional[str] = None      # required for a URL: each node downloads it once and checks it
-    img_size: int = 224
+    img_size: int = ranged(224, ge=8)         # the teacher's input size (px)
     model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
     dtype: Dtype = "bf16"                     # on GPU; the CPU always runs fp32
-    batch_size: int = 256
+    batch_size: int = ranged(256, ge=1)       # views per forward pass (probe and generate)
 
     def check(self):
         require_weights(self.weights, self.weights_sha256)
-        if self.img_size < 8:
-            raise ConfigError(f"img_size: must be at least 8, got {self.img_size}")
+        import timm  # the registry only: no model is built here
+
+        if not timm.is_model(self.arch):
+            raise ConfigError(f"arch: unknown timm model {self.arch!r}")
 
 
 @dataclass
 class ProbeConfig:
     """The task adaptation of the teacher: a head trained on frozen features (paper: probing)."""
-    head: Literal["linear", "mlp"] = "linear"
-    views: int = 1                            # augmented views per train image for the features
-    epochs: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 1024
-    hidden: int = 1024                        # mlp head width
-
-    def check(self):
-        if self.views < 1 or self.epochs < 1:
-            raise ConfigError("views/epochs: must be at least 1")
+    head: Literal["linear", "mlp"] = "linear"  # the task head on CLS ‖ mean-patch features
+    views: int = ranged(1, ge=1)              # augmented views per train image for the features
+    epochs: int = ranged(100, ge=1)           # passes over the cached features
+    lr: float = ranged(1e-3, gt=0)            # AdamW peak learning rate (cosine schedule)
+    weight_decay: float = ranged(1e-4, ge=0)  # AdamW weight decay
+    batch_size: int = ranged(1024, ge=1)      # features per head update
+    hidden: int = ranged(1024, ge=1)          # mlp head width
 
 
 @dataclass
 class MixPlanConfig:
     """Which pairs are mixed, with which weight (SD-Mixup is class-agnostic by default)."""
-    pool_size: Union[int, str] = "1x"         # a count, or 'Nx' = N times the train set
-    pairing: Literal["any", "cross-class", "same-class"] = "any"
-    weight_law: Literal["uniform", "beta", "fixed"] = "uniform"
-    beta_a: float = 1.0                       # beta(a, a) when weight_law is 'beta'
-    weight: float = 0.5                       # when weight_law is 'fixed'
-    weight_range: tuple[float, float] = (0.0, 1.0)  # uniform law bounds
+    pool_size: Union[int, str] = ranged("1x", ge=0, allowed="or 'Nx' (N >= 0)")  # mixes: a count, or 'Nx' = N times the train set
+    pairing: Literal["any", "cross-class", "same-class"] = "any"  # which parents may be paired
+    weight_law: Literal["uniform", "beta", "fixed"] = "uniform"   # law of the mixing weight of the first parent
+    beta_a: float = ranged(1.0, gt=0)         # beta(a, a) when weight_law is 'beta'
+    weight: float = ranged(0.5, ge=0, le=1)   # when weight_law is 'fixed'
+    weight_range: tuple[float, float] = ranged((0.0, 1.0), ge=0, le=1, ordered=True)  # uniform law bounds
 
     def check(self):
-        if isinstance(self.pool_size, int):
-            if self.pool_size < 0:
-                raise ConfigError(f"pool_size: must be >= 0, got {self.pool_size}")
-        else:
+        if isinstance(self.pool_size, str):
             self.pool_multiple()
-        if self.beta_a <= 0:
-            raise ConfigError(f"beta_a: must be > 0, got {self.beta_a}")
-        if not 0 <= self.weight <= 1:
-            raise ConfigError(f"weight: must be in [0, 1], got {self.weight}")
 
     def pool_multiple(self) -> float:
         s = str(self.pool_size)
@@ -108,88 +98,70 @@ class MixPlanConfig:
 
 @dataclass
 class GeneratorConfig:
-    kind: Literal[registry.KINDS] = "image-mixer"   # see models.registry
+    """The SD-Mixup generator: which model makes the mixes, and how it samples."""
+    kind: Literal[registry.KINDS] = "image-mixer"   # the generator (see `tsd plan --help` and models.registry)
     path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
-    size: int = 640
-    steps: int = 30
-    guidance: float = 3.0
+    size: int = ranged(640, ge=8, multiple_of=8)     # generated image side (px)
+    steps: int = ranged(30, ge=1)             # denoising steps
+    guidance: float = ranged(3.0, ge=0)       # classifier-free guidance scale (<= 1: no guidance)
     # ddim/dpm/euler/pndm: diffusers' schedulers on the folder's scheduler config (ddim: 'leading' +
     # steps_offset 1: S=30 runs 958 … 1); ldm-ddim: CompVis ldm's DDIM, 'uniform' (S=30 runs 31
     # steps, 991 … 1); ldm-ddim-fork: the same without its largest timestep, as ImageMixer's own
     # repo runs it (S=30: 958 … 1). See models.ldm_ddim.
     scheduler: Literal["ddim", "dpm", "euler", "pndm", "ldm-ddim", "ldm-ddim-fork"] = "ddim"
-    dtype: Dtype = "fp16"
-    batch_size: int = 8                       # images per denoising batch (CFG doubles it)
-    tokens: int = 5                           # image-mixer: conditioning slots (2 live, the rest zeros), as trained
-    noise_level: int = 0                      # unclip only
+    dtype: Dtype = "fp16"                     # on GPU; the CPU always runs fp32
+    batch_size: int = ranged(8, ge=1)         # images per denoising batch (CFG doubles it)
+    tokens: int = ranged(5, ge=2)             # image-mixer: conditioning slots (2 live, the rest zeros), as trained
+    noise_level: int = ranged(0, ge=0, le=999)  # unclip only: noise added to the mixed embedding
     interpolation: Literal["slerp", "lerp"] = "slerp"  # one-token generators (sd-image-variations, unclip)
     # speed switches (the output does not depend on them beyond float rounding):
     compile: bool = False                     # torch.compile the UNet once per worker, fixed shapes (GPU)
     cuda_graphs: bool = False                 # with compile: CUDA graphs over the UNet call (mode reduce-overhead)
     attention: Literal["sdpa", "classic"] = "sdpa"   # SDPA (flash / memory-efficient kernels) or the plain math
-    vae_slice: int = 8                        # images per VAE decode call (its activations dominate memory)
+    vae_slice: int = ranged(8, ge=1)          # images per VAE decode call (its activations dominate memory)
 
     def check(self):
         if self.kind in registry.DIFFUSION_KINDS and self.path is None:
             raise ConfigError(f"path: the {self.kind!r} generator needs a model folder")
         require_file(self.path, "path")
-        if self.size % 8 or self.size < 8:
-            raise ConfigError(f"size: must be a positive multiple of 8, got {self.size}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("steps/batch_size: must be at least 1")
+        check_weights_header(self.path, "path")
         if self.scheduler == "ldm-ddim-fork" and self.steps < 2:
             raise ConfigError("steps: ldm-ddim-fork drops the largest of its timesteps, so it needs at least 2")
-        if self.tokens < 2:
-            raise ConfigError(f"tokens: must be at least 2 (one per parent), got {self.tokens}")
-        if self.vae_slice < 1:
-            raise ConfigError(f"vae_slice: must be at least 1, got {self.vae_slice}")
-        if self.noise_level < 0:
-            raise ConfigError(f"noise_level: must be >= 0, got {self.noise_level}")
 
 
 @dataclass
 class GenerateConfig:
     """The distributed stage: shards, workers, what is stored per sample."""
-    shard_size: int = 256                     # samples per shard (one Ray task each)
-    workers: Optional[int] = None             # actors; default: one per GPU, else 1
-    cpus_per_worker: float = 1.0
-    logits: Literal["full", "topk"] = "full"
-    topk: int = 20
+    shard_size: int = ranged(256, ge=1)       # samples per shard (one Ray task each)
+    workers: Optional[int] = ranged(None, ge=1)  # actors; default: one per GPU, else 1
+    cpus_per_worker: float = ranged(1.0, gt=0)   # Ray CPUs per actor (also its torch threads on the CPU)
+    logits: Literal["full", "topk"] = "full"  # teacher logits stored per view: all classes, or the top k
+    topk: int = ranged(20, ge=1)              # k when logits is 'topk' (the rest of the mass is stored too)
     features: bool = False                    # store teacher features for feature distillation
-    max_retries: int = 3                      # per shard, after a worker dies
+    max_retries: int = ranged(3, ge=0)        # per shard, after a worker dies
     address: Optional[str] = None             # existing Ray cluster; null = start a local one
-
-    def check(self):
-        if self.shard_size < 1:
-            raise ConfigError(f"shard_size: must be at least 1, got {self.shard_size}")
-        if self.logits == "topk" and self.topk < 1:
-            raise ConfigError(f"topk: must be at least 1, got {self.topk}")
 
 
 @dataclass
 class ReleaseConfig:
-    name: str = "tsdistill-release"
+    """What the dataset card says."""
+    name: str = "tsdistill-release"           # the dataset card's name
     license: str = "other"                    # the source images' license decides
-    description: str = ""
+    description: str = ""                     # a paragraph for the dataset card
 
 
 @dataclass
 class ExpectedCounts:
     """A dataset's published sizes, for `tsd plan --dry-run` before it is ingested (never used to
     plan: when data.index exists, its counts win)."""
-    train: int
-    val: int
-    classes: int
-
-    def check(self):
-        if self.train < 0 or self.val < 0:
-            raise ConfigError(f"train/val: must be >= 0, got {self.train}/{self.val}")
-        if self.classes < 1:
-            raise ConfigError(f"classes: must be at least 1, got {self.classes}")
+    train: int = ranged(ge=0)                 # training images
+    val: int = ranged(ge=0)                   # validation images
+    classes: int = ranged(ge=1)               # classes
 
 
 @dataclass
 class JobConfig:
+    """A generation job (`tsd probe|plan|generate|release JOB --out REL`)."""
     data: DataConfig
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -198,7 +170,7 @@ class JobConfig:
     generator: Optional[GeneratorConfig] = None   # required unless plan.pool_size is 0
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
-    seed: int = 0
+    seed: int = ranged(0, ge=0)               # the global seed: every per-sample seed derives from it
     expected_counts: Optional[ExpectedCounts] = None  # dataset sizes for `tsd plan --dry-run` before ingest
 
     def check(self):

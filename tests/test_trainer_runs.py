@@ -3,7 +3,9 @@ resumes to the same per-step losses, DDP ranks run the same steps, checkpoints l
 pickle, the trainer never imports the heavy side, `tsd eval` and `tsd bench train` work."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from trainer import evaluate
 
 pytestmark = pytest.mark.slow
 HEAVY = ("ray", "diffusers", "transformers")
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,11 @@ def test_checkpoints_are_safetensors_and_a_weights_only_state(distill_run):
     folders = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert folders == ["step-00000015", "step-00000018"]               # every 3 steps; the last 2 kept
     final = run / "checkpoints" / "step-00000018"
-    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors", "state.pt"]
+    assert sorted(p.name for p in final.iterdir()) == ["checksums.json", "model.safetensors", "state.pt"]
+    sums = json.loads((final / "checksums.json").read_text())
+    assert sums["state.pt"] == hashlib.sha256((final / "state.pt").read_bytes()).hexdigest()
+    for f in [*final.iterdir(), run / "student.safetensors", run / "log.jsonl", run / "metrics.json"]:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~UMASK, f    # what a plain open() makes: 0644
     weights = load_file(str(final / "model.safetensors"))
     student = load_file(str(run / "student.safetensors"))
     assert weights.keys() == student.keys() and all(torch.equal(weights[k], student[k]) for k in weights)
@@ -102,6 +110,62 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path, distill_run):
     assert [[e[k] for k in keys] for e in read_log(out)] == [[e[k] for k in keys] for e in read_log(reference)]
     resumed, uninterrupted = load_file(str(out / "student.safetensors")), load_file(str(reference / "student.safetensors"))
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_sigterm_checkpoints_then_a_corrupt_latest_falls_back_and_resumes_exactly(tmp_path, distill_run):
+    """SIGTERM: a checkpoint at the next step boundary, exit 143. A second trainer on the folder is
+    refused while the first runs. The SIGTERM checkpoint then damaged: resume names it, falls back
+    to the one before, and still ends with the uninterrupted run's losses and weights."""
+    config, reference = distill_run
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_command(config, out), env=trainer_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)   # holds its lock, makes no progress while the second one tries
+    try:
+        second = subprocess.run(train_command(config, out, "--resume"), env=trainer_env(), cwd=REPO,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert lines[0].startswith(f"tsd train: error: {out}: another trainer is running in this folder (pid {proc.pid} "
+                               f"on {os.uname().nodename}, since ")
+    assert lines[0].endswith("wait for it to end, stop it, or use another --out")
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    stopped = [line for line in err.splitlines() if line.startswith("tsd train: stopped by SIGTERM")]
+    assert len(stopped) == 1 and "--resume" in stopped[0] and "Traceback" not in err
+    step = int(stopped[0].split("at step ")[1].split(";")[0])
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints[-1] == f"step-{step:08d}" and 4 <= step < 18, (step, checkpoints)
+    assert not (out / "train.lock").exists() and not (out / "metrics.json").exists()
+
+    # a folder holding a run: refused without --resume
+    refused = subprocess.run(train_command(config, out), env=trainer_env(), cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"tsd train: error: {out}: already holds a run (log.jsonl, config.yaml, checkpoints, tb); use --resume to "
+        "continue it, --overwrite to replace it, or another --out"]
+
+    latest = out / "checkpoints" / f"step-{step:08d}"
+    state = latest / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    resumed = run_training(config, out, "--resume")
+    warnings = [line for line in resumed.stderr.splitlines() if "corrupt checkpoint" in line]
+    assert warnings == [f"warning: corrupt checkpoint: {latest}: state.pt does not match its checksum (truncated or "
+                        "damaged); trying the one before"]
+    assert (out / "checkpoints" / f"corrupt-step-{step:08d}").is_dir()
+    keys = ("step", "epoch", "loss", "ce", "kd", "lr", "skipped")
+    assert [[e[k] for k in keys] for e in read_log(out)] == [[e[k] for k in keys] for e in read_log(reference)]
+    got, expected = load_file(str(out / "student.safetensors")), load_file(str(reference / "student.safetensors"))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 def test_finetune_baseline_and_no_heavy_imports(tmp_path, release):

@@ -17,6 +17,7 @@ from pipeline.contract.configlib import ConfigError, build, parse_overrides
 from pipeline.contract.images import decode_image
 from pipeline.contract.layout import MANIFEST
 from pipeline.contract.samples import dense_logits
+from pipeline.contract.shards import read_shard
 from pipeline.contract.views import normalize, view_pixels
 from trainer import data, samples, students
 from trainer.config import TrainConfig, check_releases, load_config
@@ -240,15 +241,27 @@ def test_truncated_shard_is_named(tmp_path, release):
 
 def test_skip_counts_corrupt_data(tmp_path, release, capfd):
     broken = copy_release(release, tmp_path / "broken")
-    key = corrupt_sample_image(shard_path(broken, "real", "train", 3))
-    truncate_shard(shard_path(broken, "mix", "train", 1))
+    real, mix = shard_path(broken, "real", "train", 3), shard_path(broken, "mix", "train", 1)
+    key = corrupt_sample_image(real)
+    truncate_shard(mix)
+    readable = 0
+    with pytest.raises(ValueError):
+        for _ in read_shard(str(mix)):
+            readable += 1
     plan, _ = _plan(broken, data={"on_corrupt": "skip", "workers": 0})
     got = _epoch_batches(plan, 0)
     assert all(len(b["uid"]) == 32 for b in got)      # skipped samples are replaced, batches stay full
-    assert sum(b["skipped"] for b in got) >= 2
     assert key not in {u for b in got for u in b["uid"]}
+    # counted in samples, per shard: the bad sample once, the truncated shard's unread samples per read
+    lost = {}
+    for b in got:
+        for url, n in b["skipped_shards"].items():
+            lost[url] = lost.get(url, 0) + n
+    assert lost[str(real)] == 1 and 0 < readable < 32
+    assert lost[str(mix)] > 0 and lost[str(mix)] % (32 - readable) == 0
+    assert sum(b["skipped"] for b in got) == sum(lost.values())
     err = capfd.readouterr().err
-    assert f"sample {key}" in err and "mix/mix-000001.tar" in err
+    assert f"sample {key}" in err and "mix/mix-000001.tar" in err and f"({32 - readable} sample(s) lost)" in err
 
 
 # -- students -----------------------------------------------------------------------------------

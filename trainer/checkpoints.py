@@ -1,21 +1,30 @@
-"""Checkpoints: written atomically, listed oldest first, and what a resumed run restores from them.
+"""Checkpoints: written atomically, verified on load, listed oldest first, and what a resumed run
+restores from them.
 
-A checkpoint is a folder `checkpoints/step-N/` holding model.safetensors (+ projector.safetensors)
-and state.pt (optimizer, every process's RNG states and log window, the schedule; loaded with
-`torch.load(weights_only=True)`). It is complete once renamed from its temporary name.
+A checkpoint is a folder `checkpoints/step-N/` holding model.safetensors (+ projector.safetensors),
+state.pt (optimizer, every process's RNG states and log window, the schedule; loaded with
+`torch.load(weights_only=True)`) and checksums.json (the sha256 of each, recorded at save). It is
+complete once renamed from its temporary name. A resume verifies the checksums before loading: a
+corrupt latest checkpoint is one warning naming it (it is moved aside to `corrupt-step-N`), and the
+run resumes from the one before.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from pipeline.contract.configlib import ConfigError
+from pipeline.contract.errors import UserError
+from pipeline.contract.ids import sha256_file
 
 from .students import Distillable
 
@@ -23,7 +32,13 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model.safetensors"
 PROJECTOR = "projector.safetensors"
 STATE = "state.pt"
+CHECKSUMS = "checksums.json"
 KEEP_CHECKPOINTS = 2
+_STEP = re.compile(r"step-(\d+)")
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint that fails its checksums or cannot be loaded: '<folder>: <what>'."""
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -31,24 +46,31 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     root = out / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.fullmatch(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_path(out: Path, step: int) -> Path:
+    return out / CHECKPOINTS / f"step-{step:08d}"
 
 
 def save_checkpoint(out: Path, step: int, net: Distillable, state: dict) -> Path:
-    """Write checkpoints/step-N atomically: files into a temp folder, fsync, then one rename."""
+    """Write checkpoints/step-N atomically: files and their checksums into a temp folder, fsync,
+    then one rename."""
     root = out / CHECKPOINTS
-    final = root / f"step-{step:08d}"
+    final = checkpoint_path(out, step)
     tmp = root / f".step-{step:08d}.tmp-{os.getpid()}"
     for stale in root.glob(".step-*"):  # left by a killed run (only rank 0 writes here)
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_cpu_state(net.student), str(tmp / MODEL))
+    _write(tmp / MODEL, save(_cpu_state(net.student)))
     if net.projector is not None:
-        save_file(_cpu_state(net.projector), str(tmp / PROJECTOR))
-    torch.save(state, tmp / STATE)
-    for f in tmp.iterdir():
-        _fsync(f)
+        _write(tmp / PROJECTOR, save(_cpu_state(net.projector)))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _write(tmp / STATE, buffer.getvalue())
+    sums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}   # what reached the disk
+    _write(tmp / CHECKSUMS, (json.dumps(sums, indent=1, sort_keys=True) + "\n").encode())
     if final.exists():  # the same step written before an interruption: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -58,12 +80,58 @@ def save_checkpoint(out: Path, step: int, net: Distillable, state: dict) -> Path
     return final
 
 
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:   # a plain open: the usual file mode (safetensors' save_file makes 0600)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with checkpoint folder `path` ('<path>: …'), or None when its files match the
+    checksums recorded at save (a checkpoint without checksums.json, from before they were
+    recorded, is only checked when loaded)."""
+    names = [MODEL, STATE]
+    sums_path = path / CHECKSUMS
+    if sums_path.is_file():
+        try:
+            sums = json.loads(sums_path.read_text())
+            names = sorted(sums)
+        except (OSError, ValueError):
+            return f"{path}: unreadable {CHECKSUMS}"
+        if MODEL not in sums or STATE not in sums:
+            return f"{path}: {CHECKSUMS} does not list {MODEL} and {STATE}"
+    else:
+        sums = None
+    for name in names:
+        f = path / name
+        if not f.is_file():
+            return f"{path}: {name} is missing"
+        if sums is not None and sha256_file(f) != sums[name]:
+            return f"{path}: {name} does not match its checksum (truncated or damaged)"
+    return None
+
+
 def load_checkpoint(path: Path, net: Distillable, optimizer: torch.optim.Optimizer) -> dict:
-    net.student.load_state_dict(load_file(str(path / MODEL)))
-    if net.projector is not None:
-        net.projector.load_state_dict(load_file(str(path / PROJECTOR)))
-    state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    """Load a checkpoint into `net` and `optimizer`; CorruptCheckpoint naming it when it cannot be."""
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CorruptCheckpoint(problem)
+    try:
+        student = load_file(str(path / MODEL))
+        projector = load_file(str(path / PROJECTOR)) if net.projector is not None else None
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - safetensors, zip and unpickler errors of a damaged file
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CorruptCheckpoint(f"{path}: cannot be loaded ({type(e).__name__}: {first})") from None
+    try:
+        net.student.load_state_dict(student)
+        if projector is not None:
+            net.projector.load_state_dict(projector)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ConfigError(f"{path}: does not fit this config's student or optimizer "
+                          f"({str(e).strip().splitlines()[0]}); start a new run folder") from None
     return state
 
 
@@ -84,6 +152,7 @@ class Resumed:
     """Where a run starts: step 0, or what its latest checkpoint holds for this process."""
     step: int = 0
     skipped: int = 0                 # corrupt samples skipped so far (this process)
+    skipped_shards: dict = field(default_factory=dict)   # the same, per shard url
     rng: dict | None = None          # this process's RNG states, when the world size is unchanged
     window: torch.Tensor | None = None   # the log window's running sums and step count
     window_steps: int = 0
@@ -92,14 +161,32 @@ class Resumed:
 
 def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs, steps_per_epoch: int,
            workers: int) -> Resumed:
-    """Load the latest checkpoint of `out` into `net` and `optimizer` (nothing when there is none)."""
+    """Load the latest sound checkpoint of `out` into `net` and `optimizer` (nothing when there is
+    none); a corrupt one is named, moved aside, and the one before it is used."""
     found = checkpoint_dirs(out)
     if not found:
         if procs.main:
             print(f"note: --resume: no checkpoint in {out / CHECKPOINTS}; starting from scratch", file=sys.stderr)
         return Resumed()
-    latest = found[-1]
-    state = load_checkpoint(latest, net, optimizer)
+    corrupt = []
+    for latest in reversed(found):
+        try:
+            state = load_checkpoint(latest, net, optimizer)
+            break
+        except CorruptCheckpoint as e:
+            corrupt.append(latest)
+            if procs.main:
+                print(f"warning: corrupt checkpoint: {e}; "
+                      f"{'trying the one before' if latest != found[0] else 'no older checkpoint'}", file=sys.stderr)
+    else:
+        raise CorruptCheckpoint(f"{out / CHECKPOINTS}: no readable checkpoint ({len(corrupt)} corrupt); "
+                                "start the run again with --overwrite")
+    if corrupt and procs.main:
+        for bad in corrupt:  # out of the listing (kept for inspection): later saves and resumes skip it
+            aside = bad.with_name(f"corrupt-{bad.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(bad, aside)
+        print(f"note: resuming from {latest}", file=sys.stderr)
     if state["steps_per_epoch"] != steps_per_epoch:
         raise ConfigError(f"{latest}: written with {state['steps_per_epoch']} steps per epoch, this config "
                           f"makes {steps_per_epoch} (data.batch_size or the releases changed); start a new run folder")
@@ -109,10 +196,15 @@ def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs,
               f"{workers}: batches are drawn in another order from here on", file=sys.stderr)
     if len(ranks) == procs.world:
         mine = ranks[procs.rank]
-        return Resumed(state["step"], mine["skipped"], mine["rng"], mine["log_window"]["sums"],
-                       mine["log_window"]["steps"], latest)
+        return Resumed(state["step"], mine["skipped"], mine.get("skipped_shards", {}), mine["rng"],
+                       mine["log_window"]["sums"], mine["log_window"]["steps"], latest)
     if procs.main:
         print(f"warning: checkpoint from {len(ranks)} processes, resuming on {procs.world}: RNG "
               "streams are reseeded, the run is no longer bitwise reproducible", file=sys.stderr)
-    skipped = sum(r["skipped"] for r in ranks) if procs.main else 0
-    return Resumed(state["step"], skipped, checkpoint=latest)
+    skipped, by_shard = 0, {}
+    if procs.main:  # rank 0 carries the tally of the processes that are gone
+        for r in ranks:
+            skipped += r["skipped"]
+            for url, n in r.get("skipped_shards", {}).items():
+                by_shard[url] = by_shard.get(url, 0) + n
+    return Resumed(state["step"], skipped, by_shard, checkpoint=latest)

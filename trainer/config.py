@@ -12,19 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from pipeline.contract.configlib import ConfigError, load, path_field, require_weights
+from pipeline.contract.configlib import ConfigError, load, path_field, ranged, require_weights
 
 from .release import ReleaseError, ReleaseSet, open_releases
 
 
 @dataclass
 class StudentConfig:
-    arch: str = "resnet50"                    # any timm model name
+    """The student: a timm model sized to the releases' classes, from local weights or random init."""
+    arch: str = ranged("resnet50", allowed="a timm model name")  # the student architecture
     weights: Optional[str] = path_field(default=None)  # weight file or URL (safetensors/pth); null = random init
     weights_sha256: Optional[str] = None      # required for a URL: downloaded once per machine, checked
-    img_size: int = 224                       # the student's input size; views are replayed at it
+    img_size: int = ranged(224, ge=8)         # the student's input size; views are replayed at it
     model_kwargs: dict = field(default_factory=dict)   # extra timm.create_model arguments (ViTs: img_size)
-    drop_path: float = 0.0                    # stochastic depth rate (timm drop_path_rate)
+    drop_path: float = ranged(0.0, ge=0, lt=1)  # stochastic depth rate (timm drop_path_rate)
 
     def check(self):
         import timm  # the registry only: no model is built here
@@ -32,96 +33,69 @@ class StudentConfig:
         if not timm.is_model(self.arch):
             raise ConfigError(f"arch: unknown timm model {self.arch!r}")
         require_weights(self.weights, self.weights_sha256)
-        if self.img_size < 8:
-            raise ConfigError(f"img_size: must be at least 8, got {self.img_size}")
-        if not 0 <= self.drop_path < 1:
-            raise ConfigError(f"drop_path: must be in [0, 1), got {self.drop_path}")
 
 
 @dataclass
 class LossConfig:
+    """L = (1-a)·CE(label) + a·T²·KL(teacher‖student) [+ feature_weight·(1 - cosine) on features]."""
     # distill: KD on real + mix samples, CE on real; finetune: CE on real only (the baseline);
     # kd-real: KD + CE on real samples only (no mixes read)
     mode: Literal["distill", "finetune", "kd-real"] = "distill"
-    alpha: float = 0.5         # a in (1-a)·CE + a·T²·KL; UNCONFIRMED from the paper: a documented default
-    temperature: float = 2.0   # T; UNCONFIRMED from the paper: a documented default
-    feature_weight: float = 0.0  # weight of (1 - cosine) between projected student and teacher features; 0 = off
-
-    def check(self):
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"alpha: must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature: must be > 0, got {self.temperature}")
-        if self.feature_weight < 0:
-            raise ConfigError(f"feature_weight: must be >= 0, got {self.feature_weight}")
+    alpha: float = ranged(0.5, ge=0, le=1)    # a in (1-a)·CE + a·T²·KL; UNCONFIRMED from the paper: a documented default
+    temperature: float = ranged(2.0, gt=0)    # T; UNCONFIRMED from the paper: a documented default
+    feature_weight: float = ranged(0.0, ge=0)  # weight of (1 - cosine) between projected student and teacher features; 0 = off
 
 
 @dataclass
 class DataConfig:
-    mix_ratio: float = 0.5                    # fraction of mix samples in every batch ('distill' mode)
+    """What each batch holds and how the shards are read."""
+    mix_ratio: float = ranged(0.5, ge=0, le=1)  # fraction of mix samples in every batch ('distill' mode)
     generators: Optional[list[str]] = None    # generator kinds whose mixes are used; null = all
-    batch_size: int = 256                     # GLOBAL batch, split evenly over the ranks
-    workers: int = 4                          # DataLoader workers per rank (0 = decode in the training process)
-    shuffle_buffer: int = 1000                # samples held by each reader's shuffle buffer
-    on_corrupt: Literal["error", "skip"] = "error"  # a corrupt sample/shard: stop, or skip and count it
-
-    def check(self):
-        if not 0 <= self.mix_ratio <= 1:
-            raise ConfigError(f"mix_ratio: must be in [0, 1], got {self.mix_ratio}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise ConfigError(f"workers: must be >= 0, got {self.workers}")
-        if self.shuffle_buffer < 0:
-            raise ConfigError(f"shuffle_buffer: must be >= 0, got {self.shuffle_buffer}")
+    batch_size: int = ranged(256, ge=1)       # GLOBAL batch, split evenly over the ranks
+    workers: int = ranged(4, ge=0)            # DataLoader workers per rank (0 = decode in the training process)
+    shuffle_buffer: int = ranged(1000, ge=0)  # samples held by each reader's shuffle buffer
+    # a corrupt sample or shard: stop with one line naming it (error), or warn, skip it and count the
+    # samples lost per shard in log.jsonl and metrics.json (skip)
+    on_corrupt: Literal["error", "skip"] = "error"
 
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3                          # peak learning rate, after warmup
-    weight_decay: float = 0.05                # not applied to biases and norm weights (1-d tensors)
-    momentum: float = 0.9                     # sgd only
-    epochs: int = 100                         # epochs over the REAL train set: the schedule's length
-    warmup_epochs: float = 5.0                # linear warmup, then cosine decay to 0 (per step)
-    clip_grad: float = 0.0                    # max gradient norm; 0 = off
+    """The optimizer and its schedule: linear warmup, then cosine decay to 0, per step."""
+    name: Literal["adamw", "sgd"] = "adamw"   # the optimizer
+    lr: float = ranged(1e-3, gt=0)            # peak learning rate, after warmup
+    weight_decay: float = ranged(0.05, ge=0)  # not applied to biases and norm weights (1-d tensors)
+    momentum: float = ranged(0.9, ge=0, lt=1)  # sgd only
+    epochs: int = ranged(100, ge=1)           # epochs over the REAL train set: the schedule's length
+    warmup_epochs: float = ranged(5.0, ge=0, allowed="<= optim.epochs")  # linear warmup, then cosine decay to 0 (per step)
+    clip_grad: float = ranged(0.0, ge=0)      # max gradient norm; 0 = off
 
     def check(self):
-        if self.lr <= 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs: must be at least 1, got {self.epochs}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
+        if self.warmup_epochs > self.epochs:
             raise ConfigError(f"warmup_epochs: must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
-        if self.clip_grad < 0:
-            raise ConfigError(f"clip_grad: must be >= 0, got {self.clip_grad}")
 
 
 @dataclass
 class RuntimeConfig:
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where and how the run executes, and when it checkpoints. A checkpoint is written whenever one
+    of checkpoint_minutes, checkpoint_epochs or checkpoint_every comes due, at the end, and at the
+    next step boundary after SIGTERM or SIGINT (the run then exits non-zero; `--resume` continues
+    it). The last 2 are kept."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU (one per process)
     precision: Literal["fp32", "bf16"] = "bf16"  # autocast dtype on CUDA; the CPU always runs fp32
     channels_last: bool = True                # memory format on CUDA
-    seed: int = 0
-    checkpoint_every: int = 1000              # steps between checkpoints (one is always written at the end); 0 = end only
-    log_every: int = 50                       # steps between log.jsonl / TensorBoard entries
-    eval_every: int = 1                       # epochs between validations (val.jsonl, TensorBoard val/*); 0 = at the end only
+    seed: int = ranged(0, ge=0)               # model init, view choice, shuffling: all derive from it
+    checkpoint_minutes: float = ranged(10.0, ge=0)  # wall-clock minutes between checkpoints; 0 = off
+    checkpoint_epochs: int = ranged(1, ge=0)  # epochs between checkpoints (at epoch ends); 0 = off
+    checkpoint_every: int = ranged(0, ge=0)   # steps between checkpoints; 0 = off
+    log_every: int = ranged(50, ge=1)         # steps between log.jsonl / TensorBoard entries
+    eval_every: int = ranged(1, ge=0)         # epochs between validations (val.jsonl, TensorBoard val/*); 0 = at the end only
     compile: bool = False                     # torch.compile the student
     gpu_decode: bool = False                  # decode JPEGs on the GPU (nvjpeg); CPU decode when CUDA is absent
 
-    def check(self):
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
-        if self.log_every < 1:
-            raise ConfigError(f"log_every: must be at least 1, got {self.log_every}")
-        if self.eval_every < 0:
-            raise ConfigError(f"eval_every: must be >= 0 (epochs; 0 = at the end only), got {self.eval_every}")
-
-
 @dataclass
 class TrainConfig:
+    """A training run (`tsd train CONFIG --out RUN`)."""
     releases: list[str] = path_field()        # release folders or fsspec URLs (same classes)
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)

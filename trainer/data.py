@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import webdataset as wds
@@ -35,32 +35,36 @@ from .release import ReleaseSet
 from .samples import Corrupt, CorruptCounter, DataError, Replay, collate, parse_sample
 
 
-def _tar_samples(shards, counter: "CorruptCounter"):
+def _tar_samples(shards, counter: "CorruptCounter", counts: dict):
     """webdataset stage: shard URLs → samples, read by the format's own tar reader. A shard that
-    cannot be opened or read is reported to `counter` (raise, or skip and count)."""
+    cannot be opened or read to its end is reported to `counter` (raise, or skip and count the
+    samples it did not give, from its manifest count in `counts`)."""
     for item in shards:
         url = item["url"]
+        read = 0
         try:
-            yield from iter_shard_samples(url)
+            for sample in iter_shard_samples(url):
+                read += 1
+                yield sample
         except UserError as e:  # the storage itself (credentials, endpoint): no shard can be read
             raise DataError(str(e)) from None
         except (OSError, ValueError) as e:
-            counter.unreadable(url, e)
+            counter.unreadable(url, e, counts.get(url, 1) - read)
 
 
-def _samples(urls, counter):
+def _samples(urls, counter, counts: dict):
     """This rank's and worker's share of `urls`, in the given order (shards split by node then worker)."""
     return wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.split_by_node, wds.split_by_worker,
-                            lambda shards: _tar_samples(shards, counter))
+                            lambda shards: _tar_samples(shards, counter, counts))
 
 
 class Reader:
     """One endless sample stream (real or mix) of one rank and worker, for one epoch."""
 
     def __init__(self, stream: str, urls: tuple, replay: Replay, epoch: int, shuffle_buffer: int,
-                 counter: CorruptCounter):
+                 counter: CorruptCounter, counts: dict):
         self.stream, self.urls, self.replay, self.epoch = stream, urls, replay, epoch
-        self.shuffle_buffer, self.counter = shuffle_buffer, counter
+        self.shuffle_buffer, self.counter, self.counts = shuffle_buffer, counter, counts
         self.kind = "mix" if stream.startswith("mix") else "real"
         self._samples = self._passes()
         self._usable = 0
@@ -72,7 +76,7 @@ class Reader:
             order = list(self.urls)
             random.Random(derive_seed(seed, f"{self.stream}/{self.epoch}/{n}", "shard-order")).shuffle(order)
             reader_seed = derive_seed(seed, f"{self.stream}/{self.epoch}/{n}/{rank}/{worker}", "shuffle")
-            ds = _samples(order, self.counter)
+            ds = _samples(order, self.counter, self.counts)
             if self.shuffle_buffer > 1:
                 ds = ds.compose(wds.shuffle(self.shuffle_buffer, seed=reader_seed))
             usable = self._usable
@@ -95,7 +99,7 @@ class Reader:
                 items.append(parse_sample(sample, self.kind, self.replay, self.epoch))
                 self._usable += 1
             except Corrupt as e:
-                self.counter.corrupt(str(e))
+                self.counter.corrupt(str(e), sample.get("__url__", "?"))
         return items
 
 
@@ -117,7 +121,7 @@ class TrainBatches(IterableDataset):
         plan = self.plan
         _, _, worker, workers = wds.utils.pytorch_worker_info()
         counter = CorruptCounter(plan.replay.on_corrupt)
-        streams = [(Reader(name, urls, plan.replay, self.epoch, plan.shuffle_buffer, counter), n)
+        streams = [(Reader(name, urls, plan.replay, self.epoch, plan.shuffle_buffer, counter, plan.counts), n)
                    for name, urls, n in (("real/train", plan.real_urls, plan.n_real),
                                          ("mix/train", plan.mix_urls, plan.n_mix)) if n]
         light = plan.replay.on_corrupt == "error"
@@ -146,6 +150,7 @@ class TrainPlan:
     workers: int
     shuffle_buffer: int
     replay: Replay
+    counts: dict = field(default_factory=dict)   # shard url → its sample count (the manifest's)
 
 
 def train_plan(releases: ReleaseSet, config, world: int, replay: Replay) -> TrainPlan:
@@ -164,7 +169,8 @@ def train_plan(releases: ReleaseSet, config, world: int, replay: Replay) -> Trai
     per_step, total = (per_rank - n_mix, releases.count("real", "train")) if per_rank > n_mix \
         else (n_mix, releases.count("mix", "train", data.generators))
     steps = max(1, math.ceil(total / (per_step * world)))
-    return TrainPlan(real, mix, per_rank - n_mix, n_mix, steps, data.workers, data.shuffle_buffer, replay)
+    counts = {s.url: s.count for s in releases.shards("real", "train") + releases.shards("mix", "train")}
+    return TrainPlan(real, mix, per_rank - n_mix, n_mix, steps, data.workers, data.shuffle_buffer, replay, counts)
 
 
 def check_readers(stream: str, n_shards: int, world: int, workers: int, releases: ReleaseSet) -> None:
@@ -188,8 +194,8 @@ def train_loader(plan: TrainPlan, epoch: int, skip: int = 0, pin_memory: bool = 
 class ValBatches(IterableDataset):
     """One pass over this rank's val shards, the single recorded view, no shuffle."""
 
-    def __init__(self, urls: tuple, batch_size: int, replay: Replay):
-        self.urls, self.batch_size, self.replay = urls, batch_size, replay
+    def __init__(self, urls: tuple, batch_size: int, replay: Replay, counts: dict | None = None):
+        self.urls, self.batch_size, self.replay, self.counts = urls, batch_size, replay, counts or {}
 
     def __iter__(self):
         return _carry_errors(self._batches())
@@ -197,26 +203,29 @@ class ValBatches(IterableDataset):
     def _batches(self):
         counter = CorruptCounter(self.replay.on_corrupt)
         items = []
-        for sample in _samples(self.urls, counter):
+        for sample in _samples(self.urls, counter, self.counts):
             try:
                 items.append(parse_sample(sample, "real", self.replay, None))
             except Corrupt as e:
-                counter.corrupt(str(e))
+                counter.corrupt(str(e), sample.get("__url__", "?"))
             if len(items) == self.batch_size:
                 yield collate(items, counter.take())
                 items = []
         if items:
             yield collate(items, counter.take())
         elif counter.count:
-            yield {"skipped": counter.take()}
+            lost = counter.take()
+            yield {"skipped": sum(lost.values()), "skipped_shards": lost}
 
 
 def val_loader(releases: ReleaseSet, batch_size: int, workers: int, replay: Replay, rank: int = 0,
                world: int = 1, pin_memory: bool = False) -> DataLoader:
     """Val batches of this rank; workers are capped by its shard count (an eval pass is finite)."""
-    urls = tuple(s.url for s in releases.shards("real", "val"))
+    shards = releases.shards("real", "val")
+    urls = tuple(s.url for s in shards)
     workers = min(workers, len(urls[rank::world]))
-    return DataLoader(ValBatches(urls, batch_size, replay), batch_size=None, num_workers=workers,
+    return DataLoader(ValBatches(urls, batch_size, replay, {s.url: s.count for s in shards}), batch_size=None,
+                      num_workers=workers,
                       pin_memory=pin_memory, prefetch_factor=2 if workers else None)
 
 

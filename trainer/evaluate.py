@@ -19,7 +19,7 @@ from pipeline.contract.device import autocast, resolve_device
 
 from .data import batches, model_inputs, val_loader
 from .release import ReleaseSet, open_releases
-from .samples import Replay
+from .samples import DataError, Replay
 from .students import load_student
 
 
@@ -28,7 +28,8 @@ def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, 
              workers: int = 2, device="cpu", precision: str = "fp32", channels_last: bool = False,
              on_corrupt: str = "error", predictions: bool = False, rank: int = 0, world: int = 1) -> dict:
     """Metrics of `model` on the val shards: {n, top1, top5 (None when C < 5), agreement,
-    teacher_top1, skipped[, predictions: per-sample dicts of this rank]}."""
+    teacher_top1, skipped (corrupt samples), skipped_shards (the same per shard)[, predictions: per-sample
+    dicts of this rank]}."""
     device = torch.device(device)
     num_classes = releases.num_classes
     replay = Replay(num_classes, img_size, seed=0, on_corrupt=on_corrupt)
@@ -37,9 +38,11 @@ def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, 
     model.eval()
     # n, top-1 hits, top-5 hits, agreement with the teacher, teacher top-1 hits, skipped
     sums = torch.zeros(6, dtype=torch.float64, device=device)
-    rows = []
+    rows, lost = [], {}
     for batch in batches(loader):
         sums[5] += batch["skipped"]
+        for url, k in batch.get("skipped_shards", {}).items():
+            lost[url] = lost.get(url, 0) + k
         if "logits" not in batch:
             continue
         x = model_inputs(batch, device, img_size, mean, std, channels_last)
@@ -59,12 +62,19 @@ def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, 
                      for u, l, p, t in zip(batch["uid"], labels.tolist(), top[:, 0].tolist(), teacher.tolist())]
     if world > 1:
         torch.distributed.all_reduce(sums)
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, lost)
+        lost = {}
+        for part in parts:
+            for url, k in part.items():
+                lost[url] = lost.get(url, 0) + k
     model.train(was_training)
     n, top1, top5, agree, teacher_top1, skipped = sums.tolist()
     if n == 0:
-        raise ValueError(f"{releases.describe()}: no usable validation sample")
+        raise DataError(f"{releases.describe()}: no usable validation sample")
     metrics = {"n": int(n), "top1": top1 / n, "top5": top5 / n if num_classes >= 5 else None,
-               "agreement": agree / n, "teacher_top1": teacher_top1 / n, "skipped": int(skipped)}
+               "agreement": agree / n, "teacher_top1": teacher_top1 / n, "skipped": int(skipped),
+               "skipped_shards": dict(sorted(lost.items()))}
     if predictions:
         metrics["predictions"] = rows
     return metrics

@@ -9,6 +9,7 @@ Exact resume. Everything a step depends on is either checkpointed or a pure func
 A resumed run loads the latest checkpoint, restarts that epoch's streams and skips the batches
 already trained on (not decoded when on_corrupt is 'error'), and truncates log.jsonl to the
 checkpoint. On CPU the resumed run's per-step losses are then bitwise those of an uninterrupted run.
+When checkpoints are written, and how SIGTERM/SIGINT stop a run with one: `trainer.stopping`.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 from pipeline.contract.configlib import dump, to_dict
 from pipeline.contract.device import autocast
 
-from .checkpoints import Resumed, resume, save_checkpoint
+from .checkpoints import Resumed, checkpoint_path, resume, save_checkpoint
 from .config import TrainConfig
 from .data import TrainPlan, batches, model_inputs, train_loader, train_plan
 from .evaluate import evaluate
@@ -33,6 +34,7 @@ from .processes import Processes, rng_state, seed_everything, set_rng_state
 from .release import ReleaseSet
 from .runlog import RunLog
 from .samples import Replay
+from .stopping import Cadence, Stopped, StopSignals
 from .students import Distillable, build_student, mean_std, preprocessing, release_eval_crop, save_student
 
 METRICS = "metrics.json"
@@ -163,24 +165,32 @@ def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool
     elif start.checkpoint is not None:
         seed_everything(rt.seed + procs.rank + start.step)
 
-    progress = run_steps(config, s, model, start, out, log, procs, releases)
+    try:
+        with StopSignals() as stop:
+            progress = run_steps(config, s, model, start, out, log, procs, releases, stop)
+    except Stopped:
+        log.close()
+        raise
     return finish(config, releases, s, progress, out, log, procs)
 
 
 def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, log: RunLog,
-              procs: Processes, releases: ReleaseSet) -> dict:
+              procs: Processes, releases: ReleaseSet, stop: StopSignals) -> dict:
     """Every optimizer step from `start.step` to the end, logging, validating every
     `runtime.eval_every` epochs (before that step's checkpoint, so a resume from it never misses a
-    validation) and checkpointing on the way. The last validation is `finish`'s."""
+    validation) and checkpointing on the way; raises `Stopped` after the checkpoint that a
+    SIGTERM/SIGINT asked for. The last validation is `finish`'s."""
     rt, optim, loss_cfg = config.runtime, config.optim, config.loss
     device, spe = procs.device, s.plan.steps_per_epoch
-    step, skipped = start.step, start.skipped
+    step, skipped, skipped_shards = start.step, start.skipped, dict(start.skipped_shards)
+    cadence = Cadence(rt, spe, s.total_steps)
+    stopped = None
     window = start.window.to(device) if start.window is not None else torch.zeros(4, dtype=torch.float64,
                                                                                  device=device)
     window_steps = start.window_steps
     steps_this_run, train_seconds = 0, 0.0
     window_start = time.perf_counter()
-    while step < s.total_steps:
+    while step < s.total_steps and stopped is None:
         epoch, done = divmod(step, spe)
         stream = batches(train_loader(s.plan, epoch, skip=done, pin_memory=device.type == "cuda"))
         started = time.perf_counter()
@@ -196,6 +206,8 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
             step += 1
             steps_this_run += 1
             skipped += batch["skipped"]
+            for url, n in batch["skipped_shards"].items():
+                skipped_shards[url] = skipped_shards.get(url, 0) + n
             window += losses
             window_steps += 1
             log.step()
@@ -219,9 +231,11 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
                 paused = time.perf_counter() - paused   # not training time: out of the speed figures
                 window_start += paused
                 started += paused
-            if rt.checkpoint_every and step % rt.checkpoint_every == 0 or step == s.total_steps:
+            # one decision for every rank: any rank's signal, rank 0's clock
+            signum, clock = procs.agree([stop.requested or 0, int(procs.main and cadence.clock_due())])
+            if cadence.due(step) or clock or signum:
                 # what differs between ranks is gathered: RNG streams, skip counts, the log window
-                ranks = procs.gather({"rng": rng_state(), "skipped": skipped,
+                ranks = procs.gather({"rng": rng_state(), "skipped": skipped, "skipped_shards": skipped_shards,
                                       "log_window": {"sums": window.cpu(), "steps": window_steps}})
                 state = {"step": step, "epoch": step // spe, "batch_in_epoch": step % spe, "steps_per_epoch": spe,
                          "total_steps": s.total_steps, "optimizer": s.optimizer.state_dict(),
@@ -230,9 +244,22 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
                          "ranks": ranks, "world": procs.world, "workers": s.plan.workers, "seed": rt.seed}
                 if procs.main:
                     save_checkpoint(out, step, s.net, state)
+                cadence.saved()
+            if signum:
+                stopped = Stopped(signum, step, checkpoint_path(out, step))
+                break
         stream.close()  # shuts the epoch's DataLoader workers down
         train_seconds += time.perf_counter() - started
-    return {"skipped": skipped, "steps_this_run": steps_this_run, "seconds_this_run": round(train_seconds, 3)}
+    if stopped is not None:
+        raise stopped
+    # the run's corrupt-data tally: samples lost, over every rank, and per shard
+    total = int(procs.sum(torch.tensor([skipped], device=device)).item())
+    by_shard: dict = {}
+    for part in procs.gather(skipped_shards):
+        for url, n in part.items():
+            by_shard[url] = by_shard.get(url, 0) + n
+    return {"skipped": total, "skipped_shards": dict(sorted(by_shard.items())), "steps_this_run": steps_this_run,
+            "seconds_this_run": round(train_seconds, 3)}
 
 
 def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, out: Path, log: RunLog,

@@ -23,8 +23,11 @@ class Processes:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.rank = int(os.environ.get("RANK", 0))
         self.device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", 0)))
+        self._flags_group = None
         if self.world > 1:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            # small host-side decisions (stop, checkpoint now) agreed on the CPU: no device sync per step
+            self._flags_group = dist.new_group(backend="gloo") if self.device.type == "cuda" else None
 
     @property
     def main(self) -> bool:
@@ -42,6 +45,14 @@ class Processes:
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def agree(self, flags: list[int]) -> list[int]:
+        """Element-wise max over the ranks of small integer flags (every rank gets the same answer)."""
+        if self.world == 1:
+            return list(flags)
+        values = torch.tensor(flags, dtype=torch.int64)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self._flags_group)
+        return values.tolist()
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -47,27 +47,34 @@ class Replay:
 
 
 class CorruptCounter:
-    """Per-reader handling of corrupt data: raise (error) or warn, count and go on (skip)."""
+    """Per-reader handling of corrupt data: raise (error) or warn, count the samples lost per shard
+    and go on (skip)."""
 
     def __init__(self, on_corrupt: str):
         self.skip = on_corrupt == "skip"
-        self.count = 0
+        self.by_shard: dict[str, int] = {}
 
-    def corrupt(self, message: str) -> None:
+    @property
+    def count(self) -> int:
+        return sum(self.by_shard.values())
+
+    def corrupt(self, message: str, shard: str = "?", samples: int = 1) -> None:
+        """`samples` samples of `shard` cannot be used: raise (error), or warn and count them (skip)."""
         if not self.skip:
             raise Corrupt(message)
-        self.count += 1
+        self.by_shard[shard] = self.by_shard.get(shard, 0) + samples
         print(f"warning: skipped corrupt data: {message}", file=sys.stderr, flush=True)
 
-    def unreadable(self, url: str, exn: Exception) -> None:
-        """A shard that cannot be opened or read as a tar (truncated, missing, not a tar)."""
+    def unreadable(self, url: str, exn: Exception, lost: int = 1) -> None:
+        """A shard that cannot be opened or read to its end (truncated, missing, not a tar): `lost` is
+        how many of its samples were not read."""
         text = str(exn).removeprefix(f"{url}: ")
-        self.corrupt(f"{url}: unreadable shard: {text}")
+        self.corrupt(f"{url}: unreadable shard: {text} ({lost} sample(s) lost)", url, max(lost, 1))
 
-    def take(self) -> int:
-        """Corrupt items counted since the last call."""
-        n, self.count = self.count, 0
-        return n
+    def take(self) -> dict[str, int]:
+        """Samples lost per shard since the last call."""
+        out, self.by_shard = self.by_shard, {}
+        return out
 
 
 def parse_sample(sample: dict, kind: str, replay: Replay, epoch: int | None) -> dict:
@@ -138,8 +145,8 @@ def _checked_jpeg(data: bytes, meta: SampleMeta, ext: str, where: str) -> torch.
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def collate(items: list[dict], skipped: int) -> dict:
-    """Items (at least one) → a batch; `skipped` corrupt items were passed over to fill it."""
+def collate(items: list[dict], skipped: dict[str, int]) -> dict:
+    """Items (at least one) → a batch; `skipped`: corrupt samples passed over to fill it, per shard."""
     batch = {
         "uid": [it["uid"] for it in items],
         "url": [it["url"] for it in items],
@@ -148,7 +155,8 @@ def collate(items: list[dict], skipped: int) -> dict:
         "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
         "is_real": torch.tensor([it["is_real"] for it in items], dtype=torch.bool),
         "logits": torch.stack([it["logits"] for it in items]),
-        "skipped": skipped,
+        "skipped": sum(skipped.values()),
+        "skipped_shards": skipped,
     }
     if "features" in items[0]:
         batch["features"] = torch.stack([it["features"] for it in items])

@@ -5,11 +5,17 @@ Errors are one line that names the file and the dotted key, raised before any mo
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
 import dataclasses
+import inspect
+import io
+import math
 import os
 import re
+import textwrap
+import tokenize
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -18,6 +24,80 @@ import yaml
 
 from . import storage
 from .errors import ConfigError, UserError
+from .weights import weights_problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric key allows: bounds (each inclusive or exclusive, or absent), an optional
+    step (`multiple_of`), and for a [min, max] pair (`ordered`) each item in range and min <= max.
+
+    Declared on the field (`ranged`), checked by `build` before the dataclass's own `check()`, and
+    printed in docs/CONFIG.md: one declaration, so the check and its documentation cannot drift."""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    multiple_of: int | None = None
+    ordered: bool = False
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, (list, tuple)):
+            return all(self.contains(v) for v in value) and (not self.ordered or list(value) == sorted(value))
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True                       # another branch of a Union (e.g. pool_size '2x'): check() decides
+        if math.isnan(value):
+            return False
+        if self.ge is not None and value < self.ge or self.gt is not None and value <= self.gt:
+            return False
+        if self.le is not None and value > self.le or self.lt is not None and value >= self.lt:
+            return False
+        return not self.multiple_of or value % self.multiple_of == 0
+
+    def __str__(self) -> str:
+        low = (f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}") \
+            if self.ge is not None or self.gt is not None else None
+        high = (f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})") \
+            if self.le is not None or self.lt is not None else None
+        if low and high:
+            text = f"in {low}, {high}"
+        elif low:
+            text = f">= {low[1:]}" if self.ge is not None else f"> {low[1:]}"
+        elif high:
+            text = f"<= {high[:-1]}" if self.le is not None else f"< {high[:-1]}"
+        else:
+            text = "any number"
+        if self.multiple_of:
+            text += f", a multiple of {self.multiple_of}"
+        if self.ordered:
+            text = f"[min, max], each {text}, min <= max"
+        return text
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def ranged(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None, multiple_of=None,
+           ordered: bool = False, allowed: str | None = None, path: bool = False) -> Any:
+    """A config field with its allowed range (see `Range`), checked by `build`. `allowed` describes,
+    for the documentation, what a `check()` enforces beyond the range (e.g. 'a timm model name');
+    `path` marks a path field (see `path_field`)."""
+    metadata = {}
+    if any(v is not None for v in (ge, gt, le, lt, multiple_of)) or ordered:
+        metadata["range"] = Range(ge, gt, le, lt, multiple_of, ordered)
+    if allowed:
+        metadata["allowed"] = allowed
+    if path:
+        metadata["path"] = True
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
+    spec = f.metadata.get("range")
+    if spec is not None and value is not None and not spec.contains(value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ConfigError(f"{key}: must be {spec}, got {shown!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -113,6 +193,7 @@ def build(cls: type, data: dict, where: str = "", base: Path | None = None) -> A
         key = f"{where}.{name}" if where else name
         if name in data:
             value = _coerce(data[name], hints[name], key, base)
+            _check_range(f, value, key)
             if f.metadata.get("path") and base is not None:
                 try:
                     value = _resolve_any(value, base)
@@ -254,16 +335,153 @@ def require_file(path: str | None, key: str) -> None:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def require_weights(weights: str | None, expected_sha256: str | None) -> None:
+def require_weights(weights: str | None, expected_sha256: str | None = None) -> None:
     """A weight file exists; a weight URL comes with the sha256 its download is checked against
-    (keys `weights` and `weights_sha256`)."""
+    (keys `weights` and `weights_sha256`); a local file's header is sound (`check_weights_header`)."""
     require_file(weights, "weights")
     if expected_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256):
         raise ConfigError(f"weights_sha256: expected 64 hex digits, got {expected_sha256!r}")
     if weights is not None and storage.is_url(weights) and expected_sha256 is None:
         raise ConfigError(f"weights_sha256: required when weights is a URL ({weights}): each node downloads "
                           "the file once and checks it against this digest")
+    check_weights_header(weights, "weights")
 
 
-__all__ = ["UserError", "ConfigError", "build", "load", "load_yaml", "merge", "path_field", "to_dict", "dump",
-           "require_file", "require_weights", "files_optional", "parse_overrides"]
+def check_weights_header(path: str | None, key: str) -> None:
+    """A local weight file (or a folder's safetensors files) whose header is unreadable or says it
+    is truncated: one line naming the key, before any model is built (no tensor is loaded)."""
+    if path is None or storage.is_url(path) or not os.path.exists(path):
+        return
+    problem = weights_problem(path)
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
+
+
+# -- the keys, described (docs/CONFIG.md is generated from these) --------------------------------
+@dataclasses.dataclass(frozen=True)
+class KeyDoc:
+    key: str            # dotted, from the top of the config
+    type: str
+    default: str
+    allowed: str
+    meaning: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SectionDoc:
+    key: str            # dotted; '' for the top level
+    summary: str        # the dataclass docstring's first paragraph
+    optional: bool      # the whole section may be left out (null)
+    keys: list
+
+
+def describe(cls: type, prefix: str = "", optional: bool = False) -> list[SectionDoc]:
+    """Every key of config dataclass `cls` with its type, default, allowed values and meaning (the
+    comment written beside the field, or the comment lines just above it), section by section."""
+    hints = get_type_hints(cls)
+    comments = field_comments(cls)
+    rows, sections = [], []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        inner = _strip_optional(tp)
+        if dataclasses.is_dataclass(inner):
+            sections += describe(inner, key, optional=inner is not tp)
+            continue
+        rows.append(KeyDoc(key, _doc_type(tp), _doc_default(f), _doc_allowed(f, tp), comments.get(f.name, "")))
+    doc = inspect.getdoc(cls) or ""
+    summary = "" if doc.startswith(f"{cls.__name__}(") else " ".join(doc.split("\n\n")[0].split())
+    return [SectionDoc(prefix, summary, optional, rows)] + sections
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """field name → its comment: the comment lines right above the field, then the `# …` on its own
+    lines. Read from the class's source, so the comment stays the one place a key is explained."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    out = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        n = node.lineno - 1
+        while n >= 1 and n in comments and lines[n - 1].lstrip().startswith("#"):
+            own.insert(0, comments[n])
+            n -= 1
+        if own:
+            out[node.target.id] = " ".join(own)
+    return out
+
+
+def _strip_optional(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return tp
+
+
+def _doc_type(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _doc_type(a) for a in get_args(tp))
+    if origin is Literal:
+        return "str"
+    if origin is tuple:
+        return f"[{', '.join(_doc_type(a) for a in get_args(tp) if a is not Ellipsis)}]"
+    if origin is list or tp is list:
+        args = get_args(tp)
+        return f"list of {_doc_type(args[0])}" if args else "list"
+    if origin is dict or tp is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _doc_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_doc_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_doc_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _doc_default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return _doc_value(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return _doc_value(f.default_factory())
+    return "required"
+
+
+def _doc_allowed(f: dataclasses.Field, tp: Any) -> str:
+    inner = _strip_optional(tp)
+    parts = []
+    if get_origin(inner) is Literal:
+        parts.append(", ".join(str(a) for a in get_args(inner)))
+    elif inner is bool:
+        parts.append("true, false")
+    if "range" in f.metadata:
+        parts.append(str(f.metadata["range"]))
+    if "allowed" in f.metadata:
+        parts.append(f.metadata["allowed"])
+    elif f.metadata.get("path"):
+        parts.append("a path (relative to the YAML file) or a URL")
+    return "; ".join(parts)
+
+
+__all__ = ["UserError", "ConfigError", "Range", "build", "load", "load_yaml", "merge", "path_field", "ranged",
+           "to_dict", "dump", "require_file", "require_weights", "check_weights_header", "files_optional",
+           "parse_overrides", "describe"]

@@ -10,3 +10,8 @@ class UserError(ValueError):
 class ConfigError(UserError):
     """A configuration problem, phrased '<file>: <key>: <what is wrong>' (keys get prefixed as the
     loader walks up the config)."""
+
+
+class JobFailed(RuntimeError):
+    """A job that ran and failed (shards still failing after their retries, a release that does not
+    verify): one line saying what failed and what to do; the CLI exits with status 1."""

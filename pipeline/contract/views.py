@@ -14,27 +14,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .configlib import ranged
 
 
 @dataclass(frozen=True)
 class Views:
     """How views are drawn (RandomResizedCrop-style boxes plus a horizontal flip), and how many."""
-    k: int = 10                               # recorded views per train sample (real and mix)
-    scale: tuple[float, float] = (0.25, 1.0)  # area fraction of a crop
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range of a crop
-    flip: bool = True
-    eval_crop: float = 0.875                  # val: centred square of this fraction of the short side
-
-    def check(self):
-        if self.k < 1:
-            raise ConfigError(f"k: must be at least 1, got {self.k}")
-        if not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ConfigError(f"scale: expected 0 < min <= max <= 1, got {list(self.scale)}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise ConfigError(f"ratio: expected 0 < min <= max, got {list(self.ratio)}")
-        if not 0 < self.eval_crop <= 1:
-            raise ConfigError(f"eval_crop: expected in (0, 1], got {self.eval_crop}")
+    k: int = ranged(10, ge=1)                 # recorded views per train sample (real and mix)
+    scale: tuple[float, float] = ranged((0.25, 1.0), gt=0, le=1, ordered=True)  # area fraction of a crop
+    ratio: tuple[float, float] = ranged((3 / 4, 4 / 3), gt=0, ordered=True)  # aspect ratio range of a crop
+    flip: bool = True                         # flip half of the train views horizontally
+    eval_crop: float = ranged(0.875, gt=0, le=1)  # val: centred square of this fraction of the short side
 
 
 def sample_views(seed: int, width: int, height: int, k: int, views: Views) -> list:

@@ -234,7 +234,8 @@ def _train(config_path: Path, run_dir: Path) -> dict:
     from trainer.train import run_training
 
     return reuse(run_dir / "demo.done.json", sha256_bytes(config_path.read_bytes()),
-                 lambda: run_training(load(TrainConfig, config_path), run_dir), outputs=[run_dir / "metrics.json"])[0]
+                 lambda: run_training(load(TrainConfig, config_path), run_dir, overwrite=True),
+                 outputs=[run_dir / "metrics.json"])[0]
 
 
 def print_summary(s: dict, out: Path) -> None:
