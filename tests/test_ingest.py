@@ -330,18 +330,38 @@ def test_csv_source_with_splits_bad_values_missing_files_and_absolute_paths(tmp_
         [str(tmp_path / "imgs/d.jpg"), "cat", "val"],
         ["imgs/a.jpg", "dog", "train"],
         ["imgs/b.jpg", "", "train"],
+        ["imgs/d.jpg", "cat", "val"],
     ])
     summary = ingest(table, tmp_path / "out", workers=1)
     rows = {r["relpath"]: r for r in pq.read_table(tmp_path / "out/index.parquet").to_pylist()}
     reasons = {r["reason"] for r in pq.read_table(tmp_path / "out/rejects.parquet").to_pylist()}
     assert {rel: (r["class_name"], r["label"], r["split"]) for rel, r in rows.items()} == {
-        "imgs/a.jpg": ("cat", 0, "train"), "imgs/b.jpg": ("dog", 1, "val"), "imgs/d.jpg": ("cat", 0, "val")}
+        "imgs/b.jpg": ("dog", 1, "val"), "imgs/d.jpg": ("cat", 0, "val")}
     assert rows["imgs/d.jpg"]["uid"] == make_uid("real", rows["imgs/d.jpg"]["sha256"], "imgs/d.jpg")
     assert "file not found" in reasons
     assert "row 4: bad split 'test' (expected 'train' or 'val')" in reasons
-    assert "row 6: listed twice (first at row 1)" in reasons
+    # one path, two labels: neither row is trusted; one path, one label twice: the first row stays
+    assert "row 1: conflicting labels for one path ('cat', 'dog')" in reasons
+    assert "row 6: conflicting labels for one path ('cat', 'dog')" in reasons
+    assert "row 8: listed twice (first at row 5)" in reasons
     assert "row 7: missing label" in reasons
-    assert summary["splits"] == {"train": 1, "val": 2} and summary["rejected"] == 4
+    assert summary["splits"] == {"train": 0, "val": 2} and summary["rejected"] == 6
+    assert summary["reject_reasons"] == {"conflicting labels for one path": 2, "bad split 'test'": 1,
+                                         "file not found": 1, "listed twice": 1, "missing label": 1}
+
+
+def test_identical_images_under_two_labels_are_all_rejected(tmp_path, capsys):
+    _images(tmp_path / "src/cat", ["a.png", "b.png", "c.png"])
+    _images(tmp_path / "src/dog", ["d.png", "e.png"])
+    shutil.copy(tmp_path / "src/cat/a.png", tmp_path / "src/dog/same_as_a.png")
+    shutil.copy(tmp_path / "src/cat/b.png", tmp_path / "src/cat/copy_of_b.png")   # same label: a duplicate, kept
+    assert main(tmp_path / "src", tmp_path / "out") == 0
+    rejects = pq.read_table(tmp_path / "out/rejects.parquet").to_pylist()
+    assert sorted(_rel(tmp_path / "src", r["path"]) for r in rejects) == ["cat/a.png", "dog/same_as_a.png"]
+    assert all(r["reason"].startswith("conflicting labels for identical images ('cat', 'dog'; sha256 ")
+               for r in rejects)
+    out = capsys.readouterr().out
+    assert "kept 5, rejected 2 (2 conflicting labels for identical images; see" in out
 
 
 def test_integer_labels_sort_numerically_and_keep_their_values(tmp_path):
@@ -453,7 +473,7 @@ def test_main_prints_one_summary_line(tmp_path, capsys):
     _write(tmp_path / "src/dog/bad.jpg", b"")
     assert main(tmp_path / "src", tmp_path / "out") == 0
     line = capsys.readouterr().out.strip()
-    assert line == (f"ingest: kept 20, rejected 1 (see {tmp_path / 'out' / 'rejects.parquet'}); "
+    assert line == (f"ingest: kept 20, rejected 1 (1 empty file; see {tmp_path / 'out' / 'rejects.parquet'}); "
                     f"2 classes; train 18, val 2")
 
 
@@ -463,6 +483,40 @@ def test_main_warns_about_identical_files_in_train_and_val(tmp_path, capsys):
     assert main(tmp_path / "src", tmp_path / "out") == 0
     assert capsys.readouterr().out.strip().endswith(
         "train 1, val 1; warning: 1 val image(s) also in train (same bytes)")
+
+
+def test_a_source_with_nothing_usable_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(tmp_path / "empty", tmp_path / "out") == 2
+    assert capsys.readouterr().err == (f"tsd ingest: error: {tmp_path / 'empty'}: no usable image (no image found "
+                                       "(expected SRC/<class>/<image files>))\n")
+    _write(tmp_path / "only-bad/cat/a.jpg", b"")
+    _write(tmp_path / "only-bad/cat/b.jpg", b"not an image")
+    assert main(tmp_path / "only-bad", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err == (f"tsd ingest: error: {tmp_path / 'only-bad'}: no usable image (2 file(s) rejected: 1 empty file, "
+                   f"1 not an image; see {tmp_path / 'out' / 'rejects.parquet'})\n")
+    assert not (tmp_path / "out" / "index.parquet").exists()
+    header_only = _write(tmp_path / "list.csv", b"path,label\n")
+    assert main(header_only, tmp_path / "out2") == 2
+    assert capsys.readouterr().err == f"tsd ingest: error: {header_only}: no usable image (no rows)\n"
+
+
+def test_an_index_of_another_source_is_not_replaced_without_overwrite(tmp_path, capsys):
+    _images(tmp_path / "a/cat", ["1.png", "2.png"])
+    _images(tmp_path / "b/dog", ["1.png", "2.png"])
+    out = tmp_path / "out"
+    assert main(tmp_path / "a", out) == 0 and main(tmp_path / "a", out) == 0      # a re-ingest is fine
+    before = (out / "index.parquet").read_bytes()
+    capsys.readouterr()
+    assert main(tmp_path / "b", out) == 2
+    assert capsys.readouterr().err == (f"tsd ingest: error: {out}: holds the index of {tmp_path / 'a'}; use "
+                                       "--overwrite to replace it, or another --out\n")
+    assert cli.main(["ingest", str(tmp_path / "a"), "--out", str(out), "--workers", "1", "--seed", "5"]) == 2
+    assert "made with other settings (seed 0 → 5)" in capsys.readouterr().err
+    assert (out / "index.parquet").read_bytes() == before
+    assert cli.main(["ingest", str(tmp_path / "b"), "--out", str(out), "--workers", "1", "--overwrite"]) == 0
+    assert json.loads((out / "classes.json").read_text()) == ["dog"]
 
 
 @pytest.mark.parametrize("make_src, message", [

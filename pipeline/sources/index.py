@@ -18,6 +18,7 @@ REJECTS_FILE = "rejects.parquet"
 CLASSES_FILE = "classes.json"
 CLASSES_KEY = b"tsdistill.classes"
 SETTINGS_KEY = b"tsdistill.ingest"   # the decoding limits and split settings the index was made with
+SOURCE_KEY = b"tsdistill.source"     # the source it was made from (absolute path), for `ingest`'s refusals
 # column → Arrow type name, in file order
 COLUMNS = {"uid": "string", "path": "string", "relpath": "string", "label": "int32", "class_name": "string",
            "split": "string", "sha256": "string", "width": "int32", "height": "int32", "source_mode": "string"}
@@ -25,12 +26,14 @@ INDEX_COLUMNS = tuple(COLUMNS)
 READ_COLUMNS = INDEX_COLUMNS[:-1]    # what later stages use (source_mode is for the user)
 
 
-def index_schema(classes: list[str], settings: dict):
+def index_schema(classes: list[str], settings: dict, source: str | None = None):
     import pyarrow as pa
 
-    return pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS.items()],
-                     metadata={CLASSES_KEY: json.dumps(classes, ensure_ascii=False).encode(),
-                               SETTINGS_KEY: json.dumps(settings, sort_keys=True).encode()})
+    metadata = {CLASSES_KEY: json.dumps(classes, ensure_ascii=False).encode(),
+                SETTINGS_KEY: json.dumps(settings, sort_keys=True).encode()}
+    if source is not None:
+        metadata[SOURCE_KEY] = source.encode()
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS.items()], metadata=metadata)
 
 
 def _write_table(path, table) -> None:
@@ -42,12 +45,22 @@ def _write_table(path, table) -> None:
     atomic_write(path, sink.getvalue().to_pybytes())
 
 
-def write_index(path, rows: list[dict], classes: list[str], settings: dict) -> None:
+def write_index(path, rows: list[dict], classes: list[str], settings: dict, source: str | None = None) -> None:
     import pyarrow as pa
 
     table = pa.Table.from_pydict({name: [r[name] for r in rows] for name in INDEX_COLUMNS},
-                                 schema=index_schema(classes, settings))
+                                 schema=index_schema(classes, settings, source))
     _write_table(path, table)
+
+
+def index_origin(path) -> tuple[str | None, dict]:
+    """(source, settings) an index was made from, read from its schema metadata only."""
+    import pyarrow.parquet as pq
+
+    with storage.open_read(path) as f:
+        meta = pq.read_schema(f).metadata or {}
+    source = meta.get(SOURCE_KEY)
+    return (source.decode() if source is not None else None), json.loads(meta.get(SETTINGS_KEY, b"{}"))
 
 
 def write_rejects(path, rejects: list[tuple]) -> None:
@@ -72,7 +85,7 @@ class SourceIndex:
 def read_source_index(data) -> SourceIndex:
     """Rows of the ingested index `data.index` (a path or a URL), restricted to `data.classes` when
     given (labels re-indexed); `data` is the job's DataConfig."""
-    table = read_table(data.index)
+    table = read_index_table(data.index)
     missing = [c for c in READ_COLUMNS if c not in table.column_names]
     if missing:
         raise ConfigError(f"{data.index}: not an ingest index (missing column {missing[0]!r})")
@@ -88,9 +101,23 @@ def read_source_index(data) -> SourceIndex:
     return SourceIndex(classes, rows, _limits(meta))
 
 
+def read_index_table(path, columns: list[str] | None = None):
+    """The index's Parquet table (a path or a URL); a missing, truncated or foreign file is one
+    ConfigError line."""
+    try:
+        return read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no index (run `tsd ingest` first)") from None
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, KeyError...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path}: not a readable index ({first})") from None
+
+
 def index_classes(path: str) -> set[str]:
     """The class names of an index (its class column only)."""
-    return set(read_table(path, columns=["class_name"]).column(0).to_pylist())
+    return set(read_index_table(path, ["class_name"]).column(0).to_pylist())
 
 
 def _limits(meta: dict) -> dict:
@@ -102,8 +129,12 @@ def decode_limits(index_path: str) -> dict:
     """`open_rgb` keyword arguments matching how the index was made (read from its metadata only)."""
     import pyarrow.parquet as pq
 
-    with storage.open_read(index_path) as f:
-        return _limits(pq.read_schema(f).metadata or {})
+    try:
+        with storage.open_read(index_path) as f:
+            return _limits(pq.read_schema(f).metadata or {})
+    except Exception:  # noqa: BLE001 - read_index_table names the damaged file
+        read_index_table(index_path)
+        raise
 
 
 def read_table(path, columns: list[str] | None = None):

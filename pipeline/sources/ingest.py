@@ -5,6 +5,14 @@ are listed there).
 A file is either kept, with a row in `index.parquet`, or rejected, with a row and a reason in
 `rejects.parquet`: nothing is dropped silently.
 
+Refusals (one line, exit status 2, nothing written over):
+- a source with no usable image (an empty folder, a header-only CSV, only rejects): named, with the
+  reject reasons counted (rejects.parquet is still written, so they can be read in full);
+- an output folder that holds the index of another source or other settings, without `--overwrite`.
+Labels that disagree are rejects, never a silent pick: every row of a path listed with two labels,
+and every copy of identical image bytes filed under two labels (the same path listed twice with
+one label keeps its first row).
+
 Sources
 -------
 - An ImageFolder tree: `SRC/<class>/<any nested path>/<file>`. Hidden files and folders (name starts
@@ -19,9 +27,9 @@ Sources
 Outputs (in `--out DIR`)
 ------------------------
 - `index.parquet`: uid, path, relpath, label, class_name, split, sha256, width, height,
-  source_mode, sorted by uid. Schema metadata: the class list (`tsdistill.classes`) and the
+  source_mode, sorted by uid. Schema metadata: the class list (`tsdistill.classes`), the
   settings it was made with (`tsdistill.ingest`: min_size, max_pixels, val_fraction, seed), so a
-  later `open_rgb` of these files can use the same limits.
+  later `open_rgb` of these files can use the same limits, and its source (`tsdistill.source`).
 - `classes.json`: the class list. Classes are the label names of the kept rows, sorted
   (numerically when every name is an integer); a class with no kept image does not exist.
 - `rejects.parquet`: path, reason (always written).
@@ -55,7 +63,7 @@ from ..contract.ids import derive_seed, make_uid, sha256_bytes
 from ..contract.layout import SPLITS
 from ..contract.progress import Progress
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageRejected, decode_rgb, read_file, short_error
-from .index import CLASSES_FILE, INDEX_FILE, REJECTS_FILE, write_index, write_rejects
+from .index import CLASSES_FILE, INDEX_FILE, REJECTS_FILE, index_origin, write_index, write_rejects
 from .layouts import Candidate, Options, Scan, resolve_layout, scan_layout
 
 # Files operating systems drop into image folders: listed as rejects without trying to decode them.
@@ -170,7 +178,8 @@ def _scan_table(table_path, columns_rows: tuple[list[str], list[dict]]) -> Scan:
     labels = [_label_text(r.get("label")) for r in rows]
     integer_labels = all(_is_integer(t) for t in labels if t)
     scan = Scan([], [])
-    first_row_of = {}
+    first_row_of = {}      # path → (row number, label, its candidate)
+    conflicting = {}       # path → the labels it was listed with
     for number, (row, label) in enumerate(zip(rows, labels), start=1):
         raw_path = "" if row.get("path") is None else str(row["path"]).strip()
         where = f"{table_path}:row {number}"
@@ -182,14 +191,27 @@ def _scan_table(table_path, columns_rows: tuple[list[str], list[dict]]) -> Scan:
         if has_split:
             split = "" if row.get("split") is None else str(row["split"]).strip()
         problem = _row_problem(label, split, has_split)
+        class_name = str(int(label)) if integer_labels else label
         if problem is None and path in first_row_of:
-            problem = f"listed twice (first at row {first_row_of[path]})"
+            first, first_label, _ = first_row_of[path]
+            if class_name == first_label and path not in conflicting:
+                problem = f"listed twice (first at row {first})"
+            else:
+                seen = conflicting.setdefault(path, [first_label])
+                if class_name not in seen:
+                    seen.append(class_name)
+                problem = f"conflicting labels for one path ({', '.join(map(repr, seen))})"
         if problem:
             scan.rejects.append((path, f"row {number}: {problem}"))
             continue
-        first_row_of[path] = number
-        class_name = str(int(label)) if integer_labels else label
-        scan.candidates.append(Candidate(path, relpath, class_name, split))
+        candidate = Candidate(path, relpath, class_name, split)
+        first_row_of[path] = (number, class_name, candidate)
+        scan.candidates.append(candidate)
+    for path, labels_seen in conflicting.items():   # the first row of a conflicting path is no better
+        number, _, candidate = first_row_of[path]
+        scan.candidates.remove(candidate)
+        scan.rejects.append((path, f"row {number}: conflicting labels for one path "
+                                   f"({', '.join(map(repr, labels_seen))})"))
     return scan
 
 
@@ -288,16 +310,26 @@ def assign_splits(uids_by_class: dict, val_fraction: float, seed: int) -> dict:
 
 def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: int = DEFAULT_MIN_SIZE,
            max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None, layout: str | None = None,
-           options: Options | None = None) -> dict:
+           options: Options | None = None, overwrite: bool = False) -> dict:
     """Check, decode and split a source; write index.parquet, rejects.parquet, classes.json.
 
-    Returns a summary: kept, rejected, duplicates (rows whose bytes repeat an earlier row),
-    duplicates_across_splits, skipped_hidden, classes, splits, and the output paths.
+    Returns a summary: kept, rejected, reject_reasons (reason → count), duplicates (rows whose
+    bytes repeat an earlier row), duplicates_across_splits, skipped_hidden, classes, splits, and
+    the output paths. Refuses (UserError) a source with no usable image, and an output folder
+    holding another source's index unless `overwrite`.
     With workers > 1 files are decoded in 'spawn' worker processes (safe whatever the caller has
     loaded), so a calling script needs the usual `if __name__ == "__main__":` guard."""
     if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"val fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+    if min_size < 1:
+        raise UserError(f"--min-size: must be >= 1, got {min_size}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers: must be >= 1, got {workers}")
     out_dir = storage.location(out_dir)
+    settings = dict(min_size=min_size, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed)
+    source = storage.absolute(src)
+    if not overwrite:
+        _check_output(out_dir, source, settings)
     scan = scan_source(src, out_dir if storage.is_local(out_dir) else None, layout,
                        replace(options or Options(), seed=seed))
     results = _inspect_all([c.path for c in scan.candidates], min_size, max_pixels,
@@ -312,21 +344,30 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
                          relpath=candidate.relpath, class_name=candidate.class_name,
                          split=candidate.split, sha256=sha, width=width, height=height,
                          source_mode=source_mode))
+    rows = _drop_conflicting_copies(rows, rejects)
+    rejects.sort()
+    storage.make_folder(out_dir)
+    write_rejects(storage.join(out_dir, REJECTS_FILE), rejects)
+    reasons = reject_reasons(rejects)
+    if not rows:
+        for stale in (INDEX_FILE, CLASSES_FILE):   # this source's older index would contradict its rejects
+            storage.remove(storage.join(out_dir, stale))
+        found = f"{len(rejects)} file(s) rejected: {_reasons_text(reasons)}; see {storage.join(out_dir, REJECTS_FILE)}" \
+            if rejects else ("no image found (expected SRC/<class>/<image files>)" if scan.layout == "imagefolder"
+                             else "no rows" if scan.layout == "csv" else f"no image found in its {scan.layout} layout")
+        raise UserError(f"{src}: no usable image ({found})")
     classes = sort_classes(r["class_name"] for r in rows)
     _label_and_split(rows, classes, val_fraction, seed)
     rows.sort(key=lambda r: r["uid"])
-    rejects.sort()
 
-    storage.make_folder(out_dir)
-    write_rejects(storage.join(out_dir, REJECTS_FILE), rejects)
     atomic_write(storage.join(out_dir, CLASSES_FILE), (json.dumps(classes, ensure_ascii=False) + "\n").encode())
-    settings = dict(min_size=min_size, max_pixels=max_pixels, val_fraction=val_fraction, seed=seed)
-    write_index(storage.join(out_dir, INDEX_FILE), rows, classes, settings)
+    write_index(storage.join(out_dir, INDEX_FILE), rows, classes, settings, source)
     return {
         "layout": scan.layout,
         "layout_detected": scan.detected,
         "kept": len(rows),
         "rejected": len(rejects),
+        "reject_reasons": reasons,
         "duplicates": len(rows) - len({r["sha256"] for r in rows}),
         "duplicates_across_splits": _shared_between_splits(rows),
         "skipped_hidden": scan.skipped_hidden,
@@ -335,6 +376,58 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
         "index": storage.join(out_dir, INDEX_FILE),
         "rejects": storage.join(out_dir, REJECTS_FILE),
     }
+
+
+def _check_output(out_dir: str, source: str, settings: dict) -> None:
+    """An index already in `out_dir` must come from this source with these settings (a re-ingest),
+    or `--overwrite` must say it may be replaced."""
+    index = storage.join(out_dir, INDEX_FILE)
+    if not storage.exists(index):
+        return
+    try:
+        old_source, old_settings = index_origin(index)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise UserError(f"{index}: already exists and is not a readable index ({short_error(e)}); use --overwrite "
+                        "to replace it, or another --out") from None
+    if old_source != source:
+        made = f"the index of {old_source}" if old_source else "an index of another source"
+        raise UserError(f"{out_dir}: holds {made}; use --overwrite to replace it, or another --out")
+    changed = [f"{k} {old_settings.get(k)!r} → {v!r}" for k, v in settings.items() if old_settings.get(k) != v]
+    if changed:
+        raise UserError(f"{out_dir}: holds the index of this source made with other settings ({', '.join(changed)});"
+                        " use --overwrite to replace it, or another --out")
+
+
+def _drop_conflicting_copies(rows: list[dict], rejects: list) -> list[dict]:
+    """Identical image bytes filed under two labels: every copy is a reject (no label is trusted)."""
+    labels_of: dict[str, set] = {}
+    for r in rows:
+        labels_of.setdefault(r["sha256"], set()).add(r["class_name"])
+    kept = []
+    for r in rows:
+        labels = labels_of[r["sha256"]]
+        if len(labels) > 1:
+            others = ", ".join(repr(c) for c in sorted(labels))
+            rejects.append((r["path"], f"conflicting labels for identical images ({others}; sha256 {r['sha256'][:12]})"))
+        else:
+            kept.append(r)
+    return kept
+
+
+def reject_reasons(rejects: list) -> dict[str, int]:
+    """Reject reasons grouped and counted, most frequent first: the reason without its row number and
+    its parenthesised detail ('row 4: bad split …' and 'truncated or corrupt (…)' → their kind)."""
+    counts: dict[str, int] = {}
+    for _, reason in rejects:
+        kind = re.sub(r"^row \d+: ", "", reason)
+        kind = re.sub(r" \(.*\)$", "", kind).strip() or reason
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _reasons_text(reasons: dict[str, int], limit: int = 6) -> str:
+    items = [f"{n} {kind}" for kind, n in reasons.items()]
+    return ", ".join(items[:limit] + ([f"{len(items) - limit} other reason(s)"] if len(items) > limit else []))
 
 
 def _shared_between_splits(rows: list[dict]) -> int:
@@ -377,20 +470,30 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
                    help="reject images with a side shorter than this (px)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an index of another source (or other settings) already in --out")
 
 
 def run(args) -> int:
     """`tsd ingest`: 0 when the index is written (rejected images are not errors)."""
     options = Options(aircraft_label=args.aircraft_label, dtd_split=args.dtd_split, caltech_train=args.caltech_train)
     summary = ingest(args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                     min_size=args.min_size, workers=args.workers, layout=args.layout, options=options)
+                     min_size=args.min_size, workers=args.workers, layout=args.layout, options=options,
+                     overwrite=args.overwrite)
     if summary["layout_detected"]:
         print(f"ingest: {args.src}: detected layout {summary['layout']} (--layout to choose another)", file=sys.stderr)
-    print(f"ingest: kept {summary['kept']}, rejected {summary['rejected']} (see {summary['rejects']}); "
-          f"{len(summary['classes'])} classes; train {summary['splits']['train']}, "
-          f"val {summary['splits']['val']}" + _leak_note(summary["duplicates_across_splits"]))
+    rejected = f"rejected {summary['rejected']}"
+    if summary["rejected"]:
+        rejected += f" ({_reasons_text(summary['reject_reasons'])}; see {summary['rejects']})"
+    print(f"ingest: kept {summary['kept']}, {rejected}; {len(summary['classes'])} classes; "
+          f"train {summary['splits']['train']}, val {summary['splits']['val']}"
+          + _leak_note(summary["duplicates_across_splits"]) + _no_val_note(summary["splits"]["val"]))
     return 0
 
 
 def _leak_note(shared: int) -> str:
     return f"; warning: {shared} val image(s) also in train (same bytes)" if shared else ""
+
+
+def _no_val_note(n_val: int) -> str:
+    return "; warning: no validation image (a class needs 2 images to lend one to val)" if n_val == 0 else ""
