@@ -19,6 +19,30 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     storage.publish_bytes(path, data)
 
 
+def plain_modes(root: str | os.PathLike) -> None:
+    """Give every file under `root` the mode a plain `open()` gives (0644 under the usual umask).
+
+    Library writers (safetensors' `save_file`, diffusers' `save_pretrained`) create their files
+    0600, unreadable by the other users of a shared model or run folder."""
+    mode = 0o666 & ~_umask()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(folder, name), mode)
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)   # no /proc: read it by setting it (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
 def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
     """`atomic_write` unless the file already holds exactly `data` (keeps its mtime for reuse checks)."""
     if storage.size(path) == len(data):

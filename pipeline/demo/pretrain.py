@@ -34,8 +34,8 @@ machine. `budget_s` never changes what is computed; it is only compared with the
 from __future__ import annotations
 
 import json
-import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -47,8 +47,6 @@ from ..contract.views import Views, normalize, sample_views, view_pixels
 from ..runtime import torch_threads
 from .tiny import TinySizes
 from .toydata import CLASS_ORDER, write_toy_dataset
-
-log = logging.getLogger(__name__)
 
 CORPUS_SEED_OFFSET = 7_919   # corpus seed = seed + this: never the demo's seed 0
 CORPUS_SIZES = (40, 128)     # wider than the demo's 48–96 px: a broader collection
@@ -191,8 +189,9 @@ def pretrain_teacher(weights_path: str | Path, sizes: TinySizes = TinySizes(), *
          "classes": classes}, sort_keys=True)}))
 
     seconds = time.time() - t0
-    if seconds > budget_s:
-        log.warning("tiny teacher pretraining took %.1f s (budget %.1f s)", seconds, budget_s)
+    if seconds > budget_s:  # a note, not a failure: the weights are the same however long it took
+        print(f"note: the tiny teacher's pretraining took {seconds:.0f} s (about {budget_s:.0f} s on an idle 2-core "
+              "machine; a busy or slower one takes longer, with the same result)", file=sys.stderr, flush=True)
     tail = losses[-50:]
     return {"steps": steps, "batch_size": batch_size, "corpus_images": len(images),
             "corpus_classes": len(classes), "corpus_seed": corpus_seed,

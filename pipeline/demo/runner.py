@@ -16,10 +16,16 @@ from pathlib import Path
 import yaml
 
 from ..contract.configlib import load, to_dict
-from ..contract.files import reuse
+from ..contract.errors import JobFailed
+from ..contract.files import plain_modes, reuse
 from ..contract.ids import fingerprint, sha256_bytes, sha256_file
-from ..runtime import quiet_libraries
+from ..runtime import quiet_libraries, torch_threads
 from .tiny import TinySizes
+
+# The demo's compute threads in this process (probe, training, evaluation), whatever the machine or
+# OMP_NUM_THREADS say: CPU kernels split reductions by thread count, so a fixed count makes the
+# printed table the same on every run. Ray workers and DataLoader workers fix their own (1 each).
+DEMO_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: 
                 pretrain_teacher(teacher, sizes, seed=seed, corpus_dir=Path(corpus), steps=pretrain_steps)
         build_student(folder, sizes, seed)
         build_image_mixer(folder, sizes, seed)
+        plain_modes(folder)   # safetensors and diffusers write weight files 0600
         return description
 
     description = {**to_dict(sizes), "seed": seed, "teacher_pretrain_steps": pretrain_steps}
@@ -124,6 +131,11 @@ def _write_yaml(path: Path, data: dict) -> Path:
 def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None) -> dict:
     """Data, tiny models, then ingest → probe → plan → generate → release → verify into `out`.
     Returns what the rest of the demo needs (models, manifest, probe metrics)."""
+    with torch_threads(DEMO_THREADS):
+        return _build_release(out, size_name, timer)
+
+
+def _build_release(out: str | Path, size_name: str, timer: Timer | None) -> dict:
     quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from ..config import load_job
@@ -167,11 +179,16 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     manifest = timer.run("release", lambda: release_stage(job, out))
     problems = timer.run("verify", lambda: verify_release(out), lambda p: "OK" if not p else f"{len(p)} problems")
     if problems:
-        raise RuntimeError(f"verify failed: {problems[:3]}")
+        raise JobFailed(f"{out}: verify found {len(problems)} problem(s), first: {problems[0][0]}: {problems[0][1]}")
     return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
 
 
 def run_demo(out: str | Path, size_name: str = "demo") -> dict:
+    with torch_threads(DEMO_THREADS):
+        return _run_demo(out, size_name)
+
+
+def _run_demo(out: str | Path, size_name: str) -> dict:
     t_start = time.time()
     out = Path(out).resolve()
     timer = Timer()

@@ -17,7 +17,7 @@ import time
 
 from ..config import JobConfig, add_device_argument, add_job_arguments, load_job_args
 from ..contract import storage
-from ..contract.errors import UserError
+from ..contract.errors import JobFailed, UserError
 from ..contract.layout import HEAD_FILE, SHARD_FOLDERS, SHARD_SUFFIX
 from ..contract.progress import Progress
 from ..contract.shards import finished_shards, shard_url, stats_url
@@ -129,7 +129,14 @@ def check_cluster(address: str) -> None:
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
-    """Join a cluster (address) or start a local one. Returns True when this call started Ray."""
+    """Join a cluster (address) or start a local one. Returns True when this call started Ray.
+
+    Quiet: Ray's own INFO lines ("Started a local Ray instance") are off; workers' output still
+    reaches the driver. A local cluster lives only as long as this job and runs only its actors,
+    so it starts without token authentication (RAY_AUTH_MODE=disabled, unless the environment sets
+    a mode), which also drops Ray's notice about that default on every run."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
@@ -138,13 +145,15 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         if not address.startswith("ray://") and address != "auto":
             check_cluster(address)
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         except ConnectionError as e:
             if is_auth_failure(e):
                 raise UserError(auth_hint(address)) from None
             raise UserError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                 logging_level=logging.WARNING)
     return True
 
 
@@ -224,7 +233,7 @@ def _drive(actors, todo: list[str], summary: dict, progress: bool) -> dict:
     summary["seconds"] = round(time.time() - t0, 2)
     if failed:
         lines = "; ".join(f"{n}: {why}" for n, why in failed)
-        raise RuntimeError(f"{len(failed)} shard(s) failed after retries ({lines}); rerun to redo them")
+        raise JobFailed(f"{len(failed)} shard(s) failed after retries ({lines}); rerun to redo them")
     return summary
 
 

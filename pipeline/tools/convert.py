@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..contract.errors import UserError
+from ..contract.files import plain_modes
 from ..models.registry import LDM_KINDS
 
 CLIP_VISUAL = "cond_stage_model.model.visual."
@@ -229,6 +230,7 @@ def convert_ldm_checkpoint(ckpt_path: str | Path, out_dir: str | Path, kind: str
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
+    plain_modes(tmp)   # diffusers writes its weight files 0600
     if out.exists():
         out.rmdir()
     tmp.rename(out)
