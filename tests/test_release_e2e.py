@@ -75,3 +75,16 @@ def test_verify_cli_exit_codes(small_release, tmp_path):
     assert proc.returncode == 1 and f"BAD {victim}: sha256" in proc.stdout
     quick = subprocess.run(cmd + ["--quick"], capture_output=True, text=True)
     assert quick.returncode == 0  # sizes and counts only: documented as such
+
+
+def test_every_output_file_has_the_plain_mode(small_release):
+    """What a plain open() makes (0644 under the usual umask): shards, stats, manifest, index, card,
+    the teacher head, the plan and the demo's model files (safetensors and diffusers write 0600)."""
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    files = [p for p in small_release["root"].rglob("*") if p.is_file() and "source" not in p.parts]
+    assert len(files) > 30 and any(p.suffix == ".safetensors" for p in files)
+    wrong = [f"{p}: {oct(p.stat().st_mode & 0o777)}" for p in files if p.stat().st_mode & 0o777 != 0o666 & ~umask]
+    assert not wrong, wrong

@@ -160,7 +160,7 @@ def test_sigterm_checkpoints_then_a_corrupt_latest_falls_back_and_resumes_exactl
     resumed = run_training(config, out, "--resume")
     warnings = [line for line in resumed.stderr.splitlines() if "corrupt checkpoint" in line]
     assert warnings == [f"warning: corrupt checkpoint: {latest}: state.pt does not match its checksum (truncated or "
-                        "damaged); trying the one before"]
+                        "damaged); using the one before"]
     assert (out / "checkpoints" / f"corrupt-step-{step:08d}").is_dir()
     keys = ("step", "epoch", "loss", "ce", "kd", "lr", "skipped")
     assert [[e[k] for k in keys] for e in read_log(out)] == [[e[k] for k in keys] for e in read_log(reference)]

@@ -174,15 +174,15 @@ def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs,
             state = load_checkpoint(latest, net, optimizer)
             break
         except CorruptCheckpoint as e:
-            corrupt.append(latest)
-            if procs.main:
-                print(f"warning: corrupt checkpoint: {e}; "
-                      f"{'trying the one before' if latest != found[0] else 'no older checkpoint'}", file=sys.stderr)
+            corrupt.append((latest, str(e)))
     else:
-        raise CorruptCheckpoint(f"{out / CHECKPOINTS}: no readable checkpoint ({len(corrupt)} corrupt); "
-                                "start the run again with --overwrite")
+        more = f" (and {len(corrupt) - 1} older one(s))" if len(corrupt) > 1 else ""
+        raise CorruptCheckpoint(f"no readable checkpoint to resume from: {corrupt[0][1]}{more}; start the run "
+                                "again with --overwrite")
     if corrupt and procs.main:
-        for bad in corrupt:  # out of the listing (kept for inspection): later saves and resumes skip it
+        for _, problem in corrupt:
+            print(f"warning: corrupt checkpoint: {problem}; using the one before", file=sys.stderr)
+        for bad, _ in corrupt:  # out of the listing (kept for inspection): later saves and resumes skip it
             aside = bad.with_name(f"corrupt-{bad.name}")
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(bad, aside)

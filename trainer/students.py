@@ -21,6 +21,7 @@ from pipeline.contract.errors import UserError
 from pipeline.contract import storage
 from pipeline.contract.files import atomic_write
 from pipeline.contract.views import Views
+from pipeline.contract.weights import weights_problem
 
 
 def build_student(arch: str, num_classes: int, weights: str | None = None, drop_path: float = 0.0,
@@ -135,17 +136,51 @@ def save_student(model: nn.Module, out_dir, info: dict) -> None:
 def load_student(path) -> tuple[nn.Module, dict]:
     """A trained student from a run folder, or from a student.safetensors with its student.json beside it."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found (expected a run folder or a {STUDENT_WEIGHTS} "
+                        f"with its {STUDENT_INFO} beside it)")
     weights = path / STUDENT_WEIGHTS if path.is_dir() else path
+    if weights.suffix != ".safetensors":
+        raise UserError(f"{weights}: not a student (expected a run folder or a {STUDENT_WEIGHTS} "
+                        f"with its {STUDENT_INFO} beside it)")
     info_path = weights.with_suffix(".json")
     for p in (weights, info_path):
         if not p.is_file():
             raise UserError(f"{p}: not found (expected a run folder or a {STUDENT_WEIGHTS} "
                                     f"with its {STUDENT_INFO} beside it)")
-    info = json.loads(info_path.read_text())
-    model = timm.create_model(info["arch"], pretrained=False, num_classes=info["num_classes"],
-                              **info.get("model_kwargs", {}))
+    problem = weights_problem(str(weights))
+    if problem:
+        raise UserError(problem)
+    info = read_student_info(info_path)
+    if not timm.is_model(info["arch"]):
+        raise UserError(f"{info_path}: arch: unknown timm model {info['arch']!r}")
+    try:
+        model = timm.create_model(info["arch"], pretrained=False, num_classes=info["num_classes"],
+                                  **info.get("model_kwargs", {}))
+    except TypeError as e:
+        raise UserError(f"{info_path}: model_kwargs: {info['arch']}: {e}") from None
     try:
         model.load_state_dict(load_file(str(weights)))
     except RuntimeError as e:
         raise ConfigError(f"{weights}: does not fit {info['arch']}: {str(e).strip().splitlines()[0]}") from None
     return model, info
+
+
+# what `tsd eval` needs from student.json, and the type of each
+STUDENT_INFO_KEYS = {"arch": str, "num_classes": int, "img_size": int, "mean": list, "std": list, "classes": list}
+
+
+def read_student_info(path: Path) -> dict:
+    """student.json, checked: UserError naming the file and the first bad key."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable student.json ({e})") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path}: not a student.json (expected a JSON object)")
+    for key, kind in STUDENT_INFO_KEYS.items():
+        if not isinstance(info.get(key), kind):
+            raise UserError(f"{path}: {key} is missing or not a {kind.__name__} (not a student.json?)")
+    if not isinstance(info.get("model_kwargs", {}), dict):
+        raise UserError(f"{path}: model_kwargs is not a mapping")
+    return info

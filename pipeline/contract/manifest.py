@@ -52,6 +52,10 @@ def read_manifest(root: str) -> dict:
         raise UserError(f"{root}: not a release (no {MANIFEST})") from None
     except OSError as e:
         raise UserError(f"{where}: cannot read: {e}") from None
+    except (ValueError, ImportError) as e:  # fsspec: an unknown scheme, or its filesystem's package missing
+        raise UserError(f"{root}: cannot open this URL ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a remote store's own errors: credentials, network, permissions
+        raise UserError(f"{where}: cannot read ({type(e).__name__}: {e})") from None
     try:
         manifest = json.loads(data)
     except ValueError as e:

@@ -319,10 +319,14 @@ def read_plan(path) -> Plan:
 
     if not storage.isfile(path):
         raise UserError(f"{path}: no plan (run `tsd plan` first)")
-    with storage.open_read(path) as f:
-        meta = pq.read_schema(f).metadata or {}
-    if SHARDS_KEY not in meta:
-        raise UserError(f"{path}: a plan of an older tsdistill: run `tsd plan` again")
+    try:
+        with storage.open_read(path) as f:
+            meta = pq.read_schema(f).metadata or {}
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors on a damaged file, or a foreign one
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: not a readable plan ({detail}); make it again with `tsd plan`") from None
+    if SHARDS_KEY not in meta or CLASSES_KEY not in meta or FINGERPRINT_KEY not in meta:
+        raise UserError(f"{path}: not a plan of this tsdistill (an older one, or another file): run `tsd plan` again")
     shards = [(name, rows) for name, rows in json.loads(meta[SHARDS_KEY])]
     return Plan(path, json.loads(meta[CLASSES_KEY]), meta[FINGERPRINT_KEY].decode(), shards)
 
@@ -332,8 +336,15 @@ def plan_stage(job: JobConfig, out, force: bool = False) -> tuple[Plan, bool]:
     def write():
         return write_plan(job, plan_path(out)).counts()
 
-    _, reused = reuse(marker(out, "plan"), plan_fingerprint(job), write, outputs=[plan_path(out)], force=force)
-    return read_plan(plan_path(out)), reused
+    fp = plan_fingerprint(job)
+    _, reused = reuse(marker(out, "plan"), fp, write, outputs=[plan_path(out)], force=force)
+    try:
+        return read_plan(plan_path(out)), reused
+    except UserError:
+        if not reused:
+            raise
+    reuse(marker(out, "plan"), fp, write, outputs=[plan_path(out)], force=True)  # a damaged plan: make it again
+    return read_plan(plan_path(out)), False
 
 
 # -- CLI ----------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 
 from ..contract.errors import UserError
 from ..contract.files import plain_modes
+from ..contract.weights import weights_problem
 from ..models.registry import LDM_KINDS
 
 CLIP_VISUAL = "cond_stage_model.model.visual."
@@ -79,6 +80,9 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    problem = weights_problem(str(path))   # a header check: a truncated download is one line
+    if problem:
+        raise UserError(problem)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -7,7 +7,8 @@ import hashlib
 import numpy as np
 
 from ..contract import storage
-from ..contract.layout import INDEX, SHARD_FOLDERS, SHARD_SUFFIX
+from ..contract.errors import UserError
+from ..contract.layout import INDEX, MANIFEST, SHARD_FOLDERS, SHARD_SUFFIX
 from ..contract.manifest import read_manifest
 from ..contract.progress import Progress
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, npy_load
@@ -91,10 +92,30 @@ def check_shard(root, shard: dict, manifest: dict, quick: bool, size: int | None
     return problems, uids
 
 
+# what verify reads from manifest.json beyond what every reader checks (contract.manifest)
+VERIFY_FIELDS = {"image.format": str, "views.k": int, "teacher": dict, "num_classes": int}
+SHARD_FIELDS = {"bytes": int, "sha256": str}
+
+
+def check_verify_fields(manifest: dict, where: str) -> None:
+    """UserError naming the first field verify needs that is missing or of the wrong type."""
+    for dotted, kind in VERIFY_FIELDS.items():
+        value = manifest
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, kind):
+            raise UserError(f"{where}: {dotted} is missing or not a {kind.__name__}")
+    for entry in manifest.get("shards") or ():
+        for name, kind in SHARD_FIELDS.items():
+            if not isinstance(entry.get(name), kind):
+                raise UserError(f"{where}: shard {entry['name']!r} lacks {name}")
+
+
 def verify_release(root, quick: bool = False, progress: bool = False) -> list[tuple[str, str]]:
     """[(what, problem)] — empty when the release (a folder or a URL) is intact."""
     root = storage.absolute(root)
     manifest = read_manifest(root)
+    check_verify_fields(manifest, storage.join(root, MANIFEST))
     problems: list[tuple[str, str]] = []
     listed = {s["name"] for s in manifest["shards"]}
     files = {prefix: storage.listing(storage.join(root, prefix)) for prefix in SHARD_FOLDERS}
