@@ -205,3 +205,22 @@ def test_config_doc_command_prints_the_same(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == (REPO / "docs" / "CONFIG.md").read_text()
+
+
+def test_own_data_doc_configs_are_valid(tmp_path):
+    """The job manifest and training config of docs/OWN-DATA.md's worked example load with the strict
+    loaders (their files need not exist here): the doc cannot drift from the keys."""
+    import re
+
+    text = (REPO / "docs" / "OWN-DATA.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    jobs = [b for b in blocks if "generator" in b]
+    trains = [b for b in blocks if "releases" in b]
+    assert len(jobs) == 1 and len(trains) == 1
+    for cls, doc, name in ((JobConfig, jobs[0], "digits.yaml"), (TrainConfig, trains[0], "digits-train.yaml")):
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc))
+        with files_optional():
+            config = load(cls, path)
+        assert config is not None
+    assert "make_digits.py" in text and "tsd export" in text

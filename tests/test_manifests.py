@@ -35,7 +35,7 @@ def write_ingest_index(path: Path, train: int = 12, val: int = 4, classes: int =
 
 def localise(data: dict, tmp: Path) -> dict:
     """The manifest with each /data/... file replaced by a stand-in under tmp: an ingest index for
-    data.index, an empty folder for generator.path, an empty file for weights. Releases stay."""
+    data.index, an empty folder for generator.path, an empty safetensors file for weights. Releases stay."""
     data = copy.deepcopy(data)
     if "data" in data and "index" in data["data"]:
         data["data"]["index"] = str(write_ingest_index(tmp / "index.parquet"))
@@ -45,7 +45,7 @@ def localise(data: dict, tmp: Path) -> dict:
     for section in ("teacher", "student"):
         if (data.get(section) or {}).get("weights"):
             stand_in = tmp / Path(data[section]["weights"]).name
-            stand_in.write_bytes(b"")
+            stand_in.write_bytes(b"\x02" + b"\x00" * 7 + b"{}")   # an empty safetensors file: a header, no tensor
             data[section]["weights"] = str(stand_in)
     return data
 
