@@ -196,6 +196,8 @@ def corpus(small_release, tmp_path_factory):
         (["eval", str(d / "no-such-run"), str(root)], "not found"),
         (["eval", str(student), "foo://bucket/release"], "cannot open this URL"),
         (["eval", str(student), str(releases["cut-manifest"])], "not valid JSON"),
+        (["export", str(d / "no-such-run"), "--out", str(d / "exported")], "not a finished run folder"),
+        (["export", str(junk_student), "--out", str(d / "exported")], "truncated or damaged safetensors"),
         # ingest
         (["ingest", str(d / "empty-src"), "--out", str(d / "i1"), "--workers", "1"], "no usable image"),
         (["ingest", str(header_only), "--out", str(d / "i2"), "--workers", "1"], "no usable image (no rows)"),

@@ -151,7 +151,8 @@ def test_sigterm_checkpoints_then_a_corrupt_latest_falls_back_and_resumes_exactl
     refused = subprocess.run(train_command(config, out), env=trainer_env(), cwd=REPO, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-        f"tsd train: error: {out}: already holds a run (log.jsonl, config.yaml, checkpoints, tb); use --resume to "
+        f"tsd train: error: {out}: already holds a run (log.jsonl, val.jsonl, config.yaml, checkpoints, tb); use "
+        "--resume to "
         "continue it, --overwrite to replace it, or another --out"]
 
     latest = out / "checkpoints" / f"step-{step:08d}"
