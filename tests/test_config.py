@@ -35,7 +35,7 @@ def job_yaml(tmp_path, small_release):
     ({"data__classes": ["circle", "hexagon"]}, "data.classes: unknown class 'hexagon'"),
     ({"plan__pairing": "sideways"}, "plan.pairing: 'sideways' is not one of 'any', 'cross-class', 'same-class'"),
     ({"generator__kind": "dall-e"}, "generator.kind: 'dall-e' is not one of"),
-    ({"generate__shard_size": 0}, "generate.shard_size: must be at least 1"),
+    ({"generate__shard_size": 0}, "generate.shard_size: must be >= 1, got 0"),
 ])
 def test_bad_values_are_named(job_yaml, change, expected):
     path = job_yaml(**change)

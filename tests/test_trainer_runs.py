@@ -21,7 +21,7 @@ from trainer_fixtures import (REPO, read_log, release, rich_release, run_trainin
                               train_command, trainer_env, write_config)
 
 from pipeline import cli
-from trainer import evaluate
+from trainer import evaluate, runfolder
 
 pytestmark = pytest.mark.slow
 HEAVY = ("ray", "diffusers", "transformers")
@@ -150,10 +150,11 @@ def test_sigterm_checkpoints_then_a_corrupt_latest_falls_back_and_resumes_exactl
     # a folder holding a run: refused without --resume
     refused = subprocess.run(train_command(config, out), env=trainer_env(), cwd=REPO, capture_output=True,
                              text=True, timeout=120)
+    held = ", ".join(runfolder.run_files(out))     # val.jsonl only when an epoch ended before the stop
+    assert held.startswith("log.jsonl") and "checkpoints" in held
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-        f"tsd train: error: {out}: already holds a run (log.jsonl, val.jsonl, config.yaml, checkpoints, tb); use "
-        "--resume to "
-        "continue it, --overwrite to replace it, or another --out"]
+        f"tsd train: error: {out}: already holds a run ({held}); use --resume to continue it, --overwrite to "
+        "replace it, or another --out"]
 
     latest = out / "checkpoints" / f"step-{step:08d}"
     state = latest / "state.pt"

@@ -153,8 +153,11 @@ def claim(out: Path, resume: bool, overwrite: bool) -> RunLock:
         raise UserError("--resume and --overwrite exclude each other (continue the run, or replace it)")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the run folder ({e.strerror or e})") from None
     try:
         found = run_files(out)
         if found and not (resume or overwrite):
