@@ -50,6 +50,8 @@ def read_manifest(root: str) -> dict:
         data = storage.read_bytes(where)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"{root}: not a release (no {MANIFEST})") from None
+    except UserError:   # the storage layer's own one-line answer (an unknown scheme, credentials)
+        raise
     except OSError as e:
         raise UserError(f"{where}: cannot read: {e}") from None
     except (ValueError, ImportError) as e:  # fsspec: an unknown scheme, or its filesystem's package missing
