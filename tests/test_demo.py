@@ -11,7 +11,7 @@ import time
 # What `tsd demo --size small` prints (teacher, finetuned, distilled val top-1, and the distilled
 # student's agreement with the teacher). Anything that changes the shards or the training changes
 # them (e.g. the generator's conditioning): re-pin from the table this test prints when it fails.
-SMALL_DEMO_TABLE = {"teacher (probed)": "0.125", "student, finetuned": "0.250", "student, distilled": "0.438",
+SMALL_DEMO_TABLE = {"teacher (probed)": "0.125", "student, finetuned": "0.250", "student, distilled": "0.312",
                     "agreement": "56.2%"}
 
 
