@@ -146,13 +146,14 @@ def fail(name: str, message: str, code: int) -> int:
 
 
 def close_progress_bars() -> None:
-    """Close the bars still open (a failure skipped their `close`), so the message gets a line of its own."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
-        try:
-            bar.close()
-        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error itself
-            pass
+    """End the progress lines still drawn in place (a failure skipped their `close`), so the message
+    gets a line of its own."""
+    progress = sys.modules.get("pipeline.contract.progress")
+    try:
+        if progress is not None:
+            progress.close_all()
+    except Exception:  # noqa: BLE001 - a line that cannot close must not hide the error itself
+        pass
     sys.stdout.flush()
 
 

@@ -234,3 +234,24 @@ def test_every_bad_input_is_one_line(corpus):
                        + (f", escaped {r['escaped'][-600:]}" if r["escaped"] else ""))
     assert not bad, "\n".join(bad)
     assert len(results) == len(cases) >= 50
+
+
+def test_an_error_gets_a_line_of_its_own_below_a_progress_line(capsys):
+    """A progress line redrawn in place on a terminal is ended before the error is printed."""
+    import io
+
+    from pipeline import cli
+    from pipeline.contract.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = Progress("train", 10, unit="steps", stream=screen)
+    bar.update(3)
+    bar._emit()
+    assert not screen.getvalue().endswith("\n")              # mid-line, as a failure would leave it
+    assert cli.fail("tsd train", "something went\nwrong", 1) == 1
+    assert screen.getvalue().endswith("\n")
+    assert capsys.readouterr().err == "tsd train: error: something went wrong\n"

@@ -12,9 +12,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 
 DEFAULT_EVERY_S = 30.0
 REDRAW_S = 0.2   # on a terminal
+_OPEN: "weakref.WeakSet[Progress]" = weakref.WeakSet()   # lines drawn in place and not closed yet
+
+
+def close_all() -> None:
+    """End every line still being redrawn, so that what is printed next (an error) has its own line."""
+    for progress in list(_OPEN):
+        progress.close()
 
 
 def every_seconds() -> float:
@@ -50,6 +58,8 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.every = REDRAW_S if self.tty else every_seconds()
         self._drawn = False
+        if self.enabled and self.tty:
+            _OPEN.add(self)
 
     def update(self, n: int = 1, images: int | None = None) -> None:
         self.done += n
@@ -96,6 +106,7 @@ class Progress:
                 self.set(elapsed=_duration(elapsed))
                 self._emit(final=True)
             self.enabled = False
+        _OPEN.discard(self)
 
     def __enter__(self) -> "Progress":
         return self
