@@ -83,7 +83,11 @@ class OptimConfig:
     weight_decay: float = 0.05                # not applied to biases and norm weights (1-d tensors)
     momentum: float = 0.9                     # sgd only
     epochs: int = 100                         # epochs over the REAL train set: the schedule's length
-    warmup_epochs: float = 5.0                # linear warmup, then cosine decay to 0 (per step)
+    # The budget in optimizer steps, when set (then `epochs` is not used): runs that differ in their
+    # mixes then run the same steps; with the same real samples per batch they see the same real images
+    # (what `tsd compare` sets up). null = epochs × steps per epoch (one epoch = one pass over the real set)
+    steps: Optional[int] = None
+    warmup_epochs: float = 5.0                # linear warmup (epochs of the real set), then cosine decay to 0
     clip_grad: float = 0.0                    # max gradient norm; 0 = off
 
     def check(self):
@@ -93,6 +97,8 @@ class OptimConfig:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if self.epochs < 1:
             raise ConfigError(f"epochs: must be at least 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps: must be at least 1 (or null: epochs decide), got {self.steps}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs: must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.clip_grad < 0:
