@@ -53,18 +53,30 @@ class TeacherConfig:
 
 @dataclass
 class ProbeConfig:
-    """The task adaptation of the teacher: a head trained on frozen features (paper: probing)."""
+    """The task adaptation of the teacher. 'probe' (the paper's choice): a head trained on frozen
+    features. 'finetune' (the paper's counterpoint): the last `blocks` blocks and the final norm
+    trained with the head, on pixels, with layer-wise lr decay (see stages/probe.py `finetune`)."""
+    mode: Literal["probe", "finetune"] = "probe"
     head: Literal["linear", "mlp"] = "linear"
-    views: int = 1                            # augmented views per train image for the features
+    views: int = 1                            # probe: augmented views per train image for the features
     epochs: int = 100
-    lr: float = 1e-3
+    lr: float = 1e-3                          # the head's (finetune: and the final norm's) peak lr
     weight_decay: float = 1e-4
     batch_size: int = 1024
     hidden: int = 1024                        # mlp head width
+    blocks: int = 2                           # finetune: the last N transformer blocks trained
+    layer_decay: float = 0.75                 # finetune: block k from the top (k = 1 the last) at lr · decay^k
+    warmup_epochs: float = 1.0                # finetune: linear warmup, then cosine decay to 0
 
     def check(self):
         if self.views < 1 or self.epochs < 1:
             raise ConfigError("views/epochs: must be at least 1")
+        if self.blocks < 1:
+            raise ConfigError(f"blocks: must be at least 1, got {self.blocks}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay: must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup_epochs: must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
 
 
 @dataclass
@@ -109,6 +121,11 @@ class MixPlanConfig:
 @dataclass
 class GeneratorConfig:
     kind: Literal[registry.KINDS] = "image-mixer"   # see models.registry
+    # Several generators under one teacher: every kind listed (which must include `kind`) mixes the
+    # same planned pairs, weights and seeds; `kind`'s mixes are the job folder's own, each other
+    # kind's go to a release of its own, OUT/generators/<kind>/, labelled by the same teacher head
+    # (see stages/family.py). They share the settings below: at most one diffusion kind.
+    kinds: Optional[list[Literal[registry.KINDS]]] = None
     path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
     size: int = 640
     steps: int = 30
@@ -130,8 +147,16 @@ class GeneratorConfig:
     vae_slice: int = 8                        # images per VAE decode call (its activations dominate memory)
 
     def check(self):
-        if self.kind in registry.DIFFUSION_KINDS and self.path is None:
-            raise ConfigError(f"path: the {self.kind!r} generator needs a model folder")
+        if self.kinds is not None:
+            if self.kind not in self.kinds or len(set(self.kinds)) != len(self.kinds):
+                raise ConfigError(f"kinds: must list generator.kind {self.kind!r} (whose mixes stay in the job "
+                                  f"folder) and each kind once, got {self.kinds}")
+            if sum(k in registry.DIFFUSION_KINDS for k in self.kinds) > 1:
+                raise ConfigError(f"kinds: at most one diffusion generator (they would share generator.path), "
+                                  f"got {self.kinds}")
+        for kind in self.kinds or [self.kind]:
+            if kind in registry.DIFFUSION_KINDS and self.path is None:
+                raise ConfigError(f"path: the {kind!r} generator needs a model folder")
         require_file(self.path, "path")
         if self.size % 8 or self.size < 8:
             raise ConfigError(f"size: must be a positive multiple of 8, got {self.size}")

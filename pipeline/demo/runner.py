@@ -121,14 +121,17 @@ def _write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None) -> dict:
+def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None,
+                  kinds: list[str] | None = None) -> dict:
     """Data, tiny models, then ingest → probe → plan → generate → release → verify into `out`.
+    `kinds`: generator.kinds (the other generators' releases go to out/generators/<kind>).
     Returns what the rest of the demo needs (models, manifest, probe metrics)."""
     quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from ..config import load_job
     from ..sources.ingest import ingest
     from ..stages.distribute import generate_stage
+    from ..stages.family import members
     from ..stages.jobdir import WORK
     from ..stages.plan import plan_stage
     from ..stages.probe import probe_stage
@@ -155,7 +158,10 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
                      outputs=[ingest_dir / "index.parquet"])[0]
 
     timer.run("ingest", do_ingest, lambda s: f"kept {s['kept']}, rejected {s['rejected']}")
-    job_path = _write_yaml(work / "job.yaml", job_config(models, str(ingest_dir / "index.parquet"), size))
+    config = job_config(models, str(ingest_dir / "index.parquet"), size)
+    if kinds:
+        config["generator"]["kinds"] = list(kinds)
+    job_path = _write_yaml(work / "job.yaml", config)
     job = load_job(job_path)
 
     probe, _ = timer.run("probe", lambda: probe_stage(job, out),
@@ -165,10 +171,51 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     timer.run("generate", lambda: generate_stage(job, out, progress=True),
               lambda s: f"{s['done']} shards made, {s['skipped']} reused")
     manifest = timer.run("release", lambda: release_stage(job, out))
-    problems = timer.run("verify", lambda: verify_release(out), lambda p: "OK" if not p else f"{len(p)} problems")
+    roots = [out] + [m.root for m in members(job, out)]
+    problems = timer.run("verify", lambda: [p for root in roots for p in verify_release(root)],
+                         lambda p: ("OK" if not p else f"{len(p)} problems") + (f" ({len(roots)} releases)"
+                                                                                  if len(roots) > 1 else ""))
     if problems:
         raise RuntimeError(f"verify failed: {problems[:3]}")
     return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
+
+
+COMPARE_KINDS = ["image-mixer", "mixup", "cutmix"]
+
+
+def compare_config(out: Path, models: dict, size: DemoSize, releases: list[str]) -> dict:
+    """`tsd demo --compare`'s compare config: the demo's training settings, every row, 2 seeds."""
+    train = train_config(str(out), models, "distill", size)
+    runtime = dict(train["runtime"], checkpoint_every=48)
+    return {"teachers": [{"name": "probed", "releases": releases}], "seeds": 2, "student": train["student"],
+            "loss": {k: v for k, v in train["loss"].items() if k != "mode"}, "data": train["data"],
+            "optim": train["optim"], "runtime": runtime}
+
+
+def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
+    """`tsd demo --compare`: the demo's release plus the same mixes made by mixup and cutmix, then
+    `tsd compare` on them (finetune, KD, KD + each mix; 2 seeds) into out/compare."""
+    from trainer.compare import CompareConfig, markdown, run_compare
+
+    t_start = time.time()
+    out = Path(out).resolve()
+    timer = Timer()
+    built = build_release(out, size_name, timer, kinds=COMPARE_KINDS)
+    releases = [str(out)] + [str(out / "generators" / k) for k in COMPARE_KINDS[1:]]
+    config_path = _write_yaml(out / "work" / "compare.yaml",
+                              compare_config(out, built["models"], SIZES[size_name], releases))
+    results = timer.run("compare", lambda: run_compare(load(CompareConfig, config_path), out / "compare"),
+                        lambda r: f"{len(r['rows'])} rows × {len(r['rows'][0]['seeds'])} seeds")
+    print()
+    print(markdown(results))
+    print(f"{'stage':<20}{'seconds':>9}  note")
+    for name, secs, note in timer.rows:
+        print(f"{name:<20}{secs:>9.1f}  {note}")
+    wall = round(time.time() - t_start, 1)
+    print(f"{'total':<20}{wall:>9.1f}")
+    print(f"\nresults: {out / 'compare'} (results.json, results.md, results.png). The image-mixer weights are "
+          "random: its SD-Mixup images are noise.")
+    return {**results, "wall_s": wall}
 
 
 def run_demo(out: str | Path, size_name: str = "demo") -> dict:
@@ -265,6 +312,8 @@ def add_arguments(p) -> None:
                    help="every stage with random-weight models at the paper's sizes (DINOv2 ViT-g/14, ImageMixer, "
                         "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: under 25 min on 2 CPU "
                         "cores, 10 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
+    p.add_argument("--compare", action="store_true",
+                   help="also make mixup and cutmix mixes, then `tsd compare` every row (2 seeds) into OUT/compare")
 
 
 def run(args) -> int:
@@ -272,6 +321,9 @@ def run(args) -> int:
         from .realsize import run_real_size
 
         run_real_size(args.out)
+        return 0
+    if args.compare:
+        run_compare_demo(args.out, args.size)
         return 0
     run_demo(args.out, args.size)
     return 0

@@ -218,15 +218,20 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
     per_mix, mix_notes = mix_seconds(job)
     teacher_rate, teacher_note = teacher_img_s(job)
     teacher_passes = k * (counts.train + mixes) + counts.val   # the labels: K views each, 1 per val image
-    probe_passes = job.probe.views * counts.train + counts.val  # the probe's feature pass
+    if job.probe.mode == "finetune":  # a forward and a backward (≤ 2 forwards) per image per epoch
+        probe_passes = 3 * job.probe.epochs * counts.train + counts.val
+        probe_note = (f"probe: finetune, {job.probe.epochs} epochs × (forward + backward, counted as 3 forward "
+                      "passes: an upper bound, only the last blocks are back-propagated) per train image + val")
+    else:
+        probe_passes = job.probe.views * counts.train + counts.val  # the probe's feature pass
+        probe_note = f"probe: {job.probe.views} view(s) per train image + val"
     teacher_s = (teacher_passes + probe_passes) / teacher_rate
     gpu_seconds = {speed: {"mix": mixes * per_mix[speed], "teacher": teacher_s} for speed in per_mix}
     assumptions = [
         f"speeds measured on one H100: {ANCHORS_SOURCE}",
         *mix_notes,
         teacher_note,
-        f"teacher passes: {k} views × (real train + mixes) + 1 per val image; probe: "
-        f"{job.probe.views} view(s) per train image + val",
+        f"teacher passes: {k} views × (real train + mixes) + 1 per val image; {probe_note}",
         f"disk: stored images measured by encoding a 1/f test image at the stored size "
         f"({job.data.image_format} q{job.data.quality}); real images assumed "
         f"{counts.real_size[0]}×{counts.real_size[1]} after storing",
