@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 import signal
 import subprocess
@@ -198,3 +199,28 @@ def test_compare_config_errors(tmp_path, release, cutmix_release):
     (other / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match=r"teachers\[0\].releases\[1\]: .* was labelled by another teacher"):
         compare.row_plan(compare.load_compare(write_compare(tmp_path / "c.yaml", release, other)))
+
+
+# -- the shipped compare configs ----------------------------------------------------------------
+MANIFESTS = REPO / "manifests"
+
+
+def test_compare_demo_is_what_the_demo_compares(tmp_path):
+    from pipeline.demo.runner import COMPARE_KINDS, SIZES, compare_config
+
+    work = "../demo-out/work"
+    models = {"teacher": f"{work}/models/teacher/model.safetensors",
+              "student": f"{work}/models/student/model.safetensors", "image-mixer": f"{work}/models/image-mixer"}
+    releases = ["../demo-out"] + [f"../demo-out/generators/{k}" for k in COMPARE_KINDS[1:]]
+    raw = yaml.safe_load((MANIFESTS / "compare-demo.yaml").read_text())
+    assert raw == compare_config(Path("../demo-out"), models, SIZES["demo"], releases)
+
+
+@pytest.mark.parametrize("name", ["compare-demo", "compare-cub200"])
+def test_compare_configs_load(name, tmp_path):
+    from test_manifests import localise, write_yaml
+
+    raw = yaml.safe_load((MANIFESTS / f"{name}.yaml").read_text())
+    config = compare.load_compare(write_yaml(tmp_path / "c.yaml", localise(raw, tmp_path)))
+    assert config.seeds == 2 and config.teachers[0].name == "probed"
+    assert all(Path(r).is_absolute() for t in config.teachers for r in t.releases)
