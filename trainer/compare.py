@@ -34,7 +34,7 @@ from pipeline.contract.configlib import ConfigError, load, parse_overrides, path
 from pipeline.contract.files import atomic_write, read_json, reuse, write_json
 from pipeline.contract.ids import fingerprint
 
-from .config import DataConfig, LossConfig, OptimConfig, RuntimeConfig, StudentConfig, TrainConfig, check_releases
+from .config import DataConfig, RunSettings, TrainConfig, check_releases
 from .release import ReleaseSet
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
@@ -61,17 +61,12 @@ class TeacherReleases:
 
 
 @dataclass
-class CompareConfig:
-    """The rows' shared training settings and the teachers' releases. `loss.mode` and
-    `data.generators` are set per row; `runtime.seed` is the first seed."""
-    teachers: list[TeacherReleases]
+class CompareConfig(RunSettings):
+    """The rows' shared training settings (a training config without releases) and the teachers'
+    releases. `loss.mode` and `data.generators` are set per row; `runtime.seed` is the first seed."""
+    teachers: list[TeacherReleases] = field(default_factory=list)  # required: check() refuses none
     rows: Optional[list[str]] = None          # finetune, kd and generator kinds; null = all the releases allow
     seeds: int = 2                            # runs per row: seeds runtime.seed, runtime.seed + 1, …
-    student: StudentConfig = field(default_factory=StudentConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def check(self):
         if not self.teachers:

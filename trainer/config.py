@@ -127,13 +127,18 @@ class RuntimeConfig:
 
 
 @dataclass
-class TrainConfig:
-    releases: list[str] = path_field()        # release folders or fsspec URLs (same classes)
+class RunSettings:
+    """How a student is trained, releases aside: a `tsd train` config, and every run of `tsd compare`."""
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
+class TrainConfig(RunSettings):
+    releases: list[str] = path_field(default_factory=list)  # release folders or fsspec URLs (same classes); required
 
     def check(self):
         if not self.releases:
