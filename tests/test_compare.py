@@ -191,6 +191,15 @@ def test_compare_config_errors(tmp_path, release, cutmix_release):
     # no steps given: epochs passes over the real set at the rows' real images per step
     rows, budget = plan(optim={"epochs": 2, "warmup_epochs": 0.1})
     assert budget.steps == 2 * 128 // 8 and {r.config.optim.steps for r in rows} == {32}
+    # a second teacher: its rows again, named after it; the finetune row once
+    two = [{"name": "probed", "releases": [str(release), str(cutmix_release)]},
+           {"name": "finetuned", "releases": [str(release)]}]
+    rows, _ = plan(teachers=two)
+    assert [r.id for r in rows] == ["finetune", "kd.probed", "kd+mixup.probed", "kd+cutmix.probed", "kd.finetuned",
+                                    "kd+mixup.finetuned"]
+    small = write_release(tmp_path / "small", classes=4, train_per_class=8, val_per_class=4, mixes=0)
+    with pytest.raises(ConfigError, match=r"teachers\[1\]: its releases hold .* another number of real training"):
+        plan(teachers=[two[0], {"name": "other", "releases": [str(small)]}])
     # a release labelled by another teacher cannot join this teacher's rows
     other = tmp_path / "other"
     shutil.copytree(cutmix_release, other)
@@ -206,14 +215,14 @@ MANIFESTS = REPO / "manifests"
 
 
 def test_compare_demo_is_what_the_demo_compares(tmp_path):
-    from pipeline.demo.runner import COMPARE_KINDS, SIZES, compare_config
+    from pipeline.demo.runner import SIZES, compare_config, compare_teachers
 
     work = "../demo-out/work"
     models = {"teacher": f"{work}/models/teacher/model.safetensors",
               "student": f"{work}/models/student/model.safetensors", "image-mixer": f"{work}/models/image-mixer"}
-    releases = ["../demo-out"] + [f"../demo-out/generators/{k}" for k in COMPARE_KINDS[1:]]
     raw = yaml.safe_load((MANIFESTS / "compare-demo.yaml").read_text())
-    assert raw == compare_config(Path("../demo-out"), models, SIZES["demo"], releases)
+    assert raw == compare_config("../demo-out", models, SIZES["demo"], compare_teachers("../demo-out"))
+    assert [t["name"] for t in raw["teachers"]] == ["probed", "finetuned"]
 
 
 @pytest.mark.parametrize("name", ["compare-demo", "compare-cub200"])

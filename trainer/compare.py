@@ -126,7 +126,7 @@ def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
             raise ConfigError(f"rows[{i}]: {name!r} is not a row these releases allow (have: "
                               f"{', '.join(sorted(available))})")
 
-    def make(row_id, label, teacher, mode, generator, releases, roots) -> Row:
+    def make(row_id, label, teacher, mode, generator, roots) -> Row:
         if generator and not n_mix:
             raise ConfigError(f"data.mix_ratio: {config.data.mix_ratio} leaves no mixes in the batches of row {row_id}")
         # the rows with mixes read the whole batch; the others only its real part
@@ -143,18 +143,17 @@ def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
     rows = []
     if wanted is None or "finetune" in wanted:
         first = config.teachers[0]
-        rows.append(make("finetune", "finetune (CE on labels)", None, "finetune", None, None, first.releases[:1]))
+        rows.append(make("finetune", "finetune (CE on labels)", None, "finetune", None, first.releases[:1]))
     several = len(config.teachers) > 1
     for spec, releases in zip(config.teachers, teachers):
         suffix = f".{spec.name}" if several else ""
         if wanted is None or "kd" in wanted:
-            rows.append(make(f"kd{suffix}", "KD on real images", spec.name, "kd-real", None, releases,
-                             spec.releases[:1]))
+            rows.append(make(f"kd{suffix}", "KD on real images", spec.name, "kd-real", None, spec.releases[:1]))
         kinds = releases.generator_kinds()
         for kind in sorted(kinds, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k)):
             if wanted is None or kind in wanted:
                 rows.append(make(f"kd+{kind}{suffix}", KIND_LABELS.get(kind, f"KD + {kind}"), spec.name, "distill",
-                                 kind, releases, spec.releases))
+                                 kind, spec.releases))
     if not rows:
         raise ConfigError("rows: no row to run")
     return rows, budget

@@ -130,13 +130,7 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from ..config import load_job
     from ..sources.ingest import ingest
-    from ..stages.distribute import generate_stage
-    from ..stages.family import members
     from ..stages.jobdir import WORK
-    from ..stages.plan import plan_stage
-    from ..stages.probe import probe_stage
-    from ..stages.release import release_stage
-    from ..tools.verify import verify_release
     from .toydata import write_toy_dataset
 
     size = SIZES[size_name]
@@ -162,59 +156,100 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     if kinds:
         config["generator"]["kinds"] = list(kinds)
     job_path = _write_yaml(work / "job.yaml", config)
-    job = load_job(job_path)
+    probe, manifest = job_stages(load_job(job_path), out, timer)
+    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
 
-    probe, _ = timer.run("probe", lambda: probe_stage(job, out),
+
+def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dict]:
+    """probe → plan → generate → release → verify of one job folder (and its generator family);
+    (probe metrics, manifest)."""
+    from ..stages.distribute import generate_stage
+    from ..stages.family import members
+    from ..stages.plan import plan_stage
+    from ..stages.probe import probe_stage
+    from ..stages.release import release_stage
+    from ..tools.verify import verify_release
+
+    probe, _ = timer.run(f"probe{label}", lambda: probe_stage(job, out),
                          lambda r: f"teacher val top-1 {r[0]['val_top1']:.3f}" + (" (reused)" if r[1] else ""))
-    timer.run("plan", lambda: plan_stage(job, out),
+    timer.run(f"plan{label}", lambda: plan_stage(job, out),
               lambda r: f"{len(r[0])} samples, {len(r[0].shard_names())} shards" + (" (reused)" if r[1] else ""))
-    timer.run("generate", lambda: generate_stage(job, out, progress=True),
+    timer.run(f"generate{label}", lambda: generate_stage(job, out, progress=True),
               lambda s: f"{s['done']} shards made, {s['skipped']} reused")
-    manifest = timer.run("release", lambda: release_stage(job, out))
+    manifest = timer.run(f"release{label}", lambda: release_stage(job, out))
     roots = [out] + [m.root for m in members(job, out)]
-    problems = timer.run("verify", lambda: [p for root in roots for p in verify_release(root)],
+    problems = timer.run(f"verify{label}", lambda: [p for root in roots for p in verify_release(root)],
                          lambda p: ("OK" if not p else f"{len(p)} problems") + (f" ({len(roots)} releases)"
                                                                                   if len(roots) > 1 else ""))
     if problems:
         raise RuntimeError(f"verify failed: {problems[:3]}")
-    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
+    return probe, manifest
 
 
 COMPARE_KINDS = ["image-mixer", "mixup", "cutmix"]
+# The demo's finetuned teacher (the paper's counterpoint to probing): its last block, final norm and
+# head trained on the task; it labels the real images only (its row is KD on real images).
+FINETUNE_RECIPE = {"mode": "finetune", "head": "linear", "blocks": 1, "epochs": 20, "lr": 0.003,
+                   "weight_decay": 0.0001, "batch_size": 64, "layer_decay": 0.75, "warmup_epochs": 1}
 
 
-def compare_config(out: Path, models: dict, size: DemoSize, releases: list[str]) -> dict:
+def finetuned_teacher_job(models: dict, index: str, size: DemoSize) -> dict:
+    """The demo job with a finetuned teacher and no mixes."""
+    config = job_config(models, index, size)
+    config["probe"] = dict(FINETUNE_RECIPE)
+    config["plan"]["pool_size"] = 0
+    del config["generator"]
+    config["release"] = dict(config["release"], name="tsdistill-demo-finetuned-teacher",
+                             description="The tsdistill demo's real images, labelled by a finetuned teacher.")
+    return config
+
+
+def compare_config(out: str | Path, models: dict, size: DemoSize, teachers: list[dict]) -> dict:
     """`tsd demo --compare`'s compare config: the demo's training settings, every row, 2 seeds."""
     train = train_config(str(out), models, "distill", size)
     runtime = dict(train["runtime"], checkpoint_every=48)
-    return {"teachers": [{"name": "probed", "releases": releases}], "seeds": 2, "student": train["student"],
+    return {"teachers": teachers, "seeds": 2, "student": train["student"],
             "loss": {k: v for k, v in train["loss"].items() if k != "mode"}, "data": train["data"],
             "optim": train["optim"], "runtime": runtime}
 
 
+def compare_teachers(out: str | Path) -> list[dict]:
+    """The demo compare's teachers: the probed one (the demo release and its mixup and cutmix
+    releases), the finetuned one (out/teacher-finetuned, real images only)."""
+    return [{"name": "probed", "releases": [str(out)] + [f"{out}/generators/{k}" for k in COMPARE_KINDS[1:]]},
+            {"name": "finetuned", "releases": [f"{out}/teacher-finetuned"]}]
+
+
 def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
-    """`tsd demo --compare`: the demo's release plus the same mixes made by mixup and cutmix, then
-    `tsd compare` on them (finetune, KD, KD + each mix; 2 seeds) into out/compare."""
+    """`tsd demo --compare`: the demo's release plus the same mixes made by mixup and cutmix, a
+    finetuned teacher's release of the real images, then `tsd compare` on them (finetune, KD,
+    KD + each mix, KD with the finetuned teacher; 2 seeds) into out/compare."""
     from trainer.compare import CompareConfig, markdown, run_compare
+
+    from ..config import load_job
 
     t_start = time.time()
     out = Path(out).resolve()
     timer = Timer()
+    size = SIZES[size_name]
     built = build_release(out, size_name, timer, kinds=COMPARE_KINDS)
-    releases = [str(out)] + [str(out / "generators" / k) for k in COMPARE_KINDS[1:]]
+    finetuned = out / "teacher-finetuned"
+    index = str(out / "work" / "ingest" / "index.parquet")
+    job = load_job(_write_yaml(finetuned / "work" / "job.yaml", finetuned_teacher_job(built["models"], index, size)))
+    job_stages(job, finetuned, timer, " (finetuned teacher)")
     config_path = _write_yaml(out / "work" / "compare.yaml",
-                              compare_config(out, built["models"], SIZES[size_name], releases))
+                              compare_config(out, built["models"], size, compare_teachers(out)))
     results = timer.run("compare", lambda: run_compare(load(CompareConfig, config_path), out / "compare"),
                         lambda r: f"{len(r['rows'])} rows × {len(r['rows'][0]['seeds'])} seeds")
     print()
     print(markdown(results))
-    print(f"{'stage':<20}{'seconds':>9}  note")
+    print(f"{'stage':<32}{'seconds':>9}  note")
     for name, secs, note in timer.rows:
-        print(f"{name:<20}{secs:>9.1f}  {note}")
+        print(f"{name:<32}{secs:>9.1f}  {note}")
     wall = round(time.time() - t_start, 1)
-    print(f"{'total':<20}{wall:>9.1f}")
-    print(f"\nresults: {out / 'compare'} (results.json, results.md, results.png). The image-mixer weights are "
-          "random: its SD-Mixup images are noise.")
+    print(f"{'total':<32}{wall:>9.1f}")
+    print(f"\nresults: {out / 'compare'} (results.json, results.md, results.png). Tiny random-weight models: "
+          "the demo's ImageMixer weights are random, so its SD-Mixup images are noise.")
     return {**results, "wall_s": wall}
 
 
@@ -313,7 +348,8 @@ def add_arguments(p) -> None:
                         "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: under 25 min on 2 CPU "
                         "cores, 10 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
     p.add_argument("--compare", action="store_true",
-                   help="also make mixup and cutmix mixes, then `tsd compare` every row (2 seeds) into OUT/compare")
+                   help="also make mixup and cutmix mixes and a finetuned teacher's release, then `tsd compare` "
+                        "every row (2 seeds) into OUT/compare")
 
 
 def run(args) -> int:
