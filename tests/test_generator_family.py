@@ -98,3 +98,15 @@ def test_kinds_are_checked(small_release):
         load_job(small_release["job_path"], {"generator": {"kinds": ["mixup", "cutmix"]}})
     with pytest.raises(ConfigError, match="generator.kinds: at most one diffusion generator"):
         load_job(small_release["job_path"], {"generator": {"kinds": ["image-mixer", "unclip"]}})
+
+
+def test_the_dry_run_counts_every_generator(small_release):
+    from pipeline.tools.estimate import estimate
+
+    one = estimate(load_job(small_release["job_path"]))
+    every = estimate(load_job(small_release["job_path"], {"generator": {"kinds": KINDS}}))
+    assert every["counts"]["mix/train"] == 3 * one["counts"]["mix/train"]
+    assert every["shards"]["mix/train"] == 3 * one["shards"]["mix/train"]
+    # mixup and cutmix cost no GPU time; the teacher labels all three pools
+    assert every["gpu_seconds"]["target"]["mix"] == pytest.approx(one["gpu_seconds"]["target"]["mix"])
+    assert every["gpu_seconds"]["target"]["teacher"] > one["gpu_seconds"]["target"]["teacher"]
