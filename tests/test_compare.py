@@ -52,7 +52,7 @@ def test_steps_budget_ends_inside_an_epoch_and_resumes_exactly(tmp_path, release
     log = read_log(tmp_path / "run")
     assert [e["step"] for e in log] == list(range(1, 9)) and [e["epoch"] for e in log][-3:] == [0, 1, 1]
     assert metrics["train"]["steps"] == 8 and metrics["train"]["epochs"] == round(8 / 6, 4)
-    assert metrics["train"]["images_seen"] == {"steps": 8, "real_images": 8 * 24, "mix_images": 8 * 8}
+    assert metrics["train"]["budget"] == {"steps": 8, "real_images": 8 * 24, "mix_images": 8 * 8}
     assert log[-1]["lr"] < log[3]["lr"]  # the cosine runs to the budget's end
 
     # as if killed after step 7's checkpoint (inside the shortened last epoch): resume gives the same run
@@ -123,7 +123,7 @@ def test_compare_runs_every_row_at_one_budget(compared):
         assert row["std"] == pytest.approx(abs(row["val_top1"][0] - row["val_top1"][1]) / 2 ** 0.5)
         for run in row["runs"]:
             metrics = json.loads((out / run / "metrics.json").read_text())
-            assert metrics["train"]["images_seen"]["real_images"] == 32 and metrics["train"]["steps"] == 4
+            assert metrics["train"]["budget"]["real_images"] == 32 and metrics["train"]["steps"] == 4
     by_id = {r["id"]: r for r in results["rows"]}
     assert by_id["finetune"]["teacher"] is None and by_id["kd+cutmix"]["teacher"] == "probed"
     assert by_id["kd+cutmix"]["generator"] == "cutmix" and by_id["kd"]["mode"] == "kd-real"

@@ -237,7 +237,7 @@ def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: d
     table = []
     for row in rows:
         runs = finished[row.id]
-        spent = {(m["train"]["steps"], m["train"]["images_seen"]["real_images"]) for m in runs}
+        spent = {(m["train"]["steps"], m["train"]["budget"]["real_images"]) for m in runs}
         expected = (budget.steps, budget.steps * budget.real_per_step)
         if spent != {expected}:
             raise RuntimeError(f"row {row.id}: runs spent {sorted(spent)} (steps, real images), the budget is "
@@ -251,8 +251,8 @@ def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: d
             "releases": [r.root for r in row.releases],
             "seeds": seeds(config),
             "steps": budget.steps,
-            "real_images": runs[0]["train"]["images_seen"]["real_images"],
-            "mix_images": runs[0]["train"]["images_seen"]["mix_images"],
+            "real_images": runs[0]["train"]["budget"]["real_images"],
+            "mix_images": runs[0]["train"]["budget"]["mix_images"],
             "val_top1": top1,
             "mean": statistics.fmean(top1),
             "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,

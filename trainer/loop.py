@@ -130,7 +130,7 @@ def budget_steps(optim, steps_per_epoch: int) -> tuple[int, int]:
     return total, warmup
 
 
-def images_seen(plan: TrainPlan, steps: int, world: int) -> dict:
+def run_budget(plan: TrainPlan, steps: int, world: int) -> dict:
     """The budget a run spends, stated in its metrics: steps and the real and mix images they read."""
     return {"steps": steps, "real_images": steps * plan.n_real * world, "mix_images": steps * plan.n_mix * world}
 
@@ -260,7 +260,7 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
                "train": {"steps": s.total_steps, "epochs": round(s.total_steps / s.plan.steps_per_epoch, 4),
                          "steps_per_epoch": s.plan.steps_per_epoch, "global_batch": config.data.batch_size,
                          "mode": config.loss.mode, **progress, "world": procs.world,
-                         "images_seen": images_seen(s.plan, s.total_steps, procs.world)},
+                         "budget": run_budget(s.plan, s.total_steps, procs.world)},
                "student": {"arch": config.student.arch, "img_size": config.student.img_size},
                "releases": [r.root for r in releases]}
     if procs.main:

@@ -207,7 +207,7 @@ def finetuned_teacher_job(models: dict, index: str, size: DemoSize) -> dict:
 def compare_config(out: str | Path, models: dict, size: DemoSize, teachers: list[dict]) -> dict:
     """`tsd demo --compare`'s compare config: the demo's training settings, every row, 2 seeds."""
     train = train_config(str(out), models, "distill", size)
-    runtime = dict(train["runtime"], checkpoint_every=48)
+    runtime = dict(train["runtime"], checkpoint_every=48, eval_every=0)  # validation at the end only: time
     return {"teachers": teachers, "seeds": 2, "student": train["student"],
             "loss": {k: v for k, v in train["loss"].items() if k != "mode"}, "data": train["data"],
             "optim": train["optim"], "runtime": runtime}
