@@ -146,6 +146,20 @@ def test_compare_reuses_finished_runs(compared, tmp_path, capsys, single_thread)
     assert results["rows"] == json.loads((out / compare.RESULTS_JSON).read_text())["rows"]
 
 
+def test_a_changed_config_starts_its_runs_over(compared, tmp_path, single_thread):
+    config, out, _ = compared
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "runs" / "kd" / "seed-0" / "metrics.json").read_text())
+    changed = compare.load_compare(config, {"rows": ["kd"], "optim": {"lr": 0.01}})
+    results = compare.run_compare(changed, copy, log=lambda line: None)
+    assert [r["id"] for r in results["rows"]] == ["kd"]
+    log = read_log(copy / "runs" / "kd" / "seed-0")
+    assert [e["step"] for e in log] == [1, 2, 3, 4] and log[0]["lr"] != read_log(out / "runs" / "kd" / "seed-0")[0]["lr"]
+    after = json.loads((copy / "runs" / "kd" / "seed-0" / "metrics.json").read_text())
+    assert after["train"]["steps_this_run"] == 4 and before["train"]["steps_this_run"] == 4
+
+
 def test_killed_compare_resumes_to_the_same_results(compared, tmp_path):
     config, reference, _ = compared
     out = tmp_path / "out"
