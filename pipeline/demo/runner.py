@@ -189,7 +189,7 @@ def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dic
 COMPARE_KINDS = ["image-mixer", "mixup", "cutmix"]
 # The demo's finetuned teacher (the paper's counterpoint to probing): its last block, final norm and
 # head trained on the task; it labels the real images only (its row is KD on real images).
-FINETUNE_RECIPE = {"mode": "finetune", "head": "linear", "blocks": 1, "epochs": 20, "lr": 0.003,
+FINETUNE_RECIPE = {"mode": "finetune", "head": "linear", "blocks": 1, "epochs": 10, "lr": 0.003,
                    "weight_decay": 0.0001, "batch_size": 64, "layer_decay": 0.75, "warmup_epochs": 1}
 
 
