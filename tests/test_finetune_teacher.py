@@ -82,8 +82,8 @@ def test_layer_wise_lr_decay_groups(small_release):
 def test_the_worker_labels_with_the_finetuned_teacher(finetuned, small_release):
     job, out, _, _ = finetuned
     plan = read_plan(jobdir.plan_path(small_release["root"]))
-    name = next(n for n in plan.shards() if n.startswith("real/val"))
-    rows = plan.shards()[name][:3]
+    name = next(n for n in plan.shard_names() if n.startswith("real/val"))
+    rows = plan.rows(name)[:3]
     worker = ShardWorker(job, out, device="cpu")
     made = worker.make_samples(rows)
     worker.close()
