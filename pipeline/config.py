@@ -54,14 +54,24 @@ class TeacherConfig:
 
 @dataclass
 class ProbeConfig:
-    """The task adaptation of the teacher: a head trained on frozen features (paper: probing)."""
+    """The task adaptation of the teacher. 'probe' (the paper's choice): a head trained on frozen
+    features. 'finetune' (the paper's counterpoint): the last `blocks` blocks and the final norm
+    trained with the head, on pixels, with layer-wise lr decay (see stages/probe.py `finetune`)."""
+    mode: Literal["probe", "finetune"] = "probe"   # probe: a head on frozen features; finetune: last blocks + head
     head: Literal["linear", "mlp"] = "linear"  # the task head on CLS ‖ mean-patch features
-    views: int = ranged(1, ge=1)              # augmented views per train image for the features
-    epochs: int = ranged(100, ge=1)           # passes over the cached features
-    lr: float = ranged(1e-3, gt=0)            # AdamW peak learning rate (cosine schedule)
+    views: int = ranged(1, ge=1)              # probe: augmented views per train image for the features
+    epochs: int = ranged(100, ge=1)           # probe: passes over the cached features; finetune: over the images
+    lr: float = ranged(1e-3, gt=0)            # the head's (finetune: and the final norm's) peak AdamW lr
     weight_decay: float = ranged(1e-4, ge=0)  # AdamW weight decay
-    batch_size: int = ranged(1024, ge=1)      # features per head update
+    batch_size: int = ranged(1024, ge=1)      # features (finetune: images) per update
     hidden: int = ranged(1024, ge=1)          # mlp head width
+    blocks: int = ranged(2, ge=1)             # finetune: the last N transformer blocks trained
+    layer_decay: float = ranged(0.75, gt=0, le=1)   # finetune: block k from the top (k = 1 the last) at lr · decay^k
+    warmup_epochs: float = ranged(1.0, ge=0, allowed="at most epochs")   # finetune: linear warmup, then cosine to 0
+
+    def check(self):
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs: must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
 
 
 @dataclass
@@ -100,6 +110,11 @@ class MixPlanConfig:
 class GeneratorConfig:
     """The SD-Mixup generator: which model makes the mixes, and how it samples."""
     kind: Literal[registry.KINDS] = "image-mixer"   # the generator (see `tsd plan --help` and models.registry)
+    # Several generators under one teacher: every kind listed (which must include `kind`) mixes the
+    # same planned pairs, weights and seeds; `kind`'s mixes are the job folder's own, each other
+    # kind's go to a release of its own, OUT/generators/<kind>/, labelled by the same teacher head
+    # (see stages/family.py). They share the settings below: at most one diffusion kind.
+    kinds: Optional[list[Literal[registry.KINDS]]] = None   # several generators' mixes of one plan; null = `kind` only
     path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
     size: int = ranged(640, ge=8, multiple_of=8)     # generated image side (px)
     steps: int = ranged(30, ge=1)             # denoising steps
@@ -121,8 +136,16 @@ class GeneratorConfig:
     vae_slice: int = ranged(8, ge=1)          # images per VAE decode call (its activations dominate memory)
 
     def check(self):
-        if self.kind in registry.DIFFUSION_KINDS and self.path is None:
-            raise ConfigError(f"path: the {self.kind!r} generator needs a model folder")
+        if self.kinds is not None:
+            if self.kind not in self.kinds or len(set(self.kinds)) != len(self.kinds):
+                raise ConfigError(f"kinds: must list generator.kind {self.kind!r} (whose mixes stay in the job "
+                                  f"folder) and each kind once, got {self.kinds}")
+            if sum(k in registry.DIFFUSION_KINDS for k in self.kinds) > 1:
+                raise ConfigError(f"kinds: at most one diffusion generator (they would share generator.path), "
+                                  f"got {self.kinds}")
+        for kind in self.kinds or [self.kind]:
+            if kind in registry.DIFFUSION_KINDS and self.path is None:
+                raise ConfigError(f"path: the {kind!r} generator needs a model folder")
         require_file(self.path, "path")
         check_weights_header(self.path, "path")
         if self.scheduler == "ldm-ddim-fork" and self.steps < 2:

@@ -144,6 +144,13 @@ def corpus(small_release, tmp_path_factory):
     (d / "another-src" / "dog").mkdir(parents=True)
     shutil.copy(next((root / "work" / "source").rglob("*.jpg")), d / "another-src" / "dog" / "x.jpg")
 
+    # compare configs: the training settings of `train` with teachers instead of releases
+    settings = {k: v for k, v in yaml.safe_load(train.read_text()).items() if k != "releases"}
+    compare = _yaml(d / "compare.yaml", {**settings, "teachers": [{"name": "probed", "releases": [str(root)]}]})
+    no_teacher = _yaml(d / "compare-no-teacher.yaml", {**settings, "teachers": []})
+    twice = _yaml(d / "compare-twice.yaml", {**settings, "teachers": [{"name": "a", "releases": [str(root)]},
+                                                                       {"name": "a", "releases": [str(root)]}]})
+
     j, t, out = str(job), str(train), str(d / "out")
     cases = [
         # the job's keys, validated before anything loads
@@ -190,6 +197,19 @@ def corpus(small_release, tmp_path_factory):
         (["train", t, "--out", out, "--set", "optim.lr=0"], "optim.lr: must be > 0, got 0.0"),
         (["train", t, "--out", out, "--set", "data.on_corrupt=ignore"], "data.on_corrupt: 'ignore' is not one of"),
         (["train", t, "--out", out, "--set", "runtime.checkpoint_minutes=-1"], "must be >= 0"),
+        (["train", t, "--out", out, "--set", "optim.steps=0"], "optim.steps: must be >= 1, got 0"),
+        # compare
+        (["compare", str(compare), "--out", out, "--set", "seeds=0"], "seeds: must be >= 1, got 0"),
+        (["compare", str(no_teacher), "--out", out], "teachers: at least one"),
+        (["compare", str(twice), "--out", out], "teachers: names must differ"),
+        (["compare", str(compare), "--out", out, "--set", "rows=[kd,kd]"], "rows: listed twice"),
+        (["compare", str(compare), "--out", out, "--set", f"teachers=[{{name: p, releases: [{d / 'no-such-release'}]}}]"],
+         "not a release"),
+        (["compare", str(d / "missing.yaml"), "--out", out], "config file not found"),
+        # the teacher's adaptation and the generator family
+        (["probe", j, "--out", out, "--set", "probe.mode=finetune", "--set", "probe.layer_decay=0"],
+         "probe.layer_decay: must be"),
+        (["plan", j, "--out", out, "--set", "generator.kinds=[cutmix]"], "generator.kinds: must list"),
         # evaluation
         (["eval", str(root / "manifest.json"), str(root)], "not a student"),
         (["eval", str(junk_student), str(root)], "truncated or damaged safetensors"),

@@ -530,3 +530,19 @@ def test_main_exits_2_with_a_one_line_error(tmp_path, capsys, make_src, message)
     assert main(src, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tsd ingest: error: ") and re.search(message, err)
+
+
+def test_reading_an_index_exits_cleanly_every_time(tmp_path):
+    """pq.read_table on a file object aborted the interpreter at exit about one run in six
+    (pyarrow 26, exit 134 after the work was done); the index reader must not."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "t.parquet"
+    n = 240
+    pq.write_table(pa.table({"uid": [f"u{i}" for i in range(n)], "parents": [["a", "b"]] * n,
+                             "label": pa.array(range(n), pa.int32()), "weight": [1.0] * n}), path)
+    code = f"from pipeline.sources.index import read_table; assert read_table({str(path)!r}).num_rows == {n}"
+    # one at a time: the abort is a race at exit that a loaded machine hides
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, check=False) for _ in range(20)]
+    assert [(r.returncode, r.stderr.decode()[-200:]) for r in runs if r.returncode] == []

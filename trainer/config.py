@@ -67,7 +67,11 @@ class OptimConfig:
     weight_decay: float = ranged(0.05, ge=0)  # not applied to biases and norm weights (1-d tensors)
     momentum: float = ranged(0.9, ge=0, lt=1)  # sgd only
     epochs: int = ranged(100, ge=1)           # epochs over the REAL train set: the schedule's length
-    warmup_epochs: float = ranged(5.0, ge=0, allowed="<= optim.epochs")  # linear warmup, then cosine decay to 0 (per step)
+    # The budget in optimizer steps, when set (then `epochs` is not used): runs that differ in their
+    # mixes then run the same steps; with the same real samples per batch they see the same real images
+    # (what `tsd compare` sets up). null = epochs × steps per epoch (one epoch = one pass over the real set)
+    steps: Optional[int] = ranged(None, ge=1)
+    warmup_epochs: float = ranged(5.0, ge=0, allowed="<= optim.epochs")  # linear warmup (epochs of the real set), then cosine decay to 0
     clip_grad: float = ranged(0.0, ge=0)      # max gradient norm; 0 = off
 
     def check(self):
@@ -93,15 +97,21 @@ class RuntimeConfig:
     compile: bool = False                     # torch.compile the student
     gpu_decode: bool = False                  # decode JPEGs on the GPU (nvjpeg); CPU decode when CUDA is absent
 
+
 @dataclass
-class TrainConfig:
-    """A training run (`tsd train CONFIG --out RUN`)."""
-    releases: list[str] = path_field()        # release folders or fsspec URLs (same classes)
+class RunSettings:
+    """How a student is trained, releases aside: a `tsd train` config, and every run of `tsd compare`."""
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
+class TrainConfig(RunSettings):
+    """A training run (`tsd train CONFIG --out RUN`)."""
+    releases: list[str] = path_field(default_factory=list)  # release folders or fsspec URLs (same classes); required
 
     def check(self):
         if not self.releases:

@@ -156,10 +156,8 @@ class TrainPlan:
 def train_plan(releases: ReleaseSet, config, world: int, replay: Replay) -> TrainPlan:
     """Batch split and shard checks for `world` ranks; a problem is one ConfigError line."""
     data = config.data
-    if data.batch_size % world:
-        raise ConfigError(f"data.batch_size: {data.batch_size} is not divisible by {world} ranks")
-    per_rank = data.batch_size // world
-    n_mix = round(data.mix_ratio * per_rank) if config.uses_mixes() else 0
+    n_real, n_mix = batch_split(config, world)
+    per_rank = n_real + n_mix
     real = tuple(s.url for s in releases.shards("real", "train"))
     mix = tuple(s.url for s in releases.shards("mix", "train", data.generators)) if n_mix else ()
     for stream, urls, n in (("real/train", real, per_rank - n_mix), ("mix/train", mix, n_mix)):
@@ -171,6 +169,17 @@ def train_plan(releases: ReleaseSet, config, world: int, replay: Replay) -> Trai
     steps = max(1, math.ceil(total / (per_step * world)))
     counts = {s.url: s.count for s in releases.shards("real", "train") + releases.shards("mix", "train")}
     return TrainPlan(real, mix, per_rank - n_mix, n_mix, steps, data.workers, data.shuffle_buffer, replay, counts)
+
+
+def batch_split(config, world: int = 1) -> tuple[int, int]:
+    """(real, mix) samples per rank in every batch: the global batch split over the ranks, mixes
+    taking `data.mix_ratio` of it when the run reads mixes."""
+    data = config.data
+    if data.batch_size % world:
+        raise ConfigError(f"data.batch_size: {data.batch_size} is not divisible by {world} ranks")
+    per_rank = data.batch_size // world
+    n_mix = round(data.mix_ratio * per_rank) if config.uses_mixes() else 0
+    return per_rank - n_mix, n_mix
 
 
 def check_readers(stream: str, n_shards: int, world: int, workers: int, releases: ReleaseSet) -> None:

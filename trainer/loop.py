@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.contract.configlib import dump, to_dict
+from pipeline.contract.configlib import ConfigError, dump, to_dict
 from pipeline.contract.device import autocast
 
 from .checkpoints import Resumed, checkpoint_path, resume, save_checkpoint
@@ -116,9 +116,25 @@ def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
         net = net.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net, optim)
     spe = plan.steps_per_epoch
-    return Setup(plan, net, optimizer, mean, std, feature_dim, channels_last, total_steps=spe * optim.epochs,
-                 warmup_steps=round(optim.warmup_epochs * spe),
-                 alpha=0.0 if loss_cfg.mode == "finetune" else loss_cfg.alpha)
+    total_steps, warmup_steps = budget_steps(optim, spe)
+    return Setup(plan, net, optimizer, mean, std, feature_dim, channels_last, total_steps=total_steps,
+                 warmup_steps=warmup_steps, alpha=0.0 if loss_cfg.mode == "finetune" else loss_cfg.alpha)
+
+
+def budget_steps(optim, steps_per_epoch: int) -> tuple[int, int]:
+    """(total, warmup) optimizer steps: `optim.steps` when set, else `optim.epochs` passes over the
+    real set; warmup in epochs of the real set either way."""
+    total = optim.steps if optim.steps is not None else steps_per_epoch * optim.epochs
+    warmup = round(optim.warmup_epochs * steps_per_epoch)
+    if warmup > total:
+        raise ConfigError(f"optim.warmup_epochs: {optim.warmup_epochs} epochs are {warmup} steps, more than the "
+                          f"{total} of optim.steps")
+    return total, warmup
+
+
+def run_budget(plan: TrainPlan, steps: int, world: int) -> dict:
+    """The budget a run spends, stated in its metrics: steps and the real and mix images they read."""
+    return {"steps": steps, "real_images": steps * plan.n_real * world, "mix_images": steps * plan.n_mix * world}
 
 
 def validate(config: TrainConfig, s: Setup, releases: ReleaseSet, procs: Processes) -> dict:
@@ -194,7 +210,8 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
         epoch, done = divmod(step, spe)
         stream = batches(train_loader(s.plan, epoch, skip=done, pin_memory=device.type == "cuda"))
         started = time.perf_counter()
-        for index, batch in zip(range(spe), stream):
+        # the last epoch is cut short when the budget (optim.steps) ends inside it
+        for index, batch in zip(range(min(spe, s.total_steps - epoch * spe)), stream):
             if index < done:
                 continue  # trained on before the resume point
             for group in s.optimizer.param_groups:
@@ -267,9 +284,10 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
     """Evaluate on the val shards; rank 0 writes metrics.json and the student."""
     val = validate(config, s, releases, procs)
     metrics = {"val": val,
-               "train": {"steps": s.total_steps, "epochs": config.optim.epochs,
+               "train": {"steps": s.total_steps, "epochs": round(s.total_steps / s.plan.steps_per_epoch, 4),
                          "steps_per_epoch": s.plan.steps_per_epoch, "global_batch": config.data.batch_size,
-                         "mode": config.loss.mode, **progress, "world": procs.world},
+                         "mode": config.loss.mode, **progress, "world": procs.world,
+                         "budget": run_budget(s.plan, s.total_steps, procs.world)},
                "student": {"arch": config.student.arch, "img_size": config.student.img_size},
                "releases": [r.root for r in releases]}
     if procs.main:

@@ -49,8 +49,10 @@ def teacher(image: torch.Tensor, views: list, colours: np.ndarray) -> tuple[np.n
 def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_class: int = 16,
                   mixes: int = 96, views: int = 3, store_size: int = 40, shard_size: int = 32, seed: int = 0,
                   features: bool = False, topk: int | None = None, quality: int = 90,
-                  noise: float = 30.0) -> Path:
-    """Write a release of colour classes under `root`; returns its path."""
+                  noise: float = 30.0, generator: str = "mixup", real_shards: bool = True) -> Path:
+    """Write a release of colour classes under `root`; returns its path. `generator` names the
+    mixes' kind; `real_shards=False` writes the mixes only (a release adding mixes to another one
+    of the same seed: the same parents, the same teacher)."""
     from PIL import Image
 
     from pipeline.contract.shards import publish_shard, tar_bytes
@@ -109,7 +111,8 @@ def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_
             else:
                 n_val += 1
                 teacher_hits += int(logits[0].argmax() == label)
-        publish("real", split, samples)
+        if real_shards:
+            publish("real", split, samples)
 
     samples = []
     rng = np.random.default_rng(derive_seed(seed, "mixes", "plan"))
@@ -120,7 +123,7 @@ def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_
         pixels = np.clip(weight * a + (1 - weight) * b, 0, 255).astype(np.uint8)
         uid = make_uid("mix", seed, uid_a, uid_b, index)
         key, members, _ = sample(encode(pixels), "mix", "train", uid, -1, parents=(uid_a, uid_b), weight=weight,
-                                 generator="mixup")
+                                 generator=generator)
         samples.append((key, members))
     if mixes:
         publish("mix", "train", samples)
@@ -137,7 +140,7 @@ def write_release(root, *, classes: int = 4, train_per_class: int = 48, val_per_
                     "std": [1.0] * 3, "feature_dim": FEATURE_DIM, "logits": "topk" if topk else "full",
                     "topk": topk, "features": features, "weights": None, "head_sha256": None,
                     "val_top1": teacher_hits / max(n_val, 1)},
-        "generator": {"kind": "mixup"} if mixes else None,
+        "generator": {"kind": generator} if mixes else None,
         "counts": counts,
         "shards": shards,
         "failures": [],

@@ -128,24 +128,21 @@ def _write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None) -> dict:
+def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None,
+                  kinds: list[str] | None = None) -> dict:
     """Data, tiny models, then ingest → probe → plan → generate → release → verify into `out`.
+    `kinds`: generator.kinds (the other generators' releases go to out/generators/<kind>).
     Returns what the rest of the demo needs (models, manifest, probe metrics)."""
     with torch_threads(DEMO_THREADS):
-        return _build_release(out, size_name, timer)
+        return _build_release(out, size_name, timer, kinds)
 
 
-def _build_release(out: str | Path, size_name: str, timer: Timer | None) -> dict:
+def _build_release(out: str | Path, size_name: str, timer: Timer | None, kinds: list[str] | None) -> dict:
     quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from ..config import load_job
     from ..sources.ingest import ingest
-    from ..stages.distribute import generate_stage
     from ..stages.jobdir import WORK
-    from ..stages.plan import plan_stage
-    from ..stages.probe import probe_stage
-    from ..stages.release import release_stage
-    from ..tools.verify import verify_release
     from .toydata import write_toy_dataset
 
     size = SIZES[size_name]
@@ -167,20 +164,110 @@ def _build_release(out: str | Path, size_name: str, timer: Timer | None) -> dict
                      outputs=[ingest_dir / "index.parquet"])[0]
 
     timer.run("ingest", do_ingest, lambda s: f"kept {s['kept']}, rejected {s['rejected']}")
-    job_path = _write_yaml(work / "job.yaml", job_config(models, str(ingest_dir / "index.parquet"), size))
-    job = load_job(job_path)
+    config = job_config(models, str(ingest_dir / "index.parquet"), size)
+    if kinds:
+        config["generator"]["kinds"] = list(kinds)
+    job_path = _write_yaml(work / "job.yaml", config)
+    probe, manifest = job_stages(load_job(job_path), out, timer)
+    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
 
-    probe, _ = timer.run("probe", lambda: probe_stage(job, out),
+
+def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dict]:
+    """probe → plan → generate → release → verify of one job folder (and its generator family);
+    (probe metrics, manifest)."""
+    from ..stages.distribute import generate_stage
+    from ..stages.family import members
+    from ..stages.plan import plan_stage
+    from ..stages.probe import probe_stage
+    from ..stages.release import release_stage
+    from ..tools.verify import verify_release
+
+    probe, _ = timer.run(f"probe{label}", lambda: probe_stage(job, out),
                          lambda r: f"teacher val top-1 {r[0]['val_top1']:.3f}" + (" (reused)" if r[1] else ""))
-    timer.run("plan", lambda: plan_stage(job, out),
+    timer.run(f"plan{label}", lambda: plan_stage(job, out),
               lambda r: f"{len(r[0])} samples, {len(r[0].shard_names())} shards" + (" (reused)" if r[1] else ""))
-    timer.run("generate", lambda: generate_stage(job, out, progress=True),
+    timer.run(f"generate{label}", lambda: generate_stage(job, out, progress=True),
               lambda s: f"{s['done']} shards made, {s['skipped']} reused")
-    manifest = timer.run("release", lambda: release_stage(job, out))
-    problems = timer.run("verify", lambda: verify_release(out), lambda p: "OK" if not p else f"{len(p)} problems")
+    manifest = timer.run(f"release{label}", lambda: release_stage(job, out))
+    roots = [out] + [m.root for m in members(job, out)]
+    problems = timer.run(f"verify{label}", lambda: [p for root in roots for p in verify_release(root)],
+                         lambda p: ("OK" if not p else f"{len(p)} problems") + (f" ({len(roots)} releases)"
+                                                                                  if len(roots) > 1 else ""))
     if problems:
         raise JobFailed(f"{out}: verify found {len(problems)} problem(s), first: {problems[0][0]}: {problems[0][1]}")
-    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
+    return probe, manifest
+
+
+COMPARE_KINDS = ["image-mixer", "mixup", "cutmix"]
+# The demo's finetuned teacher (the paper's counterpoint to probing): its last block, final norm and
+# head trained on the task; it labels the real images only (its row is KD on real images).
+FINETUNE_RECIPE = {"mode": "finetune", "head": "linear", "blocks": 1, "epochs": 10, "lr": 0.003,
+                   "weight_decay": 0.0001, "batch_size": 64, "layer_decay": 0.75, "warmup_epochs": 1}
+
+
+def finetuned_teacher_job(models: dict, index: str, size: DemoSize) -> dict:
+    """The demo job with a finetuned teacher and no mixes."""
+    config = job_config(models, index, size)
+    config["probe"] = dict(FINETUNE_RECIPE)
+    config["plan"]["pool_size"] = 0
+    del config["generator"]
+    config["release"] = dict(config["release"], name="tsdistill-demo-finetuned-teacher",
+                             description="The tsdistill demo's real images, labelled by a finetuned teacher.")
+    return config
+
+
+def compare_config(out: str | Path, models: dict, size: DemoSize, teachers: list[dict]) -> dict:
+    """`tsd demo --compare`'s compare config: the demo's training settings, every row, 2 seeds."""
+    train = train_config(str(out), models, "distill", size)
+    runtime = dict(train["runtime"], checkpoint_every=48, eval_every=0)  # validation at the end only: time
+    return {"teachers": teachers, "seeds": 2, "student": train["student"],
+            "loss": {k: v for k, v in train["loss"].items() if k != "mode"}, "data": train["data"],
+            "optim": train["optim"], "runtime": runtime}
+
+
+def compare_teachers(out: str | Path) -> list[dict]:
+    """The demo compare's teachers: the probed one (the demo release and its mixup and cutmix
+    releases), the finetuned one (out/teacher-finetuned, real images only)."""
+    return [{"name": "probed", "releases": [str(out)] + [f"{out}/generators/{k}" for k in COMPARE_KINDS[1:]]},
+            {"name": "finetuned", "releases": [f"{out}/teacher-finetuned"]}]
+
+
+def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
+    """`tsd demo --compare`: the demo's release plus the same mixes made by mixup and cutmix, a
+    finetuned teacher's release of the real images, then `tsd compare` on them (finetune, KD,
+    KD + each mix, KD with the finetuned teacher; 2 seeds) into out/compare."""
+    with torch_threads(DEMO_THREADS):
+        return _run_compare_demo(out, size_name)
+
+
+def _run_compare_demo(out: str | Path, size_name: str) -> dict:
+    from trainer.compare import CompareConfig, markdown, run_compare
+
+    from ..config import load_job
+
+    t_start = time.time()
+    out = Path(out).resolve()
+    timer = Timer()
+    size = SIZES[size_name]
+    built = build_release(out, size_name, timer, kinds=COMPARE_KINDS)
+    finetuned = out / "teacher-finetuned"
+    index = str(out / "work" / "ingest" / "index.parquet")
+    job = load_job(_write_yaml(finetuned / "work" / "job.yaml", finetuned_teacher_job(built["models"], index, size)))
+    job_stages(job, finetuned, timer, " (finetuned teacher)")
+    config_path = _write_yaml(out / "work" / "compare.yaml",
+                              compare_config(out, built["models"], size, compare_teachers(out)))
+    results = timer.run("compare", lambda: run_compare(load(CompareConfig, config_path), out / "compare"),
+                        lambda r: f"{len(r['rows'])} rows × {len(r['rows'][0]['seeds'])} seeds")
+    print()
+    print(markdown(results))
+    print(f"{'stage':<32}{'seconds':>9}  note")
+    for name, secs, note in timer.rows:
+        print(f"{name:<32}{secs:>9.1f}  {note}")
+    wall = round(time.time() - t_start, 1)
+    print(f"{'total':<32}{wall:>9.1f}")
+    print(f"\nresults: {out / 'compare'} (results.json, results.md, results.png). Tiny random-weight models: "
+          "the demo's ImageMixer weights are random, so its SD-Mixup images are noise.")
+    return {**results, "wall_s": wall}
 
 
 def run_demo(out: str | Path, size_name: str = "demo") -> dict:
@@ -283,6 +370,9 @@ def add_arguments(p) -> None:
                    help="every stage with random-weight models at the paper's sizes (DINOv2 ViT-g/14, ImageMixer, "
                         "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: under 25 min on 2 CPU "
                         "cores, 10 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
+    p.add_argument("--compare", action="store_true",
+                   help="also make mixup and cutmix mixes and a finetuned teacher's release, then `tsd compare` "
+                        "every row (2 seeds) into OUT/compare")
 
 
 def run(args) -> int:
@@ -290,6 +380,9 @@ def run(args) -> int:
         from .realsize import run_real_size
 
         run_real_size(args.out)
+        return 0
+    if args.compare:
+        run_compare_demo(args.out, args.size)
         return 0
     run_demo(args.out, args.size)
     return 0

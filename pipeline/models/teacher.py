@@ -1,7 +1,10 @@
-"""The teacher: a frozen timm backbone (DINOv2 by default) and a probed task head.
+"""The teacher: a timm backbone (DINOv2 by default) and its task adaptation.
 
-DINOv2's linear-evaluation feature is the CLS token concatenated with the mean of the patch tokens;
-the head (linear, or a small MLP) is the only trained part (the paper's "probing").
+DINOv2's linear-evaluation feature is the CLS token concatenated with the mean of the patch tokens.
+The adaptation is one file, teacher/head.safetensors: the head (linear, or a small MLP), the only
+trained part when probing (the paper's choice), plus, for a finetuned teacher (`probe.mode:
+finetune`, the paper's counterpoint), the weights of the last blocks and final norm it trained,
+stored under `backbone.` and laid over the pretrained weights when the teacher loads.
 """
 from __future__ import annotations
 
@@ -16,8 +19,12 @@ from ..contract.errors import UserError
 from ..contract.ids import sha256_file
 
 
-def load_backbone(cfg: TeacherConfig) -> nn.Module:
-    """The timm backbone with real-weight loading: `pretrained_cfg_overlay=dict(file=...)`."""
+BACKBONE_PREFIX = "backbone."  # keys of the finetuned backbone weights in the adaptation file
+
+
+def load_backbone(cfg: TeacherConfig, adaptation=None) -> nn.Module:
+    """The timm backbone with real-weight loading: `pretrained_cfg_overlay=dict(file=...)`; with
+    `adaptation` (a head file), the backbone weights a finetuned teacher trained laid over them."""
     import timm
 
     kwargs = dict(cfg.model_kwargs)
@@ -30,7 +37,39 @@ def load_backbone(cfg: TeacherConfig) -> nn.Module:
         num_classes=0,
         **kwargs,
     )
+    if adaptation is not None:
+        _, _, tuned = read_adaptation(adaptation)
+        apply_tuned(model, tuned, adaptation)
     return model.eval().requires_grad_(False)
+
+
+def tuned_parts(backbone: nn.Module, blocks: int) -> list[tuple[int, str, nn.Module]]:
+    """What a finetuned teacher trains besides its head: (depth from the top, name, module) for the
+    last `blocks` transformer blocks (depth 1 = the last) and the final norm (depth 0, with the head)."""
+    stack = getattr(backbone, "blocks", None)
+    if not isinstance(stack, nn.Sequential | nn.ModuleList) or not len(stack):
+        raise UserError(f"probe.mode: 'finetune' needs a transformer with blocks; {type(backbone).__name__} "
+                        "has none (use probe.mode: probe)")
+    if blocks > len(stack):
+        raise UserError(f"probe.blocks: {blocks}, but the teacher has {len(stack)} blocks")
+    n = len(stack)
+    parts = [(d, f"blocks.{n - d}", stack[n - d]) for d in range(blocks, 0, -1)]
+    norm = getattr(backbone, "norm", None)
+    if isinstance(norm, nn.Module) and any(True for _ in norm.parameters()):
+        parts.append((0, "norm", norm))
+    return parts
+
+
+def apply_tuned(backbone: nn.Module, tuned: dict, where) -> None:
+    """Lay a finetuned teacher's backbone weights over the pretrained ones (every key must exist)."""
+    if not tuned:
+        return
+    own = backbone.state_dict()
+    unknown = sorted(k for k in tuned if k not in own or own[k].shape != tuned[k].shape)
+    if unknown:
+        raise UserError(f"{where}: finetuned weight {unknown[0]!r} does not fit the teacher backbone "
+                        "(another teacher.arch or model_kwargs?)")
+    backbone.load_state_dict(tuned, strict=False)
 
 
 def backbone_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -54,17 +93,21 @@ def make_head(kind: str, in_dim: int, num_classes: int, hidden: int = 1024) -> n
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
 
 
-def save_head(head: nn.Module, path, meta: dict) -> None:
+def save_head(head: nn.Module, path, meta: dict, tuned: dict | None = None) -> None:
+    """The adaptation file: the head's weights, and a finetuned teacher's backbone weights (`tuned`,
+    by their backbone state-dict names) under `backbone.`."""
     from safetensors.torch import save
 
     from ..contract.files import atomic_write
 
-    atomic_write(path, save({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-                            metadata={"tsdistill": json.dumps(meta, sort_keys=True)}))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    tensors.update({BACKBONE_PREFIX + k: v.detach().cpu().contiguous() for k, v in (tuned or {}).items()})
+    atomic_write(path, save(tensors, metadata={"tsdistill": json.dumps(meta, sort_keys=True)}))
 
 
-def load_head(path) -> tuple[nn.Module, dict]:
-    """Rebuild a head from its safetensors file, local or a URL (its metadata says which kind and sizes)."""
+def read_adaptation(path) -> tuple[nn.Module, dict, dict]:
+    """(head, metadata, finetuned backbone weights — empty for a probed teacher) from a head file,
+    local or a URL (its metadata says which kind and sizes)."""
     from safetensors.torch import load
 
     try:
@@ -74,9 +117,17 @@ def load_head(path) -> tuple[nn.Module, dict]:
     meta = json.loads(safetensors_metadata(data).get("tsdistill", "{}"))
     if not {"head", "in_dim", "num_classes"} <= meta.keys():
         raise UserError(f"{path}: not a tsdistill head (metadata lacks head/in_dim/num_classes)")
+    tensors = load(data)
+    tuned = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
     head = make_head(meta["head"], meta["in_dim"], meta["num_classes"], meta.get("hidden", 1024))
-    head.load_state_dict(load(data))
-    return head.eval().requires_grad_(False), meta
+    head.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)})
+    return head.eval().requires_grad_(False), meta, tuned
+
+
+def load_head(path) -> tuple[nn.Module, dict]:
+    """Rebuild a head from its safetensors file, local or a URL."""
+    head, meta, _ = read_adaptation(path)
+    return head, meta
 
 
 def safetensors_metadata(data: bytes) -> dict:
@@ -123,8 +174,10 @@ def describe_backbone(cfg: TeacherConfig) -> dict:
 
 
 def load_teacher(cfg: TeacherConfig, head_path) -> Teacher:
+    """Backbone (with a finetuned teacher's trained blocks laid over it) and head, from the head file."""
+    head, _, tuned = read_adaptation(head_path)
     backbone = load_backbone(cfg)
-    head, _ = load_head(head_path)
+    apply_tuned(backbone, tuned, head_path)
     mean, std = data_config(backbone)
     return Teacher(backbone, head, mean, std).eval()
 

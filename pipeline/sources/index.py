@@ -141,8 +141,11 @@ def read_table(path, columns: list[str] | None = None):
     """A Parquet file (local or a URL) as an Arrow table."""
     import pyarrow.parquet as pq
 
+    # ParquetFile, not pq.read_table: read_table on a Python file object goes through the dataset
+    # API, whose thread pool aborts the interpreter at exit now and then (pyarrow 26: "terminate
+    # called without an active exception", exit 134, after the command's work is done).
     with storage.open_read(path) as f:
-        return pq.read_table(f, columns=columns)
+        return pq.ParquetFile(f).read(columns=columns)
 
 
 def index_sha256(path) -> str:

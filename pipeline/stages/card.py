@@ -107,6 +107,14 @@ def card_configs(manifest: dict) -> tuple[list[dict], list[dict]]:
     return configs, infos
 
 
+def adaptation(teacher: dict) -> str:
+    """How the teacher was adapted to the task, in words."""
+    tuned = (teacher.get("adaptation") or {}).get("tuned")
+    if (teacher.get("adaptation") or {}).get("mode") == "finetune":
+        return f"finetuned ({', '.join(tuned)} and a {teacher['head']} head)"
+    return f"probed {teacher['head']} head"
+
+
 def dataset_card(manifest: dict) -> str:
     counts = manifest["counts"]
     total = sum(counts.values())
@@ -173,7 +181,7 @@ x = real["train"].with_format("numpy", columns=["{logits_member}"], dtype="float
 ## How it was generated
 
 - code: {manifest['code_version']}; global seed {manifest['seed']}
-- teacher: `{t['arch']}` at {t['img_size']} px, probed {t['head']} head (validation top-1 {t['val_top1']:.3f});
+- teacher: `{t['arch']}` at {t['img_size']} px, {adaptation(t)} (validation top-1 {t['val_top1']:.3f});
   weights sha256 `{t['weights']['sha256']}`, head sha256 `{t['head_sha256']}`
 - generator: {gen_line}
 - stored images: {manifest['image']['format']} q{manifest['image']['quality']}, short side at most {manifest['image']['store_size']} px

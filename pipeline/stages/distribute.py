@@ -21,6 +21,7 @@ from ..contract.errors import JobFailed, UserError
 from ..contract.layout import HEAD_FILE, SHARD_FOLDERS, SHARD_SUFFIX
 from ..contract.progress import Progress
 from ..contract.shards import finished_shards, shard_url, stats_url
+from .family import members, share_teacher
 from .jobdir import plan_path
 from .plan import read_plan
 
@@ -239,11 +240,30 @@ def _drive(actors, todo: list[str], summary: dict, progress: bool) -> dict:
 
 def generate_stage(job: JobConfig, out, address: str | None = None, device: str = "auto",
                    progress: bool = True) -> dict:
-    """Every planned shard of the job folder `out` not yet done (the probe's head must exist)."""
+    """Every planned shard of the job folder `out` not yet done (the probe's head must exist), and
+    of each other generator's release (generator.kinds), in one Ray session; the summed summary."""
     out = storage.location(out)
     if not storage.isfile(storage.join(out, HEAD_FILE)):
         raise UserError(f"{storage.join(out, HEAD_FILE)}: no teacher head (run `tsd probe` first)")
-    return run_generate(job, out, plan_path(out), address=address, device=device, progress=progress)
+    family = members(job, out)
+    if not family:
+        return run_generate(job, out, plan_path(out), address=address, device=device, progress=progress)
+    import ray
+
+    folders = [(job, out)]
+    for member in family:
+        share_teacher(out, member)
+        folders.append((member.job, member.root))
+    plans = [read_plan(plan_path(root)) for _, root in folders]
+    todo = any(pending_shards(root, plan.shard_names(), plan.fingerprint) for (_, root), plan in zip(folders, plans))
+    started = connect(address or job.generate.address) if todo else False
+    try:
+        parts = [run_generate(j, root, plan_path(root), address=address, device=device, progress=progress)
+                 for j, root in folders]
+    finally:
+        if started:
+            ray.shutdown()
+    return {key: sum(part[key] for part in parts) for key in parts[0]}
 
 
 # -- CLI ----------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ..contract.images import stored_size
 from ..contract.layout import shard_kind_split, shard_name
 from ..contract.views import center_view, sample_views_many
 from ..sources.index import CLASSES_KEY, SourceIndex, index_sha256, read_source_index
+from .family import Member, member_plan_fingerprint, members
 from .jobdir import marker, plan_path
 
 FINGERPRINT_KEY = b"tsdistill.fingerprint"
@@ -237,9 +238,10 @@ def _table(part: _Part, start: int, stop: int, shard_size: int, schema):
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_plan(job: JobConfig, path, index: SourceIndex | None = None) -> "Plan":
+def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: Member | None = None) -> "Plan":
     """Plan every sample of `job` into `path` (a local path or a URL), streamed: rows are drawn a
-    chunk at a time and written one row group per shard, so memory does not grow with the job."""
+    chunk at a time and written one row group per shard, so memory does not grow with the job.
+    For a generator family `member`: the job's mixes only (the same rows), for its generator."""
     import pyarrow.parquet as pq
 
     index = index or read_source_index(job.data)
@@ -247,9 +249,11 @@ def write_plan(job: JobConfig, path, index: SourceIndex | None = None) -> "Plan"
     size = job.generate.shard_size
     parts = [_real_part(job, train, "train", index.classes), _real_part(job, index.split("val"), "val", index.classes),
              _mix_part(job, train)]
+    if member is not None:
+        parts = parts[2:]
     directory = [[shard_name(p.kind, p.split, i), min(size, p.count - i * size)]
                  for p in parts for i in range(-(-p.count // size))]
-    fp = plan_fingerprint(job)
+    fp = plan_fingerprint(job) if member is None else member_plan_fingerprint(member, plan_fingerprint(job))
     schema = plan_schema().with_metadata({CLASSES_KEY: json.dumps(index.classes).encode(),
                                           FINGERPRINT_KEY: fp.encode(),
                                           SHARDS_KEY: json.dumps(directory, separators=(",", ":")).encode()})
@@ -332,12 +336,15 @@ def read_plan(path) -> Plan:
 
 
 def plan_stage(job: JobConfig, out, force: bool = False) -> tuple[Plan, bool]:
-    """(plan, reused) — plan.parquet is rewritten only when its fingerprint changed."""
+    """(plan, reused) — plan.parquet is rewritten only when its fingerprint changed. With
+    generator.kinds, each other generator's release is planned too (`plan_member`)."""
     def write():
         return write_plan(job, plan_path(out)).counts()
 
     fp = plan_fingerprint(job)
     _, reused = reuse(marker(out, "plan"), fp, write, outputs=[plan_path(out)], force=force)
+    for member in members(job, out):
+        plan_member(member, force)
     try:
         return read_plan(plan_path(out)), reused
     except UserError:
@@ -345,6 +352,18 @@ def plan_stage(job: JobConfig, out, force: bool = False) -> tuple[Plan, bool]:
             raise
     reuse(marker(out, "plan"), fp, write, outputs=[plan_path(out)], force=True)  # a damaged plan: make it again
     return read_plan(plan_path(out)), False
+
+
+def plan_member(member: Member, force: bool = False) -> tuple[Plan, bool]:
+    """A family member's plan: the job's mixes only (the same rows), for the member's generator."""
+    path = plan_path(member.root)
+
+    def write():
+        return write_plan(member.job, path, member=member).counts()
+
+    fp = member_plan_fingerprint(member, plan_fingerprint(member.job))
+    _, reused = reuse(marker(member.root, "plan"), fp, write, outputs=[path], force=force)
+    return read_plan(path), reused
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -365,7 +384,10 @@ def run(args) -> int:
     job = load_job_args(args)
     if not args.out:
         raise UserError("--out is required (or use --dry-run)")
-    plan, reused = plan_stage(job, storage.location(args.out))
+    out = storage.location(args.out)
+    plan, reused = plan_stage(job, out)
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items())
     print(f"plan: {counts}; {len(plan.shard_names())} shards{' [reused]' if reused else ''}")
+    for member in members(job, out):
+        print(f"plan: {member.root}: the same {plan.counts().get('mix/train', 0)} mixes by {member.kind}")
     return 0

@@ -1,7 +1,19 @@
-"""Probe: adapt the frozen teacher to the task by training only a head on its features.
+"""Probe: adapt the teacher to the task; by default by training only a head on its frozen features.
 
 Features come from the same stored pixels the worker will later show the teacher (source image →
 stored bytes → decoded → recorded view), so the head is fit on the distribution it will label.
+
+`probe.mode: finetune` is the paper's counterpoint, a finetuned teacher. Its recipe:
+- trained: the head, the final norm and the last `probe.blocks` transformer blocks; the rest stays
+  frozen (and is not back-propagated through);
+- layer-wise lr decay: the head and the final norm at `probe.lr`, block k from the top (k = 1 the
+  last) at `probe.lr · probe.layer_decay^k`; AdamW, `probe.weight_decay` on the matrices only;
+- schedule: `probe.epochs` over the training images, `probe.batch_size` images per step, linear
+  warmup for `probe.warmup_epochs`, then cosine decay to 0;
+- augmentation: every epoch, each training image is seen once through a fresh random view drawn
+  like the recorded ones (random resized crop in `views.scale`/`views.ratio`, flip when
+  `views.flip`), seeded by (seed, uid, epoch), on the stored pixels; validation on the centred view.
+The trained weights go into teacher/head.safetensors with the head (see models.teacher).
 """
 from __future__ import annotations
 
@@ -14,7 +26,7 @@ import torch.nn.functional as F
 from ..config import JobConfig, add_device_argument, add_job_arguments, load_job_args
 from ..contract import storage
 from ..contract.configlib import to_dict
-from ..contract.device import resolve_device, torch_dtype
+from ..contract.device import autocast, resolve_device, torch_dtype
 from ..contract.errors import UserError
 from ..contract.files import reuse, write_json
 from ..contract.ids import derive_seed, fingerprint
@@ -23,7 +35,7 @@ from ..contract.layout import HEAD_FILE, PROBE_METRICS
 from ..contract.progress import Progress
 from ..contract.views import center_view, normalize, sample_views, views_batch
 from ..models.teacher import (backbone_features, data_config, feature_dim, load_backbone, make_head, save_head,
-                              weights_sha256)
+                              tuned_parts, weights_sha256)
 from ..sources.decode import open_rgb
 from ..sources.index import index_sha256, read_source_index
 from .jobdir import marker
@@ -105,6 +117,8 @@ def run_probe(job: JobConfig, out_dir, device: str = "auto") -> dict:
     train, val = index.split("train"), index.split("val")
     if not train:
         raise UserError(f"{job.data.index}: no training images to probe on")
+    if job.probe.mode == "finetune":
+        return run_finetune(job, out_dir, dev, index, t0)
     f_train = extract_features(job, train, True, dev, "probe: train features", index.limits)
     per_row = len(f_train) // len(train)
     y_train = torch.tensor([r["label"] for r in train]).repeat_interleave(per_row)
@@ -121,6 +135,127 @@ def run_probe(job: JobConfig, out_dir, device: str = "auto") -> dict:
     meta = {"head": job.probe.head, "in_dim": f_train.shape[1], "num_classes": len(index.classes),
             "hidden": job.probe.hidden, "classes": index.classes, "teacher_arch": job.teacher.arch}
     save_head(head, storage.join(out_dir, HEAD_FILE), meta)
+    write_json(storage.join(out_dir, PROBE_METRICS), metrics)
+    return metrics
+
+
+# -- a finetuned teacher (probe.mode: finetune) -----------------------------------------------------
+def _stored_pixels(job: JobConfig, rows: list[dict], limits: dict) -> list[torch.Tensor]:
+    """Each image as the release will store it (source → stored bytes → decoded), uint8 CHW."""
+    data = job.data
+
+    def load(row):
+        return decode_image(store_image(open_rgb(row["path"], **limits), data.store_size, data.image_format,
+                                        data.quality))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(load, rows))
+
+
+def finetune_groups(job: JobConfig, backbone, head) -> tuple[list[dict], list[str]]:
+    """AdamW parameter groups with layer-wise lr decay (see the module doc), and the tuned parts' names."""
+    p = job.probe
+    groups, names = [], []
+
+    def add(module, scale):
+        module.train().requires_grad_(True)
+        params = list(module.parameters())
+        groups.extend([{"params": [q for q in params if q.ndim > 1], "weight_decay": p.weight_decay, "scale": scale},
+                       {"params": [q for q in params if q.ndim <= 1], "weight_decay": 0.0, "scale": scale}])
+
+    for depth, name, module in tuned_parts(backbone, p.blocks):
+        add(module, p.layer_decay ** depth)
+        names.append(name)
+    add(head, 1.0)
+    return [g for g in groups if g["params"]], names
+
+
+def finetune(job: JobConfig, train: list[dict], images: list[torch.Tensor], num_classes: int, device):
+    """The finetuned teacher: (backbone, head, names of the tuned parts), trained by the module doc's
+    recipe. The training images' stored pixels are held in memory (uint8)."""
+    p, size = job.probe, job.teacher.img_size
+    torch.manual_seed(job.seed)
+    backbone = load_backbone(job.teacher).to(device)
+    mean, std = data_config(backbone)
+    head = make_head(p.head, feature_dim(backbone), num_classes, p.hidden).to(device)
+    groups, names = finetune_groups(job, backbone, head)
+    opt = torch.optim.AdamW(groups, lr=p.lr)
+    labels = torch.tensor([r["label"] for r in train])
+    steps_per_epoch = max(1, -(-len(train) // p.batch_size))
+    total, warmup = p.epochs * steps_per_epoch, round(p.warmup_epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(job.seed)
+    step = 0
+
+    def random_view(j: int, epoch: int) -> torch.Tensor:
+        image = images[j]
+        view = sample_views(derive_seed(job.seed, train[j]["uid"], f"finetune/{epoch}"), image.shape[2],
+                            image.shape[1], 1, job.views)
+        return views_batch(image, view, size)
+
+    # the views of a batch are cut in threads (torch's resize releases the GIL), in batch order
+    with ThreadPoolExecutor(max_workers=4) as pool, Progress("probe: finetune", p.epochs, unit="epochs") as bar:
+        for epoch in range(p.epochs):
+            order = torch.randperm(len(train), generator=gen)
+            for i in range(0, len(train), p.batch_size):
+                idx = order[i:i + p.batch_size].tolist()
+                x = normalize(torch.cat(list(pool.map(lambda j: random_view(j, epoch), idx))).to(device), mean, std)
+                step = _finetune_step(job, backbone, head, opt, x, labels[idx].to(device), step, total, warmup)
+            bar.update(1, images=len(train))
+    return backbone.eval().requires_grad_(False), head.eval().requires_grad_(False), names
+
+
+def _finetune_step(job: JobConfig, backbone, head, opt, x, labels, step: int, total: int, warmup: int) -> int:
+    """One update at the schedule's lr (warmup, then cosine), every group at its layer-decay scale;
+    returns the next step."""
+    import math
+
+    progress = (step - warmup) / max(1, total - warmup)
+    scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress))
+    for g in opt.param_groups:
+        g["lr"] = job.probe.lr * g["scale"] * scale
+    with autocast(x.device, job.teacher.dtype):
+        logits = head(backbone_features(backbone, x).float())
+    loss = F.cross_entropy(logits.float(), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return step + 1
+
+
+@torch.no_grad()
+def _pixel_accuracy(job: JobConfig, backbone, head, rows: list[dict], images: list[torch.Tensor], device) -> float:
+    """Top-1 of the finetuned teacher on the centred view of each image."""
+    if not rows:
+        return float("nan")
+    mean, std = data_config(backbone)
+    hits = 0
+    for i in range(0, len(rows), job.teacher.batch_size):
+        chunk = range(i, min(i + job.teacher.batch_size, len(rows)))
+        x = torch.cat([views_batch(images[j], center_view(images[j].shape[2], images[j].shape[1], job.views),
+                                   job.teacher.img_size) for j in chunk])
+        logits = head(backbone_features(backbone, normalize(x.to(device), mean, std)).float())
+        hits += int((logits.argmax(1).cpu() == torch.tensor([rows[j]["label"] for j in chunk])).sum())
+    return hits / len(rows)
+
+
+def run_finetune(job: JobConfig, out_dir, device, index, t0: float) -> dict:
+    """`probe.mode: finetune`: teacher/head.safetensors holds the head and the trained blocks."""
+    train, val = index.split("train"), index.split("val")
+    train_images = _stored_pixels(job, train, index.limits)
+    val_images = _stored_pixels(job, val, index.limits)
+    backbone, head, names = finetune(job, train, train_images, len(index.classes), device)
+    tuned = {k: v for k, v in backbone.state_dict().items() if any(k.startswith(n + ".") for n in names)}
+    metrics = {
+        "train_top1": _pixel_accuracy(job, backbone, head, train, train_images, device),
+        "val_top1": _pixel_accuracy(job, backbone, head, val, val_images, device),
+        "n_train": len(train), "n_val": len(val), "views_per_image": 1,
+        "feature_dim": feature_dim(backbone), "num_classes": len(index.classes), "head": job.probe.head,
+        "mode": "finetune", "tuned": names, "tuned_parameters": sum(v.numel() for v in tuned.values()),
+        "seconds": round(time.time() - t0, 2),
+    }
+    meta = {"head": job.probe.head, "in_dim": feature_dim(backbone), "num_classes": len(index.classes),
+            "hidden": job.probe.hidden, "classes": index.classes, "teacher_arch": job.teacher.arch,
+            "mode": "finetune", "tuned": names}
+    save_head(head, storage.join(out_dir, HEAD_FILE), meta, tuned)
     write_json(storage.join(out_dir, PROBE_METRICS), metrics)
     return metrics
 
@@ -143,6 +278,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     metrics, reused = probe_stage(load_job_args(args), args.out, args.device, args.force)
-    print(f"probe: teacher val top-1 {metrics['val_top1']:.3f} (train {metrics['train_top1']:.3f}, "
+    what = "finetuned teacher" if metrics.get("mode") == "finetune" else "teacher"
+    print(f"probe: {what} val top-1 {metrics['val_top1']:.3f} (train {metrics['train_top1']:.3f}, "
           f"{metrics['n_train']} train / {metrics['n_val']} val images){' [reused]' if reused else ''}")
     return 0

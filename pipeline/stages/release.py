@@ -14,6 +14,7 @@ from ..contract.ids import sha256_file
 from ..contract.layout import CARD, HEAD_FILE, INDEX, PROBE_METRICS, shard_kind_split
 from ..contract.manifest import new_manifest, write_manifest
 from ..contract.shards import finished_shards
+from .family import family_record, members, share_teacher
 from .jobdir import plan_path
 from .plan import Plan, read_plan
 
@@ -41,7 +42,17 @@ def teacher_record(job: JobConfig, root) -> dict:
             "logits": job.generate.logits, "topk": job.generate.topk if job.generate.logits == "topk" else None,
             "features": job.generate.features, "weights": weights_identity(job.teacher),
             "head_sha256": storage.sha256(storage.join(root, HEAD_FILE)), "head": job.probe.head,
-            "val_top1": probe.get("val_top1")}
+            "val_top1": probe.get("val_top1"), "adaptation": adaptation_record(job, probe)}
+
+
+def adaptation_record(job: JobConfig, probe: dict) -> dict:
+    """How the teacher that labelled the release was adapted to the task: probed (a head on frozen
+    features) or finetuned (which parts), and the recipe; the head file's sha256 identifies it."""
+    recipe = to_dict(job.probe)
+    if job.probe.mode == "probe":
+        for key in ("blocks", "layer_decay", "warmup_epochs"):
+            recipe.pop(key)
+    return {"mode": job.probe.mode, "tuned": probe.get("tuned", []), "recipe": recipe}
 
 
 def generator_record(job: JobConfig) -> dict | None:
@@ -57,7 +68,8 @@ def generator_record(job: JobConfig) -> dict | None:
     return rec
 
 
-def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict]) -> dict:
+def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
+                   family: dict | None = None) -> dict:
     """The manifest from each shard's stats (their counts, bytes, sha256 and failures: no per-sample data)."""
     counts = {"real/train": 0, "real/val": 0, "mix/train": 0}
     shards, failures = [], []
@@ -83,6 +95,7 @@ def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict]) -> 
         "counts": counts,
         "shards": shards,
         "failures": failures,
+        **({"family": family} if family else {}),
     })
 
 
@@ -121,7 +134,7 @@ def shard_index(plan: Plan, name: str, stats: dict):
     return table.select(index_schema().names).cast(index_schema())
 
 
-def write_release(job: JobConfig, root, plan: Plan) -> dict:
+def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None) -> dict:
     """Write index.parquet, README.md and manifest.json (last) for the generated shards; return the
     manifest. Streams shard by shard: the stats of a batch of shards are read at once (concurrently
     from object storage), their rows go to the index, and only each shard's summary is kept."""
@@ -154,15 +167,19 @@ def write_release(job: JobConfig, root, plan: Plan) -> dict:
                                 f"(first: {missing[0]}); run `tsd generate` first")
             if pending or not summaries:
                 writer.write_table(pa.concat_tables(pending) if pending else index_schema().empty_table())
-    manifest = build_manifest(job, root, plan, summaries)
+    manifest = build_manifest(job, root, plan, summaries, family)
     write_if_changed(storage.join(root, CARD), dataset_card(manifest).encode())
     return write_manifest(root, manifest)
 
 
 def release_stage(job: JobConfig, out) -> dict:
-    """The release files of the job folder `out`, from its plan and generated shards."""
+    """The release files of the job folder `out`, from its plan and generated shards, and those of
+    each other generator's release (generator.kinds); returns the job folder's manifest."""
     out = storage.location(out)
-    return write_release(job, out, read_plan(plan_path(out)))
+    for member in members(job, out):
+        share_teacher(out, member)
+        write_release(member.job, member.root, read_plan(plan_path(member.root)), family_record(job, member.kind))
+    return write_release(job, out, read_plan(plan_path(out)), family_record(job))
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -171,7 +188,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    m = release_stage(load_job_args(args), storage.location(args.out))
+    job, out = load_job_args(args), storage.location(args.out)
+    m = release_stage(job, out)
     counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
     print(f"release: {args.out}: {counts}; {len(m['shards'])} shards, {len(m['failures'])} failed samples")
+    for member in members(job, out):
+        print(f"release: {member.root}: the {member.kind} mixes, under the same teacher")
     return 0

@@ -7,6 +7,7 @@ is the code's own description, and cannot drift from what validation enforces.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 INTRO = """\
@@ -62,6 +63,7 @@ def _generator_kinds() -> list[str]:
 
 def render() -> str:
     """docs/CONFIG.md, from the dataclasses."""
+    from trainer.compare import CompareConfig
     from trainer.config import TrainConfig
 
     from ..config import JobConfig
@@ -75,6 +77,12 @@ def render() -> str:
     lines += ["## Training config", ""]
     for section in describe(TrainConfig):
         lines += _section(section)
+    lines += ["## Compare config", "", "`tsd compare CONFIG --out DIR`: a training config without `releases` (every section "
+              "above, shared by the rows), plus these keys:", ""]
+    train_sections = {s.key for s in describe(TrainConfig)}
+    for section in describe(CompareConfig):
+        if section.key not in train_sections or section.key == "":
+            lines += _section(dataclasses.replace(section, keys=[k for k in section.keys if k.key != "releases"]))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

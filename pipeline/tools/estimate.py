@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -202,10 +202,13 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
     """Counts, shards, disk bytes and GPU-seconds of a job (see the module doc for the model)."""
     counts = source_counts(job, n_train, n_val)
     k = job.views.k
-    mixes = job.plan.resolve_pool(counts.train) if job.generator is not None else 0
+    # generator.kinds: every generator makes the planned pool (the others in releases of their own)
+    kinds = (job.generator.kinds or [job.generator.kind]) if job.generator is not None else []
+    mixes = job.plan.resolve_pool(counts.train) * len(kinds)
     rows = {"real/train": counts.train, "real/val": counts.val, "mix/train": mixes}
     views = {"real/train": k, "real/val": 1, "mix/train": k}
     shards = {key: math.ceil(n / job.generate.shard_size) for key, n in rows.items()}
+    shards["mix/train"] = math.ceil(mixes / max(len(kinds), 1) / job.generate.shard_size) * len(kinds)
 
     feature_dim = teacher_feature_dim(job) if job.generate.features else None
     gen = job.generator
@@ -216,17 +219,27 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
     disk = {key: per_sample[key] * rows[key] for key in per_sample}
 
     per_mix, mix_notes = mix_seconds(job)
+    if len(kinds) > 1:  # the average over the kinds: each makes 1/len(kinds) of the mixes
+        parts = [mix_seconds(replace(job, generator=replace(job.generator, kind=k)))[0] for k in kinds]
+        per_mix = {speed: sum(p[speed] for p in parts) / len(kinds) for speed in per_mix}
+        mix_notes = mix_notes + [f"generator.kinds: the pool made by each of {', '.join(kinds)} (mix/train counts "
+                                 "them all; the others' releases go to generators/<kind>)"]
     teacher_rate, teacher_note = teacher_img_s(job)
     teacher_passes = k * (counts.train + mixes) + counts.val   # the labels: K views each, 1 per val image
-    probe_passes = job.probe.views * counts.train + counts.val  # the probe's feature pass
+    if job.probe.mode == "finetune":  # a forward and a backward (≤ 2 forwards) per image per epoch
+        probe_passes = 3 * job.probe.epochs * counts.train + counts.val
+        probe_note = (f"probe: finetune, {job.probe.epochs} epochs × (forward + backward, counted as 3 forward "
+                      "passes: an upper bound, only the last blocks are back-propagated) per train image + val")
+    else:
+        probe_passes = job.probe.views * counts.train + counts.val  # the probe's feature pass
+        probe_note = f"probe: {job.probe.views} view(s) per train image + val"
     teacher_s = (teacher_passes + probe_passes) / teacher_rate
     gpu_seconds = {speed: {"mix": mixes * per_mix[speed], "teacher": teacher_s} for speed in per_mix}
     assumptions = [
         f"speeds measured on one H100: {ANCHORS_SOURCE}",
         *mix_notes,
         teacher_note,
-        f"teacher passes: {k} views × (real train + mixes) + 1 per val image; probe: "
-        f"{job.probe.views} view(s) per train image + val",
+        f"teacher passes: {k} views × (real train + mixes) + 1 per val image; {probe_note}",
         f"disk: stored images measured by encoding a 1/f test image at the stored size "
         f"({job.data.image_format} q{job.data.quality}); real images assumed "
         f"{counts.real_size[0]}×{counts.real_size[1]} after storing",

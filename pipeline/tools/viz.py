@@ -25,7 +25,7 @@ from ..contract import storage
 from ..contract.errors import UserError
 from ..contract.files import atomic_write
 from ..contract.images import decode_image
-from ..contract.layout import MANIFEST
+from ..contract.layout import HEAD_FILE, MANIFEST
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, image_member, npy_load, teacher_mean_probs
 from ..contract.views import Views, center_view, normalize, view_pixels
 from .reader import ReleaseReader
@@ -188,7 +188,8 @@ def teacher_features(root: Path, manifest: dict, samples: dict, uids: list[str],
         cfg = build(TeacherConfig, manifest["config"]["teacher"], "config.teacher")
     except ConfigError as e:
         raise UserError(f"{storage.join(root, MANIFEST)}: {e} (the PCA needs the teacher's weights)") from None
-    backbone = load_backbone(cfg).to(device)
+    # a finetuned teacher's trained blocks too
+    backbone = load_backbone(cfg, storage.join(root, HEAD_FILE)).to(device)
     t = manifest["teacher"]
     x = eval_views(samples, uids, t["img_size"], t["mean"], t["std"], manifest["views"]["eval_crop"])
     return batched_features(lambda b: backbone_features(backbone, b), x, device)

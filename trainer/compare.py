@@ -1,0 +1,355 @@
+"""`tsd compare CONFIG --out DIR`: the paper's rows from one config, at one budget, over N seeds.
+
+The rows (Marrie et al., TMLR 2024, the tables of their distillation study):
+- finetune: the student trained on the labels only (CE), no teacher;
+- KD on real images (loss mode kd-real);
+- KD + the mixes of each generator the teacher's releases hold (mixup, cutmix, SD-Mixup, …);
+and the teacher rows again for every other teacher listed (e.g. a finetuned one, against probing).
+
+The budget is equal by construction: every run makes the same number of optimizer steps
+(`optim.steps`, or `optim.epochs` passes over the real set) with the same number of real images in
+each batch, so every row sees the same real images; rows with mixes read `data.batch_size` samples
+per step, `data.mix_ratio` of them mixes, and rows without read only the real part of that batch.
+Each run states its budget in its metrics, and the compare refuses to tabulate runs whose budgets
+differ. Outputs in DIR: runs/<row>/seed-<s>/ (an ordinary `tsd train` run folder each),
+results.json, results.md (the table, mean ± std over seeds) and results.png (bars with error bars).
+A finished run is reused (`contract.files.reuse`); a run that was cut short resumes from its latest
+checkpoint, so a killed compare, rerun, continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from pipeline.contract.configlib import ConfigError, load, parse_overrides, path_field, ranged, to_dict
+from pipeline.contract.files import atomic_write, read_json, reuse, write_json
+from pipeline.contract.ids import fingerprint
+
+from .config import DataConfig, RunSettings, TrainConfig, check_releases
+from .release import ReleaseSet
+
+RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
+RUNS = "runs"
+# beside each run folder (which stays an ordinary `tsd train` folder): its inputs, once started and once done
+STARTED, DONE = ".started.json", ".done.json"
+# the paper's order: the classical augmentations, then the diffusion generators
+KIND_ORDER = ("mixup", "cutmix", "image-mixer", "sd-image-variations", "unclip")
+KIND_LABELS = {"mixup": "KD + Mixup", "cutmix": "KD + CutMix", "image-mixer": "KD + SD-Mixup (ImageMixer)",
+               "sd-image-variations": "KD + SD image variations", "unclip": "KD + Stable unCLIP"}
+BASE_ROWS = ("finetune", "kd")
+
+
+@dataclass
+class TeacherReleases:
+    """The releases one teacher labelled: the first holds the real shards; the others add the mixes
+    of other generators (e.g. `tsd generate` with generator.kinds writes them under generators/)."""
+    name: str                                 # how the teacher is called in the table, e.g. probed, finetuned
+    releases: list[str] = path_field()
+
+    def check(self):
+        if not self.releases:
+            raise ConfigError("releases: at least one release is needed")
+
+
+@dataclass
+class CompareConfig(RunSettings):
+    """The rows' shared training settings (a training config without releases) and the teachers'
+    releases. `loss.mode` and `data.generators` are set per row; `runtime.seed` is the first seed."""
+    teachers: list[TeacherReleases] = field(default_factory=list)  # required: [{name, releases}], the first release of each holding its real shards
+    rows: Optional[list[str]] = None          # finetune, kd and generator kinds; null = all the releases allow
+    seeds: int = ranged(2, ge=1)              # runs per row: seeds runtime.seed, runtime.seed + 1, …
+
+    def check(self):
+        if not self.teachers:
+            raise ConfigError("teachers: at least one teacher's releases are needed")
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"teachers: names must differ, got {names}")
+        if self.rows is not None and len(set(self.rows)) != len(self.rows):
+            raise ConfigError(f"rows: listed twice: {self.rows}")
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str                  # its folder under runs/
+    label: str
+    teacher: str | None      # None: the row uses no teacher (finetune)
+    mode: str                # loss.mode
+    generator: str | None    # the mixes it reads
+    config: TrainConfig      # seed 0's config; the seeds differ in runtime.seed only
+    releases: ReleaseSet
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int
+    real_per_step: int
+    mix_per_step: int        # in the rows with mixes
+    real_train: int          # real training images in the releases
+
+
+def load_compare(path, overrides: dict | None = None) -> CompareConfig:
+    return load(CompareConfig, path, overrides)
+
+
+def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
+    """Every row, checked against its releases (manifests only), and the budget they share; a
+    problem is one ConfigError line naming the key."""
+    from .data import batch_split
+
+    base = TrainConfig(releases=list(config.teachers[0].releases[:1]), student=config.student, loss=config.loss,
+                       data=replace(config.data, generators=None), optim=config.optim, runtime=config.runtime)
+    n_real, n_mix = batch_split(replace(base, loss=replace(config.loss, mode="distill")))
+    teachers = [_teacher_releases(config, i) for i in range(len(config.teachers))]
+    real_train = teachers[0].count("real", "train")
+    spe = math.ceil(real_train / n_real)
+    budget = Budget(config.optim.steps or spe * config.optim.epochs, n_real, n_mix, real_train)
+    for i, releases in enumerate(teachers[1:], 1):
+        if releases.classes != teachers[0].classes or releases.count("real", "train") != real_train:
+            raise ConfigError(f"teachers[{i}]: its releases hold other classes or another number of real training "
+                              f"images than teachers[0]'s: the rows would not be comparable")
+    wanted = config.rows
+    available = set(BASE_ROWS).union(*(r.generator_kinds() for r in teachers))
+    for i, name in enumerate(wanted or ()):
+        if name not in available:
+            raise ConfigError(f"rows[{i}]: {name!r} is not a row these releases allow (have: "
+                              f"{', '.join(sorted(available))})")
+
+    def make(row_id, label, teacher, mode, generator, roots) -> Row:
+        if generator and not n_mix:
+            raise ConfigError(f"data.mix_ratio: {config.data.mix_ratio} leaves no mixes in the batches of row {row_id}")
+        # the rows with mixes read the whole batch; the others only its real part
+        data = replace(config.data, generators=[generator]) if generator else \
+            replace(config.data, batch_size=n_real, mix_ratio=0.0, generators=None)
+        train = replace(base, releases=list(roots), loss=replace(config.loss, mode=mode), data=data,
+                        optim=replace(config.optim, steps=budget.steps))
+        try:
+            checked = check_releases(train)
+        except ConfigError as e:
+            raise ConfigError(f"row {row_id}: {e}") from None
+        return Row(row_id, label, teacher, mode, generator, train, checked)
+
+    rows = []
+    if wanted is None or "finetune" in wanted:
+        first = config.teachers[0]
+        rows.append(make("finetune", "finetune (CE on labels)", None, "finetune", None, first.releases[:1]))
+    several = len(config.teachers) > 1
+    for spec, releases in zip(config.teachers, teachers):
+        suffix = f".{spec.name}" if several else ""
+        if wanted is None or "kd" in wanted:
+            rows.append(make(f"kd{suffix}", "KD on real images", spec.name, "kd-real", None, spec.releases[:1]))
+        kinds = releases.generator_kinds()
+        for kind in sorted(kinds, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k)):
+            if wanted is None or kind in wanted:
+                rows.append(make(f"kd+{kind}{suffix}", KIND_LABELS.get(kind, f"KD + {kind}"), spec.name, "distill",
+                                 kind, spec.releases))
+    if not rows:
+        raise ConfigError("rows: no row to run")
+    return rows, budget
+
+
+def _teacher_releases(config: CompareConfig, index: int) -> ReleaseSet:
+    """One teacher's releases, opened and checked to be labelled by that one teacher."""
+    spec = config.teachers[index]
+    probe = TrainConfig(releases=list(spec.releases), data=DataConfig(mix_ratio=0.0))
+    try:
+        releases = check_releases(probe)
+    except ConfigError as e:
+        raise ConfigError(f"teachers[{index}].{e}") from None
+    first = _teacher_identity(releases.releases[0].teacher)
+    for j, release in enumerate(releases.releases[1:], 1):
+        if _teacher_identity(release.teacher) != first:
+            raise ConfigError(f"teachers[{index}].releases[{j}]: {release.root} was labelled by another teacher "
+                              f"than {releases.releases[0].root} (teacher arch, weights or head differ)")
+    return releases
+
+
+def _teacher_identity(teacher: dict) -> tuple:
+    return (teacher.get("arch"), json.dumps(teacher.get("weights"), sort_keys=True), teacher.get("head_sha256"))
+
+
+def seeds(config: CompareConfig) -> list[int]:
+    return [config.runtime.seed + i for i in range(config.seeds)]
+
+
+# -- running ------------------------------------------------------------------------------------
+def run_compare(config: CompareConfig, out: str | Path, log=print) -> dict:
+    """Train every row × seed not yet done into `out`/runs, then write the results; returns them."""
+    out = Path(out)
+    rows, budget = row_plan(config)
+    log(f"[compare] {len(rows)} rows × {config.seeds} seeds; each run: {budget.steps} steps, "
+        f"{budget.real_per_step} real images per step (+ {budget.mix_per_step} mixes in the rows with mixes)")
+    finished: dict[str, list[dict]] = {}
+    for row in rows:
+        finished[row.id] = []
+        for seed in seeds(config):
+            metrics, reused = run_one(row, seed, out)
+            finished[row.id].append(metrics)
+            log(f"[compare] {row.id} seed {seed}: val top-1 {metrics['val']['top1']:.4f}"
+                f"{' (reused)' if reused else ''}")
+    results = tabulate(config, rows, budget, finished, out)
+    write_results(results, out)
+    return results
+
+
+def run_dir(out: Path, row: Row, seed: int) -> Path:
+    return out / RUNS / row.id / f"seed-{seed}"
+
+
+def run_one(row: Row, seed: int, out: Path) -> tuple[dict, bool]:
+    """(metrics, reused): a finished run with this config is reused; one cut short is resumed from
+    its latest checkpoint; a folder left by another config is started over."""
+    from .checkpoints import checkpoint_dirs
+    from .train import run_training
+
+    config = replace(row.config, runtime=replace(row.config.runtime, seed=seed))
+    folder = run_dir(out, row, seed)
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    # the releases' shard hashes too: a regenerated release (another teacher, other mixes) is another run
+    inputs = fingerprint([text, [[s.get("sha256") for s in r.manifest.get("shards") or ()] for r in row.releases]])
+
+    def train():
+        started = folder.with_name(folder.name + STARTED)
+        if folder.exists() and (read_json(started) or {}).get("fingerprint") != inputs:
+            shutil.rmtree(folder)   # left by another config or other releases: not resumable
+        resume = bool(checkpoint_dirs(folder))
+        write_json(started, {"fingerprint": inputs})
+        # cut short before its first checkpoint: nothing to resume, so its folder is started over
+        metrics = run_training(config, folder, resume=resume, overwrite=not resume, releases=row.releases)
+        return {"val": metrics["val"], "train": metrics["train"]}
+
+    return reuse(folder.with_name(folder.name + DONE), inputs, train, outputs=[folder / "metrics.json"])
+
+
+# -- results ------------------------------------------------------------------------------------
+def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: dict, out: Path) -> dict:
+    """results.json's content: per row its seeds, budget, val top-1 per seed, mean and std."""
+    table = []
+    for row in rows:
+        runs = finished[row.id]
+        spent = {(m["train"]["steps"], m["train"]["budget"]["real_images"]) for m in runs}
+        expected = (budget.steps, budget.steps * budget.real_per_step)
+        if spent != {expected}:
+            raise RuntimeError(f"row {row.id}: runs spent {sorted(spent)} (steps, real images), the budget is "
+                               f"{expected}: not comparable")
+        top1 = [m["val"]["top1"] for m in runs]
+        teacher = row.releases.releases[0].teacher if row.teacher else {}
+        table.append({
+            "id": row.id, "label": row.label, "teacher": row.teacher, "mode": row.mode, "generator": row.generator,
+            "teacher_val_top1": teacher.get("val_top1"),
+            "teacher_adaptation": (teacher.get("adaptation") or {}).get("mode", "probe") if row.teacher else None,
+            "releases": [r.root for r in row.releases],
+            "seeds": seeds(config),
+            "steps": budget.steps,
+            "real_images": runs[0]["train"]["budget"]["real_images"],
+            "mix_images": runs[0]["train"]["budget"]["mix_images"],
+            "val_top1": top1,
+            "mean": statistics.fmean(top1),
+            "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+            "agreement": [m["val"]["agreement"] for m in runs],
+            "runs": [str(run_dir(out, row, s).relative_to(out)) for s in seeds(config)],
+        })
+    return {
+        "budget": {"steps": budget.steps, "real_per_step": budget.real_per_step,
+                   "mix_per_step": budget.mix_per_step, "real_images": budget.steps * budget.real_per_step,
+                   "real_train": budget.real_train,
+                   "epochs_of_real": round(budget.steps * budget.real_per_step / budget.real_train, 3)},
+        "std": "sample standard deviation over the seeds (n - 1)",
+        "student": config.student.arch,
+        "classes": rows[0].releases.num_classes,
+        "rows": table,
+        "config": to_dict(config),
+    }
+
+
+def markdown(results: dict) -> str:
+    b = results["budget"]
+    lines = [
+        f"# tsd compare: {results['student']} students, {results['classes']} classes",
+        "",
+        f"Every run: {b['steps']:,} optimizer steps with {b['real_per_step']} real images each, so "
+        f"{b['real_images']:,} real images seen ({b['epochs_of_real']:g} passes over the {b['real_train']:,} real "
+        f"training images); the rows with mixes read {b['mix_per_step']} mixes per step on top. "
+        f"Val top-1 (%) is the mean ± {results['std']}.",
+        "",
+        "| row | teacher | val top-1 (%) | seeds | steps | real images | mix images |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["rows"]:
+        teacher = "—"
+        if r["teacher"]:
+            teacher = r["teacher"] + (f" ({100 * r['teacher_val_top1']:.1f})" if r["teacher_val_top1"] is not None
+                                      else "")
+        lines.append(f"| {r['label']} | {teacher} | {100 * r['mean']:.1f} ± {100 * r['std']:.1f} | {len(r['seeds'])} "
+                     f"| {r['steps']:,} | {r['real_images']:,} | {r['mix_images']:,} |")
+    lines += ["", "The teacher column gives the teacher's own val top-1 (%) in brackets."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: Path) -> bool:
+    """Bars of the mean val top-1 with the std as error bars; False when matplotlib is absent."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("warning: matplotlib is not installed (pip install 'tsdistill[viz]'): no results.png",
+              file=sys.stderr)
+        return False
+    import io
+
+    rows = results["rows"]
+    labels = [r["label"] + (f"\n[{r['teacher']} teacher]" if r["teacher"] else "") for r in rows]
+    fig = Figure(figsize=(max(6.0, 1.3 * len(rows)), 4.2), dpi=120)
+    ax = fig.add_subplot()
+    colours = ["#7f7f7f" if r["teacher"] is None else "#1f77b4" if r["generator"] is None else "#2ca02c"
+               for r in rows]
+    ax.bar(range(len(rows)), [100 * r["mean"] for r in rows], yerr=[100 * r["std"] for r in rows], capsize=4,
+           color=colours)
+    for i, r in enumerate(rows):
+        ax.scatter([i] * len(r["val_top1"]), [100 * v for v in r["val_top1"]], s=10, color="black", zorder=3)
+        ax.annotate(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", (i, 0), xytext=(0, 4), textcoords="offset points",
+                    ha="center", fontsize=7, color="white")
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("val top-1 (%)")
+    b = results["budget"]
+    ax.set_title(f"{results['student']}: {b['steps']} steps, {b['real_images']:,} real images per run; "
+                 f"mean ± std over {len(rows[0]['seeds'])} seeds (dots: seeds)", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write(path, buffer.getvalue())
+    return True
+
+
+def write_results(results: dict, out: Path) -> None:
+    write_json(out / RESULTS_JSON, results)
+    atomic_write(out / RESULTS_MD, markdown(results).encode())
+    chart(results, out / RESULTS_PNG)
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="compare config (YAML), e.g. manifests/compare-demo.yaml")
+    parser.add_argument("--out", required=True, help="output folder: runs/, results.json, results.md, results.png")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set seeds=3 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_compare(args.config, parse_overrides(args.set))
+    try:
+        results = run_compare(config, args.out)
+    except ConfigError as e:
+        raise ConfigError(f"{args.config}: {e}") from None
+    print()
+    print(markdown(results))
+    print(f"→ {Path(args.out) / RESULTS_MD}, {RESULTS_JSON}, {RESULTS_PNG}")
+    return 0
