@@ -112,3 +112,13 @@ def test_load_dataset_reads_every_config_with_the_manifest_counts(small_release,
 def test_card_text_names_the_split_mapping(small_release):
     text = dataset_card(json.loads((Path(small_release["root"]) / MANIFEST).read_text()))
     assert "`validation` is tsdistill's split `val`" in text
+
+
+@pytest.mark.parametrize("scheduler, steps, says", [("ldm-ddim", 30, "LDM-DDIM 31 denoising steps (steps: 30)"),
+                                                    ("ldm-ddim-fork", 30, "LDM-DDIM-FORK 30 denoising steps,"),
+                                                    ("ddim", 50, "DDIM 50 denoising steps,")])
+def test_card_states_the_denoising_steps_that_ran(small_release, scheduler, steps, says):
+    """ldm's DDIM runs its own table: steps=30 is 31 UNet steps, and the card says what ran."""
+    manifest = json.loads((Path(small_release["root"]) / MANIFEST).read_text())
+    manifest["generator"] = dict(manifest["generator"], kind="image-mixer", scheduler=scheduler, steps=steps)
+    assert says in dataset_card(manifest)

@@ -21,7 +21,14 @@ import yaml
 
 from ..contract.layout import SHARD_PREFIX, SHARD_SUFFIX
 from ..contract.samples import M_FEATURES, M_JSON, M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS
+from ..models.ldm_ddim import unet_steps
 from ..models.registry import DIFFUSION_KINDS
+
+
+def sampler(g: dict) -> str:
+    """The sampler as run: ldm's DDIM runs its own table (steps=30 is 31 denoising steps)."""
+    ran = unet_steps(g["scheduler"], g["steps"])
+    return f"{g['scheduler'].upper()} {ran} denoising steps" + (f" (steps: {g['steps']})" if ran != g["steps"] else "")
 
 # tsdistill split → Hugging Face split name on the card
 HF_SPLIT = {"train": "train", "val": "validation"}
@@ -129,7 +136,7 @@ def dataset_card(manifest: dict) -> str:
     }
     t, g = manifest["teacher"], manifest["generator"]
     gen_line = "none (no mixes)" if not g else (
-        f"`{g['kind']}`" + (f", {g['size']} px, {g['scheduler'].upper()} {g['steps']} steps, guidance {g['guidance']}"
+        f"`{g['kind']}`" + (f", {g['size']} px, {sampler(g)}, guidance {g['guidance']}"
                             if g["kind"] in DIFFUSION_KINDS else ", pixel space"))
     rows = "\n".join(f"| {k} | {v} |" for k, v in counts.items())
     names = ", ".join(f"`{c['config_name']}`" for c in configs)
