@@ -260,11 +260,8 @@ def _run_compare_demo(out: str | Path, size_name: str) -> dict:
                         lambda r: f"{len(r['rows'])} rows × {len(r['rows'][0]['seeds'])} seeds")
     print()
     print(markdown(results))
-    print(f"{'stage':<32}{'seconds':>9}  note")
-    for name, secs, note in timer.rows:
-        print(f"{name:<32}{secs:>9.1f}  {note}")
     wall = round(time.time() - t_start, 1)
-    print(f"{'total':<32}{wall:>9.1f}")
+    print_stages(timer.rows, wall, width=32)
     print(f"\nresults: {out / 'compare'} (results.json, results.md, results.png). Tiny random-weight models: "
           "the demo's ImageMixer weights are random, so its SD-Mixup images are noise.")
     return {**results, "wall_s": wall}
@@ -342,6 +339,14 @@ def _train(config_path: Path, run_dir: Path) -> dict:
                  outputs=[run_dir / "metrics.json"])[0]
 
 
+def print_stages(rows, wall_s: float, width: int) -> None:
+    """The demo's timing table: one row per stage (name, seconds, note), then the total."""
+    print(f"{'stage':<{width}}{'seconds':>9}  note")
+    for name, secs, note in rows:
+        print(f"{name:<{width}}{secs:>9.1f}  {note}")
+    print(f"{'total':<{width}}{wall_s:>9.1f}")
+
+
 def print_summary(s: dict, out: Path) -> None:
     print()
     print(f"tsd demo: {out}")
@@ -355,10 +360,7 @@ def print_summary(s: dict, out: Path) -> None:
     print(f"{'student, distilled':<22}{s['distill_val_top1']:>10.3f}"
           f"   (agrees with the teacher on {s['distill_teacher_agreement']:.1%})")
     print()
-    print(f"{'stage':<20}{'seconds':>9}  note")
-    for name, secs, note in s["stages"]:
-        print(f"{name:<20}{secs:>9.1f}  {note}")
-    print(f"{'total':<20}{s['wall_s']:>9.1f}")
+    print_stages(s["stages"], s["wall_s"], width=20)
     print(f"\npictures: {out / 'pictures'}; verify the release with: tsd verify {out}")
 
 
