@@ -304,9 +304,11 @@ def chart(results: dict, path: Path) -> bool:
               file=sys.stderr)
         return False
     import io
+    import textwrap
 
     rows = results["rows"]
-    labels = [r["label"] + (f"\n[{r['teacher']} teacher]" if r["teacher"] else "") for r in rows]
+    # wrapped: side by side, long row names ("KD + SD-Mixup (ImageMixer)") ran into each other
+    labels = [textwrap.fill(r["label"], 16) + (f"\n[{r['teacher']} teacher]" if r["teacher"] else "") for r in rows]
     fig = Figure(figsize=(max(6.0, 1.3 * len(rows)), 4.2), dpi=120)
     ax = fig.add_subplot()
     colours = ["#7f7f7f" if r["teacher"] is None else "#1f77b4" if r["generator"] is None else "#2ca02c"
