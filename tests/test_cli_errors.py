@@ -185,6 +185,7 @@ def corpus(small_release, tmp_path_factory):
         (["verify", str(releases["future"])], "format_version 99"),
         (["verify", str(releases["not-object"])], "expected a JSON object"),
         (["verify", "foo://bucket/release"], "unknown storage scheme"),
+        (["verify", "hdfs://namenode/release"], "cannot open this storage"),   # no JVM here: the store cannot start
         # training
         (["train", t, "--out", str(finished)], "already holds a run"),
         (["train", t, "--out", str(broken_ckpt), "--resume"], "no readable checkpoint to resume from"),

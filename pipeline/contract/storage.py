@@ -145,8 +145,9 @@ def _filesystem(url: str):
             package = known_implementations.get(scheme, {}).get("class", scheme).split(".")[0]
         hint = f"pip install 'tsdistill[{extra}]'" if extra else f"pip install {package}"
         raise UserError(f"{url}: the {scheme}:// scheme needs the {package} package ({hint})") from None
-    except ValueError as e:
-        raise UserError(f"{url}: cannot open this storage: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a store that cannot start (hdfs without a JVM, bad options)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{url}: cannot open this storage: {text}") from None
 
 
 def filesystem(target):
