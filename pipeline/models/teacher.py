@@ -23,24 +23,56 @@ BACKBONE_PREFIX = "backbone."  # keys of the finetuned backbone weights in the a
 
 
 def load_backbone(cfg: TeacherConfig, adaptation=None) -> nn.Module:
-    """The timm backbone with real-weight loading: `pretrained_cfg_overlay=dict(file=...)`; with
-    `adaptation` (a head file), the backbone weights a finetuned teacher trained laid over them."""
+    """The timm backbone with its real weights; with `adaptation` (a head file), the backbone
+    weights a finetuned teacher trained laid over them."""
     import timm
 
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("img_size", cfg.img_size)
     weights = local_weights(cfg)
-    model = timm.create_model(
-        cfg.arch,
-        pretrained=weights is not None,
-        pretrained_cfg_overlay=dict(file=weights) if weights else None,
-        num_classes=0,
-        **kwargs,
-    )
+    model = _assigned(cfg.arch, weights, kwargs) if weights else None
+    if model is None:  # timm's own loading: random init, then the file copied over it
+        model = timm.create_model(
+            cfg.arch,
+            pretrained=weights is not None,
+            pretrained_cfg_overlay=dict(file=weights) if weights else None,
+            num_classes=0,
+            **kwargs,
+        )
     if adaptation is not None:
         _, _, tuned = read_adaptation(adaptation)
         apply_tuned(model, tuned, adaptation)
     return model.eval().requires_grad_(False)
+
+
+def _assigned(arch: str, weights: str, kwargs: dict) -> nn.Module | None:
+    """The backbone built on the meta device with the file's tensors assigned as its parameters:
+    one copy of the weights in memory, not timm's two (a random init, then the file copied over it:
+    9 GB at peak for ViT-g/14), and no random init to compute. Only for a safetensors file that
+    fits the model exactly after timm's own checkpoint filter (e.g. DINOv2's position embeddings
+    resampled to `img_size`); None otherwise, and timm's loading does the rest as before."""
+    import sys
+
+    import timm
+    from safetensors.torch import load_file
+
+    if not str(weights).endswith(".safetensors"):
+        return None
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    state = load_file(weights)
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        with torch.device("cpu"):   # what the filter creates stays real
+            state = filter_fn(state, model)
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != v.shape or state[k].dtype != v.dtype
+                                          for k, v in expected.items()):
+        return None
+    model.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):   # a buffer no file holds
+        return None
+    return model
 
 
 def tuned_parts(backbone: nn.Module, blocks: int) -> list[tuple[int, str, nn.Module]]:
