@@ -370,8 +370,8 @@ def add_arguments(p) -> None:
                    help="'demo' (default) or 'small' (fewer images and steps; what the tests run)")
     p.add_argument("--real-size", action="store_true",
                    help="every stage with random-weight models at the paper's sizes (DINOv2 ViT-g/14, ImageMixer, "
-                        "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: under 25 min on 2 CPU "
-                        "cores, 10 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
+                        "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: about 7 min on 2 idle CPU "
+                        "cores, 9.5 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
     p.add_argument("--compare", action="store_true",
                    help="also make mixup and cutmix mixes and a finetuned teacher's release, then `tsd compare` "
                         "every row (2 seeds) into OUT/compare")
