@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from pipeline.contract.configlib import ConfigError
-from pipeline.contract.errors import UserError
+from pipeline.contract.errors import UserError, first_line, short_error
 from pipeline.contract.ids import sha256_file
 
 from .students import Distillable
@@ -122,8 +122,7 @@ def load_checkpoint(path: Path, net: Distillable, optimizer: torch.optim.Optimiz
         projector = load_file(str(path / PROJECTOR)) if net.projector is not None else None
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - safetensors, zip and unpickler errors of a damaged file
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise CorruptCheckpoint(f"{path}: cannot be loaded ({type(e).__name__}: {first})") from None
+        raise CorruptCheckpoint(f"{path}: cannot be loaded ({short_error(e)})") from None
     try:
         net.student.load_state_dict(student)
         if projector is not None:
@@ -131,7 +130,7 @@ def load_checkpoint(path: Path, net: Distillable, optimizer: torch.optim.Optimiz
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as e:
         raise ConfigError(f"{path}: does not fit this config's student or optimizer "
-                          f"({str(e).strip().splitlines()[0]}); start a new run folder") from None
+                          f"({first_line(e)}); start a new run folder") from None
     return state
 
 

@@ -17,7 +17,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from pipeline.contract.configlib import ConfigError
-from pipeline.contract.errors import UserError
+from pipeline.contract.errors import UserError, first_line
 from pipeline.contract import storage
 from pipeline.contract.files import atomic_write
 from pipeline.contract.views import Views
@@ -41,8 +41,7 @@ def build_student(arch: str, num_classes: int, weights: str | None = None, drop_
     except RuntimeError as e:  # a state dict that does not fit the architecture
         if not weights:
             raise
-        first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"student.weights: {weights} does not fit {arch}: {first}") from None
+        raise ConfigError(f"student.weights: {weights} does not fit {arch}: {first_line(e)}") from None
     except TypeError as e:     # a model_kwargs key the architecture does not take
         raise ConfigError(f"student.model_kwargs: {arch}: {e}") from None
     check_input_size(model, arch, img_size)
@@ -162,7 +161,7 @@ def load_student(path) -> tuple[nn.Module, dict]:
     try:
         model.load_state_dict(load_file(str(weights)))
     except RuntimeError as e:
-        raise ConfigError(f"{weights}: does not fit {info['arch']}: {str(e).strip().splitlines()[0]}") from None
+        raise ConfigError(f"{weights}: does not fit {info['arch']}: {first_line(e)}") from None
     return model, info
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from . import storage
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, first_line
 from .weights import weights_problem
 
 
@@ -219,7 +219,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: not valid YAML: {first_line(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

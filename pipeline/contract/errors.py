@@ -2,6 +2,19 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for a one-line error; `default` (the exception's
+    type name unless given) when the message is empty. Library messages run over many lines."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else (type(error).__name__ if default is None else default)
+
+
+def short_error(error: BaseException) -> str:
+    """'Type: first line', or the type alone for an empty message."""
+    text = first_line(error, "")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class UserError(ValueError):
     """A problem with the user's input (config, data, release, arguments), phrased for the user in one
     line that names the file, key, URL or value."""

@@ -26,7 +26,7 @@ import re
 import shutil
 from urllib.parse import unquote, urlparse
 
-from .errors import UserError
+from .errors import UserError, first_line, short_error
 
 # scheme → (the package that implements it, the tsdistill extra that installs it)
 EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
@@ -146,8 +146,7 @@ def _filesystem(url: str):
         hint = f"pip install 'tsdistill[{extra}]'" if extra else f"pip install {package}"
         raise UserError(f"{url}: the {scheme}:// scheme needs the {package} package ({hint})") from None
     except Exception as e:  # noqa: BLE001 - a store that cannot start (hdfs without a JVM, bad options)
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{url}: cannot open this storage: {text}") from None
+        raise UserError(f"{url}: cannot open this storage: {first_line(e)}") from None
 
 
 def filesystem(target):
@@ -168,8 +167,7 @@ def _remote_errors(url: str):
     except (OSError, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - botocore, google-auth, azure raise their own types
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{url}: storage error: {type(e).__name__}{': ' + text if text else ''}") from None
+        raise UserError(f"{url}: storage error: {short_error(e)}") from None
 
 
 def _fresh(fs, path: str) -> None:

@@ -128,16 +128,12 @@ def _write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
+@torch_threads(DEMO_THREADS)
 def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None,
                   kinds: list[str] | None = None) -> dict:
     """Data, tiny models, then ingest → probe → plan → generate → release → verify into `out`.
     `kinds`: generator.kinds (the other generators' releases go to out/generators/<kind>).
     Returns what the rest of the demo needs (models, manifest, probe metrics)."""
-    with torch_threads(DEMO_THREADS):
-        return _build_release(out, size_name, timer, kinds)
-
-
-def _build_release(out: str | Path, size_name: str, timer: Timer | None, kinds: list[str] | None) -> dict:
     quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from ..config import load_job
@@ -232,15 +228,11 @@ def compare_teachers(out: str | Path) -> list[dict]:
             {"name": "finetuned", "releases": [f"{out}/teacher-finetuned"]}]
 
 
+@torch_threads(DEMO_THREADS)
 def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
     """`tsd demo --compare`: the demo's release plus the same mixes made by mixup and cutmix, a
     finetuned teacher's release of the real images, then `tsd compare` on them (finetune, KD,
     KD + each mix, KD with the finetuned teacher; 2 seeds) into out/compare."""
-    with torch_threads(DEMO_THREADS):
-        return _run_compare_demo(out, size_name)
-
-
-def _run_compare_demo(out: str | Path, size_name: str) -> dict:
     from trainer.compare import CompareConfig, markdown, run_compare
 
     from ..config import load_job
@@ -267,12 +259,8 @@ def _run_compare_demo(out: str | Path, size_name: str) -> dict:
     return {**results, "wall_s": wall}
 
 
+@torch_threads(DEMO_THREADS)
 def run_demo(out: str | Path, size_name: str = "demo") -> dict:
-    with torch_threads(DEMO_THREADS):
-        return _run_demo(out, size_name)
-
-
-def _run_demo(out: str | Path, size_name: str) -> dict:
     t_start = time.time()
     out = Path(out).resolve()
     timer = Timer()

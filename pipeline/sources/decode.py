@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..contract import storage
-from ..contract.errors import UserError
+from ..contract.errors import UserError, short_error
 
 DEFAULT_MAX_PIXELS = 89_478_485   # PIL's default Image.MAX_IMAGE_PIXELS
 DEFAULT_MIN_SIZE = 16
@@ -166,6 +166,3 @@ def _bomb_reason(error: Exception) -> str:
     return f"too large ({pixels}; refused by PIL's decompression-bomb guard)"
 
 
-def short_error(error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 
 from ..contract import storage
-from ..contract.errors import ConfigError
+from ..contract.errors import ConfigError, first_line
 from ..contract.files import atomic_write
 
 INDEX_FILE = "index.parquet"
@@ -111,8 +111,7 @@ def read_index_table(path, columns: list[str] | None = None):
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, KeyError...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"{path}: not a readable index ({first})") from None
+        raise ConfigError(f"{path}: not a readable index ({first_line(e)})") from None
 
 
 def index_classes(path: str) -> set[str]:

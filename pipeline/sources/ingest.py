@@ -57,12 +57,12 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import storage
-from ..contract.errors import UserError
+from ..contract.errors import UserError, short_error
 from ..contract.files import atomic_write
 from ..contract.ids import derive_seed, make_uid, sha256_bytes
 from ..contract.layout import SPLITS
 from ..contract.progress import Progress
-from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageRejected, decode_rgb, read_file, short_error
+from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageRejected, decode_rgb, read_file
 from .index import CLASSES_FILE, INDEX_FILE, REJECTS_FILE, index_origin, write_index, write_rejects
 from .layouts import Candidate, Options, Scan, resolve_layout, scan_layout
 

@@ -17,7 +17,7 @@ import time
 
 from ..config import JobConfig, add_device_argument, add_job_arguments, load_job_args
 from ..contract import storage
-from ..contract.errors import JobFailed, UserError
+from ..contract.errors import JobFailed, UserError, first_line
 from ..contract.layout import HEAD_FILE, SHARD_FOLDERS, SHARD_SUFFIX
 from ..contract.progress import Progress
 from ..contract.shards import finished_shards, shard_url, stats_url
@@ -125,8 +125,7 @@ def check_cluster(address: str) -> None:
     except AuthenticationError:
         raise UserError(auth_hint(address)) from None
     except Exception as e:  # noqa: BLE001 - RpcError and friends: the cluster is not there
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot reach the Ray cluster at {address}: {first}") from None
+        raise UserError(f"cannot reach the Ray cluster at {address}: {first_line(e)}") from None
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -150,7 +149,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         except ConnectionError as e:
             if is_auth_failure(e):
                 raise UserError(auth_hint(address)) from None
-            raise UserError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot connect to the Ray cluster at {address}: {first_line(e)}") from None
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
@@ -224,7 +223,7 @@ def _drive(actors, todo: list[str], summary: dict, progress: bool) -> dict:
             try:
                 stats = ray.get(ref)
             except ray.exceptions.RayError as e:  # retries exhausted: report it, keep the others going
-                failed.append((name, str(e).splitlines()[0]))
+                failed.append((name, first_line(e)))
                 continue
             summary["done"] += 1
             summary["samples"] += stats["count"]

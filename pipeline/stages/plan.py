@@ -15,7 +15,7 @@ import numpy as np
 from ..config import JobConfig, add_job_arguments, load_job_args
 from ..contract import storage
 from ..contract.configlib import ConfigError, files_optional, to_dict
-from ..contract.errors import UserError
+from ..contract.errors import UserError, first_line
 from ..contract.files import reuse
 from ..contract.ids import derive_seed, fingerprint, make_uid
 from ..contract.images import stored_size
@@ -327,8 +327,7 @@ def read_plan(path) -> Plan:
         with storage.open_read(path) as f:
             meta = pq.read_schema(f).metadata or {}
     except Exception as e:  # noqa: BLE001 - pyarrow's errors on a damaged file, or a foreign one
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path}: not a readable plan ({detail}); make it again with `tsd plan`") from None
+        raise UserError(f"{path}: not a readable plan ({first_line(e)}); make it again with `tsd plan`") from None
     if SHARDS_KEY not in meta or CLASSES_KEY not in meta or FINGERPRINT_KEY not in meta:
         raise UserError(f"{path}: not a plan of this tsdistill (an older one, or another file): run `tsd plan` again")
     shards = [(name, rows) for name, rows in json.loads(meta[SHARDS_KEY])]

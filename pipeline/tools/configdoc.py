@@ -7,7 +7,6 @@ is the code's own description, and cannot drift from what validation enforces.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 INTRO = """\
@@ -79,10 +78,8 @@ def render() -> str:
         lines += _section(section)
     lines += ["## Compare config", "", "`tsd compare CONFIG --out DIR`: a training config without `releases` (every section "
               "above, shared by the rows), plus these keys:", ""]
-    train_sections = {s.key for s in describe(TrainConfig)}
-    for section in describe(CompareConfig):
-        if section.key not in train_sections or section.key == "":
-            lines += _section(dataclasses.replace(section, keys=[k for k in section.keys if k.key != "releases"]))
+    shared = {s.key for s in describe(TrainConfig)} - {""}   # the sections a compare shares with training
+    lines += [line for section in describe(CompareConfig) if section.key not in shared for line in _section(section)]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..contract.errors import UserError
+from ..contract.errors import UserError, first_line
 from ..contract.files import plain_modes
 from ..contract.weights import weights_problem
 from ..models.registry import LDM_KINDS
@@ -91,7 +91,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         obj = _torch_load_tensors(path)
     except pickle.UnpicklingError as e:   # the restricted unpickler met something other than tensors
         raise UserError(f"{path}: not loadable as plain tensors (torch.load weights_only=True refused it: "
-                         f"{str(e).splitlines()[0]}); re-save its state_dict as .safetensors") from None
+                         f"{first_line(e)}); re-save its state_dict as .safetensors") from None
     while isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -145,7 +145,7 @@ def _load_converted(model_factory, convert, what: str, on_meta: bool = True):
         model.load_state_dict({k: v.contiguous() for k, v in convert().items()}, strict=True, assign=on_meta)
         return model
     except (KeyError, RuntimeError) as e:
-        raise UserError(f"{what}: the checkpoint does not match the config ({str(e).splitlines()[0][:200]}); "
+        raise UserError(f"{what}: the checkpoint does not match the config ({first_line(e)[:200]}); "
                          "pass the checkpoint's own YAML with --config") from None
 
 
