@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save
 
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError, first_line, short_error
-from pipeline.contract.ids import sha256_file
+from pipeline.contract.ids import sha256_bytes, sha256_file
 
+from .samples import add_counts
 from .students import Distillable
 
 CHECKPOINTS = "checkpoints"
@@ -63,13 +64,15 @@ def save_checkpoint(out: Path, step: int, net: Distillable, state: dict) -> Path
     for stale in root.glob(".step-*"):  # left by a killed run (only rank 0 writes here)
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _write(tmp / MODEL, save(_cpu_state(net.student)))
+    files = {MODEL: save(_cpu_state(net.student))}
     if net.projector is not None:
-        _write(tmp / PROJECTOR, save(_cpu_state(net.projector)))
+        files[PROJECTOR] = save(_cpu_state(net.projector))
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    _write(tmp / STATE, buffer.getvalue())
-    sums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}   # what reached the disk
+    files[STATE] = buffer.getvalue()
+    for name, data in files.items():
+        _write(tmp / name, data)
+    sums = {name: sha256_bytes(data) for name, data in sorted(files.items())}   # checked on load
     _write(tmp / CHECKSUMS, (json.dumps(sums, indent=1, sort_keys=True) + "\n").encode())
     if final.exists():  # the same step written before an interruption: replace it
         shutil.rmtree(final)
@@ -204,6 +207,5 @@ def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs,
     if procs.main:  # rank 0 carries the tally of the processes that are gone
         for r in ranks:
             skipped += r["skipped"]
-            for url, n in r.get("skipped_shards", {}).items():
-                by_shard[url] = by_shard.get(url, 0) + n
+            add_counts(by_shard, r.get("skipped_shards", {}))
     return Resumed(state["step"], skipped, by_shard, checkpoint=latest)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -104,15 +103,14 @@ def load_compare(path, overrides: dict | None = None) -> CompareConfig:
 def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
     """Every row, checked against its releases (manifests only), and the budget they share; a
     problem is one ConfigError line naming the key."""
-    from .data import batch_split
+    from .data import batch_split, steps_per_epoch
 
     base = TrainConfig(releases=list(config.teachers[0].releases[:1]), student=config.student, loss=config.loss,
                        data=replace(config.data, generators=None), optim=config.optim, runtime=config.runtime)
     n_real, n_mix = batch_split(replace(base, loss=replace(config.loss, mode="distill")))
     teachers = [_teacher_releases(config, i) for i in range(len(config.teachers))]
     real_train = teachers[0].count("real", "train")
-    spe = math.ceil(real_train / n_real)
-    budget = Budget(config.optim.steps or spe * config.optim.epochs, n_real, n_mix, real_train)
+    budget = Budget(config.optim.total_steps(steps_per_epoch(real_train, n_real)), n_real, n_mix, real_train)
     for i, releases in enumerate(teachers[1:], 1):
         if releases.classes != teachers[0].classes or releases.count("real", "train") != real_train:
             raise ConfigError(f"teachers[{i}]: its releases hold other classes or another number of real training "

@@ -74,6 +74,10 @@ class OptimConfig:
     warmup_epochs: float = ranged(5.0, ge=0, allowed="<= optim.epochs")  # linear warmup (epochs of the real set), then cosine decay to 0
     clip_grad: float = ranged(0.0, ge=0)      # max gradient norm; 0 = off
 
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The run's optimizer steps: `steps` when set, else `epochs` passes of `steps_per_epoch`."""
+        return self.steps if self.steps is not None else steps_per_epoch * self.epochs
+
     def check(self):
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"warmup_epochs: must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")

@@ -157,18 +157,23 @@ def train_plan(releases: ReleaseSet, config, world: int, replay: Replay) -> Trai
     """Batch split and shard checks for `world` ranks; a problem is one ConfigError line."""
     data = config.data
     n_real, n_mix = batch_split(config, world)
-    per_rank = n_real + n_mix
-    real = tuple(s.url for s in releases.shards("real", "train"))
+    real_shards = releases.shards("real", "train")
+    real = tuple(s.url for s in real_shards)
     mix = tuple(s.url for s in releases.shards("mix", "train", data.generators)) if n_mix else ()
-    for stream, urls, n in (("real/train", real, per_rank - n_mix), ("mix/train", mix, n_mix)):
+    for stream, urls, n in (("real/train", real, n_real), ("mix/train", mix, n_mix)):
         if n:
             check_readers(stream, len(urls), world, data.workers, releases)
     # an epoch is one pass over the real training set (over the mixes when batches hold only mixes)
-    per_step, total = (per_rank - n_mix, releases.count("real", "train")) if per_rank > n_mix \
+    per_step, total = (n_real, releases.count("real", "train")) if n_real \
         else (n_mix, releases.count("mix", "train", data.generators))
-    steps = max(1, math.ceil(total / (per_step * world)))
-    counts = {s.url: s.count for s in releases.shards("real", "train") + releases.shards("mix", "train")}
-    return TrainPlan(real, mix, per_rank - n_mix, n_mix, steps, data.workers, data.shuffle_buffer, replay, counts)
+    steps = steps_per_epoch(total, per_step, world)
+    counts = {s.url: s.count for s in real_shards + releases.shards("mix", "train")}
+    return TrainPlan(real, mix, n_real, n_mix, steps, data.workers, data.shuffle_buffer, replay, counts)
+
+
+def steps_per_epoch(samples: int, per_step: int, world: int = 1) -> int:
+    """Optimizer steps of one pass over `samples`, `per_step` of them per rank and step."""
+    return max(1, math.ceil(samples / (per_step * world)))
 
 
 def batch_split(config, world: int = 1) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from pipeline.contract.device import autocast, resolve_device
 
 from .data import batches, model_inputs, val_loader
 from .release import ReleaseSet, open_releases
-from .samples import DataError, Replay
+from .samples import DataError, Replay, add_counts
 from .students import load_student
 
 
@@ -36,13 +36,11 @@ def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, 
     loader = val_loader(releases, batch_size, workers, replay, rank, world, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
-    # n, top-1 hits, top-5 hits, agreement with the teacher, teacher top-1 hits, skipped
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
-    rows, lost = [], {}
+    # n, top-1 hits, top-5 hits, agreement with the teacher, teacher top-1 hits
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    rows, lost = [], {}   # lost: corrupt samples per shard (a batch's "skipped" is their sum)
     for batch in batches(loader):
-        sums[5] += batch["skipped"]
-        for url, k in batch.get("skipped_shards", {}).items():
-            lost[url] = lost.get(url, 0) + k
+        add_counts(lost, batch.get("skipped_shards", {}))
         if "logits" not in batch:
             continue
         x = model_inputs(batch, device, img_size, mean, std, channels_last)
@@ -66,14 +64,13 @@ def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, 
         torch.distributed.all_gather_object(parts, lost)
         lost = {}
         for part in parts:
-            for url, k in part.items():
-                lost[url] = lost.get(url, 0) + k
+            add_counts(lost, part)
     model.train(was_training)
-    n, top1, top5, agree, teacher_top1, skipped = sums.tolist()
+    n, top1, top5, agree, teacher_top1 = sums.tolist()
     if n == 0:
         raise DataError(f"{releases.describe()}: no usable validation sample")
     metrics = {"n": int(n), "top1": top1 / n, "top5": top5 / n if num_classes >= 5 else None,
-               "agreement": agree / n, "teacher_top1": teacher_top1 / n, "skipped": int(skipped),
+               "agreement": agree / n, "teacher_top1": teacher_top1 / n, "skipped": sum(lost.values()),
                "skipped_shards": dict(sorted(lost.items()))}
     if predictions:
         metrics["predictions"] = rows

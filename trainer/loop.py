@@ -33,7 +33,7 @@ from .losses import distill_loss, feature_loss
 from .processes import Processes, rng_state, seed_everything, set_rng_state
 from .release import ReleaseSet
 from .runlog import RunLog
-from .samples import Replay
+from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
 from .students import Distillable, build_student, mean_std, preprocessing, release_eval_crop, save_student
 
@@ -124,7 +124,7 @@ def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
 def budget_steps(optim, steps_per_epoch: int) -> tuple[int, int]:
     """(total, warmup) optimizer steps: `optim.steps` when set, else `optim.epochs` passes over the
     real set; warmup in epochs of the real set either way."""
-    total = optim.steps if optim.steps is not None else steps_per_epoch * optim.epochs
+    total = optim.total_steps(steps_per_epoch)
     warmup = round(optim.warmup_epochs * steps_per_epoch)
     if warmup > total:
         raise ConfigError(f"optim.warmup_epochs: {optim.warmup_epochs} epochs are {warmup} steps, more than the "
@@ -223,8 +223,7 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
             step += 1
             steps_this_run += 1
             skipped += batch["skipped"]
-            for url, n in batch["skipped_shards"].items():
-                skipped_shards[url] = skipped_shards.get(url, 0) + n
+            add_counts(skipped_shards, batch["skipped_shards"])
             window += losses
             window_steps += 1
             log.step()
@@ -273,8 +272,7 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
     total = int(procs.sum(torch.tensor([skipped], device=device)).item())
     by_shard: dict = {}
     for part in procs.gather(skipped_shards):
-        for url, n in part.items():
-            by_shard[url] = by_shard.get(url, 0) + n
+        add_counts(by_shard, part)
     return {"skipped": total, "skipped_shards": dict(sorted(by_shard.items())), "steps_this_run": steps_this_run,
             "seconds_this_run": round(train_seconds, 3)}
 

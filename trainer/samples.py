@@ -46,6 +46,13 @@ class Replay:
     on_corrupt: str = "error"        # 'error' | 'skip'
 
 
+def add_counts(total: dict, part: dict) -> dict:
+    """Add the per-shard sample counts `part` into `total` (in place); returns `total`."""
+    for shard, n in part.items():
+        total[shard] = total.get(shard, 0) + n
+    return total
+
+
 class CorruptCounter:
     """Per-reader handling of corrupt data: raise (error) or warn, count the samples lost per shard
     and go on (skip)."""
