@@ -16,9 +16,9 @@ from pipeline.contract.layout import HEAD_FILE, INDEX, MANIFEST, SHARD_SUFFIX
 from pipeline.contract.samples import SampleMeta
 from pipeline.contract.shards import read_shard
 from pipeline.stages.distribute import generate_stage
-from pipeline.stages.family import GENERATORS_DIR
+from pipeline.stages.family import GENERATORS_DIR, member_job
 from pipeline.stages.plan import plan_stage
-from pipeline.stages.release import release_stage
+from pipeline.stages.release import release_stage, teacher_record
 from pipeline.tools.verify import verify_release
 from trainer import compare
 from trainer.config import TrainConfig, check_releases
@@ -57,6 +57,8 @@ def test_members_hold_the_same_mixes_by_another_generator(family, small_release)
         assert member["generator"]["kind"] == kind and member["generator"]["files"] == {}
         assert member["counts"] == {"real/train": 0, "real/val": 0, "mix/train": n_mix}
         assert member["teacher"]["head_sha256"] == manifest["teacher"]["head_sha256"]
+        # the family shares one teacher record: what the member's own would be
+        assert member["teacher"] == teacher_record(member_job(job, kind), root) == manifest["teacher"]
         assert (root / HEAD_FILE).read_bytes() == (out / HEAD_FILE).read_bytes()
         assert member["family"]["real"] == "../.." and member["family"]["generators"][kind] == "."
         assert member["family"]["generators"]["image-mixer"] == "../.."

@@ -69,8 +69,9 @@ def generator_record(job: JobConfig) -> dict | None:
 
 
 def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
-                   family: dict | None = None) -> dict:
-    """The manifest from each shard's stats (their counts, bytes, sha256 and failures: no per-sample data)."""
+                   family: dict | None = None, teacher: dict | None = None) -> dict:
+    """The manifest from each shard's stats (their counts, bytes, sha256 and failures: no per-sample data);
+    `teacher`: its `teacher_record`, when the caller has it (None: made here)."""
     counts = {"real/train": 0, "real/val": 0, "mix/train": 0}
     shards, failures = [], []
     for name in sorted(stats):
@@ -90,7 +91,7 @@ def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
         "num_classes": len(plan.classes),
         "image": {"format": job.data.image_format, "quality": job.data.quality, "store_size": job.data.store_size},
         "views": to_dict(job.views),
-        "teacher": teacher_record(job, root),
+        "teacher": teacher if teacher is not None else teacher_record(job, root),
         "generator": generator_record(job),
         "counts": counts,
         "shards": shards,
@@ -134,7 +135,7 @@ def shard_index(plan: Plan, name: str, stats: dict):
     return table.select(index_schema().names).cast(index_schema())
 
 
-def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None) -> dict:
+def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None, teacher: dict | None = None) -> dict:
     """Write index.parquet, README.md and manifest.json (last) for the generated shards; return the
     manifest. Streams shard by shard: the stats of a batch of shards are read at once (concurrently
     from object storage), their rows go to the index, and only each shard's summary is kept."""
@@ -167,7 +168,7 @@ def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None) 
                                 f"(first: {missing[0]}); run `tsd generate` first")
             if pending or not summaries:
                 writer.write_table(pa.concat_tables(pending) if pending else index_schema().empty_table())
-    manifest = build_manifest(job, root, plan, summaries, family)
+    manifest = build_manifest(job, root, plan, summaries, family, teacher)
     write_if_changed(storage.join(root, CARD), dataset_card(manifest).encode())
     return write_manifest(root, manifest)
 
@@ -176,10 +177,15 @@ def release_stage(job: JobConfig, out) -> dict:
     """The release files of the job folder `out`, from its plan and generated shards, and those of
     each other generator's release (generator.kinds); returns the job folder's manifest."""
     out = storage.location(out)
+    # one teacher record for the family, made by the first release written: the members hold the
+    # same head and probe metrics (copied) and their jobs differ only in the generator, and making
+    # it hashes the teacher's weights (GBs)
+    teacher = None
     for member in members(job, out):
         share_teacher(out, member)
-        write_release(member.job, member.root, read_plan(plan_path(member.root)), family_record(job, member.kind))
-    return write_release(job, out, read_plan(plan_path(out)), family_record(job))
+        teacher = write_release(member.job, member.root, read_plan(plan_path(member.root)),
+                                family_record(job, member.kind), teacher)["teacher"]
+    return write_release(job, out, read_plan(plan_path(out)), family_record(job), teacher)
 
 
 # -- CLI ----------------------------------------------------------------------------------------
