@@ -156,12 +156,6 @@ def read_adaptation(path) -> tuple[nn.Module, dict, dict]:
     return head.eval().requires_grad_(False), meta, tuned
 
 
-def load_head(path) -> tuple[nn.Module, dict]:
-    """Rebuild a head from its safetensors file, local or a URL."""
-    head, meta, _ = read_adaptation(path)
-    return head, meta
-
-
 def safetensors_metadata(data: bytes) -> dict:
     """The `__metadata__` of a safetensors file's bytes (its header: an 8-byte length, then JSON)."""
     length = int.from_bytes(data[:8], "little")
