@@ -33,6 +33,14 @@ from ..contract.device import torch_dtype
 from .ldm_ddim import LDM_SCHEDULERS, LdmDDIM
 
 
+def cuda_settings(device: torch.device) -> None:
+    """The process-wide CUDA settings the generator runs under (the benchmarks' stock pipeline too)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True   # fp32 runs use TF32 tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True          # fixed shapes: the conv search pays once
+
+
 def strengths(weight: float) -> tuple[float, float]:
     """ImageMixer token strengths from the mixing weight: the dominant parent at 1, the other
     scaled by the ratio of weights (an even mix gives (1, 1): ImageMixer's demo default). A choice
@@ -195,13 +203,10 @@ class DiffusionGenerator:
         self.vae.set_attn_processor(attention())
         self.scheduler_config = json.loads((self.root / "scheduler" / "scheduler_config.json").read_text())
         self._clip_preprocess_config()
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True   # fp32 runs use TF32 tensor cores
-            torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True          # fixed shapes: the conv search pays once
-            if channels_last:
-                self.unet.to(memory_format=torch.channels_last)
-                self.vae.to(memory_format=torch.channels_last)
+        cuda_settings(device)
+        if device.type == "cuda" and channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
         self.cuda_graphs = bool(cfg.compile and cfg.cuda_graphs and device.type == "cuda")
         if cfg.compile and device.type == "cuda":
             # default mode (max-autotune took over 5 min on the H100), fixed shapes: compiled once per worker

@@ -151,14 +151,6 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> tuple[float, str
     return 2 * n ** 3 / times[len(times) // 2], str(dt).removeprefix("torch.")
 
 
-def cuda_settings(device: torch.device) -> None:
-    """The process-wide settings the generator sets, for the stock pipeline as for ours."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-
-
 def load_stock(folder: Path, device: torch.device, dtype: torch.dtype):
     from diffusers import StableDiffusionImageVariationPipeline
 
@@ -189,7 +181,7 @@ def measure(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from ..config import GeneratorConfig
-    from ..models.generators import ImageMixer
+    from ..models.generators import ImageMixer, cuda_settings
 
     quiet_libraries()
     t0 = time.time()

@@ -37,7 +37,8 @@ import torch
 
 from ..contract.device import resolve_device, torch_dtype
 from ..runtime import quiet_libraries
-from .bench import build_models, cuda_settings, load_stock, matmul_ceiling, random_parents, stock_rates, synchronize
+from ..models.generators import cuda_settings
+from .bench import build_models, load_stock, matmul_ceiling, random_parents, stock_rates, synchronize
 
 TARGETS = {"worker_img_per_s": 5.0, "worker_vs_stock_batched": 1.9, "teacher_img_per_s": 900.0,
            "trainer_shards_over_memory": 0.9}
