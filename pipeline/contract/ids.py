@@ -27,12 +27,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
+def sha256_stream(f, chunk: int = 1 << 20) -> str:
+    """The sha256 of what is left to read in the binary file object `f`."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    with open(path, "rb") as f:
+        return sha256_stream(f, chunk)
 
 
 def fingerprint(value) -> str:

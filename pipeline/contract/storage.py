@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import posixpath
 import re
@@ -27,6 +26,7 @@ import shutil
 from urllib.parse import unquote, urlparse
 
 from .errors import UserError, first_line, short_error
+from .ids import sha256_stream
 
 # scheme → (the package that implements it, the tsdistill extra that installs it)
 EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
@@ -292,11 +292,9 @@ def walk_files(folder) -> list[str]:
 
 
 def sha256(target, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
+    """The sha256 of a local file or an object (local paths: `ids.sha256_file` does the same)."""
     with open_read(target) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_stream(f, chunk)
 
 
 # -- writing -------------------------------------------------------------------------------------
