@@ -103,26 +103,34 @@ def read_stats(root, name: str, plan: str | None = None) -> dict | None:
     return _checked(read_json(stats_url(root, name)), storage.size(shard_url(root, name)), plan)
 
 
+def iter_finished_shards(root, names: Iterable[str], plan: str | None = None, keep=lambda stats: stats):
+    """(name, keep(stats)) of the finished shards among `names`, in their order: one listing per
+    shard folder, then the stats files of the shards listed with a tar, read 256 at a time
+    (concurrently from object storage). A consumer holds what it keeps of each batch only; `keep`
+    trims it further (the driver drops the per-sample records)."""
+    names = list(names)
+    listings: dict[str, dict[str, int]] = {}
+    for name in names:
+        folder = name.rpartition("/")[0]
+        if folder not in listings:
+            listings[folder] = storage.listing(storage.join(root, folder) if folder else root)
+
+    def tar_size(name: str) -> int | None:
+        folder, _, base = name.rpartition("/")
+        files = listings[folder]
+        return files.get(f"{base}{SHARD_SUFFIX}") if f"{base}{STATS_SUFFIX}" in files else None
+
+    candidates = [n for n in names if tar_size(n) is not None]
+    for start in range(0, len(candidates), 256):
+        batch = candidates[start:start + 256]
+        data = storage.read_many([stats_url(root, n) for n in batch])
+        for name in batch:
+            stats = _checked(parse_json(data[stats_url(root, name)]), tar_size(name), plan)
+            if stats is not None:
+                yield name, keep(stats)
+
+
 def finished_shards(root, names: Iterable[str], plan: str | None = None,
                     keep=lambda stats: stats) -> dict[str, dict]:
-    """{name: keep(stats)} of the finished shards among `names`: one listing per shard folder, then
-    the stats files of the shards listed with a tar, read concurrently. `keep` trims what is held
-    (the driver drops the per-sample records: it never holds them for all shards)."""
-    by_folder: dict[str, list[str]] = {}
-    for name in names:
-        folder, _, _ = name.rpartition("/")
-        by_folder.setdefault(folder, []).append(name)
-    out = {}
-    for folder, members in by_folder.items():
-        files = storage.listing(storage.join(root, folder) if folder else root)
-        candidates = [n for n in members if f"{n.rpartition('/')[2]}{STATS_SUFFIX}" in files
-                      and f"{n.rpartition('/')[2]}{SHARD_SUFFIX}" in files]
-        for start in range(0, len(candidates), 256):  # bounded memory: a batch of stats files at a time
-            batch = candidates[start:start + 256]
-            data = storage.read_many([stats_url(root, n) for n in batch])
-            for name in batch:
-                stats = _checked(parse_json(data[stats_url(root, name)]),
-                                 files[f"{name.rpartition('/')[2]}{SHARD_SUFFIX}"], plan)
-                if stats is not None:
-                    out[name] = keep(stats)
-    return out
+    """{name: keep(stats)} of the finished shards among `names` (see `iter_finished_shards`)."""
+    return dict(iter_finished_shards(root, names, plan, keep))

@@ -13,7 +13,7 @@ from ..contract.files import read_json, write_if_changed
 from ..contract.ids import sha256_file
 from ..contract.layout import CARD, HEAD_FILE, INDEX, PROBE_METRICS, shard_kind_split
 from ..contract.manifest import new_manifest, write_manifest
-from ..contract.shards import finished_shards
+from ..contract.shards import iter_finished_shards
 from .family import family_record, members, share_teacher
 from .jobdir import plan_path
 from .plan import Plan, read_plan
@@ -149,20 +149,19 @@ def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None, 
     with storage.publishing(storage.join(root, INDEX)) as local:
         with pq.ParquetWriter(local, index_schema(), compression="zstd") as writer:
             names = plan.shard_names()
-            for start in range(0, len(names), 256):
-                batch = names[start:start + 256]
-                found = finished_shards(root, batch, plan.fingerprint)
-                for name in batch:
-                    if name not in found:
-                        missing.append(name)
-                        continue
-                    stats = found.pop(name)
-                    if not missing:
-                        pending.append(shard_index(plan, name, stats))
-                    summaries[name] = {k: v for k, v in stats.items() if k != "samples"}
-                    if sum(len(t) for t in pending) >= ROW_GROUP:
-                        writer.write_table(pa.concat_tables(pending))
-                        pending = []
+            found = iter_finished_shards(root, names, plan.fingerprint)   # a subsequence of names, in order
+            done = next(found, None)
+            for name in names:
+                if done is None or done[0] != name:
+                    missing.append(name)
+                    continue
+                stats, done = done[1], next(found, None)
+                if not missing:
+                    pending.append(shard_index(plan, name, stats))
+                summaries[name] = {k: v for k, v in stats.items() if k != "samples"}
+                if sum(len(t) for t in pending) >= ROW_GROUP:
+                    writer.write_table(pa.concat_tables(pending))
+                    pending = []
             if missing:
                 raise UserError(f"{len(missing)} planned shard(s) are not generated yet "
                                 f"(first: {missing[0]}); run `tsd generate` first")
