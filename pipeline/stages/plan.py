@@ -7,6 +7,7 @@ same samples.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -238,10 +239,13 @@ def _table(part: _Part, start: int, stop: int, shard_size: int, schema):
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: Member | None = None) -> "Plan":
+def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: Member | None = None,
+               job_fingerprint: str | None = None) -> "Plan":
     """Plan every sample of `job` into `path` (a local path or a URL), streamed: rows are drawn a
     chunk at a time and written one row group per shard, so memory does not grow with the job.
-    For a generator family `member`: the job's mixes only (the same rows), for its generator."""
+    For a generator family `member`: the job's mixes only (the same rows), for its generator.
+    `index` and `job_fingerprint` (`plan_fingerprint(job)`, which hashes the index file): when the
+    caller has them."""
     import pyarrow.parquet as pq
 
     index = index or read_source_index(job.data)
@@ -253,7 +257,8 @@ def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: M
         parts = parts[2:]
     directory = [[shard_name(p.kind, p.split, i), min(size, p.count - i * size)]
                  for p in parts for i in range(-(-p.count // size))]
-    fp = plan_fingerprint(job) if member is None else member_plan_fingerprint(member, plan_fingerprint(job))
+    job_fingerprint = job_fingerprint or plan_fingerprint(job)
+    fp = job_fingerprint if member is None else member_plan_fingerprint(member, job_fingerprint)
     schema = plan_schema().with_metadata({CLASSES_KEY: json.dumps(index.classes).encode(),
                                           FINGERPRINT_KEY: fp.encode(),
                                           SHARDS_KEY: json.dumps(directory, separators=(",", ":")).encode()})
@@ -337,13 +342,15 @@ def read_plan(path) -> Plan:
 def plan_stage(job: JobConfig, out, force: bool = False) -> tuple[Plan, bool]:
     """(plan, reused) — plan.parquet is rewritten only when its fingerprint changed. With
     generator.kinds, each other generator's release is planned too (`plan_member`)."""
-    def write():
-        return write_plan(job, plan_path(out)).counts()
+    fp = plan_fingerprint(job)   # a member's job has the same: they differ in the generator only
+    index = functools.cache(lambda: read_source_index(job.data))   # read once, when a plan is written
 
-    fp = plan_fingerprint(job)
+    def write():
+        return write_plan(job, plan_path(out), index(), job_fingerprint=fp).counts()
+
     _, reused = reuse(marker(out, "plan"), fp, write, outputs=[plan_path(out)], force=force)
     for member in members(job, out):
-        plan_member(member, force)
+        plan_member(member, force, fp, index)
     try:
         return read_plan(plan_path(out)), reused
     except UserError:
@@ -353,14 +360,17 @@ def plan_stage(job: JobConfig, out, force: bool = False) -> tuple[Plan, bool]:
     return read_plan(plan_path(out)), False
 
 
-def plan_member(member: Member, force: bool = False) -> tuple[Plan, bool]:
-    """A family member's plan: the job's mixes only (the same rows), for the member's generator."""
+def plan_member(member: Member, force: bool = False, job_fingerprint: str | None = None,
+                index=None) -> tuple[Plan, bool]:
+    """A family member's plan: the job's mixes only (the same rows), for the member's generator.
+    `job_fingerprint`, `index` (a callable giving the SourceIndex): the job's, when the caller has them."""
     path = plan_path(member.root)
+    job_fingerprint = job_fingerprint or plan_fingerprint(member.job)
 
     def write():
-        return write_plan(member.job, path, member=member).counts()
+        return write_plan(member.job, path, index() if index else None, member, job_fingerprint).counts()
 
-    fp = member_plan_fingerprint(member, plan_fingerprint(member.job))
+    fp = member_plan_fingerprint(member, job_fingerprint)
     _, reused = reuse(marker(member.root, "plan"), fp, write, outputs=[path], force=force)
     return read_plan(path), reused
 
