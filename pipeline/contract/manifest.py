@@ -50,14 +50,12 @@ def read_manifest(root: str) -> dict:
         data = storage.read_bytes(where)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"{root}: not a release (no {MANIFEST})") from None
-    except UserError:   # the storage layer's own one-line answer (an unknown scheme, credentials)
+    except UserError:   # the storage layer's own one-line answer: an unknown scheme, a store's own errors
         raise
     except OSError as e:
         raise UserError(f"{where}: cannot read: {e}") from None
-    except (ValueError, ImportError) as e:  # fsspec: an unknown scheme, or its filesystem's package missing
+    except ValueError as e:  # a local path open() refuses (an embedded NUL)
         raise UserError(f"{root}: cannot open this URL ({e})") from None
-    except Exception as e:  # noqa: BLE001 - a remote store's own errors: credentials, network, permissions
-        raise UserError(f"{where}: cannot read ({type(e).__name__}: {e})") from None
     try:
         manifest = json.loads(data)
     except ValueError as e:
