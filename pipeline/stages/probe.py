@@ -49,9 +49,14 @@ def probe_views(job: JobConfig, row: dict, width: int, height: int, train: bool)
     return views
 
 
-def _load_views(job: JobConfig, row: dict, train: bool, limits: dict) -> torch.Tensor:
+def _stored_image(job: JobConfig, row: dict, limits: dict) -> torch.Tensor:
+    """The image as the release will store it (source → stored bytes → decoded), uint8 CHW."""
     data = job.data
-    image = decode_image(store_image(open_rgb(row["path"], **limits), data.store_size, data.image_format, data.quality))
+    return decode_image(store_image(open_rgb(row["path"], **limits), data.store_size, data.image_format, data.quality))
+
+
+def _load_views(job: JobConfig, row: dict, train: bool, limits: dict) -> torch.Tensor:
+    image = _stored_image(job, row, limits)
     views = probe_views(job, row, image.shape[2], image.shape[1], train)
     return views_batch(image, views, job.teacher.img_size)
 
@@ -141,14 +146,9 @@ def run_probe(job: JobConfig, out_dir, device: str = "auto") -> dict:
 
 # -- a finetuned teacher (probe.mode: finetune) -----------------------------------------------------
 def _stored_pixels(job: JobConfig, rows: list[dict], limits: dict) -> list[torch.Tensor]:
-    """Each image as the release will store it (source → stored bytes → decoded), uint8 CHW."""
-    data = job.data
-
-    def load(row):
-        return decode_image(store_image(open_rgb(row["path"], **limits), data.store_size, data.image_format,
-                                        data.quality))
+    """`_stored_image` of each row, decoded in threads."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(load, rows))
+        return list(pool.map(lambda row: _stored_image(job, row, limits), rows))
 
 
 def finetune_groups(job: JobConfig, backbone, head) -> tuple[list[dict], list[str]]:
