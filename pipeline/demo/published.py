@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ..contract import storage
+
 # openai/clip-vit-large-patch14's config.json (transformers CLIPConfig)
 OPENAI_CLIP_VIT_L14 = {
     "projection_dim": 768,
@@ -114,13 +116,11 @@ def paths(models: Path, spec: ModelSpec) -> dict[str, Path]:
     return out
 
 
-def _save_safetensors(state: dict, path: Path, metadata: dict | None = None) -> None:
+def _save_safetensors(state: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    tmp.rename(path)
+    with storage.publishing(str(path)) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
 
 
 def _timm_config(model, arch: str, hub_name: str) -> dict:
@@ -133,27 +133,25 @@ def _timm_config(model, arch: str, hub_name: str) -> dict:
             "tsdistill": f"random weights standing in for timm/{hub_name}"}
 
 
-def write_teacher(models: Path, spec: ModelSpec) -> Path:
+def _write_timm_file(arch: str, hub_name: str, path: Path, seed: int, **kwargs) -> Path:
+    """A random-weight timm model as its hub file, `model.safetensors` with timm's `config.json` beside it."""
     import timm
 
-    torch.manual_seed(0)
-    model = timm.create_model(spec.teacher_arch, pretrained=False, num_classes=0, **spec.teacher_kwargs)
-    path = paths(models, spec)["teacher"]
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, **kwargs)
     _save_safetensors(model.state_dict(), path)
-    (path.parent / "config.json").write_text(json.dumps(_timm_config(model, spec.teacher_arch, spec.teacher_hub_name),
-                                                        indent=2))
+    (path.parent / "config.json").write_text(json.dumps(_timm_config(model, arch, hub_name), indent=2))
     return path
+
+
+def write_teacher(models: Path, spec: ModelSpec) -> Path:
+    return _write_timm_file(spec.teacher_arch, spec.teacher_hub_name, paths(models, spec)["teacher"], seed=0,
+                            num_classes=0, **spec.teacher_kwargs)
 
 
 def write_student(models: Path, spec: ModelSpec, student: Student) -> Path:
-    import timm
-
-    torch.manual_seed(2)
-    model = timm.create_model(student.arch, pretrained=False)   # the hub file's 1000-class head
-    path = paths(models, spec)[student.arch]
-    _save_safetensors(model.state_dict(), path)
-    (path.parent / "config.json").write_text(json.dumps(_timm_config(model, student.arch, student.hub_name), indent=2))
-    return path
+    # the hub file's 1000-class head
+    return _write_timm_file(student.arch, student.hub_name, paths(models, spec)[student.arch], seed=2)
 
 
 def write_clip(models: Path, spec: ModelSpec) -> Path:
@@ -250,11 +248,9 @@ def write_image_mixer(models: Path, spec: ModelSpec) -> Path:
     state = image_mixer_state(spec, clip_state)
     del clip_state
     path = p["image-mixer"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"state_dict": {k: v.contiguous() for k, v in state.items()}, "global_step": 0, "epoch": 0,
-                "pytorch-lightning_version": "1.6.5"}, tmp)
-    tmp.rename(path)
+    with storage.publishing(str(path)) as tmp:
+        torch.save({"state_dict": {k: v.contiguous() for k, v in state.items()}, "global_step": 0, "epoch": 0,
+                    "pytorch-lightning_version": "1.6.5"}, tmp)
     p["image-mixer-config"].write_text(yaml.safe_dump(ldm_config(**spec.ldm), sort_keys=False))
     return path
 
