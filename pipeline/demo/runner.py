@@ -165,7 +165,8 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
         config["generator"]["kinds"] = list(kinds)
     job_path = _write_yaml(work / "job.yaml", config)
     probe, manifest = job_stages(load_job(job_path), out, timer)
-    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path)}
+    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path),
+            "index": config["data"]["index"]}
 
 
 def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dict]:
@@ -195,6 +196,7 @@ def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dic
 
 
 COMPARE_KINDS = ["image-mixer", "mixup", "cutmix"]
+FINETUNED_DIR = "teacher-finetuned"   # the finetuned teacher's release, in the demo folder
 # The demo's finetuned teacher (the paper's counterpoint to probing): its last block, final norm and
 # head trained on the task; it labels the real images only (its row is KD on real images).
 FINETUNE_RECIPE = {"mode": "finetune", "head": "linear", "blocks": 1, "epochs": 10, "lr": 0.003,
@@ -224,8 +226,10 @@ def compare_config(out: str | Path, models: dict, size: DemoSize, teachers: list
 def compare_teachers(out: str | Path) -> list[dict]:
     """The demo compare's teachers: the probed one (the demo release and its mixup and cutmix
     releases), the finetuned one (out/teacher-finetuned, real images only)."""
-    return [{"name": "probed", "releases": [str(out)] + [f"{out}/generators/{k}" for k in COMPARE_KINDS[1:]]},
-            {"name": "finetuned", "releases": [f"{out}/teacher-finetuned"]}]
+    from ..stages.family import GENERATORS_DIR
+
+    return [{"name": "probed", "releases": [str(out)] + [f"{out}/{GENERATORS_DIR}/{k}" for k in COMPARE_KINDS[1:]]},
+            {"name": "finetuned", "releases": [f"{out}/{FINETUNED_DIR}"]}]
 
 
 @torch_threads(DEMO_THREADS)
@@ -236,17 +240,18 @@ def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
     from trainer.compare import CompareConfig, markdown, run_compare
 
     from ..config import load_job
+    from ..stages.jobdir import WORK
 
     t_start = time.time()
     out = Path(out).resolve()
     timer = Timer()
     size = SIZES[size_name]
     built = build_release(out, size_name, timer, kinds=COMPARE_KINDS)
-    finetuned = out / "teacher-finetuned"
-    index = str(out / "work" / "ingest" / "index.parquet")
-    job = load_job(_write_yaml(finetuned / "work" / "job.yaml", finetuned_teacher_job(built["models"], index, size)))
+    finetuned = out / FINETUNED_DIR
+    job = load_job(_write_yaml(finetuned / WORK / "job.yaml", finetuned_teacher_job(built["models"], built["index"],
+                                                                                       size)))
     job_stages(job, finetuned, timer, " (finetuned teacher)")
-    config_path = _write_yaml(out / "work" / "compare.yaml",
+    config_path = _write_yaml(out / WORK / "compare.yaml",
                               compare_config(out, built["models"], size, compare_teachers(out)))
     results = timer.run("compare", lambda: run_compare(load(CompareConfig, config_path), out / "compare"),
                         lambda r: f"{len(r['rows'])} rows × {len(r['rows'][0]['seeds'])} seeds")
