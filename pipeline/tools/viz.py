@@ -401,7 +401,8 @@ def plot_curves(runs: list[str | Path], out: str | Path, x_axis: str = "epochs")
     if x_axis not in ("epochs", "images"):
         raise UserError(f"--x: 'epochs' or 'images', got {x_axis!r}")
     curves = [RunCurves.read(Path(r)) for r in runs]
-    missing = [c.name for c in curves if c.x(c.entries, x_axis) is None]
+    xs = [c.x(c.entries, x_axis) for c in curves]
+    missing = [c.name for c, x in zip(curves, xs) if x is None]
     if missing:
         raise UserError(f"{', '.join(missing)}: cannot place the log on {x_axis} (no metrics.json, config.yaml "
                         "or val.jsonl to say the steps per epoch / batch size)")
@@ -409,12 +410,11 @@ def plot_curves(runs: list[str | Path], out: str | Path, x_axis: str = "epochs")
     (ax_loss, ax_terms), (ax_val, ax_lr) = fig.subplots(2, 2)
     palette = colormaps["tab10"].colors
     teacher = []
-    for i, c in enumerate(curves):
+    for i, (c, x) in enumerate(zip(curves, xs)):
         colour = palette[i % len(palette)]
-        x = c.x(c.entries, x_axis)
         ax_loss.plot(x, [e["loss"] for e in c.entries], color=colour, linewidth=1.8, label=c.label())
-        for term in loss_terms(c.config) if c.config else [t for t in TERM_STYLE if all(t in e for e in c.entries)]:
-            if all(term in e for e in c.entries):
+        for term in loss_terms(c.config) if c.config else TERM_STYLE:
+            if all(term in e for e in c.entries):   # the terms this run logged
                 style, what = TERM_STYLE[term]
                 ax_terms.plot(x, [e[term] for e in c.entries], color=colour, linestyle=style, linewidth=1.5,
                               label=f"{c.name}: {what}")
