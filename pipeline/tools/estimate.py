@@ -204,11 +204,13 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
     k = job.views.k
     # generator.kinds: every generator makes the planned pool (the others in releases of their own)
     kinds = (job.generator.kinds or [job.generator.kind]) if job.generator is not None else []
-    mixes = job.plan.resolve_pool(counts.train) * len(kinds)
+    pool = job.plan.resolve_pool(counts.train)
+    mixes = pool * len(kinds)
     rows = {"real/train": counts.train, "real/val": counts.val, "mix/train": mixes}
     views = {"real/train": k, "real/val": 1, "mix/train": k}
-    shards = {key: math.ceil(n / job.generate.shard_size) for key, n in rows.items()}
-    shards["mix/train"] = math.ceil(mixes / max(len(kinds), 1) / job.generate.shard_size) * len(kinds)
+    shards = {"real/train": math.ceil(counts.train / job.generate.shard_size),
+              "real/val": math.ceil(counts.val / job.generate.shard_size),
+              "mix/train": math.ceil(pool / job.generate.shard_size) * len(kinds)}   # each kind shards its pool
 
     feature_dim = teacher_feature_dim(job) if job.generate.features else None
     gen = job.generator
@@ -220,7 +222,8 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
 
     per_mix, mix_notes = mix_seconds(job)
     if len(kinds) > 1:  # the average over the kinds: each makes 1/len(kinds) of the mixes
-        parts = [mix_seconds(replace(job, generator=replace(job.generator, kind=k)))[0] for k in kinds]
+        parts = [per_mix if kind == job.generator.kind
+                 else mix_seconds(replace(job, generator=replace(job.generator, kind=kind)))[0] for kind in kinds]
         per_mix = {speed: sum(p[speed] for p in parts) / len(kinds) for speed in per_mix}
         mix_notes = mix_notes + [f"generator.kinds: the pool made by each of {', '.join(kinds)} (mix/train counts "
                                  "them all; the others' releases go to generators/<kind>)"]
