@@ -35,10 +35,10 @@ from .release import ReleaseSet
 from .samples import Corrupt, CorruptCounter, DataError, Replay, collate, parse_sample
 
 
-def _tar_samples(shards, counter: "CorruptCounter", counts: dict):
+def _tar_samples(shards, counter: "CorruptCounter"):
     """webdataset stage: shard URLs → samples, read by the format's own tar reader. A shard that
     cannot be opened or read to its end is reported to `counter` (raise, or skip and count the
-    samples it did not give, from its manifest count in `counts`)."""
+    samples it did not give)."""
     for item in shards:
         url = item["url"]
         read = 0
@@ -49,22 +49,22 @@ def _tar_samples(shards, counter: "CorruptCounter", counts: dict):
         except UserError as e:  # the storage itself (credentials, endpoint): no shard can be read
             raise DataError(str(e)) from None
         except (OSError, ValueError) as e:
-            counter.unreadable(url, e, counts.get(url, 1) - read)
+            counter.unreadable(url, e, read)
 
 
-def _samples(urls, counter, counts: dict):
+def _samples(urls, counter):
     """This rank's and worker's share of `urls`, in the given order (shards split by node then worker)."""
     return wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.split_by_node, wds.split_by_worker,
-                            lambda shards: _tar_samples(shards, counter, counts))
+                            lambda shards: _tar_samples(shards, counter))
 
 
 class Reader:
     """One endless sample stream (real or mix) of one rank and worker, for one epoch."""
 
     def __init__(self, stream: str, urls: tuple, replay: Replay, epoch: int, shuffle_buffer: int,
-                 counter: CorruptCounter, counts: dict):
+                 counter: CorruptCounter):
         self.stream, self.urls, self.replay, self.epoch = stream, urls, replay, epoch
-        self.shuffle_buffer, self.counter, self.counts = shuffle_buffer, counter, counts
+        self.shuffle_buffer, self.counter = shuffle_buffer, counter
         self.kind = "mix" if stream.startswith("mix") else "real"
         self._samples = self._passes()
         self._usable = 0
@@ -76,7 +76,7 @@ class Reader:
             order = list(self.urls)
             random.Random(derive_seed(seed, f"{self.stream}/{self.epoch}/{n}", "shard-order")).shuffle(order)
             reader_seed = derive_seed(seed, f"{self.stream}/{self.epoch}/{n}/{rank}/{worker}", "shuffle")
-            ds = _samples(order, self.counter, self.counts)
+            ds = _samples(order, self.counter)
             if self.shuffle_buffer > 1:
                 ds = ds.compose(wds.shuffle(self.shuffle_buffer, seed=reader_seed))
             usable = self._usable
@@ -120,8 +120,8 @@ class TrainBatches(IterableDataset):
     def _batches(self):
         plan = self.plan
         _, _, worker, workers = wds.utils.pytorch_worker_info()
-        counter = CorruptCounter(plan.replay.on_corrupt)
-        streams = [(Reader(name, urls, plan.replay, self.epoch, plan.shuffle_buffer, counter, plan.counts), n)
+        counter = CorruptCounter(plan.replay.on_corrupt, plan.counts)
+        streams = [(Reader(name, urls, plan.replay, self.epoch, plan.shuffle_buffer, counter), n)
                    for name, urls, n in (("real/train", plan.real_urls, plan.n_real),
                                          ("mix/train", plan.mix_urls, plan.n_mix)) if n]
         light = plan.replay.on_corrupt == "error"
@@ -208,16 +208,16 @@ def train_loader(plan: TrainPlan, epoch: int, skip: int = 0, pin_memory: bool = 
 class ValBatches(IterableDataset):
     """One pass over this rank's val shards, the single recorded view, no shuffle."""
 
-    def __init__(self, urls: tuple, batch_size: int, replay: Replay, counts: dict | None = None):
-        self.urls, self.batch_size, self.replay, self.counts = urls, batch_size, replay, counts or {}
+    def __init__(self, urls: tuple, batch_size: int, replay: Replay, counts: dict):
+        self.urls, self.batch_size, self.replay, self.counts = urls, batch_size, replay, counts
 
     def __iter__(self):
         return _carry_errors(self._batches())
 
     def _batches(self):
-        counter = CorruptCounter(self.replay.on_corrupt)
+        counter = CorruptCounter(self.replay.on_corrupt, self.counts)
         items = []
-        for sample in _samples(self.urls, counter, self.counts):
+        for sample in _samples(self.urls, counter):
             try:
                 items.append(parse_sample(sample, "real", self.replay, None))
             except Corrupt as e:

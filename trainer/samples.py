@@ -57,8 +57,9 @@ class CorruptCounter:
     """Per-reader handling of corrupt data: raise (error) or warn, count the samples lost per shard
     and go on (skip)."""
 
-    def __init__(self, on_corrupt: str):
+    def __init__(self, on_corrupt: str, counts: dict | None = None):
         self.skip = on_corrupt == "skip"
+        self.counts = counts or {}   # shard url → its sample count (the manifest's), for what a bad shard loses
         self.by_shard: dict[str, int] = {}
 
     @property
@@ -72,9 +73,10 @@ class CorruptCounter:
         self.by_shard[shard] = self.by_shard.get(shard, 0) + samples
         print(f"warning: skipped corrupt data: {message}", file=sys.stderr, flush=True)
 
-    def unreadable(self, url: str, exn: Exception, lost: int = 1) -> None:
-        """A shard that cannot be opened or read to its end (truncated, missing, not a tar): `lost` is
-        how many of its samples were not read."""
+    def unreadable(self, url: str, exn: Exception, read: int = 0) -> None:
+        """A shard that cannot be opened or read to its end (truncated, missing, not a tar), after
+        `read` of its samples: the rest of its manifest count is lost."""
+        lost = self.counts.get(url, 1) - read
         text = str(exn).removeprefix(f"{url}: ")
         self.corrupt(f"{url}: unreadable shard: {text} ({lost} sample(s) lost)", url, max(lost, 1))
 
