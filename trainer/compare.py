@@ -122,7 +122,7 @@ def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
             raise ConfigError(f"rows[{i}]: {name!r} is not a row these releases allow (have: "
                               f"{', '.join(sorted(available))})")
 
-    def make(row_id, label, teacher, mode, generator, roots) -> Row:
+    def make(row_id, label, teacher, mode, generator, roots, opened: ReleaseSet) -> Row:
         if generator and not n_mix:
             raise ConfigError(f"data.mix_ratio: {config.data.mix_ratio} leaves no mixes in the batches of row {row_id}")
         # the rows with mixes read the whole batch; the others only its real part
@@ -131,7 +131,7 @@ def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
         train = replace(base, releases=list(roots), loss=replace(config.loss, mode=mode), data=data,
                         optim=replace(config.optim, steps=budget.steps))
         try:
-            checked = check_releases(train)
+            checked = check_releases(train, opened)   # opened once per teacher, by _teacher_releases
         except ConfigError as e:
             raise ConfigError(f"row {row_id}: {e}") from None
         return Row(row_id, label, teacher, mode, generator, train, checked)
@@ -139,20 +139,27 @@ def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
     rows = []
     if wanted is None or "finetune" in wanted:
         first = config.teachers[0]
-        rows.append(make("finetune", "finetune (CE on labels)", None, "finetune", None, first.releases[:1]))
+        rows.append(make("finetune", "finetune (CE on labels)", None, "finetune", None, first.releases[:1],
+                         _first(teachers[0])))
     several = len(config.teachers) > 1
     for spec, releases in zip(config.teachers, teachers):
         suffix = f".{spec.name}" if several else ""
         if wanted is None or "kd" in wanted:
-            rows.append(make(f"kd{suffix}", "KD on real images", spec.name, "kd-real", None, spec.releases[:1]))
+            rows.append(make(f"kd{suffix}", "KD on real images", spec.name, "kd-real", None, spec.releases[:1],
+                             _first(releases)))
         kinds = releases.generator_kinds()
         for kind in sorted(kinds, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k)):
             if wanted is None or kind in wanted:
                 rows.append(make(f"kd+{kind}{suffix}", KIND_LABELS.get(kind, f"KD + {kind}"), spec.name, "distill",
-                                 kind, spec.releases))
+                                 kind, spec.releases, releases))
     if not rows:
         raise ConfigError("rows: no row to run")
     return rows, budget
+
+
+def _first(releases: ReleaseSet) -> ReleaseSet:
+    """The first release of a teacher's, already open: the one with its real shards."""
+    return ReleaseSet(releases.releases[:1])
 
 
 def _teacher_releases(config: CompareConfig, index: int) -> ReleaseSet:

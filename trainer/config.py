@@ -135,12 +135,14 @@ def load_config(path, overrides: dict | None = None) -> tuple[TrainConfig, Relea
     return config, releases
 
 
-def check_releases(config: TrainConfig) -> ReleaseSet:
-    """Open the releases and check what depends on them; each problem is one ConfigError line."""
-    try:
-        releases = open_releases(config.releases)
-    except ReleaseError as e:
-        raise ConfigError(f"releases[{e.index}]: {e}") from None
+def check_releases(config: TrainConfig, releases: ReleaseSet | None = None) -> ReleaseSet:
+    """Open the releases (unless the caller has them open: `releases`, those of `config.releases`)
+    and check what depends on them; each problem is one ConfigError line."""
+    if releases is None:
+        try:
+            releases = open_releases(config.releases)
+        except ReleaseError as e:
+            raise ConfigError(f"releases[{e.index}]: {e}") from None
     if releases.count("real", "train") == 0:
         raise ConfigError("releases: no real training samples in any release")
     if releases.count("real", "val") == 0:
