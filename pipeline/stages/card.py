@@ -211,7 +211,11 @@ tsd verify RELEASE
 ## What is not deterministic
 
 Every random choice derives from (global seed, sample uid), never from scheduling, and tar headers
-are fixed, so a rerun on the same hardware and software is byte-identical (verified on CPU). On GPUs,
-kernels differ between models, drivers and library versions (and bf16/fp16 rounding with them):
-generated pixels and teacher logits can differ slightly there, and so can JPEG bytes downstream.
+are fixed, so a rerun on the same hardware and software (the same CPU or GPU model, drivers, library
+versions and thread counts) is byte-identical. On another CPU or GPU, floating-point kernels differ
+(instruction sets, oneDNN, BLAS and cuDNN paths, bf16/fp16 rounding): generated pixels and the
+teacher's logits can differ in their last bits, and so can JPEG bytes downstream and the weights of a
+student trained on them. What depends on no float kernel is the same everywhere: the plan (pairs,
+mixing weights, seeds, views), sample uids, labels and the tar layout. `tsd regenerate --pixel-tol N
+--logit-tol X` compares a rebuilt sample within such tolerances.
 """

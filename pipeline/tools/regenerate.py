@@ -4,8 +4,9 @@ The release holds everything needed: the resolved job config (in manifest.json),
 (index.parquet: split, kind, label, parents, mixing weight, seed) and the teacher head. The source
 images come from the ingest index the config names. The planned row is rebuilt from those (stored
 size and views follow from the seed and the config, as in `plan`), then the real shard worker makes
-the sample, and each member is compared with the stored one: identical bytes (what a CPU rerun
-gives), or the largest pixel and logit differences (what another GPU model gives).
+the sample, and each member is compared with the stored one: identical bytes (what a rerun on the
+same hardware and software gives), or the largest pixel and logit differences (what another CPU or GPU
+model gives: its float kernels differ in the last bits).
 """
 from __future__ import annotations
 
@@ -192,9 +193,14 @@ def add_arguments(p) -> None:
     p.add_argument("release", help="release folder or URL")
     p.add_argument("--uid", action="append", required=True, help="a sample's uid (repeatable)")
     add_device_argument(p)
-    p.add_argument("--pixel-tol", type=int, default=0, help="largest pixel difference accepted, 0..255 (default 0)")
+    # Defaults of 0: a rebuild on the machine and software that made the release is byte-identical. On another
+    # CPU or GPU, float kernels differ in the last bits (docs/FORMAT.md, "Seeds and determinism").
+    p.add_argument("--pixel-tol", type=int, default=0,
+                   help="largest pixel difference accepted, 0..255 (default 0: the same machine and software; "
+                        "on another CPU or GPU generated pixels may differ by a few levels)")
     p.add_argument("--logit-tol", type=float, default=0.0,
-                   help="largest teacher logit (and feature) difference accepted (default 0)")
+                   help="largest teacher logit (and feature) difference accepted (default 0: the same machine and "
+                        "software; on another CPU or GPU the teacher's logits may differ in their last bits)")
 
 
 def run(args) -> int:
