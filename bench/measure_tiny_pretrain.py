@@ -1,6 +1,6 @@
 """Development measurement, not a test: how much the tiny teacher's pretraining helps the probe.
 
-`python tests/measure_tiny_pretrain.py OUT [STEPS]` runs the demo's probe (the real ingest → probe
+`python bench/measure_tiny_pretrain.py OUT [STEPS]` runs the demo's probe (the real ingest → probe
 path) on the random teacher, then on the pretrained one, and prints both accuracies.
 """
 import json

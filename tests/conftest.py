@@ -1,5 +1,5 @@
 """Shared fixtures: one local Ray cluster per session, one small release built by the real pipeline,
-and a real S3 API on loopback (`s3_fixtures`)."""
+and a real S3 API on loopback (`tests/support/s3_server.py`)."""
 import atexit
 import os
 import shutil
@@ -15,7 +15,7 @@ os.environ["TSD_CACHE"] = _CACHE
 
 import pytest  # noqa: E402
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["s3_server"]   # tests/support/s3_server.py: moto_server, s3_bucket
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ast
 import sys
 from pathlib import Path
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "trainer")
 HEAVY = {"ray", "diffusers", "transformers", "accelerate", "timm", "webdataset", "pyarrow"}
 # what the contract may import besides the standard library and itself

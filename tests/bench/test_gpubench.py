@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_gpu_bench_prints_one_json_with_the_ratios():

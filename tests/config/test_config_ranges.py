@@ -18,8 +18,8 @@ from pipeline.config import JobConfig
 from pipeline.contract.configlib import ConfigError, Range, build, describe, files_optional, load
 from pipeline.contract.weights import weights_problem
 from trainer.config import TrainConfig
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {JobConfig: {"data": {"index": "/data/index.parquet"}, "generator": {"kind": "mixup"},
                        "expected_counts": {"train": 10, "val": 2, "classes": 2}},
            TrainConfig: {"releases": ["/data/release"]}}

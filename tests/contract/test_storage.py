@@ -8,8 +8,8 @@ import pytest
 
 from pipeline.contract import storage
 from pipeline.contract.errors import UserError
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from paths import REPO
 HEAVY = ("ray", "diffusers", "transformers")
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import save_file
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 DRIVER = textwrap.dedent("""
     import json, os, signal, sys, tempfile, traceback

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_cluster_fixtures import TwoNodeCluster
+from ray_nodes import TwoNodeCluster
 
 from pipeline.contract import storage
 from pipeline.contract.layout import MANIFEST, TEACHER_DIR
 from pipeline.stages import jobdir
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

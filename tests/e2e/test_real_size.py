@@ -5,7 +5,7 @@ must have), and the same writers at tiny sizes loaded back through the recipes' 
 file overlay, `tsd convert`, the generator). The real-size run itself (< 25 min, ~10 GiB) and its
 tiny rehearsal are behind the `slow_real` marker:
 
-    python -m pytest -q -m slow_real tests/test_real_size.py
+    python -m pytest -q -m slow_real tests/e2e/test_real_size.py
 """
 import json
 import os

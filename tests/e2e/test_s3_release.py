@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from s3_fixtures import s3_objects
+from s3_server import s3_objects
 
 from pipeline.cli import main
 from pipeline.contract import storage
 from pipeline.contract.ids import sha256_file
 from pipeline.contract.layout import MANIFEST, TEACHER_DIR
 from pipeline.stages import jobdir
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def reference_hashes(release: Path) -> dict:

@@ -25,7 +25,7 @@ from pipeline.stages.probe import finetune_groups, probe_stage
 from pipeline.stages.release import teacher_record
 from pipeline.stages.worker import ShardWorker
 
-MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+from paths import MANIFESTS
 FINETUNE = {"probe": {"mode": "finetune", "blocks": 1, "epochs": 2, "batch_size": 32, "lr": 0.001,
                       "layer_decay": 0.5, "warmup_epochs": 0.5}}
 
@@ -115,7 +115,7 @@ def test_the_manifest_records_which_teacher_labelled(finetuned, small_release):
 def test_eva02_manifest_validates_and_dry_runs(tmp_path, capsys):
     import timm
 
-    from test_manifests import localise, write_yaml
+    from recipes import localise, write_yaml
 
     data = yaml.safe_load((MANIFESTS / "cub200-eva02.yaml").read_text())
     assert data["teacher"]["arch"] == "eva02_large_patch14_448.mim_m38m_ft_in22k_in1k" and timm.is_model(

@@ -1,9 +1,5 @@
-"""Fixtures of the trainer tests: small real releases on disk, configs, and ways to damage shards.
-
-A release here is real: JPEG images in tar shards written by `pipeline.shards` (via
-`trainer.synthetic`), K=3 recorded views from `format.sample_views`, teacher logits computed on
-those exact view pixels, a manifest.json listing every shard with its sha256, bytes and count.
-"""
+"""Helpers of the trainer tests: configs, commands, and ways to damage shards (the small releases
+they train on are fixtures in tests/trainer/conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -13,50 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
+from paths import REPO
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a model hub
-
-from pipeline.contract.layout import MANIFEST, SHARD_SUFFIX, shard_name  # noqa: E402
-from pipeline.contract.samples import SampleMeta  # noqa: E402
-from pipeline.contract.shards import read_shard, tar_bytes  # noqa: E402
-from trainer.synthetic import write_release  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-_built: dict = {}
-
-
-def _release(tmp_path_factory, name: str, **kw) -> Path:
-    """Build each kind of release once per session (the test modules share this module)."""
-    if name not in _built:
-        _built[name] = write_release(tmp_path_factory.mktemp(name), **kw)
-    return _built[name]
-
-
-@pytest.fixture(scope="session")
-def release(tmp_path_factory) -> Path:
-    """4 colour classes: 128 train (4 shards), 64 val (2 shards), 96 mixes (3 shards), K=3, 40-60 px."""
-    return _release(tmp_path_factory, "release", classes=4, train_per_class=32, val_per_class=16, mixes=96,
-                    views=3, store_size=40, shard_size=32)
-
-
-@pytest.fixture(scope="session")
-def rich_release(tmp_path_factory) -> Path:
-    """Top-k teacher logits and teacher features, 5 classes (so top-5 is defined)."""
-    return _release(tmp_path_factory, "rich", classes=5, train_per_class=16, val_per_class=8, mixes=32,
-                    shard_size=16, features=True, topk=3)
-
-
-@pytest.fixture
-def single_thread():
-    """In-process training on one compute thread (restored after): steady timings on a busy box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from pipeline.contract.layout import MANIFEST, SHARD_SUFFIX, shard_name
+from pipeline.contract.samples import SampleMeta
+from pipeline.contract.shards import read_shard, tar_bytes
 
 
 def config_dict(release_path, **sections) -> dict:

@@ -20,7 +20,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from trainer_fixtures import REPO, config_dict, read_log, release, single_thread, trainer_env  # noqa: F401
+from paths import MANIFESTS, REPO
+from trainer_data import config_dict, read_log, trainer_env
 
 from pipeline.contract.configlib import ConfigError, build
 from pipeline.contract.layout import MANIFEST
@@ -225,7 +226,6 @@ def test_compare_config_errors(tmp_path, release, cutmix_release):
 
 
 # -- the shipped compare configs ----------------------------------------------------------------
-MANIFESTS = REPO / "manifests"
 
 
 def test_compare_demo_is_what_the_demo_compares(tmp_path):
@@ -241,7 +241,7 @@ def test_compare_demo_is_what_the_demo_compares(tmp_path):
 
 @pytest.mark.parametrize("name", ["compare-demo", "compare-cub200"])
 def test_compare_configs_load(name, tmp_path):
-    from test_manifests import localise, write_yaml
+    from recipes import localise, write_yaml
 
     raw = yaml.safe_load((MANIFESTS / f"{name}.yaml").read_text())
     config = compare.load_compare(write_yaml(tmp_path / "c.yaml", localise(raw, tmp_path)))

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from trainer_fixtures import release, write_config  # noqa: F401
+from trainer_data import write_config
 
 from pipeline import cli
 

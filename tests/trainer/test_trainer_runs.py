@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from trainer_fixtures import (REPO, read_log, release, rich_release, run_training, single_thread,  # noqa: F401
-                              train_command, trainer_env, write_config)
+from paths import REPO
+from trainer_data import read_log, run_training, train_command, trainer_env, write_config
 
 from pipeline import cli
 from trainer import evaluate, runfolder

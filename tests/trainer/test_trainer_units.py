@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from trainer_fixtures import (config_dict, copy_release, corrupt_sample_image, release, rich_release,  # noqa: F401
-                              shard_path, shard_samples, truncate_shard, write_config)
+from trainer_data import config_dict, copy_release, corrupt_sample_image, shard_path, shard_samples, truncate_shard, write_config
 
 from pipeline.contract.configlib import ConfigError, build, parse_overrides
 from pipeline.contract.images import decode_image
