@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray cluster per session, one small release built by the real pipeline,
+"""Shared fixtures: one local Ray cluster per session, one small job and the release built from it by the
+real pipeline,
 and a real S3 API on loopback (`tests/support/s3_server.py`)."""
 import atexit
 import os
@@ -33,12 +34,22 @@ def ray_cluster(request):
 
 
 @pytest.fixture(scope="session")
-def small_release(tmp_path_factory, ray_cluster):
-    """A real release made by ingest → probe → plan → generate (Ray) → release on the 'small' demo size.
+def small_job(tmp_path_factory):
+    """The 'small' demo job up to its job file: source images, tiny models, the ingest index, job.yaml.
+    No model has run and no Ray is started: enough for the plan, config and storage tests, so a bug in
+    generation fails the tests of generation, not theirs."""
+    from pipeline.demo.runner import prepare_job
+
+    out = tmp_path_factory.mktemp("small-release")
+    return {"root": out, **prepare_job(out, "small")}
+
+
+@pytest.fixture(scope="session")
+def small_release(small_job, ray_cluster):
+    """A real release made by ingest → probe → plan → generate (Ray) → release on the 'small' demo size
+    (in small_job's folder: what it made is reused).
 
     Shared by many tests: treat it as read-only (copy it before changing anything)."""
     from pipeline.demo.runner import build_release
 
-    out = tmp_path_factory.mktemp("small-release")
-    built = build_release(out, "small")
-    return {"root": out, **built}
+    return {"root": small_job["root"], **build_release(small_job["root"], "small")}

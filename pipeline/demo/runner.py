@@ -134,6 +134,19 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     """Data, tiny models, then ingest → probe → plan → generate → release → verify into `out`.
     `kinds`: generator.kinds (the other generators' releases go to out/generators/<kind>).
     Returns what the rest of the demo needs (models, manifest, probe metrics)."""
+    from ..config import load_job
+
+    timer = timer or Timer()
+    prepared = prepare_job(out, size_name, timer, kinds)
+    probe, manifest = job_stages(load_job(prepared["job_path"]), Path(out).resolve(), timer)
+    return {**prepared, "manifest": manifest, "probe": probe}
+
+
+@torch_threads(DEMO_THREADS)   # the teacher's pretraining runs here: its weights must not depend on the caller
+def prepare_job(out: str | Path, size_name: str = "demo", timer: Timer | None = None,
+                kinds: list[str] | None = None) -> dict:
+    """Data, tiny models, ingest and the job file in `out`/work, no model run yet (reused when done):
+    what a plan, a config check or a storage test needs without the generation stages."""
     quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from ..config import load_job
@@ -164,9 +177,7 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     if kinds:
         config["generator"]["kinds"] = list(kinds)
     job_path = _write_yaml(work / "job.yaml", config)
-    probe, manifest = job_stages(load_job(job_path), out, timer)
-    return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path),
-            "index": config["data"]["index"]}
+    return {"models": models, "job_path": str(job_path), "index": config["data"]["index"]}
 
 
 def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dict]:

@@ -10,9 +10,9 @@ from pipeline.contract.configlib import ConfigError
 
 
 @pytest.fixture
-def job_yaml(tmp_path, small_release):
+def job_yaml(tmp_path, small_job):
     """A valid job manifest (the small release's), copied so each test can break it."""
-    data = yaml.safe_load(open(small_release["job_path"]))
+    data = yaml.safe_load(open(small_job["job_path"]))
 
     def write(**changes):
         doc = yaml.safe_load(yaml.safe_dump(data))
@@ -55,8 +55,8 @@ def test_generator_is_required_when_mixes_are_planned(job_yaml, tmp_path):
         load_job(path)
 
 
-def test_relative_paths_resolve_against_the_manifest(tmp_path, small_release):
-    doc = yaml.safe_load(open(small_release["job_path"]))
+def test_relative_paths_resolve_against_the_manifest(tmp_path, small_job):
+    doc = yaml.safe_load(open(small_job["job_path"]))
     (tmp_path / "sub").mkdir()
     index = tmp_path / "sub" / "index.parquet"
     index.write_bytes(open(doc["data"]["index"], "rb").read())

@@ -31,13 +31,13 @@ def test_schemes_that_cannot_be_served_are_one_line(monkeypatch):
     assert storage.location("relative/dir").startswith("/") and storage.join("s3://b", "x/", "/y") == "s3://b/x/y"
 
 
-def test_cli_refuses_unknown_and_misspelt_urls_writing_nothing(small_release, tmp_path, monkeypatch, capsys):
+def test_cli_refuses_unknown_and_misspelt_urls_writing_nothing(small_job, tmp_path, monkeypatch, capsys):
     from pipeline.cli import main
 
-    job = small_release["job_path"]
+    job = small_job["job_path"]
     monkeypatch.chdir(tmp_path)
     cases = [("plan", job, "--out", "foo://bucket/rel"), ("probe", job, "--out", "s3:/bucket/rel"),
-             ("ingest", small_release["root"] / "work" / "source", "--out", "s3:bucket/ingest"),
+             ("ingest", small_job["root"] / "work" / "source", "--out", "s3:bucket/ingest"),
              ("release", job, "--out", "az:/container/rel"), ("verify", "s3:/bucket/rel"),
              ("generate", job, "--out", "gs:/bucket/rel")]
     for args in cases:
@@ -93,13 +93,13 @@ def test_weight_urls_are_downloaded_once_and_checked(s3_bucket, tmp_path, monkey
     assert storage.cached_local(url, sha256_bytes(data)) == local
 
 
-def test_config_checks_urls_before_any_model_loads(small_release, tmp_path):
+def test_config_checks_urls_before_any_model_loads(small_job, tmp_path):
     import yaml
 
     from pipeline.config import load_job
     from pipeline.contract.configlib import ConfigError
 
-    job = yaml.safe_load(Path(small_release["job_path"]).read_text())
+    job = yaml.safe_load(Path(small_job["job_path"]).read_text())
     for teacher, message in (({"weights": "s3:/bucket/t.safetensors"}, "teacher.weights: s3:/bucket"),
                              ({"weights": "foo://b/t.safetensors"}, "teacher.weights: foo://b/t.safetensors: unknown"),
                              ({"weights": "memory://t.safetensors"}, "teacher.weights: file not found"),

@@ -8,40 +8,40 @@ class Planned(list):
     """The rows of a plan written for the test, with the plan itself."""
 
 
-def plan_for(small_release, tmp_path, **overrides):
+def plan_for(small_job, tmp_path, **overrides):
     path = tmp_path / f"plan-{len(list(tmp_path.iterdir()))}.parquet"
-    plan = write_plan(load_job(small_release["job_path"], overrides), path)
+    plan = write_plan(load_job(small_job["job_path"], overrides), path)
     rows = Planned(plan.iter_rows())
     rows.plan = plan
     return rows
 
 
-def test_same_inputs_give_a_byte_identical_plan(small_release, tmp_path):
-    job = load_job(small_release["job_path"])
+def test_same_inputs_give_a_byte_identical_plan(small_job, tmp_path):
+    job = load_job(small_job["job_path"])
     write_plan(job, tmp_path / "a.parquet")
     write_plan(job, tmp_path / "b.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
-def test_another_seed_gives_other_pairs(small_release, tmp_path):
-    a = [r.parents for r in plan_for(small_release, tmp_path) if r.kind == "mix"]
-    b = [r.parents for r in plan_for(small_release, tmp_path, seed=1) if r.kind == "mix"]
+def test_another_seed_gives_other_pairs(small_job, tmp_path):
+    a = [r.parents for r in plan_for(small_job, tmp_path) if r.kind == "mix"]
+    b = [r.parents for r in plan_for(small_job, tmp_path, seed=1) if r.kind == "mix"]
     assert a != b
 
 
-def test_pairing_modes(small_release, tmp_path):
-    labels = {r.uid: r.label for r in plan_for(small_release, tmp_path) if r.kind == "real"}
+def test_pairing_modes(small_job, tmp_path):
+    labels = {r.uid: r.label for r in plan_for(small_job, tmp_path) if r.kind == "real"}
     for mode, same in (("cross-class", False), ("same-class", True)):
-        mixes = [r for r in plan_for(small_release, tmp_path, plan={"pairing": mode}) if r.kind == "mix"]
+        mixes = [r for r in plan_for(small_job, tmp_path, plan={"pairing": mode}) if r.kind == "mix"]
         assert mixes and all((labels[a] == labels[b]) == same and a != b for a, b in (m.parents for m in mixes))
-    anyway = [r for r in plan_for(small_release, tmp_path) if r.kind == "mix"]
+    anyway = [r for r in plan_for(small_job, tmp_path) if r.kind == "mix"]
     kinds = {labels[m.parents[0]] == labels[m.parents[1]] for m in anyway}
     assert kinds == {True, False}  # 'any' is class-agnostic: both kinds of pairs occur
 
 
-def test_pool_size_and_weight_laws(small_release, tmp_path):
-    n_train = sum(1 for r in plan_for(small_release, tmp_path) if r.kind == "real" and r.split == "train")
-    mixes = lambda **o: [r for r in plan_for(small_release, tmp_path, **o) if r.kind == "mix"]  # noqa: E731
+def test_pool_size_and_weight_laws(small_job, tmp_path):
+    n_train = sum(1 for r in plan_for(small_job, tmp_path) if r.kind == "real" and r.split == "train")
+    mixes = lambda **o: [r for r in plan_for(small_job, tmp_path, **o) if r.kind == "mix"]  # noqa: E731
     assert len(mixes(plan={"pool_size": 7})) == 7
     assert len(mixes(plan={"pool_size": "2x"})) == 2 * n_train
     assert len(mixes(plan={"pool_size": 0})) == 0
@@ -50,9 +50,9 @@ def test_pool_size_and_weight_laws(small_release, tmp_path):
     assert sum(w < 0.1 or w > 0.9 for w in beta) > 100  # beta(0.2, 0.2) puts most mass near 0 and 1
 
 
-def test_views_and_shards(small_release, tmp_path):
-    rows = plan_for(small_release, tmp_path)
-    job = load_job(small_release["job_path"])
+def test_views_and_shards(small_job, tmp_path):
+    rows = plan_for(small_job, tmp_path)
+    job = load_job(small_job["job_path"])
     for r in rows:
         k = job.views.k if r.split == "train" else 1
         assert len(r.views) == k
