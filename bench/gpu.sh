@@ -14,4 +14,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -n "${PYTHON:-}" ]]; then py=$PYTHON; elif [[ -x .venv/bin/python ]]; then py=.venv/bin/python; else py=python3; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "$py" -m pipeline.tools.gpubench "$@"
+exec "$py" -m pipeline.bench.gpu "$@"

@@ -1,4 +1,4 @@
-"""`bench/gpu.sh` (= `python -m pipeline.tools.gpubench`): the production path against the stock diffusers pipeline, in
+"""`bench/gpu.sh` (= `python -m pipeline.bench.gpu`): the production path against the stock diffusers pipeline, in
 one process, on random-weight models (speed does not depend on the values). Prints one JSON.
 
 Measured, warm-up calls excluded, CUDA synchronised around each timed region:
@@ -37,8 +37,7 @@ import torch
 
 from ..contract.device import resolve_device, torch_dtype
 from ..runtime import quiet_libraries
-from ..models.generators import cuda_settings
-from .bench import build_models, load_stock, matmul_ceiling, random_parents, stock_rates, synchronize
+from .generate import build_models, load_stock, matmul_ceiling, random_parents, stock_rates, synchronize
 
 TARGETS = {"worker_img_per_s": 5.0, "worker_vs_stock_batched": 1.9, "teacher_img_per_s": 900.0,
            "trainer_shards_over_memory": 0.9}
@@ -95,7 +94,7 @@ def write_job(size_name: str, size: GpuBenchSize, folder: Path, model: Path, dev
     from ..demo.toydata import write_toy_dataset
     from ..models.teacher import describe_backbone, make_head, save_head
     from ..sources.ingest import ingest
-    from .bench import TEACHER_IMAGEMIXER
+    from .generate import TEACHER_IMAGEMIXER
 
     # parents the size of the datasets' photos (500x375-ish at imagemixer), stored at the recipes' 256 px
     write_toy_dataset(folder / "source", num_classes=4, per_class=max(2, size.mixes // 4), seed=0,
@@ -214,7 +213,7 @@ def trainer_rates(size: GpuBenchSize, device: torch.device) -> dict:
 # -- the whole run ---------------------------------------------------------------------------------------
 def measure(args: argparse.Namespace) -> dict:
     from ..models.ldm_ddim import unet_steps
-    from .bench import bench_teacher
+    from .generate import bench_teacher
 
     quiet_libraries()
     t0 = time.time()
@@ -226,7 +225,6 @@ def measure(args: argparse.Namespace) -> dict:
         size = replace(size, mixes=args.mixes)
     dtype = torch_dtype(args.dtype, device)
     threads = torch.get_num_threads()
-    cuda_settings(device)
     res = {"size": args.size, **{k: v for k, v in asdict(size).items() if k != "trainer"},
            "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
