@@ -30,4 +30,5 @@ def test_this_environment_is_the_tested_stack():
                 if line and not line.startswith("#"))
     for package in ("torch", "torchvision", "transformers", "diffusers", "timm", "huggingface_hub", "webdataset"):
         installed = importlib.metadata.version(package)
-        assert re.sub(r"\+.*", "", installed) == pins[package], f"{package} {installed}, constraints.txt {pins[package]}"
+        assert re.sub(r"\+.*", "", installed) == pins[package], \
+            f"{package} {installed}, constraints.txt {pins[package]}"
