@@ -247,11 +247,18 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def bench_teacher(size: str, batch: int, device: torch.device, peak: float) -> dict:
-    from ..models.teacher import backbone_features
-
     model, img, name = build_teacher(size)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = model.to(device, dtype)
+    return bench_teacher_module(model.to(device, dtype), batch, device, img, name, peak)
+
+
+def bench_teacher_module(model, batch: int, device: torch.device, img: int, name: str,
+                         peak: float | None = None) -> dict:
+    """Images/s of a teacher backbone's features at `batch` in its own dtype (and the fraction of
+    the matmul ceiling `peak` when given)."""
+    from ..models.teacher import backbone_features
+
+    dtype = next(model.parameters()).dtype
     x1 = torch.randn(1, 3, img, img, device=device, dtype=dtype)
     flops = count_flops(lambda: backbone_features(model, x1))
     x = torch.randn(batch, 3, img, img, device=device, dtype=dtype)
@@ -259,8 +266,11 @@ def bench_teacher(size: str, batch: int, device: torch.device, peak: float) -> d
     with torch.no_grad():
         seconds = timed(lambda: backbone_features(model, x), calls, device, warmup=2 if device.type == "cuda" else 1)
     rate = calls * batch / seconds
-    return {"arch": name, "img": img, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
-            "gflop_per_image": flops / 1e9, "img_per_s": rate, "fraction_of_limit": rate * flops / peak}
+    out = {"arch": name, "img": img, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
+           "gflop_per_image": flops / 1e9, "img_per_s": rate}
+    if peak:
+        out["fraction_of_limit"] = rate * flops / peak
+    return out
 
 
 def report(res: dict) -> str:

@@ -1,25 +1,31 @@
-"""`bench/gpu.sh` (= `python -m pipeline.bench.gpu`): the production path against the stock diffusers pipeline, in
-one process, on random-weight models (speed does not depend on the values). Prints one JSON.
+"""`bench/gpu.sh` (= `python -m pipeline.bench.gpu`): the device check. It fits one lease: each
+section runs as its own process, in the order that answers most first, and appends its results to
+a JSON-lines file the moment each is measured (a timeout still returns every line written); a time
+budget stops starting sections whose estimate no longer fits, and ends one that runs over.
 
-Measured, warm-up calls excluded, CUDA synchronised around each timed region:
-- stock: `StableDiffusionImageVariationPipeline` at one image per call and at `stock_batch` per
-  call (its own DDIM, 30 steps at the recipe's S=30);
-- worker: `ShardWorker.make_samples` end to end on planned mixes (load the parents → CLIP embed
-  → denoise with both CFG branches in one UNet batch → VAE decode → JPEG encode → decode → the
-  teacher on the K recorded views → members), at the recipes' generator settings (ImageMixer's
-  5 slots, `ldm-ddim`: S=30 runs 31 UNet steps), over a sweep of the speed switches: batch size ×
-  torch.compile off / on / on + CUDA graphs, and at the first batch SDPA against the classic
-  attention and a sliced VAE decode; `worker_serial`: the same stages without the worker's
-  overlap of CPU work (loading, encoding) with the device's (the lever "CPU off the critical path");
-- teacher: DINOv2 ViT-g/14 forward at 224 px in bf16 (the tiny teacher at `--size tiny`);
-- trainer: `tsd bench train` (from shards against in-memory batches) for ResNet-50 and ViT-S/16,
-  decoding JPEGs with nvjpeg on a GPU.
-`worker_vs_stock_batched` is the best sweep entry over the batched stock pipeline; the targets
-(per H100/H200) are in the JSON. On a CPU, compile is not swept (inductor on a CPU measures the
-C++ compiler) and half precision runs as fp32 (contract.device).
+Sections (estimated seconds on one H100 at --size imagemixer):
+  env          15  versions, the device, whether transformers sees torch, gcc and Python.h (Triton)
+  attention    20  the SDPA kernels picked for the UNet, VAE and ViT-g/14 shapes in fp16 and bf16
+  syncs        25  host syncs per source line over one mix() (SyncCounter, CUDA's sync debug mode)
+  decode_race  20  GPU JPEG decode behind queued work: none / plain / the trainer's path, 20 trials
+  trainer      90  `tsd bench train` over 3 epochs: ResNet-50 and ViT-S/16, CPU and GPU decode
+  stock        60  the stock diffusers pipeline, 1 per call and batched, as many UNet steps as the worker
+  worker      110  ShardWorker eager end to end: images/s of good samples, GPU ms per stage, peak
+                   memory, failed samples; then the ViT-g/14 teacher it holds, bf16 (teacher_img_per_s)
+  anchors      60  shared/bench/anchors_gpu.py when a copy travels (the reference on the same card)
+  compile     200  the generator compiled (fullgraph) and with CUDA graphs: compile seconds, images/s,
+                   largest pixel difference to eager; last, and only when the budget still allows
+About 6.7 min in all, compile included when the earlier sections run as estimated (budget 470 s).
 
-Sizes: `tiny` (CPU, in the test suite: the tiny demo models, 64 px, 2 steps) and `imagemixer` (the
-real SD-1.x image-variation UNet, VAE and CLIP ViT-L/14 at 640 px, 30 steps, guidance 3).
+What it needs on the GPU machine: the repository and small wheels for what is not there
+(diffusers, webdataset, braceexpand; torch, torchvision, transformers, timm, pyarrow, safetensors,
+fsspec, pillow and yaml are in its image); no Ray (its wheel is too big to carry, and nothing here
+imports it). One call, after `echo /.whl/ >> .git/info/exclude` and downloading those wheels to
+.whl (device README), with anchors_gpu.py copied to shared/bench/:
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
+  PYTHON=python3 bench/gpu.sh --out $OUT/gpu.jsonl --budget 470
+Models are random-weight real-size ones (speed does not depend on the values), built once into
+--work and shared by the sections. At --size tiny it runs on a CPU in a minute (the tests run it).
 """
 from __future__ import annotations
 
@@ -27,22 +33,26 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..contract.device import resolve_device, torch_dtype
 from ..runtime import quiet_libraries
-from .generate import build_models, load_stock, matmul_ceiling, random_parents, stock_rates, synchronize
+from .generate import build_models, load_stock, random_parents, stock_rates, synchronize
 
-TARGETS = {"worker_img_per_s": 5.0, "worker_vs_stock_batched": 1.9, "teacher_img_per_s": 900.0,
-           "trainer_shards_over_memory": 0.9}
-STUDENTS = ("resnet50", "vit_small_patch16_224")
-COMPILE_MODES = ("off", "on", "cudagraphs")
+TARGETS = {"worker_img_per_s": 5.0, "teacher_img_per_s": 900.0, "trainer_shards_over_memory": 0.9}
+SECTIONS = ("env", "attention", "syncs", "decode_race", "trainer", "stock", "worker", "anchors", "compile")
+ESTIMATE_S = {"imagemixer": {"env": 15, "attention": 20, "syncs": 25, "decode_race": 20, "trainer": 90, "stock": 60,
+                             "worker": 110, "anchors": 60, "compile": 200},
+              "tiny": {"env": 5, "attention": 5, "syncs": 15, "decode_race": 2, "trainer": 60, "stock": 15,
+                       "worker": 25, "anchors": 5, "compile": 5}}
+ANCHORS = Path("shared/bench/anchors_gpu.py")
 
 
 @dataclass(frozen=True)
@@ -53,28 +63,37 @@ class GpuBenchSize:
     scheduler: str
     stock_batch: int
     mixes: int                  # planned mixes per timed make_samples call
-    batches: tuple              # worker batch sizes swept
+    batch: int                  # worker batch size
     views: int                  # K recorded views (teacher passes per sample)
     teacher_batch: int
     source_sizes: tuple         # side range of the parent images (px)
-    trainer: dict = field(default_factory=dict)   # student arch → `tsd bench train` settings
+    students: tuple             # `tsd bench train` archs
+    train: dict                 # `tsd bench train` settings
+    attention: tuple            # (name, batch, heads, query length, key length, head dim)
+    decode: tuple               # (JPEGs per batch, height, width) of the decode race
 
 
 SIZES = {
-    "tiny": GpuBenchSize(image=64, steps=2, guidance=3.0, scheduler="ldm-ddim", stock_batch=2, mixes=2,
-                         batches=(1, 2), views=2, teacher_batch=32, source_sizes=(64, 128),
-                         # a code-path check: one step each; ViT-S/16 is built for 224 px (timm's fixed grid)
-                         trainer={"resnet50": dict(img_size=32, batch_size=2, steps=1, warmup=0, workers=0, images=4,
-                                                   store_size=40),
-                                  "vit_small_patch16_224": dict(img_size=224, batch_size=2, steps=1, warmup=0,
-                                                                workers=0, images=4, store_size=40)}),
+    "tiny": GpuBenchSize(image=64, steps=2, guidance=3.0, scheduler="ldm-ddim", stock_batch=2, mixes=2, batch=2,
+                         views=2, teacher_batch=32, source_sizes=(64, 128), students=("resnet50",),
+                         train=dict(img_size=32, batch_size=4, epochs=3, warmup=1, workers=2, images=10,
+                                    store_size=40),
+                         attention=(("unet-self", 2, 2, 64, 64, 16), ("unet-cross", 2, 2, 64, 5, 16),
+                                    ("vae-mid", 1, 1, 64, 64, 32), ("vit", 4, 2, 17, 17, 16)),
+                         decode=(2, 48, 64)),
     "imagemixer": GpuBenchSize(image=640, steps=30, guidance=3.0, scheduler="ldm-ddim", stock_batch=8, mixes=32,
-                               batches=(8, 16, 32), views=10, teacher_batch=256, source_sizes=(360, 500),
-                               trainer={arch: dict(img_size=224, batch_size=256, steps=30, warmup=5,
-                                                   workers=min(16, os.cpu_count() or 1), images=4096, store_size=256)
-                                        for arch in STUDENTS}),
+                               batch=16, views=10, teacher_batch=256, source_sizes=(360, 500),
+                               students=("resnet50", "vit_small_patch16_224"),
+                               train=dict(img_size=224, batch_size=256, epochs=3, warmup=5,
+                                          workers=min(16, os.cpu_count() or 1), images=2048, store_size=256),
+                               # CFG batch 2x8; UNet levels at 80/40/20 px latents (head dims 40, 80, 160),
+                               # cross-attention to ImageMixer's 5 tokens; VAE mid-block; ViT-g/14 at 224 px
+                               attention=(("unet-self-80", 16, 8, 6400, 6400, 40),
+                                          ("unet-self-40", 16, 8, 1600, 1600, 80),
+                                          ("unet-self-20", 16, 8, 400, 400, 160), ("unet-cross-80", 16, 8, 6400, 5, 40),
+                                          ("vae-mid-80", 1, 1, 6400, 6400, 512), ("vitg-224", 256, 24, 257, 257, 64)),
+                               decode=(8, 375, 500)),
 }
-
 
 _T0 = time.time()
 
@@ -112,7 +131,7 @@ def write_job(size_name: str, size: GpuBenchSize, folder: Path, model: Path, dev
         "plan": {"pool_size": size.mixes},
         "generator": {"kind": "image-mixer", "path": str(model), "size": size.image, "steps": size.steps,
                       "guidance": size.guidance, "scheduler": size.scheduler, "tokens": 5, "dtype": dtype,
-                      "batch_size": size.batches[0]},
+                      "batch_size": size.batch},
         "generate": {"cpus_per_worker": threads},
     }
     job = build(JobConfig, data)
@@ -129,158 +148,388 @@ def planned_mixes(job, folder) -> list:
     return [r for r in write_plan(job, folder / "plan.parquet").iter_rows() if r.kind == "mix"]
 
 
-class BenchWorker:
-    """A ShardWorker whose generator settings can be swapped (the teacher stays loaded), and which
-    can also run its stages one after the other, without overlap."""
+class Section:
+    """What a section process gets: its settings, and `emit` to append a result line now."""
 
-    def __init__(self, job, release: Path, device: torch.device):
-        from ..stages.worker import ShardWorker
+    def __init__(self, name: str, args: argparse.Namespace):
+        self.name, self.args = name, args
+        self.size = SIZES[args.size]
+        self.device = resolve_device(args.device)
+        self.work = Path(args.work)
 
-        self.worker = ShardWorker(job, release, device=device.type)
-        self.device = device
+    def emit(self, **row) -> dict:
+        line = {"section": self.name, **row, "t_s": round(time.time() - _T0, 2)}
+        with open(self.args.out, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        log(self.name, json.dumps(row)[:300])
+        return line
 
-    def use(self, generator_cfg) -> None:
-        w = self.worker
-        w.job = replace(w.job, generator=generator_cfg)
-        w._generator = None          # rebuilt from the new settings on first use
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.args.dtype, self.device)
 
-    def pipelined(self, rows) -> list:
-        return self.worker.make_samples(rows)
-
-    def serial(self, rows) -> list:
-        w, results = self.worker, {}
-        size = w.job.generator.batch_size
-        for i in range(0, len(rows), size):
-            generated = w._generate(w._load(rows[i:i + size]), results)
-            w._teach(w._post(generated, results), results)
-        return [results[r.uid] for r in rows]
-
-    def rate(self, rows, serial: bool = False) -> tuple[float, int]:
-        """(mixes/s, failed samples) of one timed call, after a warm-up call on one batch."""
-        run = self.serial if serial else self.pipelined
-        run(rows[:self.worker.job.generator.batch_size])   # loads the generator, compiles, warms the caches
-        synchronize(self.device)
-        start = time.perf_counter()
-        made = run(rows)
-        synchronize(self.device)
-        return len(rows) / (time.perf_counter() - start), sum(m.failure is not None for m in made)
-
-    def close(self):
-        self.worker.close()
+    def models(self) -> Path:
+        """The generator folder, built once per --work (the sections share it)."""
+        folder = self.work / "models"
+        done = folder / "built"
+        if not done.exists():
+            path = build_models(self.args.size, folder, self.dtype)
+            done.write_text(str(path))
+        return Path(done.read_text())
 
 
-def sweep_variants(size: GpuBenchSize, device: torch.device, compile_modes) -> list[dict]:
-    modes = compile_modes if device.type == "cuda" else ("off",)
-    variants = [{"batch_size": b, "compile": m != "off", "cuda_graphs": m == "cudagraphs"}
-                for b in size.batches for m in modes]
-    first = {"batch_size": size.batches[0], "compile": False, "cuda_graphs": False}
-    variants.append({**first, "attention": "classic"})
-    variants.append({**first, "vae_slice": max(1, size.batches[0] // 4)})
-    return variants
+def on_gpu(sec: Section, verdict: bool) -> bool | None:
+    """A target's verdict; None on a CPU (the targets are per H100/H200)."""
+    return verdict if sec.device.type == "cuda" else None
 
 
-# -- stock pipeline --------------------------------------------------------------------------------
-def stock(folder: Path, size: GpuBenchSize, device: torch.device, dtype: torch.dtype, images: int) -> dict:
+def timer(device: torch.device):
+    """A stopwatch in GPU time on CUDA (events), wall time on a CPU: start() then ms()."""
+    class Watch:
+        def start(self):
+            if device.type == "cuda":
+                self.a, self.b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                self.a.record()
+            else:
+                self.t = time.perf_counter()
+
+        def ms(self) -> float:
+            if device.type == "cuda":
+                self.b.record()
+                self.b.synchronize()
+                return self.a.elapsed_time(self.b)
+            return (time.perf_counter() - self.t) * 1000
+    return Watch()
+
+
+def section_env(sec: Section) -> None:
+    import importlib.metadata
+    import shutil
+    import sysconfig
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        import transformers
+        sees_torch = bool(transformers.utils.is_torch_available())
+        clip_real = type(transformers.CLIPVisionModelWithProjection).__name__ != "DummyObject"
+    except Exception as e:   # noqa: BLE001 - the line says what broke
+        sees_torch, clip_real = repr(e)[:200], False
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    gcc_version = subprocess.run([gcc, "--version"], capture_output=True, text=True).stdout.splitlines()[0] \
+        if gcc else None
+    cuda = sec.device.type == "cuda"
+    sec.emit(python=sys.version.split()[0], device=torch.cuda.get_device_name() if cuda else "cpu",
+             capability=".".join(map(str, torch.cuda.get_device_capability())) if cuda else None,
+             cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if cuda else None,
+             memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1) if cuda else None,
+             versions={n: version(n) for n in ("torch", "torchvision", "transformers", "diffusers", "timm",
+                                                "huggingface_hub", "webdataset", "triton", "numpy", "ray")},
+             transformers_sees_torch=sees_torch, clip_vision_real=clip_real, gcc=gcc_version,
+             python_h=os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")),
+             cpus=os.cpu_count())
+
+
+SDPA_OPS = ("flash", "efficient", "cudnn", "math", "overrideable")
+
+
+def sdpa_kernel(q, k, v) -> list[str]:
+    """The aten SDPA implementations one call ran (profiler op names)."""
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        F.scaled_dot_product_attention(q, k, v)
+    return sorted({e.key.removeprefix("aten::") for e in prof.key_averages()
+                   if e.key.startswith("aten::_scaled_dot_product") or e.key.startswith("aten::_flash_attention")
+                   or e.key.startswith("aten::_efficient_attention")})
+
+
+def section_attention(sec: Section) -> None:
+    import torch.nn.functional as F
+
+    dtypes = (torch.float16, torch.bfloat16) if sec.device.type == "cuda" else (torch.float32,)
+    for name, b, h, lq, lk, d in sec.size.attention:
+        for dtype in dtypes:
+            q = torch.randn(b, h, lq, d, device=sec.device, dtype=dtype)
+            k, v = torch.randn(b, h, lk, d, device=sec.device, dtype=dtype), torch.randn(b, h, lk, d, device=sec.device,
+                                                                                        dtype=dtype)
+            kernels = sdpa_kernel(q, k, v)
+            watch = timer(sec.device)
+            F.scaled_dot_product_attention(q, k, v)
+            watch.start()
+            for _ in range(5):
+                F.scaled_dot_product_attention(q, k, v)
+            sec.emit(shape=name, dims=[b, h, lq, lk, d], dtype=str(dtype).removeprefix("torch."), kernels=kernels,
+                     ms=round(watch.ms() / 5, 4))
+            del q, k, v
+
+
+def section_syncs(sec: Section) -> None:
+    """Over one mix() of the tiny ImageMixer (the loop's code is the same at every size): the host
+    reads per source line, in the denoising loop and in the whole call; on CUDA also what CUDA's
+    sync debug mode reports."""
+    import warnings
+
+    from ..config import GeneratorConfig
+    from ..demo.tiny import TinySizes, build_image_mixer
+    from ..models.generators import DiffusionGenerator
+    from ..models.registry import build_generator
+    from .syncs import SyncCounter
+
+    folder = build_image_mixer(sec.work / "sync-model", TinySizes())
+    gen = build_generator(GeneratorConfig(kind="image-mixer", path=str(folder), size=64, steps=4, guidance=3.0,
+                                          batch_size=2, scheduler="ldm-ddim", dtype=sec.args.dtype), sec.device)
+    pa, pb = random_parents(2, 1), random_parents(2, 2)
+    gen.mix(pa, pb, [0.5, 0.3], [1, 2])   # warm
+    synchronize(sec.device)
+    cuda_reported = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if sec.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with SyncCounter(inside=[DiffusionGenerator.denoising_loop]) as loop, SyncCounter() as whole:
+                gen.mix(pa, pb, [0.5, 0.3], [1, 2])
+        finally:
+            if sec.device.type == "cuda":
+                torch.cuda.set_sync_debug_mode(0)
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            cuda_reported.append(f"{w.filename.split('site-packages/')[-1]}:{w.lineno}")
+    sec.emit(loop=loop.table(), whole_mix=whole.table(), cuda_sync_debug={k: cuda_reported.count(k)
+                                                                          for k in sorted(set(cuda_reported))})
+
+
+def section_decode_race(sec: Section) -> None:
+    """pytorch/vision#9606 behind queued work: victims freed while a queued kernel still reads them,
+    then a decode; corrupted = the read saw other bytes. none / plain decode_jpeg on the current
+    stream / the trainer's decode_on_device (side stream + record_stream)."""
+    if sec.device.type != "cuda":
+        sec.emit(skipped="needs CUDA")
+        return
+    import io
+
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from trainer.data import decode_on_device
+
+    n, h, w = sec.size.decode
+    g = torch.Generator().manual_seed(0)
+    jpegs = []
+    for _ in range(n):
+        out = io.BytesIO()
+        Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()).save(out, "JPEG")
+        jpegs.append(torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8))
+    batch = {"jpeg": jpegs, "url": ["race"] * n, "uid": [str(i) for i in range(n)], "view": [[0, 0, 1, 1, 0]] * n}
+    decoders = {"none": lambda: None,
+                "plain": lambda: decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=sec.device),
+                "fixed": lambda: decode_on_device(batch, 64, sec.device)}
+    trials = 20
+    for mode, decode in decoders.items():
+        corrupted = 0
+        for _ in range(trials):
+            victims = [torch.full((3, h, w), i + 1, dtype=torch.uint8, device=sec.device) for i in range(n)]
+            torch.cuda._sleep(200_000_000)   # ~0.1 s of queued work before the reads
+            sums = [v.sum(dtype=torch.int64) for v in victims]
+            del victims                       # their blocks are free for the next allocation on this stream
+            out = decode()
+            torch.cuda.synchronize()
+            corrupted += any(int(s) != 3 * h * w * (i + 1) for i, s in enumerate(sums))
+            del out
+        sec.emit(mode=mode, trials=trials, corrupted=corrupted)
+
+
+def section_trainer(sec: Section) -> None:
+    from trainer import bench as train_bench
+    from trainer.synthetic import shards_for, write_release
+
+    t = sec.size.train
+    release = sec.work / "train-release"
+    if not (release / "manifest.json").exists():
+        write_release(release, classes=10, train_per_class=-(-t["images"] // 10), val_per_class=1, mixes=0, views=4,
+                      store_size=t["store_size"], shard_size=shards_for(t["images"], max(t["workers"], 1)))
+    decodes = (False, True) if sec.device.type == "cuda" else (False,)
+    for arch in sec.size.students:
+        for gpu_decode in decodes:
+            args = argparse.Namespace(release=str(release), arch=arch, precision="bf16", gpu_decode=gpu_decode,
+                                      device=sec.device.type, json=None, **t)
+            with contextlib.redirect_stdout(sys.stderr):   # the lines go to the JSONL, the log to stderr
+                r = train_bench.measure(args)
+            sec.emit(**{k: r[k] for k in ("arch", "img_size", "batch_size", "epochs", "workers", "precision",
+                                          "gpu_decode", "memory_images_per_s", "shards_images_per_s", "ratio",
+                                          "loader_start_s", "between_epochs_s", "peak_rss_gib")},
+                     meets_target=on_gpu(sec, r["ratio"] >= TARGETS["trainer_shards_over_memory"]))
+
+
+def section_stock(sec: Section) -> None:
     from PIL import Image
 
-    pipe = load_stock(folder, device, dtype)
-    pil = Image.fromarray(random_parents(1, 1)[0].permute(1, 2, 0).numpy())
-    rates = stock_rates(pipe, pil, size.image, size.steps, size.guidance, size.stock_batch, images, device)
-    del pipe
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return {"stock_1_img_per_s": rates["stock_1"], "stock_batched_img_per_s": rates["stock_batched"],
-            "stock_batch": size.stock_batch, "stock_unet_steps": size.steps}
-
-
-# -- trainer -------------------------------------------------------------------------------------------
-def trainer_rates(size: GpuBenchSize, device: torch.device) -> dict:
-    from trainer import bench as train_bench
-
-    out = {}
-    for arch, settings in size.trainer.items():
-        args = argparse.Namespace(release=None, arch=arch, precision="bf16", gpu_decode=device.type == "cuda",
-                                  device=device.type, json=None, **settings)
-        with contextlib.redirect_stdout(sys.stderr):   # stdout carries the one JSON
-            r = train_bench.measure(args)
-        out[arch] = {k: r[k] for k in ("img_size", "batch_size", "workers", "precision", "gpu_decode",
-                                        "memory_images_per_s", "shards_images_per_s", "ratio")}
-    return out
-
-
-# -- the whole run ---------------------------------------------------------------------------------------
-def measure(args: argparse.Namespace) -> dict:
     from ..models.ldm_ddim import unet_steps
-    from .generate import bench_teacher
 
-    quiet_libraries()
-    t0 = time.time()
-    device = resolve_device(args.device)
-    size = SIZES[args.size]
-    if args.batches:
-        size = replace(size, batches=tuple(args.batches))
-    if args.mixes:
-        size = replace(size, mixes=args.mixes)
-    dtype = torch_dtype(args.dtype, device)
-    threads = torch.get_num_threads()
-    res = {"size": args.size, **{k: v for k, v in asdict(size).items() if k != "trainer"},
-           "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
-           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "worker_unet_steps": unet_steps(size.scheduler, size.steps)}
-    peak, _ = matmul_ceiling(device, dtype)
-    res["peak_tflops"] = peak / 1e12
+    size = sec.size
+    steps = unet_steps(size.scheduler, size.steps)   # as many UNet steps as the worker runs (31 at S=30)
+    pipe = load_stock(sec.models(), sec.device, sec.dtype)
+    pil = Image.fromarray(random_parents(1, 1)[0].permute(1, 2, 0).numpy())
+    images = 4 if sec.args.size == "imagemixer" else 2
+    rates = stock_rates(pipe, pil, size.image, steps, size.guidance, size.stock_batch, images, sec.device)
+    sec.emit(stock_1_img_per_s=rates["stock_1"], stock_batched_img_per_s=rates["stock_batched"],
+             stock_batch=size.stock_batch, unet_steps=steps, guidance=size.guidance, image=size.image)
 
-    with tempfile.TemporaryDirectory(prefix="tsd-bench-gpu-") as tmp:
-        tmp = Path(tmp)
-        log("building the models and the job …")
-        model = build_models(args.size, tmp / "models", dtype)
-        job, release = write_job(args.size, size, tmp, model, device, args.dtype, threads)
-        rows = planned_mixes(job, tmp)
-        res["mixes"] = len(rows)
-        log("stock pipeline …")
-        res.update(stock(model, size, device, dtype, images=min(len(rows), 2 * size.stock_batch)))
-        worker = BenchWorker(job, release, device)
-        try:
-            sweep = []
-            for variant in sweep_variants(size, device, args.compile_modes):
-                log("worker", variant, "…")
-                worker.use(replace(job.generator, **variant))
-                rate, failed = worker.rate(rows)
-                sweep.append({**variant, "img_per_s": rate, "failed": failed})
-            res["sweep"] = sweep
-            worker.use(job.generator)
-            log("worker, stages one after the other …")
-            res["worker_serial_img_per_s"], _ = worker.rate(rows, serial=True)
-            res["worker_recipe_img_per_s"] = sweep[0]["img_per_s"]
-        finally:
-            worker.close()
-        del worker
-    best = max(sweep, key=lambda s: s["img_per_s"])
-    res["worker_best"] = {k: v for k, v in best.items() if k not in ("img_per_s", "failed")}
-    res["worker_img_per_s"] = best["img_per_s"]
-    res["worker_vs_stock_1"] = best["img_per_s"] / res["stock_1_img_per_s"]
-    res["worker_vs_stock_batched"] = best["img_per_s"] / res["stock_batched_img_per_s"]
-    res["worker_overlap_speedup"] = res["worker_recipe_img_per_s"] / res["worker_serial_img_per_s"]
-    eager = next(s for s in sweep if s.get("attention") == "classic")
-    res["sdpa_speedup"] = sweep[0]["img_per_s"] / eager["img_per_s"]
-    log("teacher …")
-    res["teacher"] = bench_teacher(args.size, size.teacher_batch, device, peak)
-    log("trainer …")
-    res["trainer"] = trainer_rates(size, device)
-    res["targets"] = TARGETS
-    res["meets_targets"] = {
-        "worker_img_per_s": res["worker_img_per_s"] >= TARGETS["worker_img_per_s"],
-        "worker_vs_stock_batched": res["worker_vs_stock_batched"] >= TARGETS["worker_vs_stock_batched"],
-        "teacher_img_per_s": res["teacher"]["img_per_s"] >= TARGETS["teacher_img_per_s"],
-        "trainer_shards_over_memory": all(t["ratio"] >= TARGETS["trainer_shards_over_memory"]
-                                          for t in res["trainer"].values()),
-    }
-    if device.type != "cuda":
-        res["note"] = "CPU run: the targets are for one H100/H200 and do not apply"
-    res["wall_s"] = time.time() - t0
-    return res
+
+def section_worker(sec: Section) -> None:
+    from ..models.ldm_ddim import unet_steps
+    from .generate import bench_teacher_module
+
+    size, device = sec.size, sec.device
+    job, release = write_job(sec.args.size, size, sec.work / "job", sec.models(), device, sec.args.dtype,
+                             torch.get_num_threads())
+    rows = planned_mixes(job, sec.work / "job")
+    from ..stages.worker import ShardWorker
+
+    worker = ShardWorker(job, release, device=device.type)
+    try:
+        worker.make_samples(rows[:size.batch])   # loads the generator and the teacher, warms the caches
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        synchronize(device)
+        start = time.perf_counter()
+        made = worker.make_samples(rows)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        good = sum(m.failure is None for m in made)
+        sec.emit(what="end_to_end", mixes=len(rows), good=good, failed=len(rows) - good, seconds=seconds,
+                 img_per_s=good / seconds, unet_steps=unet_steps(size.scheduler, size.steps), batch=size.batch,
+                 dtype=str(sec.dtype).removeprefix("torch."),
+                 peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if device.type == "cuda" else None,
+                 meets_target=on_gpu(sec, good / seconds >= TARGETS["worker_img_per_s"]))
+        sec.emit(what="stages_ms_per_batch", batch=size.batch, **stage_ms(worker, size, device))
+        teacher = bench_teacher_module(worker.teacher.backbone, size.teacher_batch, device,
+                                       job.teacher.img_size, job.teacher.arch)
+        sec.emit(what="teacher", **teacher,
+                 meets_target=on_gpu(sec, teacher["img_per_s"] >= TARGETS["teacher_img_per_s"]))
+    finally:
+        worker.close()
+
+
+def stage_ms(worker, size: GpuBenchSize, device: torch.device) -> dict:
+    """GPU milliseconds of each stage on one batch, run one after the other."""
+    gen = worker.generator
+    pa, pb = random_parents(size.batch, 1), random_parents(size.batch, 2)
+    weights, seeds = [0.5] * size.batch, list(range(size.batch))
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    watch, out = timer(device), {}
+    watch.start()
+    cond = gen.conditioning(pa, pb, weights, generators)
+    out["clip_condition"] = watch.ms()
+    watch.start()
+    latents = gen.denoise(cond, generators)
+    out["denoise"] = watch.ms()
+    watch.start()
+    gen.decode(latents)
+    out["vae_decode"] = watch.ms()
+    views = [torch.rand(size.views, 3, worker.job.teacher.img_size, worker.job.teacher.img_size)
+             for _ in range(size.batch)]
+    watch.start()
+    worker._teacher(views)
+    out["teacher_views"] = watch.ms()
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def section_anchors(sec: Section) -> None:
+    script = next((p for p in (ANCHORS, Path("..") / ANCHORS) if p.is_file()), None)
+    if script is None or sec.device.type != "cuda":
+        sec.emit(skipped="no copy of anchors_gpu.py in shared/bench/" if script is None else "needs CUDA")
+        return
+    out = sec.work / "anchors"
+    out.mkdir(exist_ok=True)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env={**os.environ,
+                                                                                             "OUT": str(out)})
+    result = out / "anchors.json"
+    sec.emit(returncode=proc.returncode, anchors=json.loads(result.read_text()) if result.exists() else None,
+             tail=(proc.stdout + proc.stderr)[-1500:] if proc.returncode else None)
+
+
+def section_compile(sec: Section) -> None:
+    """The generator alone, eager then compiled (fullgraph) then with CUDA graphs, on the same
+    batch: compile seconds (the first call), images/s, largest pixel difference to eager."""
+    if sec.device.type != "cuda":
+        sec.emit(skipped="needs CUDA (inductor on a CPU measures the C++ compiler)")
+        return
+    from ..config import GeneratorConfig
+    from ..models.registry import build_generator
+
+    size = sec.size
+    pa, pb = random_parents(size.batch, 1), random_parents(size.batch, 2)
+    weights, seeds = [0.5] * size.batch, list(range(size.batch))
+    eager = None
+    for mode in ("eager", "compile", "cudagraphs"):
+        cfg = GeneratorConfig(kind="image-mixer", path=str(sec.models()), size=size.image, steps=size.steps,
+                              guidance=size.guidance, scheduler=size.scheduler, dtype=sec.args.dtype,
+                              batch_size=size.batch, compile=mode != "eager", cuda_graphs=mode == "cudagraphs")
+        gen = build_generator(cfg, sec.device)
+        start = time.perf_counter()
+        gen.mix(pa, pb, weights, seeds)
+        synchronize(sec.device)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        images, failures = gen.mix(pa, pb, weights, seeds)
+        synchronize(sec.device)
+        rate = size.batch / (time.perf_counter() - start)
+        row = {"mode": mode, "first_call_s": round(first, 2), "img_per_s": rate,
+               "failed": sum(f is not None for f in failures)}
+        if eager is None:
+            eager = images
+        else:
+            row["max_pixel_diff_vs_eager"] = int((images.int() - eager.int()).abs().max())
+        sec.emit(**row)
+        del gen
+        torch.cuda.empty_cache()
+
+
+SECTION_FUNCTIONS = {"env": section_env, "attention": section_attention, "syncs": section_syncs,
+                     "decode_race": section_decode_race, "trainer": section_trainer, "stock": section_stock,
+                     "worker": section_worker, "anchors": section_anchors, "compile": section_compile}
+
+
+# -- the driver: one process per section, a budget -----------------------------------------------------
+def run_sections(args: argparse.Namespace) -> list[dict]:
+    """Each section in its own process while its estimate fits the budget; returns the status lines."""
+    start = time.time()
+    estimates = ESTIMATE_S[args.size]
+    wanted = [s for s in SECTIONS if not args.sections or s in args.sections]
+    statuses = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tsd-gpu-check-") as tmp:
+        work = args.work or tmp
+        for name in wanted:
+            left = args.budget - (time.time() - start)
+            if estimates[name] > left:
+                status = {"section": name, "status": "not started", "estimate_s": estimates[name],
+                          "left_s": round(left, 1)}
+            else:
+                cmd = [sys.executable, "-m", "pipeline.bench.gpu", "--section", name, "--size", args.size, "--device",
+                       args.device, "--dtype", args.dtype, "--out", str(out), "--work", work]
+                t0 = time.time()
+                try:
+                    proc = subprocess.run(cmd, timeout=max(1.0, left), stdout=sys.stderr)
+                    status = {"section": name, "status": "done" if proc.returncode == 0 else "failed",
+                              "returncode": proc.returncode}
+                except subprocess.TimeoutExpired:
+                    status = {"section": name, "status": "cut: over the budget"}
+                status["seconds"] = round(time.time() - t0, 1)
+                status["estimate_s"] = estimates[name]
+            statuses.append(status)
+            with open(out, "a") as f:
+                f.write(json.dumps(status) + "\n")
+            log("section", json.dumps(status))
+    return statuses
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -288,33 +537,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16",
                    help="generation dtype on GPU (the recipes' fp16; the CPU runs fp32)")
-    p.add_argument("--batches", type=int, nargs="+", help="worker batch sizes to sweep (default: per size)")
-    p.add_argument("--compile-modes", nargs="+", choices=COMPILE_MODES, default=list(COMPILE_MODES),
-                   help="torch.compile settings to sweep on GPU (default: all three)")
-    p.add_argument("--mixes", type=int, help="planned mixes per timed call (default: per size)")
-    p.add_argument("--json", default=None, help="also write the JSON to this file")
-
-
-def run(args: argparse.Namespace) -> int:
-    res = measure(args)
-    text = json.dumps(res, indent=1)
-    if args.json:
-        Path(args.json).write_text(text)
-    print(text, flush=True)
-    return 0
+    p.add_argument("--budget", type=float, default=470.0,
+                   help="seconds: no section starts whose estimate no longer fits, and one running over is ended")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, help="run only these (default: all, in order)")
+    p.add_argument("--out", default="gpu-check.jsonl", help="the JSON-lines file results are appended to")
+    p.add_argument("--work", default=None,
+                   help="folder for the models and data the sections share (default: a temporary one)")
+    p.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)   # internal: one section, this process
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..contract.errors import UserError
-
     parser = argparse.ArgumentParser(prog="bench/gpu.sh", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"bench/gpu.sh: error: {e}", file=sys.stderr)
-        return 2
+    if args.section:
+        quiet_libraries()
+        SECTION_FUNCTIONS[args.section](Section(args.section, args))
+        return 0
+    statuses = run_sections(args)
+    return 1 if any(s["status"] == "failed" for s in statuses) else 0   # a budget's cut is no failure
 
 
 if __name__ == "__main__":
