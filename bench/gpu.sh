@@ -2,7 +2,7 @@
 # The device check, sized to one lease: sections as separate processes, most informative first,
 # each result appended to a JSON-lines file the moment it is measured, a time budget that stops
 # starting sections that cannot finish. Sections, estimates and what to carry to the GPU machine:
-# the header of pipeline/bench/gpu.py (about 6.7 min on one H100 at the default budget of 470 s).
+# the header of pipeline/bench/gpu.py (about 6.7 min on one H100; default budget 470 s).
 #
 #   bench/gpu.sh [--size tiny|imagemixer] [--budget SECONDS] [--sections NAME ...] [--out FILE.jsonl]
 #

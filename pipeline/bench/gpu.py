@@ -15,7 +15,9 @@ Sections (estimated seconds on one H100 at --size imagemixer):
   anchors      60  shared/bench/anchors_gpu.py when a copy travels (the reference on the same card)
   compile     200  the generator compiled (fullgraph) and with CUDA graphs: compile seconds, images/s,
                    largest pixel difference to eager; last, and only when the budget still allows
-About 6.7 min in all, compile included when the earlier sections run as estimated (budget 470 s).
+About 6.7 min (400 s) up to the anchors, under the default budget of 470 s (7.8 min), so one call
+with its start-up fits a 10-minute lease; compile (200 s) starts only when the sections before it
+ran that much faster than estimated (or with a larger --budget in a later call, --sections compile).
 
 What it needs on the GPU machine: the repository and small wheels for what is not there
 (diffusers, webdataset, braceexpand; torch, torchvision, transformers, timm, pyarrow, safetensors,
