@@ -267,6 +267,6 @@ def test_bench_train_defaults_are_sized_by_device():
     args = Namespace(arch=None, img_size=None, batch_size=64, epochs=None, warmup=None, workers=None,
                               images=None, store_size=None)
     cpu = with_defaults(args, torch.device("cpu"))
-    assert (cpu.arch, cpu.img_size, cpu.batch_size, cpu.epochs) == ("resnet50", 64, 64, 3)   # the given value kept
+    assert (cpu.arch, cpu.img_size, cpu.batch_size, cpu.epochs) == ("resnet18", 64, 64, 3)   # the given value kept
     assert with_defaults(args, torch.device("cuda")).img_size == DEFAULTS["cuda"]["img_size"] == 224
 

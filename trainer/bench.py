@@ -12,7 +12,7 @@ The ratio shards/memory near 1 means the loader keeps up; well below 1, the load
 bottleneck (add workers, store smaller images, or decode on the GPU with --gpu-decode).
 Without a release it writes a temporary synthetic one (real JPEG shards, see trainer.synthetic).
 Defaults are sized by device (`DEFAULTS`): on a CUDA GPU ResNet-50 at 224 px, batch 256; on a CPU
-ResNet-50 at 64 px, batch 32, so that a CPU run finishes in minutes in well under 8 GB. The peak
+ResNet-18 at 64 px, batch 32, so that a CPU run finishes in minutes in well under 8 GB. The peak
 resident memory of the process and of its largest loader worker is printed.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .students import Distillable, build_student, mean_std
 DEFAULTS = {
     "cuda": dict(arch="resnet50", img_size=224, batch_size=256, images=4096, store_size=256, epochs=3, warmup=5,
                  workers=min(16, os.cpu_count() or 1)),
-    "cpu": dict(arch="resnet50", img_size=64, batch_size=32, images=384, store_size=80, epochs=3, warmup=2,
+    "cpu": dict(arch="resnet18", img_size=64, batch_size=32, images=384, store_size=80, epochs=3, warmup=2,
                 workers=2),
 }
 
