@@ -3,8 +3,9 @@
 #   docker build -f docker/trainer.Dockerfile -t tsdistill-trainer:0.1.0 .
 #   docker run --gpus all --shm-size 16g -v /data:/data tsdistill-trainer:0.1.0 \
 #       tsd train /data/train.yaml --out /data/runs/cub200-resnet50
-# A slim Python base: torch's CUDA wheels bring their own CUDA libraries; the driver comes from
-# the host (NVIDIA container toolkit), so no CUDA base image is needed.
+# Check an image on its GPU:  docker run --gpus all tsdistill-trainer:0.1.0 tsd bench train --device cuda
+# A slim Python base (the Python CI tests: 3.11, with its headers): torch's CUDA wheels bring their
+# own CUDA libraries; the driver comes from the host (NVIDIA container toolkit).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,14 +13,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# torch from the CUDA 12.4 wheel index (the same torch as the worker image)
-RUN pip install --index-url https://download.pytorch.org/whl/cu124 torch==2.5.1 torchvision==0.20.1
+# a C compiler: Triton builds a small C stub at first use (runtime.compile), against Python's headers
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
+COPY constraints.txt ./
+# torch from the CUDA 13.0 wheel index, the version of the tested stack (constraints.txt); its
+# dependencies at their constrained versions from PyPI (the torch index mirrors only some)
+RUN pip install -c constraints.txt --index-url https://download.pytorch.org/whl/cu130 \
+    --extra-index-url https://pypi.org/simple torch==2.14.1 torchvision==0.29.1
+
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY trainer ./trainer
-RUN pip install .
+RUN pip install -c constraints.txt .
 
 RUN useradd --create-home --uid 1000 tsd
 USER tsd

@@ -99,7 +99,7 @@ COMMANDS = {
     "config-doc": Command("pipeline.tools.configdoc", "every config key: type, default, range, meaning",
                           "Print (or write with --out) the Markdown reference of every key of the job manifest and "
                           "the training config, generated from the config dataclasses: docs/CONFIG.md is its output."),
-    "bench": Command("pipeline.tools.bench", "benchmarks: `tsd bench generate`, `tsd bench train`, `tsd bench scale`",
+    "bench": Command("pipeline.bench", "benchmarks: `tsd bench generate`, `tsd bench train`, `tsd bench scale`",
                      "Measure speed against a reference in the same run. `generate`: the fused worker vs the stock "
                      "diffusers pipeline. `train`: step rate from shards vs from in-memory tensors. `scale`: time and "
                      "peak memory of planning, the driver's bookkeeping and the release index at 10k-1M samples."),

@@ -17,7 +17,7 @@ HEAVY = {"ray", "diffusers", "transformers", "accelerate", "timm", "webdataset",
 # what the contract may import besides the standard library and itself
 CONTRACT_ALLOWED = {"numpy", "yaml", "torch", "PIL", "fsspec"}
 TOP_LEVEL = {"__init__", "cli", "config", "runtime"}
-SUBPACKAGES = {"contract", "sources", "models", "stages", "tools", "demo"}
+SUBPACKAGES = {"contract", "sources", "models", "stages", "tools", "demo", "bench"}
 
 
 def module_name(path: Path) -> str:
@@ -129,7 +129,7 @@ def test_pipeline_is_grouped_by_its_flow():
             if top(imported) == "ray":
                 assert name == "pipeline.stages.distribute", f"{name} imports ray"
             if top(imported) in {"diffusers", "transformers"}:
-                assert name.split(".")[1] in {"models", "tools", "demo"}, f"{name} imports {imported}"
+                assert name.split(".")[1] in {"models", "tools", "demo", "bench"}, f"{name} imports {imported}"
 
 
 def test_the_rules_see_lazy_imports(tmp_path):

@@ -99,7 +99,7 @@ class RuntimeConfig:
     log_every: int = ranged(50, ge=1)         # steps between log.jsonl / TensorBoard entries
     eval_every: int = ranged(1, ge=0)         # epochs between validations (val.jsonl, TensorBoard val/*); 0 = at the end only
     compile: bool = False                     # torch.compile the student
-    gpu_decode: bool = False                  # decode JPEGs on the GPU (nvjpeg); CPU decode when CUDA is absent
+    gpu_decode: bool = False                  # nvjpeg on a side stream; off until a device check shows it clean
 
 
 @dataclass

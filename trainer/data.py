@@ -4,9 +4,10 @@ Determinism (what makes `--resume` exact): the batches of an epoch are a pure fu
 (seed, epoch, rank, number of workers):
 - shard order: one permutation per (seed, epoch, stream, pass), the same on every rank; the shards
   are then split by rank (`wds.split_by_node`) and by DataLoader worker (`wds.split_by_worker`);
-- sample order: each reader's shuffle buffer is seeded by (seed, epoch, stream, pass, rank, worker);
+- sample order: each reader's shuffle buffer is seeded by (seed, epoch, stream, pass, rank, slot);
 - the view a sample replays: seeded by (seed, epoch, uid) (see trainer.samples);
-- batch b of the epoch comes from worker b mod W: the DataLoader takes batches round-robin;
+- batch b of the epoch comes from reader slot b mod W (its shards split like DataLoader worker
+  b mod W's), whichever loader worker makes it: one loader serves the whole run (`TrainBatches`);
 - each batch is `n_real` real samples then `n_mix` mix samples (the mix ratio is exact in every
   batch), drawn from two endless streams that start over (new shard order) when they run out, so
   every rank makes exactly `steps_per_epoch` batches and DDP never waits on an exhausted rank.
@@ -59,24 +60,26 @@ def _samples(urls, counter):
 
 
 class Reader:
-    """One endless sample stream (real or mix) of one rank and worker, for one epoch."""
+    """One endless sample stream (real or mix) of one rank and reader slot, for one epoch. Slot s of
+    W reads the rank's shards s, s+W, … (what DataLoader worker s of W reads with split_by_worker)."""
 
     def __init__(self, stream: str, urls: tuple, replay: Replay, epoch: int, shuffle_buffer: int,
-                 counter: CorruptCounter):
+                 counter: CorruptCounter, slot: int = 0, slots: int = 1):
         self.stream, self.urls, self.replay, self.epoch = stream, urls, replay, epoch
-        self.shuffle_buffer, self.counter = shuffle_buffer, counter
+        self.shuffle_buffer, self.counter, self.slot, self.slots = shuffle_buffer, counter, slot, slots
         self.kind = "mix" if stream.startswith("mix") else "real"
         self._samples = self._passes()
         self._usable = 0
 
     def _passes(self):
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        seed = self.replay.seed
+        rank, world, _, _ = wds.utils.pytorch_worker_info()
+        seed, worker = self.replay.seed, self.slot
         for n in itertools.count():
             order = list(self.urls)
             random.Random(derive_seed(seed, f"{self.stream}/{self.epoch}/{n}", "shard-order")).shuffle(order)
             reader_seed = derive_seed(seed, f"{self.stream}/{self.epoch}/{n}/{rank}/{worker}", "shuffle")
-            ds = _samples(order, self.counter)
+            mine = order[rank::world][worker::self.slots]   # split_by_node, then by reader slot
+            ds = wds.DataPipeline(wds.SimpleShardList(mine), lambda shards: _tar_samples(shards, self.counter))
             if self.shuffle_buffer > 1:
                 ds = ds.compose(wds.shuffle(self.shuffle_buffer, seed=reader_seed))
             usable = self._usable
@@ -104,39 +107,48 @@ class Reader:
 
 
 class TrainBatches(IterableDataset):
-    """Endless batches of one epoch on this rank: n_real real then n_mix mix samples each.
+    """The batches of optimizer steps [start, stop) of a run on this rank, across epochs: one
+    DataLoader serves the whole run (no worker start-up per epoch), and each batch is n_real real
+    then n_mix mix samples.
 
-    Worker w of W makes the epoch's batches w, w+W, w+2W, … (the DataLoader's round-robin order).
-    Batches before `skip` (already trained on before a resume) are yielded as empty dicts; with
-    on_corrupt 'error' they are not even decoded, since a corrupt sample among them would have
-    stopped the run that wrote the checkpoint."""
+    What batch b of epoch e holds does not depend on the loader: it is the (b // W)-th take of
+    reader slot b mod W in that epoch (W = data.workers, at least 1). DataLoader worker j makes
+    the steps start + j, start + j + W, … (its round-robin order); within an epoch those all fall
+    in one slot, (start + j - e·steps_per_epoch) mod W, whose streams the worker opens for that
+    epoch. So a run resumed at any step reads exactly the batches the uninterrupted run did; the
+    batches of the resumed epoch before `start` are consumed in the worker (not decoded when
+    on_corrupt is 'error'), never handed to the loop."""
 
-    def __init__(self, plan: "TrainPlan", epoch: int, skip: int = 0):
-        self.plan, self.epoch, self.skip = plan, epoch, skip
+    def __init__(self, plan: "TrainPlan", start: int, stop: int):
+        self.plan, self.start, self.stop = plan, start, stop
 
     def __iter__(self):
         return _carry_errors(self._batches())
 
     def _batches(self):
-        plan = self.plan
+        plan, spe = self.plan, self.plan.steps_per_epoch
         _, _, worker, workers = wds.utils.pytorch_worker_info()
-        counter = CorruptCounter(plan.replay.on_corrupt, plan.counts)
-        streams = [(Reader(name, urls, plan.replay, self.epoch, plan.shuffle_buffer, counter), n)
-                   for name, urls, n in (("real/train", plan.real_urls, plan.n_real),
-                                         ("mix/train", plan.mix_urls, plan.n_mix)) if n]
-        light = plan.replay.on_corrupt == "error"
-        for i in itertools.count():
-            if worker + i * workers < self.skip:
+        step = self.start + worker
+        while step < self.stop:
+            epoch, first = divmod(step, spe)
+            slot = first % workers
+            end = min(spe, self.stop - epoch * spe)
+            counter = CorruptCounter(plan.replay.on_corrupt, plan.counts)
+            streams = [(Reader(name, urls, plan.replay, epoch, plan.shuffle_buffer, counter, slot, workers), n)
+                       for name, urls, n in (("real/train", plan.real_urls, plan.n_real),
+                                             ("mix/train", plan.mix_urls, plan.n_mix)) if n]
+            light = plan.replay.on_corrupt == "error"
+            for _ in range(slot, first, workers):   # trained on before the resume point
                 for reader, n in streams:
                     if light:
                         reader.skip(n)
                     else:  # skipping corrupt samples changed what later batches hold: replay it exactly
                         reader.take(n)
                 counter.take()  # already counted in the checkpoint
-                yield {}
-                continue
-            items = [item for reader, n in streams for item in reader.take(n)]
-            yield collate(items, counter.take())
+            for _ in range(first, end, workers):
+                items = [item for reader, n in streams for item in reader.take(n)]
+                yield collate(items, counter.take())
+            step = epoch * spe + first + len(range(first, end, workers)) * workers
 
 
 @dataclass(frozen=True)
@@ -196,11 +208,12 @@ def check_readers(stream: str, n_shards: int, world: int, workers: int, releases
                           f"needs its own shard: lower data.workers or write the release with smaller shards")
 
 
-def train_loader(plan: TrainPlan, epoch: int, skip: int = 0, pin_memory: bool = False) -> DataLoader:
+def train_loader(plan: TrainPlan, start: int, stop: int, pin_memory: bool = False) -> DataLoader:
+    """The one loader of a run: the batches of steps [start, stop), across epochs (`TrainBatches`)."""
     # An explicit generator: creating the loader iterator must not draw from the global torch RNG,
     # or a resumed run would drift from the uninterrupted one.
-    generator = torch.Generator().manual_seed(derive_seed(plan.replay.seed, f"loader/{epoch}"))
-    return DataLoader(TrainBatches(plan, epoch, skip), batch_size=None, num_workers=plan.workers,
+    generator = torch.Generator().manual_seed(derive_seed(plan.replay.seed, f"loader/{start}"))
+    return DataLoader(TrainBatches(plan, start, stop), batch_size=None, num_workers=plan.workers,
                       pin_memory=pin_memory, generator=generator,
                       prefetch_factor=2 if plan.workers else None)
 
@@ -272,12 +285,22 @@ def model_inputs(batch: dict, device, img_size: int, mean, std, channels_last: b
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def decode_on_device(batch: dict, img_size: int, device) -> torch.Tensor:
-    """nvjpeg decode of a batch, then each sample's view through `format.view_pixels` on the device."""
+def decode_on_device(batch: dict, img_size: int, device, streams: "DecodeStreams | None" = None) -> torch.Tensor:
+    """nvjpeg decode of a batch, then each sample's view through `format.view_pixels` on the device.
+
+    The decode runs with a side stream of its own made current, never the training stream: nvjpeg
+    writes its outputs without waiting for the stream it is given (pytorch/vision#9606), and the
+    caching allocator hands it blocks freed on the current stream, which the training step's
+    queued kernels may still be reading; the side stream's blocks serve only decodes, each finished
+    when decode_jpeg returns. The training stream then waits for the side stream, and every output
+    is recorded on it, so its memory goes back to the side stream only after the step used it."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    streams = streams or DecodeStreams.for_device(device)
+    consumer = streams.current()
     try:
-        images = decode_jpeg(batch["jpeg"], mode=ImageReadMode.RGB, device=device)
+        with streams.use(streams.side):
+            images = decode_jpeg(batch["jpeg"], mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         for data, url, uid in zip(batch["jpeg"], batch["url"], batch["uid"]):
             try:
@@ -285,4 +308,33 @@ def decode_on_device(batch: dict, img_size: int, device) -> torch.Tensor:
             except RuntimeError as e:
                 raise Corrupt(f"{url}: sample {uid}: JPEG decode failed: {e}") from None
         raise
+    consumer.wait_stream(streams.side)
+    for image in images:
+        streams.record(image, consumer)
     return torch.stack([view_pixels(image, view, img_size) for image, view in zip(images, batch["view"])])
+
+
+class DecodeStreams:
+    """The CUDA streams of a GPU decode: the caller's current one and a side stream per device
+    (made once: a stream per batch would leak the allocator's per-stream pools)."""
+
+    _side: dict = {}
+
+    def __init__(self, device, side):
+        self.device, self.side = device, side
+
+    @classmethod
+    def for_device(cls, device) -> "DecodeStreams":
+        if device not in cls._side:
+            cls._side[device] = torch.cuda.Stream(device)
+        return cls(device, cls._side[device])
+
+    def current(self):
+        return torch.cuda.current_stream(self.device)
+
+    def use(self, stream):
+        return torch.cuda.stream(stream)
+
+    @staticmethod
+    def record(tensor: torch.Tensor, stream) -> None:
+        tensor.record_stream(stream)

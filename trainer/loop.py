@@ -206,14 +206,13 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
     window_steps = start.window_steps
     steps_this_run, train_seconds = 0, 0.0
     window_start = time.perf_counter()
+    # one loader for the whole run: its workers start once, not once per epoch
+    stream = batches(train_loader(s.plan, step, s.total_steps, pin_memory=device.type == "cuda"))
     while step < s.total_steps and stopped is None:
         epoch, done = divmod(step, spe)
-        stream = batches(train_loader(s.plan, epoch, skip=done, pin_memory=device.type == "cuda"))
         started = time.perf_counter()
         # the last epoch is cut short when the budget (optim.steps) ends inside it
-        for index, batch in zip(range(min(spe, s.total_steps - epoch * spe)), stream):
-            if index < done:
-                continue  # trained on before the resume point
+        for _, batch in zip(range(done, min(spe, s.total_steps - epoch * spe)), stream):
             for group in s.optimizer.param_groups:
                 group["lr"] = learning_rate(step, s.total_steps, s.warmup_steps, optim.lr)
             x = model_inputs(batch, device, config.student.img_size, s.mean, s.std, s.channels_last)
@@ -264,8 +263,8 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
             if signum:
                 stopped = Stopped(signum, step, checkpoint_path(out, step))
                 break
-        stream.close()  # shuts the epoch's DataLoader workers down
         train_seconds += time.perf_counter() - started
+    stream.close()  # shuts the DataLoader workers down
     if stopped is not None:
         raise stopped
     # the run's corrupt-data tally: samples lost, over every rank, and per shard

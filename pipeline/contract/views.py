@@ -268,8 +268,17 @@ def views_batch(image, views: Sequence[Sequence[float]], size: int):
 
 def normalize(batch, mean: Sequence[float], std: Sequence[float]):
     """Per-model colour normalisation of a [N, 3, H, W] float batch in [0, 1]."""
+    m, s = _mean_std(tuple(float(v) for v in mean), tuple(float(v) for v in std), batch.dtype, batch.device)
+    return (batch - m) / s
+
+
+@functools.lru_cache(maxsize=32)
+def _mean_std(mean: tuple, std: tuple, dtype, device):
+    """mean/std as [1, C, 1, 1] tensors, made once per (values, dtype, device): built on the device
+    at every call, they cost a blocking host→device copy per trainer step, teacher chunk and eval batch."""
     import torch
 
-    m = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
-    return (batch - m) / s
+    def make(values):
+        return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
+
+    return make(mean), make(std)

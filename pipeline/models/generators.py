@@ -29,16 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GeneratorConfig
-from ..contract.device import torch_dtype
+from ..contract.device import cuda_settings, to_device, torch_dtype
 from .ldm_ddim import LDM_SCHEDULERS, LdmDDIM
-
-
-def cuda_settings(device: torch.device) -> None:
-    """The process-wide CUDA settings the generator runs under (the benchmarks' stock pipeline too)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True   # fp32 runs use TF32 tensor cores
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True          # fixed shapes: the conv search pays once
 
 
 def strengths(weight: float) -> tuple[float, float]:
@@ -211,30 +203,32 @@ class DiffusionGenerator:
         if cfg.compile and device.type == "cuda":
             # default mode (max-autotune took over 5 min on the H100), fixed shapes: compiled once per worker
             mode = "reduce-overhead" if self.cuda_graphs else None
-            self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False, mode=mode)
+            # fullgraph: the UNet compiles without a break today, and a future one must fail loudly
+            self.unet = torch.compile(self.unet, fullgraph=True, dynamic=False, mode=mode)
 
     def _clip_preprocess_config(self):
         pp = json.loads((self.root / "feature_extractor" / "preprocessor_config.json").read_text())
         crop = pp.get("crop_size", 224)
         self.clip_size = crop["height"] if isinstance(crop, dict) else int(crop)
-        self.clip_mean = torch.tensor(pp["image_mean"], device=self.device).view(1, 3, 1, 1)
-        self.clip_std = torch.tensor(pp["image_std"], device=self.device).view(1, 3, 1, 1)
+        self.clip_mean = to_device(torch.tensor(pp["image_mean"]).view(1, 3, 1, 1), self.device)
+        self.clip_std = to_device(torch.tensor(pp["image_std"]).view(1, 3, 1, 1), self.device)
 
     def new_scheduler(self):
         import diffusers
 
         if self.cfg.scheduler in LDM_SCHEDULERS:
-            return LdmDDIM(self.scheduler_config, self.cfg.steps, self.cfg.scheduler, self.device)
+            return LdmDDIM(self.scheduler_config, self.cfg.steps, self.cfg.scheduler)
         cls = getattr(diffusers, SCHEDULERS[self.cfg.scheduler])
         sched = cls.from_config(self.scheduler_config)
-        sched.set_timesteps(self.cfg.steps, device=self.device)
+        # on the host: its tables are read with host timesteps in the loop, never with device ones
+        sched.set_timesteps(self.cfg.steps, device="cpu")
         return sched
 
     # -- conditioning helpers ----------------------------------------------------------------------
     def clip_pixels(self, images: list[torch.Tensor]) -> torch.Tensor:
         """CLIP pixel values [B, 3, s, s]: the folder's CLIPImageProcessor preprocessing (resize,
         centre crop, mean/std) done on tensors (see `clip_resize`)."""
-        x = torch.stack([clip_resize(im.to(self.device), self.clip_size) for im in images])
+        x = torch.stack([clip_resize(to_device(im, self.device), self.clip_size) for im in images])
         return ((x / 255.0 - self.clip_mean) / self.clip_std).to(self.dtype)
 
     @torch.no_grad()
@@ -246,7 +240,7 @@ class DiffusionGenerator:
         """One embedding per pair [B, D] (fp32): `cfg.interpolation` of the parents' embeddings,
         weight = share of parent A."""
         ea, eb = self.embed(list(parents_a) + list(parents_b)).chunk(2)
-        share_b = 1.0 - torch.tensor([float(w) for w in weights], device=self.device).unsqueeze(1)
+        share_b = 1.0 - to_device(torch.tensor([float(w) for w in weights]), self.device).unsqueeze(1)
         return INTERPOLATIONS[self.cfg.interpolation](ea.float(), eb.float(), share_b)
 
     def conditioning(self, parents_a, parents_b, weights, generators: list[torch.Generator]) -> Conditioning:
@@ -288,7 +282,7 @@ class DiffusionGenerator:
         """Per-sample noise drawn on the CPU from the sample's generator: identical whatever the batch."""
         h = w = self.cfg.size // self.vae_scale
         noise = [torch.randn((self.unet.config.in_channels, h, w), generator=g) for g in generators]
-        return torch.stack(noise).to(self.device, self.latent_dtype) * sched.init_noise_sigma
+        return to_device(torch.stack(noise).to(self.latent_dtype), self.device) * sched.init_noise_sigma
 
     @property
     def vae_scale(self) -> int:
@@ -296,33 +290,47 @@ class DiffusionGenerator:
 
     @torch.no_grad()
     def denoise(self, cond: Conditioning, generators: list[torch.Generator]) -> torch.Tensor:
-        """The configured scheduler with both CFG branches in one UNet batch (the stock pipelines' math)."""
+        """The configured scheduler with both CFG branches in one UNet batch (the stock pipelines' math).
+
+        No host sync in the loop: the scheduler runs on host timesteps (Python numbers: its tables
+        are read on the host), the UNet gets the same timesteps from one device copy made before
+        the loop, so the host can queue step after step ahead of the device."""
         sched = self.new_scheduler()
         latents = self.initial_latents(generators, sched)
+        host_steps = sched.timesteps.tolist()
+        return self.denoising_loop(sched, latents, cond, host_steps, to_device(sched.timesteps, self.device))
+
+    def denoising_loop(self, sched, latents: torch.Tensor, cond: Conditioning, host_steps: list,
+                       device_steps: torch.Tensor) -> torch.Tensor:
+        """Every scheduler step: what runs once per UNet call (tests/models/test_host_syncs.py counts
+        its host syncs: none with ldm-ddim and ddim)."""
         guided = self.cfg.guidance > 1.0
         unet_kwargs = cond.unet_kwargs(guided)
-        for t in sched.timesteps:
+        for i, t in enumerate(host_steps):
             x = torch.cat([latents, latents]) if guided else latents
             x = sched.scale_model_input(x, t).to(self.dtype)
             if self.cuda_graphs:   # the previous replay's outputs are consumed: let the graph reuse them
                 torch.compiler.cudagraph_mark_step_begin()
-            eps = self.unet(x, t, **unet_kwargs).sample
+            eps = self.unet(x, device_steps[i], **unet_kwargs).sample
             if guided:
                 uncond, text = eps.chunk(2)
                 eps = uncond + self.cfg.guidance * (text - uncond)
+            elif self.cuda_graphs:   # graph-owned: the next replay overwrites it, and PNDM keeps past eps
+                eps = eps.clone()
             latents = sched.step(eps, t, latents).prev_sample
         return latents
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, list]:
-        images, failures = [], []
+        """uint8 images on the host and a failure per image; one copy to the host for the batch."""
+        images, finite = [], []
         for chunk in latents.split(self.cfg.vae_slice):
             x = self.vae.decode((chunk / self.vae.config.scaling_factor).to(self.dtype)).sample.float()
-            failures += [None if ok else "non-finite pixels in the generated image"
-                         for ok in torch.isfinite(x).flatten(1).all(1).tolist()]
+            finite.append(torch.isfinite(x).flatten(1).all(1))
             x = torch.nan_to_num(x, nan=0.0)
-            images.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
-        return torch.cat(images), failures
+            images.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+        images, finite = torch.cat(images).cpu(), torch.cat(finite).cpu()
+        return images, [None if ok else "non-finite pixels in the generated image" for ok in finite.tolist()]
 
 
 class ImageMixer(DiffusionGenerator):
@@ -335,7 +343,7 @@ class ImageMixer(DiffusionGenerator):
 
     def conditioning(self, parents_a, parents_b, weights, generators):
         ea, eb = self.embed(list(parents_a) + list(parents_b)).chunk(2)
-        s = torch.tensor([strengths(w) for w in weights], device=self.device, dtype=ea.dtype)
+        s = to_device(torch.tensor([strengths(w) for w in weights], dtype=ea.dtype), self.device)
         cond = ea.new_zeros((len(weights), self.cfg.tokens, ea.shape[1]))
         cond[:, 0], cond[:, 1] = ea * s[:, :1], eb * s[:, 1:]
         return Conditioning(cond, torch.zeros_like(cond))
@@ -399,6 +407,6 @@ class UnCLIP(DiffusionGenerator):
     def conditioning(self, parents_a, parents_b, weights, generators):
         embeds = self.mixed_embedding(parents_a, parents_b, weights).to(self.dtype)
         noise = torch.stack([torch.randn(embeds.shape[1:], generator=g) for g in generators])
-        labels = self.noise_image_embeddings(embeds, noise.to(self.device, self.dtype))
+        labels = self.noise_image_embeddings(embeds, to_device(noise.to(self.dtype), self.device))
         text = self.prompt_embeds.expand(len(generators), -1, -1)
         return Conditioning(text, text, labels, torch.zeros_like(labels))

@@ -75,11 +75,15 @@ def ldm_alphas_cumprod(num_train_timesteps: int, linear_start: float, linear_end
 
 
 class LdmDDIM:
-    """One sampling run (a fresh one per batch, as diffusers' schedulers are used here)."""
+    """One sampling run (a fresh one per batch, as diffusers' schedulers are used here).
+
+    `timesteps` and the step's coefficients live on the host (the coefficients as Python floats
+    holding ldm's float32 values exactly): `step` reads no device tensor, so the denoising loop
+    never waits for the device."""
 
     init_noise_sigma = 1.0   # ldm starts from x_T ~ N(0, I), unscaled
 
-    def __init__(self, scheduler_config: dict, steps: int, variant: str = "ldm-ddim", device=None):
+    def __init__(self, scheduler_config: dict, steps: int, variant: str = "ldm-ddim"):
         import torch
 
         schedule = scheduler_config.get("beta_schedule", "scaled_linear")
@@ -99,18 +103,21 @@ class LdmDDIM:
         if not run:
             raise ValueError(f"generator.steps: {variant} runs no step for steps={steps}")
         # previous entry of the table; ᾱ_0 for its first (make_ddim_sampling_parameters)
-        self._prev = {t: (table[i - 1] if i else 0) for i, t in enumerate(table)}
-        self.timesteps = torch.tensor(run, dtype=torch.long, device=device)
+        prev = {t: (table[i - 1] if i else 0) for i, t in enumerate(table)}
+        # per timestep: sqrt(1 - a_t), sqrt(a_t), sqrt(a_prev), sqrt(1 - a_prev), computed in float32 as ldm
+        a = self.alphas_cumprod
+        self._coefficients = {t: tuple(v.item() for v in ((1.0 - a[t]).sqrt(), a[t].sqrt(), a[prev[t]].sqrt(),
+                                                            (1.0 - a[prev[t]]).sqrt())) for t in run}
+        self.timesteps = torch.tensor(run, dtype=torch.long)
 
     def scale_model_input(self, x, t):
         return x
 
     def step(self, eps, t, x):
-        """x_t → x_prev (eta 0); returns what diffusers' step does (prev_sample, pred_original_sample)."""
-        t = int(t)
-        a_t, a_prev = self.alphas_cumprod[t], self.alphas_cumprod[self._prev[t]]
+        """x_t → x_prev (eta 0) at host timestep t; returns what diffusers' step does
+        (prev_sample, pred_original_sample)."""
+        noise_t, signal_t, signal_prev, noise_prev = self._coefficients[int(t)]   # the loop passes an int
         e, xf = eps.float(), x.float()
-        pred_x0 = (xf - (1.0 - a_t).sqrt() * e) / a_t.sqrt()
-        prev = a_prev.sqrt() * pred_x0 + (1.0 - a_prev).sqrt() * e
+        pred_x0 = (xf - noise_t * e) / signal_t
+        prev = signal_prev * pred_x0 + noise_prev * e
         return SimpleNamespace(prev_sample=prev.to(x.dtype), pred_original_sample=pred_x0.to(x.dtype))
-

@@ -18,7 +18,7 @@ import torch
 
 from ..config import JobConfig
 from ..contract import storage
-from ..contract.device import resolve_device, torch_dtype
+from ..contract.device import resolve_device, to_device, torch_dtype
 from ..contract.images import decode_image, pil_to_tensor, store_image, tensor_to_pil
 from ..contract.layout import HEAD_FILE, shard_kind_split
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, encode_teacher, npy_bytes, teacher_summary
@@ -185,16 +185,18 @@ class ShardWorker:
         x = torch.cat(views)
         dtype = next(self.teacher.backbone.parameters()).dtype
         bs = self.job.teacher.batch_size
+        features = self.job.generate.features
         logits, feats = [], []
         for i in range(0, len(x), bs):
-            chunk = normalize(x[i:i + bs].to(self.device, non_blocking=True),
-                                  self.teacher.mean, self.teacher.std).to(dtype)
+            chunk = normalize(to_device(x[i:i + bs], self.device), self.teacher.mean, self.teacher.std).to(dtype)
             lg, ft = self.teacher(chunk)
-            logits.append(lg.float().cpu())
-            feats.append(ft.float().cpu())
+            logits.append(lg.float())
+            if features:
+                feats.append(ft.float())
+        # to the host once per batch, after every chunk is queued (a copy per chunk would stall the device)
         counts = [len(v) for v in views]
-        logits = list(torch.cat(logits).split(counts))
-        feats = list(torch.cat(feats).split(counts)) if self.job.generate.features else None
+        logits = list(torch.cat(logits).cpu().split(counts))
+        feats = list(torch.cat(feats).cpu().split(counts)) if features else None
         return logits, feats
 
     def _members(self, row: PlanRow, data: bytes, logits: torch.Tensor, feats: torch.Tensor | None):

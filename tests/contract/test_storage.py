@@ -119,7 +119,7 @@ def test_bench_scale_phases_run_and_report(tmp_path):
     import json
 
     from pipeline.contract.manifest import read_manifest
-    from pipeline.tools import bench_scale
+    from pipeline.bench import scale as bench_scale
 
     folder = str(tmp_path)
     (tmp_path / "job.json").write_text(json.dumps(bench_scale.job_dict(folder, 1900, 64, 3)))

@@ -247,12 +247,26 @@ def test_eval_command_reproduces_the_run_metrics(tmp_path, distill_run, release,
 
 def test_bench_train_prints_both_rates(tmp_path, capsys, single_thread):
     """`tsd bench train` on a temporary synthetic release of real JPEG shards."""
-    assert cli.main(["bench", "train", "--arch", "resnet10t", "--img-size", "32", "--batch-size", "16", "--steps", "3",
-                            "--warmup", "1", "--workers", "1", "--precision", "fp32", "--device", "cpu",
-                            "--images", "64", "--store-size", "40", "--json", str(tmp_path / "b.json")]) == 0
+    assert cli.main(["bench", "train", "--arch", "resnet10t", "--img-size", "32", "--batch-size", "16", "--epochs", "3",
+                            "--warmup", "1", "--workers", "2", "--precision", "fp32", "--device", "cpu",
+                            "--images", "40", "--store-size", "40", "--json", str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out
-    assert "from memory" in out and "from shards" in out and "ratio shards/memory" in out
+    assert "from memory epoch 3" in out and "from shards epoch 3" in out and "ratio shards/memory" in out
+    assert "peak resident memory" in out
     result = json.loads((tmp_path / "b.json").read_text())
+    assert result["epochs"] == 3 and result["steps_per_epoch"] == 3
     assert result["memory_images_per_s"] > 0 and result["shards_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["shards_images_per_s"] / result["memory_images_per_s"])
+    assert len(result["shards_epoch_s"]) == 3 and len(result["between_epochs_s"]) == 2
+    assert 0 < result["peak_rss_gib"]["process"] < 8
+
+
+def test_bench_train_defaults_are_sized_by_device():
+    from trainer.bench import DEFAULTS, with_defaults
+
+    args = Namespace(arch=None, img_size=None, batch_size=64, epochs=None, warmup=None, workers=None,
+                              images=None, store_size=None)
+    cpu = with_defaults(args, torch.device("cpu"))
+    assert (cpu.arch, cpu.img_size, cpu.batch_size, cpu.epochs) == ("resnet18", 64, 64, 3)   # the given value kept
+    assert with_defaults(args, torch.device("cuda")).img_size == DEFAULTS["cuda"]["img_size"] == 224
 

@@ -33,7 +33,9 @@ def _plan(release_path, world=1, **sections):
 
 
 def _epoch_batches(plan, epoch=0, n=None, skip=0):
-    stream = data.batches(data.train_loader(plan, epoch, skip=skip))
+    """The batches of an epoch from batch `skip` on (a loader started at that step, as a resume's)."""
+    spe = plan.steps_per_epoch
+    stream = data.batches(data.train_loader(plan, epoch * spe + skip, (epoch + 1) * spe))
     out = [batch for _, batch in zip(range(n or plan.steps_per_epoch), stream)]
     stream.close()
     return out
@@ -184,9 +186,29 @@ def test_batches_are_a_function_of_seed_and_epoch(release):
     for worker in (0, 1):  # batches alternate between the 2 workers; each reads 2 of the 4 real shards
         real = [u for b in first[worker::2] for u in b[:24]]
         assert len(real) == 3 * 24 and len(set(real[:64])) == 64            # a whole pass before any repeat
-    resumed = _epoch_batches(plan, 0, skip=3)
-    assert all(b == {} for b in resumed[:3])                                 # skipped, not decoded
-    assert [b["uid"] for b in resumed[3:]] == first[3:]
+    resumed = _epoch_batches(plan, 0, skip=3)                                # the workers skip 0-2 themselves
+    assert [b["uid"] for b in resumed] == first[3:]
+
+
+def test_one_loader_serves_the_run_and_a_resume_reads_the_same_batches(release):
+    """One DataLoader across epochs gives the batches of one loader per epoch, also when the epoch
+    (9 steps) is not a multiple of the workers (2), and a loader started at any step (a resume)
+    continues them exactly."""
+    plan, _ = _plan(release, data={"workers": 2, "batch_size": 20})
+    spe = plan.steps_per_epoch
+    assert spe % plan.workers
+
+    def uids(start, stop):
+        stream = data.batches(data.train_loader(plan, start, stop))
+        out = [b["uid"] for b in stream]
+        stream.close()
+        return out
+
+    run = uids(0, 2 * spe + 1)
+    assert len(run) == 2 * spe + 1
+    assert run[:spe] == [b["uid"] for b in _epoch_batches(plan, 0)]
+    assert run[spe:2 * spe] == [b["uid"] for b in _epoch_batches(plan, 1)]
+    assert uids(spe + 3, 2 * spe + 1) == run[spe + 3:]
 
 
 def test_release_read_through_an_fsspec_url(release):

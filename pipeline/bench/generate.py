@@ -1,4 +1,4 @@
-"""`tsd bench generate|train`. `generate` (here): the fused generator against the stock diffusers pipeline, in one run, on
+"""`tsd bench generate`: the fused generator against the stock diffusers pipeline, in one run, on
 the same random-weight models (speed does not depend on the values), plus the teacher pass.
 
 Timed, warm-up calls excluded, CUDA synchronised around each timed region:
@@ -181,7 +181,7 @@ def measure(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from ..config import GeneratorConfig
-    from ..models.generators import ImageMixer, cuda_settings
+    from ..models.generators import ImageMixer
 
     quiet_libraries()
     t0 = time.time()
@@ -191,7 +191,6 @@ def measure(args: argparse.Namespace) -> dict:
     size = replace(size, **{k: v for k, v in (("batch", args.batch), ("steps", args.steps), ("images", args.images))
                             if v is not None})
     calls = math.ceil(size.images / size.batch)
-    cuda_settings(device)
     res = {"size": args.size, **asdict(size), "dtype": str(dtype).removeprefix("torch."), "compile": args.compile,
            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__}
     peak, peak_dtype = matmul_ceiling(device, dtype)
@@ -248,11 +247,18 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def bench_teacher(size: str, batch: int, device: torch.device, peak: float) -> dict:
-    from ..models.teacher import backbone_features
-
     model, img, name = build_teacher(size)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = model.to(device, dtype)
+    return bench_teacher_module(model.to(device, dtype), batch, device, img, name, peak)
+
+
+def bench_teacher_module(model, batch: int, device: torch.device, img: int, name: str,
+                         peak: float | None = None) -> dict:
+    """Images/s of a teacher backbone's features at `batch` in its own dtype (and the fraction of
+    the matmul ceiling `peak` when given)."""
+    from ..models.teacher import backbone_features
+
+    dtype = next(model.parameters()).dtype
     x1 = torch.randn(1, 3, img, img, device=device, dtype=dtype)
     flops = count_flops(lambda: backbone_features(model, x1))
     x = torch.randn(batch, 3, img, img, device=device, dtype=dtype)
@@ -260,8 +266,11 @@ def bench_teacher(size: str, batch: int, device: torch.device, peak: float) -> d
     with torch.no_grad():
         seconds = timed(lambda: backbone_features(model, x), calls, device, warmup=2 if device.type == "cuda" else 1)
     rate = calls * batch / seconds
-    return {"arch": name, "img": img, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
-            "gflop_per_image": flops / 1e9, "img_per_s": rate, "fraction_of_limit": rate * flops / peak}
+    out = {"arch": name, "img": img, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
+           "gflop_per_image": flops / 1e9, "img_per_s": rate}
+    if peak:
+        out["fraction_of_limit"] = rate * flops / peak
+    return out
 
 
 def report(res: dict) -> str:
@@ -296,30 +305,7 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
-# -- CLI ----------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from trainer import bench as train_bench
-
-    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    add_generate_arguments(sub.add_parser("generate", help="the fused generator vs the stock diffusers pipeline",
-                                          description=__doc__.split("\n\n")[0]))
-    train_bench.add_arguments(sub.add_parser("train", help="training steps from shards vs from memory",
-                                             description=train_bench.__doc__.split("\n\n")[0]))
-    from . import bench_scale
-
-    bench_scale.add_arguments(sub.add_parser("scale", help="plan, driver bookkeeping and release at 10k-1M samples",
-                                             description=bench_scale.__doc__.split("\n\n")[0]))
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.what == "train":
-        from trainer import bench as train_bench
-
-        return train_bench.run(args)
-    if args.what == "scale":
-        from . import bench_scale
-
-        return bench_scale.run(args)
     for name in ("batch", "steps", "images"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name}: must be at least 1")

@@ -133,7 +133,7 @@ PHASES = {"plan": phase_plan, "fake-shards": phase_fake_shards, "bookkeeping": p
 
 def run_phase(folder: str, phase: str) -> dict:
     """Run one phase in a fresh interpreter: (seconds, peak RSS of that process, its result)."""
-    cmd = [sys.executable, "-m", "pipeline.tools.bench_scale", "--phase", phase, "--dir", folder]
+    cmd = [sys.executable, "-m", "pipeline.bench.scale", "--phase", phase, "--dir", folder]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"bench scale {phase}: {proc.stderr[-2000:]}")
