@@ -7,7 +7,8 @@ loads the generation side and `tsd --help` loads no model library.
 One error path: every failure is printed here, once, as `tsd <command>: error: …` on one line on
 stderr, after any progress bar is closed. Exit status 2: the input is wrong (`UserError`); 1: the
 job ran and failed (`JobFailed`, or an unexpected exception: its traceback is shown only with
-TSD_TRACEBACK=1); 130: interrupted.
+TSD_TRACEBACK=1); 128 + the signal number: stopped on SIGINT (130) or SIGTERM (143) after saving
+its work (`Interrupted`: one line, the command's own hint when it has one).
 """
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .contract.errors import JobFailed, UserError
+    from .contract.errors import Interrupted, JobFailed, UserError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(name, str(e), 2)
     except JobFailed as e:  # the job ran and failed
         return fail(name, str(e), 1)
+    except Interrupted as e:  # stopped on a signal with its work saved
+        close_progress_bars()
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     except KeyboardInterrupt:
         close_progress_bars()
         print(f"{name}: interrupted", file=sys.stderr)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
+import signal
 import statistics
 import sys
 from dataclasses import dataclass, field, replace
@@ -30,6 +32,7 @@ from typing import Optional
 import yaml
 
 from pipeline.contract.configlib import ConfigError, load, parse_overrides, path_field, ranged, to_dict
+from pipeline.contract.errors import Interrupted
 from pipeline.contract.files import atomic_write, read_json, reuse, write_json
 from pipeline.contract.ids import fingerprint
 
@@ -356,6 +359,12 @@ def run(args: argparse.Namespace) -> int:
         results = run_compare(config, args.out)
     except ConfigError as e:
         raise ConfigError(f"{args.config}: {e}") from None
+    except (Interrupted, KeyboardInterrupt) as e:  # finished runs are reused, the cut one resumes: the same command
+        again = shlex.join(["tsd", "compare", args.config, "--out", args.out]
+                           + [part for item in args.set for part in ("--set", item)])
+        print(f"tsd compare: {e if isinstance(e, Interrupted) else 'interrupted'}; continue with: {again}",
+              file=sys.stderr, flush=True)
+        return e.exit_code if isinstance(e, Interrupted) else 128 + signal.SIGINT
     print()
     print(markdown(results))
     print(f"→ {Path(args.out) / RESULTS_MD}, {RESULTS_JSON}, {RESULTS_PNG}")
