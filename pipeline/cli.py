@@ -67,7 +67,13 @@ COMMANDS = {
     "eval": Command("trainer.evaluate", "evaluate a student on a release's validation shards",
                     "Top-1/top-5 accuracy and agreement with the teacher on the release's real/val shards, and "
                     "per-class top-1 (per_class.csv) and the confusion matrix (confusion.png) in --out. CKPT is a "
-                    "run folder or a student.safetensors with its student.json beside it."),
+                    "run folder or a student.safetensors with its student.json beside it (confusion-teacher.png "
+                    "beside its confusion.png); `tsd eval teacher RELEASE` gives the same for the teacher, from "
+                    "its logits stored on each val view."),
+    "predict": Command("trainer.predict", "label images with a trained student: a CSV of the top-k classes per image",
+                       "STUDENT is a `tsd export` folder or a run folder; IMAGES are files or folders. Each image "
+                       "is the student's validation view (centred crop of crop_pct of the short side, resized, "
+                       "normalised as in training); --out gets image, class_1, prob_1, … per image."),
     "export": Command("trainer.export", "a trained student as a timm folder (+ ONNX, TorchScript) with a model card",
                       "Write OUT/config.json and OUT/model.safetensors, which timm.create_model('local-dir:OUT', "
                       "pretrained=True) loads with the trained classifier and preprocessing, and OUT/README.md, a "

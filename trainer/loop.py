@@ -35,7 +35,8 @@ from .release import ReleaseSet
 from .runlog import RunLog
 from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
-from .students import Distillable, build_student, mean_std, preprocessing, release_eval_crop, save_student
+from .students import (Distillable, build_student, init_weights, mean_std, preprocessing, release_eval_crop,
+                       save_student)
 
 METRICS = "metrics.json"
 
@@ -297,6 +298,8 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
                                           **preprocessing(config.student.img_size, s.mean, s.std, eval_crop),
                                           "classes": releases.classes,
                                           "model_kwargs": config.student.model_kwargs,
+                                          "init_weights": init_weights(config.student.weights,
+                                                                       config.student.weights_sha256),
                                           "config": to_dict(config)})
     log.close()
     return metrics
