@@ -78,9 +78,14 @@ def save_checkpoint(out: Path, step: int, net: Distillable, state: dict) -> Path
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(root)
-    for old in checkpoint_dirs(out)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(out, KEEP_CHECKPOINTS)
     return final
+
+
+def prune(out: Path, keep: int) -> None:
+    """Delete all but the latest `keep` checkpoints of `out`."""
+    for old in checkpoint_dirs(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write(path: Path, data: bytes) -> None:

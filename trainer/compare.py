@@ -327,6 +327,11 @@ def chart(results: dict, path: Path) -> bool:
         ax.scatter([i] * len(r["val_top1"]), [100 * v for v in r["val_top1"]], s=10, color="black", zorder=3)
         ax.annotate(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", (i, 0), xytext=(0, 4), textcoords="offset points",
                     ha="center", fontsize=7, color="white")
+    teachers = {r["teacher"]: r["teacher_val_top1"] for r in rows if r["teacher"] and r["teacher_val_top1"] is not None}
+    for (name, top1), style in zip(teachers.items(), ("--", ":", "-.", (0, (1, 3)))):   # what the students chase
+        ax.axhline(100 * top1, linestyle=style, linewidth=1, color="#d62728", label=f"{name} teacher ({100 * top1:.1f})")
+    if teachers:
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("val top-1 (%)")
     b = results["budget"]

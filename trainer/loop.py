@@ -25,7 +25,7 @@ import torch
 from pipeline.contract.configlib import ConfigError, dump, to_dict
 from pipeline.contract.device import autocast
 
-from .checkpoints import Resumed, checkpoint_path, resume, save_checkpoint
+from .checkpoints import Resumed, checkpoint_path, prune, resume, save_checkpoint
 from .config import TrainConfig
 from .data import TrainPlan, batches, model_inputs, train_loader, train_plan
 from .evaluate import evaluate
@@ -292,6 +292,7 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
     if procs.main:
         log.record_val(val_entry(s.total_steps, s, config, val))
         (out / METRICS).write_text(json.dumps(metrics, indent=1))
+        prune(out, config.runtime.keep_checkpoints)   # finished: the student is saved below
         eval_crop = release_eval_crop([r.manifest for r in releases])
         save_student(s.net.student, out, {"arch": config.student.arch, "num_classes": releases.num_classes,
                                           "img_size": config.student.img_size, "mean": s.mean, "std": s.std,

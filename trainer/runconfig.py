@@ -5,7 +5,7 @@ A run writes its resolved configuration (every `--set` applied, paths made absol
 RUN/config.yaml when it starts. `--resume` trains with that file, so the command that continues a
 run needs neither the YAML nor the `--set`s it was started with: `tsd train --out RUN --resume`
 (the hint printed when a run stops). A `--set` given with `--resume` may change how the run
-executes (`RESUMABLE`: device, checkpoint and logging cadence, validation cadence); one that would
+executes (`RESUMABLE`: device, checkpoint and logging cadence, validation cadence, checkpoints kept); one that would
 change what the run computes is refused in one line naming the key, the run's value and the new one.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .config import TrainConfig
 SAVED = "config.yaml"
 # keys a resume may change: where and how often things happen, never what a step computes
 RESUMABLE = ("runtime.device", "runtime.checkpoint_minutes", "runtime.checkpoint_epochs", "runtime.checkpoint_every",
-             "runtime.log_every", "runtime.eval_every")
+             "runtime.log_every", "runtime.eval_every", "runtime.keep_checkpoints")
 
 
 def flatten(data: dict, prefix: str = "") -> dict:

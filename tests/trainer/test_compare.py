@@ -49,7 +49,8 @@ def _train(release_path, out, **sections):
 def test_steps_budget_ends_inside_an_epoch_and_resumes_exactly(tmp_path, release, single_thread):
     """6 steps per epoch (128 real / 24 per batch): a budget of 8 steps ends 2 steps into epoch 1."""
     sections = dict(data={"workers": 1}, optim={"steps": 8, "warmup_epochs": 0.5},
-                    runtime={"device": "cpu", "seed": 0, "checkpoint_every": 7, "log_every": 1})
+                    runtime={"device": "cpu", "seed": 0, "checkpoint_every": 7, "log_every": 1,
+                             "keep_checkpoints": 2})   # step 7's too: the resume below starts there
     metrics = _train(release, tmp_path / "run", **sections)
     log = read_log(tmp_path / "run")
     assert [e["step"] for e in log] == list(range(1, 9)) and [e["epoch"] for e in log][-3:] == [0, 1, 1]

@@ -4,6 +4,7 @@ with --sets resumed with them, and a --set that would change the run refused."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -64,7 +65,7 @@ def test_ctrl_c_to_the_group_then_the_printed_hint_resumes_with_the_runs_own_set
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"tsd train: error: --set loss.mode=distill: the run in {out} was started with loss.mode=finetune; a resume "
         "continues the same run (only device, checkpoint_minutes, checkpoint_epochs, checkpoint_every, log_every, "
-        "eval_every may change): drop this --set, or start a new run folder"]
+        "eval_every, keep_checkpoints may change): drop this --set, or start a new run folder"]
     assert (out / "checkpoints" / f"step-{step:08d}").is_dir() and not (out / "metrics.json").exists()
 
     resumed = subprocess.run(as_command(hint) + ["--set", "runtime.log_every=2"], env=trainer_env(), cwd=REPO,
@@ -74,9 +75,14 @@ def test_ctrl_c_to_the_group_then_the_printed_hint_resumes_with_the_runs_own_set
     assert total["loss"]["mode"] == "finetune" and total["optim"]["lr"] == 0.002
     assert total["runtime"]["log_every"] == 2
     assert f"resuming from step {step} of " in resumed.stderr
+    # per-epoch validation on the console, the last one at the end
+    assert re.search(r"^val at epoch 3 \(step \d+\): top-1 \d\.\d{4}, agreement with the teacher \d\.\d{4}$",
+                     resumed.stderr, re.M), resumed.stderr[-2000:]
     assert "(finetune)" in resumed.stdout
     steps = [e["step"] for e in read_log(out)]
     assert steps[:step] == list(range(1, step + 1)) and all(s % 2 == 0 for s in steps[step:-1])
+    # finished: one checkpoint left (runtime.keep_checkpoints), the last step's
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{steps[-1]:08d}"]
 
 
 def test_sigterm_to_the_group_checkpoints_and_resumes(tmp_path, release):

@@ -73,7 +73,7 @@ def test_validation_every_epoch_leaves_the_training_unchanged(tmp_path, distill_
 def test_checkpoints_are_safetensors_and_a_weights_only_state(distill_run):
     _, run = distill_run
     folders = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert folders == ["step-00000015", "step-00000018"]               # every 3 steps; the last 2 kept
+    assert folders == ["step-00000018"]           # every 3 steps, the last 2 kept; finished: runtime.keep_checkpoints
     final = run / "checkpoints" / "step-00000018"
     assert sorted(p.name for p in final.iterdir()) == ["checksums.json", "model.safetensors", "state.pt"]
     sums = json.loads((final / "checksums.json").read_text())
