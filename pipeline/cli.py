@@ -7,7 +7,8 @@ loads the generation side and `tsd --help` loads no model library.
 One error path: every failure is printed here, once, as `tsd <command>: error: …` on one line on
 stderr, after any progress bar is closed. Exit status 2: the input is wrong (`UserError`); 1: the
 job ran and failed (`JobFailed`, or an unexpected exception: its traceback is shown only with
-TSD_TRACEBACK=1); 130: interrupted.
+TSD_TRACEBACK=1); 128 + the signal number: stopped on SIGINT (130) or SIGTERM (143) after saving
+its work (`Interrupted`: one line, the command's own hint when it has one).
 """
 from __future__ import annotations
 
@@ -66,7 +67,13 @@ COMMANDS = {
     "eval": Command("trainer.evaluate", "evaluate a student on a release's validation shards",
                     "Top-1/top-5 accuracy and agreement with the teacher on the release's real/val shards, and "
                     "per-class top-1 (per_class.csv) and the confusion matrix (confusion.png) in --out. CKPT is a "
-                    "run folder or a student.safetensors with its student.json beside it."),
+                    "run folder or a student.safetensors with its student.json beside it (confusion-teacher.png "
+                    "beside its confusion.png); `tsd eval teacher RELEASE` gives the same for the teacher, from "
+                    "its logits stored on each val view."),
+    "predict": Command("trainer.predict", "label images with a trained student: a CSV of the top-k classes per image",
+                       "STUDENT is a `tsd export` folder or a run folder; IMAGES are files or folders. Each image "
+                       "is the student's validation view (centred crop of crop_pct of the short side, resized, "
+                       "normalised as in training); --out gets image, class_1, prob_1, … per image."),
     "export": Command("trainer.export", "a trained student as a timm folder (+ ONNX, TorchScript) with a model card",
                       "Write OUT/config.json and OUT/model.safetensors, which timm.create_model('local-dir:OUT', "
                       "pretrained=True) loads with the trained classifier and preprocessing, and OUT/README.md, a "
@@ -121,7 +128,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .contract.errors import JobFailed, UserError
+    from .contract.errors import Interrupted, JobFailed, UserError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
@@ -132,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(name, str(e), 2)
     except JobFailed as e:  # the job ran and failed
         return fail(name, str(e), 1)
+    except Interrupted as e:  # stopped on a signal with its work saved
+        close_progress_bars()
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     except KeyboardInterrupt:
         close_progress_bars()
         print(f"{name}: interrupted", file=sys.stderr)

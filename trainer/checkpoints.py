@@ -78,9 +78,14 @@ def save_checkpoint(out: Path, step: int, net: Distillable, state: dict) -> Path
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(root)
-    for old in checkpoint_dirs(out)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(out, KEEP_CHECKPOINTS)
     return final
+
+
+def prune(out: Path, keep: int) -> None:
+    """Delete all but the latest `keep` checkpoints of `out`."""
+    for old in checkpoint_dirs(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -188,10 +193,11 @@ def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs,
             aside = bad.with_name(f"corrupt-{bad.name}")
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(bad, aside)
-        print(f"note: resuming from {latest}", file=sys.stderr)
     if state["steps_per_epoch"] != steps_per_epoch:
         raise ConfigError(f"{latest}: written with {state['steps_per_epoch']} steps per epoch, this config "
                           f"makes {steps_per_epoch} (data.batch_size or the releases changed); start a new run folder")
+    if procs.main:
+        print(f"resuming from step {state['step']} of {state['total_steps']} ({latest})", file=sys.stderr, flush=True)
     ranks = state["ranks"]
     if state["workers"] != workers and procs.main:
         print(f"warning: checkpoint written with data.workers {state['workers']}, resuming with "

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
+import signal
 import statistics
 import sys
 from dataclasses import dataclass, field, replace
@@ -30,6 +32,7 @@ from typing import Optional
 import yaml
 
 from pipeline.contract.configlib import ConfigError, load, parse_overrides, path_field, ranged, to_dict
+from pipeline.contract.errors import Interrupted
 from pipeline.contract.files import atomic_write, read_json, reuse, write_json
 from pipeline.contract.ids import fingerprint
 
@@ -324,6 +327,11 @@ def chart(results: dict, path: Path) -> bool:
         ax.scatter([i] * len(r["val_top1"]), [100 * v for v in r["val_top1"]], s=10, color="black", zorder=3)
         ax.annotate(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", (i, 0), xytext=(0, 4), textcoords="offset points",
                     ha="center", fontsize=7, color="white")
+    teachers = {r["teacher"]: r["teacher_val_top1"] for r in rows if r["teacher"] and r["teacher_val_top1"] is not None}
+    for (name, top1), style in zip(teachers.items(), ("--", ":", "-.", (0, (1, 3)))):   # what the students chase
+        ax.axhline(100 * top1, linestyle=style, linewidth=1, color="#d62728", label=f"{name} teacher ({100 * top1:.1f})")
+    if teachers:
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("val top-1 (%)")
     b = results["budget"]
@@ -356,6 +364,12 @@ def run(args: argparse.Namespace) -> int:
         results = run_compare(config, args.out)
     except ConfigError as e:
         raise ConfigError(f"{args.config}: {e}") from None
+    except (Interrupted, KeyboardInterrupt) as e:  # finished runs are reused, the cut one resumes: the same command
+        again = shlex.join(["tsd", "compare", args.config, "--out", args.out]
+                           + [part for item in args.set for part in ("--set", item)])
+        print(f"tsd compare: {e if isinstance(e, Interrupted) else 'interrupted'}; continue with: {again}",
+              file=sys.stderr, flush=True)
+        return e.exit_code if isinstance(e, Interrupted) else 128 + signal.SIGINT
     print()
     print(markdown(results))
     print(f"→ {Path(args.out) / RESULTS_MD}, {RESULTS_JSON}, {RESULTS_PNG}")

@@ -88,7 +88,7 @@ class RuntimeConfig:
     """Where and how the run executes, and when it checkpoints. A checkpoint is written whenever one
     of checkpoint_minutes, checkpoint_epochs or checkpoint_every comes due, at the end, and at the
     next step boundary after SIGTERM or SIGINT (the run then exits non-zero; `--resume` continues
-    it). The last 2 are kept."""
+    it). The last 2 are kept while it runs, the last `keep_checkpoints` once it has finished."""
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU (one per process)
     precision: Literal["fp32", "bf16"] = "bf16"  # autocast dtype on CUDA; the CPU always runs fp32
     channels_last: bool = True                # memory format on CUDA
@@ -96,6 +96,9 @@ class RuntimeConfig:
     checkpoint_minutes: float = ranged(10.0, ge=0)  # wall-clock minutes between checkpoints; 0 = off
     checkpoint_epochs: int = ranged(1, ge=0)  # epochs between checkpoints (at epoch ends); 0 = off
     checkpoint_every: int = ranged(0, ge=0)   # steps between checkpoints; 0 = off
+    # checkpoints a finished run keeps, the latest ones (while it runs the last 2 are kept, so a damaged
+    # latest has one to fall back on); the student itself is student.safetensors
+    keep_checkpoints: int = ranged(1, ge=1)
     log_every: int = ranged(50, ge=1)         # steps between log.jsonl / TensorBoard entries
     eval_every: int = ranged(1, ge=0)         # epochs between validations (val.jsonl, TensorBoard val/*); 0 = at the end only
     compile: bool = False                     # torch.compile the student

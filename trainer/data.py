@@ -34,6 +34,7 @@ from pipeline.contract.views import normalize, view_pixels
 
 from .release import ReleaseSet
 from .samples import Corrupt, CorruptCounter, DataError, Replay, collate, parse_sample
+from .stopping import defer_stop_signals
 
 
 def _tar_samples(shards, counter: "CorruptCounter"):
@@ -214,7 +215,7 @@ def train_loader(plan: TrainPlan, start: int, stop: int, pin_memory: bool = Fals
     # or a resumed run would drift from the uninterrupted one.
     generator = torch.Generator().manual_seed(derive_seed(plan.replay.seed, f"loader/{start}"))
     return DataLoader(TrainBatches(plan, start, stop), batch_size=None, num_workers=plan.workers,
-                      pin_memory=pin_memory, generator=generator,
+                      pin_memory=pin_memory, generator=generator, worker_init_fn=defer_stop_signals,
                       prefetch_factor=2 if plan.workers else None)
 
 
@@ -252,7 +253,7 @@ def val_loader(releases: ReleaseSet, batch_size: int, workers: int, replay: Repl
     urls = tuple(s.url for s in shards)
     workers = min(workers, len(urls[rank::world]))
     return DataLoader(ValBatches(urls, batch_size, replay, {s.url: s.count for s in shards}), batch_size=None,
-                      num_workers=workers,
+                      num_workers=workers, worker_init_fn=defer_stop_signals,
                       pin_memory=pin_memory, prefetch_factor=2 if workers else None)
 
 

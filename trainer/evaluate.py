@@ -22,6 +22,9 @@ from .release import ReleaseSet, open_releases
 from .samples import DataError, Replay, add_counts
 from .students import load_student
 
+TEACHER = "teacher"           # `tsd eval teacher RELEASE`: the stored teacher logits instead of a student
+TEACHER_DECODE_SIZE = 8       # the val loader decodes a view; the teacher's metrics read only its logits
+
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, std, *, batch_size: int = 256,
@@ -133,26 +136,85 @@ def write_per_class(table: list[dict], out: Path) -> Path:
     return out
 
 
-def eval_report(metrics: dict, rows: list[dict], info: dict, release: str, out: Path) -> tuple[Path, Path | None]:
-    """per_class.csv and confusion.png in `out` (the PNG only with matplotlib); adds metrics['per_class']."""
+def eval_report(metrics: dict, rows: list[dict], info: dict, release: str, out: Path,
+                run: str | None = None) -> tuple[Path, Path | None]:
+    """per_class.csv, confusion.png (the student's, titled by the run `run` when named) and
+    confusion-teacher.png (the stored teacher logits on the same val views) in `out` (the PNGs only with
+    matplotlib); adds metrics['per_class']."""
     confusion, table = per_class(rows, info["classes"])
     metrics["per_class"] = table
-    title = f"{info['arch']} on {Path(str(release)).name}: val top-1 {metrics['top1']:.3f} (n={metrics['n']})"
-    return write_per_class(table, out / "per_class.csv"), plot_confusion(confusion, info["classes"], title,
-                                                                          out / "confusion.png")
+    who = f"{run} ({info['arch']})" if run else info["arch"]
+    title = f"{who} on {Path(str(release)).name}: val top-1 {metrics['top1']:.3f} (n={metrics['n']})"
+    png = plot_confusion(confusion, info["classes"], title, out / "confusion.png")
+    teacher_report([dict(r, pred=r["teacher"]) for r in rows], info["classes"], release, out, "confusion-teacher.png",
+                   csv_name=None)
+    return write_per_class(table, out / "per_class.csv"), png
+
+
+def teacher_report(rows: list[dict], classes: list[str], release: str, out: Path, png_name: str = "confusion.png",
+                   csv_name: str | None = "per_class.csv") -> tuple[dict, Path | None, Path | None]:
+    """The teacher's val metrics from `rows` whose 'pred' is the teacher's top-1: {n, top1, per_class},
+    its confusion matrix as `png_name` and (when `csv_name`) its per-class table, in `out`."""
+    confusion, table = per_class(rows, classes)
+    n = int(confusion.sum())
+    metrics = {"n": n, "top1": float(confusion.trace() / n) if n else 0.0,
+               "per_class": [{k: r[k] for k in ("class", "n", "top1")} for r in table]}
+    title = f"teacher (stored logits) on {Path(str(release)).name}: val top-1 {metrics['top1']:.3f} (n={n})"
+    png = plot_confusion(confusion, classes, title, out / png_name)
+    csv_path = write_per_class(table, out / csv_name) if csv_name else None
+    return metrics, csv_path, png
+
+
+def teacher_rows(releases: ReleaseSet, workers: int = 2) -> list[dict]:
+    """Every val sample's label and the stored teacher's top-1 on its val view (no model, no teacher run)."""
+    replay = Replay(releases.num_classes, TEACHER_DECODE_SIZE, seed=0)
+    rows = []
+    for batch in batches(val_loader(releases, 256, workers, replay)):
+        if "logits" in batch:
+            teacher = batch["logits"].argmax(1).tolist()
+            rows += [{"uid": u, "label": int(l), "pred": t, "teacher": t}
+                     for u, l, t in zip(batch["uid"], batch["label"].tolist(), teacher)]
+    if not rows:
+        raise DataError(f"{releases.describe()}: no usable validation sample")
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ckpt", help="a run folder, or a student.safetensors with its student.json beside it")
+    parser.add_argument("ckpt", help="a run folder, or a student.safetensors with its student.json beside it; or the "
+                        "word 'teacher': the release's stored teacher logits on its val views")
     parser.add_argument("release", help="release folder or fsspec URL whose real/val shards are evaluated")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="where confusion.png and per_class.csv go (default: eval/ in the run folder)")
+                        help="where confusion.png and per_class.csv go (default: eval/ in the run folder; "
+                             "teacher-eval/ here for the teacher)")
     parser.add_argument("--json", default=None, help="write the metrics to this JSON file")
     parser.add_argument("--predictions", default=None, help="write per-sample predictions (JSON lines) here")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="autocast on CUDA")
+
+
+def run_teacher(args: argparse.Namespace) -> int:
+    """`tsd eval teacher RELEASE`: the teacher's val top-1, per class and its confusion, from the stored logits."""
+    releases = open_releases([args.release])
+    rows = teacher_rows(releases, args.workers)
+    out = Path(args.out) if args.out else Path("teacher-eval")
+    metrics, csv_path, png = teacher_report(rows, releases.classes, args.release, out)
+    print(f"teacher on {args.release}: top1 {metrics['top1']:.4f} (n={metrics['n']}), from the teacher logits "
+          "stored on each val view")
+    _print_report(metrics, csv_path, png)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(metrics, ckpt=TEACHER, release=args.release), indent=1))
+    if args.predictions:
+        Path(args.predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+def _print_report(metrics: dict, csv_path: Path, png: Path | None) -> None:
+    worst = sorted((r for r in metrics["per_class"] if r["top1"] is not None), key=lambda r: (r["top1"], r["class"]))
+    print(f"per-class top-1: {csv_path}; lowest: " + ", ".join(f"{r['class']} {r['top1']:.3f}" for r in worst[:3]))
+    print(f"confusion matrix: {png}" if png else
+          "note: no confusion.png: matplotlib is not installed (pip install 'tsdistill[viz]')")
 
 
 def evaluate_checkpoint(ckpt, release: str, *, batch_size: int = 256, workers: int = 2, device: str = "auto",
@@ -170,7 +232,10 @@ def evaluate_checkpoint(ckpt, release: str, *, batch_size: int = 256, workers: i
 
 
 def run(args: argparse.Namespace) -> int:
-    """`tsd eval CKPT RELEASE`: prints one line; writes per_class.csv and confusion.png (and JSON when asked)."""
+    """`tsd eval CKPT RELEASE`: prints one line; writes per_class.csv, confusion.png and
+    confusion-teacher.png (and JSON when asked). `tsd eval teacher RELEASE`: the same for the teacher."""
+    if args.ckpt == TEACHER:
+        return run_teacher(args)
     metrics, info = evaluate_checkpoint(args.ckpt, args.release, batch_size=args.batch_size,
                                         workers=args.workers, device=args.device, precision=args.precision,
                                         predictions=True)
@@ -179,12 +244,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{info['arch']} on {args.release}: top1 {metrics['top1']:.4f}  top5 {top5}  "
           f"agreement {metrics['agreement']:.4f}  (teacher top1 {metrics['teacher_top1']:.4f}, n={metrics['n']})")
     ckpt = Path(args.ckpt)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
-    csv_path, png = eval_report(metrics, rows, info, args.release, out)
-    worst = sorted((r for r in metrics["per_class"] if r["top1"] is not None), key=lambda r: (r["top1"], r["class"]))
-    print(f"per-class top-1: {csv_path}; lowest: " + ", ".join(f"{r['class']} {r['top1']:.3f}" for r in worst[:3]))
-    print(f"confusion matrix: {png}" if png else
-          "note: no confusion.png: matplotlib is not installed (pip install 'tsdistill[viz]')")
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    out = Path(args.out) if args.out else folder / "eval"
+    csv_path, png = eval_report(metrics, rows, info, args.release, out, run=folder.resolve().name)
+    _print_report(metrics, csv_path, png)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(metrics, ckpt=str(args.ckpt), release=args.release), indent=1))
     if args.predictions:

@@ -27,7 +27,7 @@ import yaml
 from pipeline.contract.errors import UserError
 from pipeline.contract.files import atomic_write
 
-from .students import INTERPOLATION, STUDENT_INFO, load_student, preprocessing, release_eval_crop
+from .students import INTERPOLATION, STUDENT_INFO, init_weights, load_student, preprocessing, release_eval_crop
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -89,13 +89,20 @@ def timm_config(model, info: dict, prep: dict) -> dict:
     return config
 
 
-def base_model(info: dict, model, requested: str | None) -> str | None:
-    """The Hub id of the weights the student started from: --base-model, else (when it started from a
-    weight file) the architecture's default timm weights, as the recipes download; None from random init."""
-    if requested is not None:
-        return requested or None
+def start_line(info: dict, base: str | None) -> str:
+    """How the card says what the student started from: random init, or its weight file and sha256."""
+    start = info.get("init_weights")
     weights = ((info.get("config") or {}).get("student") or {}).get("weights")
-    return model.pretrained_cfg.get("hf_hub_id") if weights else None
+    if start is None and weights:   # a run from before student.json recorded it: the file, if still there
+        try:
+            start = init_weights(weights, ((info.get("config") or {}).get("student") or {}).get("weights_sha256"))
+        except (UserError, OSError):
+            start = {"file": weights, "sha256": None}
+    if not start:
+        return "random initialisation"
+    sha = f"sha256 `{start['sha256']}`" if start.get("sha256") else "sha256 unknown (the file is no longer readable)"
+    named = f", `{base}` according to the exporter (--base-model)" if base else ""
+    return f"the weight file `{Path(start['file']).name}` ({sha}{named})"
 
 
 def check_input(prep: dict, batch: int):
@@ -202,10 +209,7 @@ def model_card(info: dict, metrics: dict | None, manifests: list[dict], config: 
            "kd-real": "distilled from a probed teacher on real images only",
            "finetune": "finetuned on the real labels (the baseline, no teacher)"}.get(mode, mode)
     table = "\n".join(f"| {label} | {val[key]:.4f} |" for _, key, label in results if val.get(key) is not None)
-    weights_line = "random initialisation"
-    start = ((info.get("config") or {}).get("student") or {}).get("weights")
-    if start:
-        weights_line = f"the weight file `{Path(start).name}`" + (f" (assumed to be `{base}`)" if base else "")
+    weights_line = start_line(info, base)
     artifacts = "\n".join(f"- `{name}`: {what}" for name, what in files.items())
     return f"""---
 {yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
@@ -275,7 +279,7 @@ def export(run, out, *, onnx: bool = False, torchscript: bool = False, base: str
     if torchscript:
         checks["torchscript"] = export_torchscript(model, prep, out / TORCHSCRIPT)
         files[TORCHSCRIPT] = f"TorchScript (`torch.jit.load`); matched torch to {checks['torchscript']:.1e}"
-    atomic_write(out / CARD, model_card(info, metrics, manifests, config, base_model(info, model, base), run,
+    atomic_write(out / CARD, model_card(info, metrics, manifests, config, base or None, run,
                                         files).encode())
     return {"files": [CONFIG, WEIGHTS, *(f for f in (ONNX, TORCHSCRIPT) if f in files), CARD], "checks": checks}
 
@@ -287,8 +291,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "against torch with onnxruntime")
     parser.add_argument("--torchscript", action="store_true", help="also write model.torchscript.pt, checked")
     parser.add_argument("--base-model", default=None, metavar="HUB_ID",
-                        help="the model card's base_model (default: the architecture's default timm weights when "
-                             "the run started from a weight file; '' for none)")
+                        help="the model card's base_model: the Hub id of the weights the run started from, when you "
+                             "know its weight file is that model's (default: none; the card names the file's sha256)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ import torch
 from pipeline.contract.configlib import ConfigError, dump, to_dict
 from pipeline.contract.device import autocast
 
-from .checkpoints import Resumed, checkpoint_path, resume, save_checkpoint
+from .checkpoints import Resumed, checkpoint_path, prune, resume, save_checkpoint
 from .config import TrainConfig
 from .data import TrainPlan, batches, model_inputs, train_loader, train_plan
 from .evaluate import evaluate
@@ -35,7 +35,8 @@ from .release import ReleaseSet
 from .runlog import RunLog
 from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
-from .students import Distillable, build_student, mean_std, preprocessing, release_eval_crop, save_student
+from .students import (Distillable, build_student, init_weights, mean_std, preprocessing, release_eval_crop,
+                       save_student)
 
 METRICS = "metrics.json"
 
@@ -290,12 +291,15 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
     if procs.main:
         log.record_val(val_entry(s.total_steps, s, config, val))
         (out / METRICS).write_text(json.dumps(metrics, indent=1))
+        prune(out, config.runtime.keep_checkpoints)   # finished: the student is saved below
         eval_crop = release_eval_crop([r.manifest for r in releases])
         save_student(s.net.student, out, {"arch": config.student.arch, "num_classes": releases.num_classes,
                                           "img_size": config.student.img_size, "mean": s.mean, "std": s.std,
                                           **preprocessing(config.student.img_size, s.mean, s.std, eval_crop),
                                           "classes": releases.classes,
                                           "model_kwargs": config.student.model_kwargs,
+                                          "init_weights": init_weights(config.student.weights,
+                                                                       config.student.weights_sha256),
                                           "config": to_dict(config)})
     log.close()
     return metrics

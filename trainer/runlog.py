@@ -64,6 +64,14 @@ class RunLog:
         with open(self.val_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
         self.scalars("val", {k: v for k, v in entry.items() if k not in ("step", "epoch")}, entry["step"])
+        self.say(f"val at epoch {entry['epoch']:.4g} (step {entry['step']}): top-1 {entry['top1']:.4f}, agreement "
+                 f"with the teacher {entry['agreement']:.4f}")
+
+    def say(self, text: str) -> None:
+        """A line of its own on the progress line's stream (above the line redrawn on a terminal)."""
+        stream = self.bar.stream
+        stream.write(("\r\033[K" if self.bar.tty else "") + text + "\n")
+        stream.flush()
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         if self.tb is not None:

@@ -6,6 +6,8 @@
 - `StopSignals`: SIGTERM (what schedulers and Kubernetes send) and SIGINT (Ctrl-C) set a flag; the
   loop reads it at the next step boundary, writes a checkpoint and raises `Stopped`, so the run
   exits non-zero and `--resume` continues it exactly. A second signal acts at once, as by default.
+  DataLoader workers leave both signals to the training process (`defer_stop_signals`), so a
+  signal sent to the whole process group stops the run as cleanly as one sent to it alone.
 Under DDP the ranks agree on both decisions (rank 0's clock, any rank's signal) before acting,
 since writing a checkpoint is collective.
 """
@@ -17,19 +19,17 @@ import sys
 import threading
 import time
 
+from pipeline.contract.errors import Interrupted
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Stopped(Exception):
+class Stopped(Interrupted):
     """The run stopped on a signal after writing a checkpoint."""
 
     def __init__(self, signum: int, step: int, checkpoint):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}", signum)
 
 
 class StopSignals:
@@ -63,6 +63,25 @@ class StopSignals:
         self.requested = signum
         print(f"\n{signal.Signals(signum).name}: writing a checkpoint at the end of this step, then stopping "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+
+def defer_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: SIGTERM and SIGINT sent to the whole process group
+    (Slurm's scancel, `timeout`, Ctrl-C in a terminal) are left to the training process, which
+    checkpoints at the step boundary and then shuts its workers down. Without this, torch's worker
+    handler dies on SIGTERM and the training process fails before it can checkpoint. The signals are
+    blocked and read by a thread: a SIGTERM from the training process itself (the loader's last-resort
+    `terminate()`) still ends the worker, as torch's own handler does."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    threading.Thread(target=_exit_on_parent_sigterm, args=(os.getppid(),), name="tsd-worker-signals",
+                     daemon=True).start()
+
+
+def _exit_on_parent_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo(SIGNALS)
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)
 
 
 class Cadence:

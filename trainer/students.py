@@ -20,6 +20,7 @@ from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError, first_line
 from pipeline.contract import storage
 from pipeline.contract.files import atomic_write
+from pipeline.contract.ids import sha256_file
 from pipeline.contract.views import Views
 from pipeline.contract.weights import weights_problem
 
@@ -46,6 +47,15 @@ def build_student(arch: str, num_classes: int, weights: str | None = None, drop_
         raise ConfigError(f"student.model_kwargs: {arch}: {e}") from None
     check_input_size(model, arch, img_size)
     return model
+
+
+def init_weights(weights: str | None, weights_sha256: str | None = None) -> dict | None:
+    """What a student started from, for student.json and the model card: {file, sha256} of its
+    weight file (the configured sha256 for a URL, else the file's own), None for random init."""
+    if not weights:
+        return None
+    sha = weights_sha256 or sha256_file(storage.cached_local(weights, weights_sha256, "student weights"))
+    return {"file": str(weights), "sha256": sha.lower()}
 
 
 def check_input_size(model: nn.Module, arch: str, img_size: int | None) -> None:

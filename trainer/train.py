@@ -17,13 +17,14 @@ import sys
 from pathlib import Path
 
 from pipeline.contract import storage
-from pipeline.contract.configlib import parse_overrides
+from pipeline.contract.configlib import ConfigError, load, parse_overrides
 from pipeline.contract.errors import UserError
 
 from .config import TrainConfig, check_releases, load_config
 from .loop import train
 from .processes import Processes
 from .release import ReleaseSet
+from .runconfig import SAVED, note_ignored, resume_command, saved_config
 from .runfolder import claim
 from .stopping import Stopped
 
@@ -60,27 +61,46 @@ def run_training(config: TrainConfig, out_dir, resume: bool = False, releases: R
         procs.close()
 
 
+def load_run_config(config_path: str | None, out: Path, resume: bool,
+                    overrides: dict) -> tuple[TrainConfig, ReleaseSet]:
+    """What the run trains with: CONFIG and its --sets for a new run; with --resume, the run's own
+    saved config (see `trainer.runconfig`), or CONFIG when the folder holds no run yet."""
+    if not (resume and (out / SAVED).is_file()):
+        if config_path is None:
+            raise UserError(f"a training config is needed: tsd train CONFIG --out {out}"
+                            + (f" (--resume: {out} holds no {SAVED}, so no run to continue)" if resume else ""))
+        return load_config(config_path, overrides)
+    config = saved_config(out, overrides)
+    if config_path is not None:
+        note_ignored(config_path, load(TrainConfig, config_path, overrides), config)
+    try:
+        return config, check_releases(config)
+    except ConfigError as e:
+        raise ConfigError(f"{out / SAVED}: {e}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="training config (YAML), e.g. manifests/train-demo.yaml")
+    parser.add_argument("config", nargs="?", help="training config (YAML), e.g. manifests/train-demo.yaml; not "
+                        "needed with --resume, which trains with the run's own config.yaml (its --sets included)")
     parser.add_argument("--out", required=True, help="run folder: logs, checkpoints, the student")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its latest sound checkpoint")
+                        help="continue the run in --out from its latest sound checkpoint, with its own config")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run in --out (its log, checkpoints and student are deleted)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=0.001 (repeatable)")
+                        help="override a config value, e.g. --set optim.lr=0.001 (repeatable); with --resume only "
+                        "the device, checkpoint, log and eval cadences may change")
 
 
 def run(args: argparse.Namespace) -> int:
-    """`tsd train CONFIG --out DIR [--resume | --overwrite] [--set key=value ...]` (under torchrun for DDP)."""
-    config, releases = load_config(args.config, parse_overrides(args.set))
+    """`tsd train [CONFIG] --out DIR [--resume | --overwrite] [--set key=value ...]` (under torchrun for DDP)."""
+    config, releases = load_run_config(args.config, Path(args.out), args.resume, parse_overrides(args.set))
     main = os.environ.get("RANK", "0") == "0"
     try:
         metrics = run_training(config, args.out, args.resume, releases, overwrite=args.overwrite)
     except Stopped as e:
         if main:
-            print(f"tsd train: {e}; continue with: tsd train {args.config} --out {args.out} --resume",
-                  file=sys.stderr, flush=True)
+            print(f"tsd train: {e}; continue with: {resume_command(args.out)}", file=sys.stderr, flush=True)
         return e.exit_code
     train, val = metrics["train"], metrics["val"]
     if train["world"] > 1:

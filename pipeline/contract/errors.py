@@ -28,3 +28,17 @@ class ConfigError(UserError):
 class JobFailed(RuntimeError):
     """A job that ran and failed (shards still failing after their retries, a release that does not
     verify): one line saying what failed and what to do; the CLI exits with status 1."""
+
+
+class Interrupted(Exception):
+    """A run stopped on a signal after saving its work (SIGINT, SIGTERM): the CLI prints its message
+    as one line, `<command>: <message>`, and exits 128 + the signal number (130 for Ctrl-C). A command
+    that knows how to continue catches it first and adds the command that does."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -11,7 +11,7 @@ import json
 from . import storage
 from .errors import UserError
 from .files import write_if_changed
-from .layout import MANIFEST, shard_kind_split
+from .layout import MANIFEST, SHARD_FOLDERS, shard_kind_split
 
 FORMAT_VERSION = 1
 
@@ -42,6 +42,16 @@ def check_manifest(manifest: dict, where: str) -> None:
             raise UserError(f"{where}: shard {name!r} is not a {kind}/{split} shard name of this format")
 
 
+def _next_step(root: str) -> str:
+    """What to run when a folder without a manifest holds a job's shards (generate done, release not)."""
+    try:
+        shards = any(storage.exists(storage.join(root, folder)) for folder in SHARD_FOLDERS)
+    except (UserError, OSError, ValueError):
+        return ""
+    return (f"; it holds shards ({', '.join(f + '/' for f in SHARD_FOLDERS)}): once `tsd generate` has made them "
+            f"all, `tsd release JOB --out {root}` writes the manifest") if shards else ""
+
+
 def read_manifest(root: str) -> dict:
     """The checked manifest of the release at `root` (a folder or an fsspec URL)."""
     root = str(root)
@@ -49,7 +59,7 @@ def read_manifest(root: str) -> dict:
     try:
         data = storage.read_bytes(where)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise UserError(f"{root}: not a release (no {MANIFEST})") from None
+        raise UserError(f"{root}: not a release (no {MANIFEST}){_next_step(root)}") from None
     except UserError:   # the storage layer's own one-line answer: an unknown scheme, a store's own errors
         raise
     except OSError as e:

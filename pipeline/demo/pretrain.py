@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contract.images import decode_image, encode_image, stored_size
+from ..contract.progress import Progress
 from ..contract.views import Views, normalize, sample_views, view_pixels
 from ..runtime import torch_threads
 from .tiny import TinySizes
@@ -164,6 +165,10 @@ def pretrain_teacher(weights_path: str | Path, sizes: TinySizes = TinySizes(), *
                                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
         losses, correct, seen = [], 0, 0
+        # a line now and one every TSD_PROGRESS_EVERY s (redrawn on a terminal): a slow machine is not a hang
+        print(f"[demo] pretraining the tiny teacher: {steps} steps, about {budget_s:.0f} s on an idle 2-core "
+              "machine, longer on a busy one", file=sys.stderr, flush=True)
+        bar = Progress("teacher pretraining", steps, unit="steps")
         for step in range(steps):
             idx, seeds = _draw(gen, len(images), batch_size)
             x, y = _views(images, idx, seeds, sizes.teacher_img, mean, std), labels[idx]
@@ -176,11 +181,13 @@ def pretrain_teacher(weights_path: str | Path, sizes: TinySizes = TinySizes(), *
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
+            bar.update(1)
             losses.append(float(loss.detach()))
             if step >= steps - 50:
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
 
+    bar.close()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if state.keys() != before.keys() or any(state[k].shape != before[k].shape for k in state):
         raise RuntimeError(f"{weights_path}: pretraining changed the checkpoint's keys or shapes")

@@ -294,6 +294,7 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
         "counts": manifest["counts"],
         "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k) for k in manifest["counts"]},
         "teacher_val_top1": built["probe"]["val_top1"],
+        "teacher_stored_val_top1": evals["distill"]["teacher_top1"],
         "finetune_val_top1": evals["finetune"]["top1"],
         "distill_val_top1": evals["distill"]["top1"],
         "distill_teacher_agreement": evals["distill"]["agreement"],
@@ -311,7 +312,7 @@ def _evaluate(run_dir: Path, release: Path) -> dict:
     from trainer.evaluate import eval_report, evaluate_checkpoint
 
     metrics, info = evaluate_checkpoint(run_dir, str(release), workers=1, predictions=True)
-    eval_report(metrics, metrics.pop("predictions"), info, str(release), run_dir / "eval")
+    eval_report(metrics, metrics.pop("predictions"), info, str(release), run_dir / "eval", run=run_dir.name)
     return metrics
 
 
@@ -359,7 +360,10 @@ def print_summary(s: dict, out: Path) -> None:
         print(f"{k:<14}{n:>9}{s['shards'][k]:>8}")
     print()
     print(f"{'model':<22}{'val top-1':>10}")
-    print(f"{'teacher (probed)':<22}{s['teacher_val_top1']:>10.3f}")
+    print(f"{'teacher (probed)':<22}{s['teacher_val_top1']:>10.3f}   (the probe's own measure, teacher/probe.json)")
+    if "teacher_stored_val_top1" in s:
+        print(f"{'teacher (release)':<22}{s['teacher_stored_val_top1']:>10.3f}   (its logits stored in the release: what "
+              "the students learn from, and metrics.json's teacher_top1)")
     print(f"{'student, finetuned':<22}{s['finetune_val_top1']:>10.3f}")
     print(f"{'student, distilled':<22}{s['distill_val_top1']:>10.3f}"
           f"   (agrees with the teacher on {s['distill_teacher_agreement']:.1%})")

@@ -57,9 +57,9 @@ def save(fig, out: str | Path) -> Path:
 
 
 # -- mixes --------------------------------------------------------------------------------------
-def pick_mixes(index: list[dict], count: int, seed: int) -> list[dict]:
-    """Up to `count` mixes whose parents are both in the release, sorted by mixing weight."""
-    present = {r["uid"] for r in index}
+def pick_mixes(index: list[dict], count: int, seed: int, present: set | None = None) -> list[dict]:
+    """Up to `count` mixes whose parents are both `present` (default: in the release), sorted by mixing weight."""
+    present = {r["uid"] for r in index} if present is None else present
     mixes = [r for r in index if r["kind"] == "mix" and all(p in present for p in r["parents"])]
     if not mixes:
         return []
@@ -77,11 +77,12 @@ def plot_mixes(root: str | Path, out: str | Path, rows: int = 8, seed: int = 0) 
     release = ReleaseReader(root)
     root, manifest = release.root, release.manifest
     index = release.index()
-    by_uid = {r["uid"]: r for r in index}
-    mixes = pick_mixes(index, rows, seed)
+    parents = real_release(release)
+    by_uid = {r["uid"]: r for r in (index if parents is release else index + parents.index())}
+    mixes = pick_mixes(index, rows, seed, present={r["uid"] for r in by_uid.values() if r["kind"] == "real"})
     if not mixes:
         raise UserError(f"{root}: no mix with both parents in the release (no mixes, or a subset without their parents)")
-    samples = release.samples(mixes + [by_uid[p] for m in mixes for p in m["parents"]])
+    samples = {**release.samples(mixes), **parents.samples([by_uid[p] for m in mixes for p in m["parents"]])}
     classes = manifest["classes"]
 
     fig = Figure(figsize=(7.2, 2.35 * len(mixes) + 0.9), dpi=110)
@@ -118,6 +119,18 @@ def plot_mixes(root: str | Path, out: str | Path, rows: int = 8, seed: int = 0) 
     legend_height = 0.5 / fig.get_figheight()
     fig.tight_layout(rect=(0, legend_height, 1, 0.985))
     return save(fig, out)
+
+
+def real_release(release: ReleaseReader) -> ReleaseReader:
+    """The release holding the real images `release`'s mixes were made from: itself, or, for another
+    generator's release of a family (`generator.kinds`: mixes only), the one its manifest's `family.real` names."""
+    where = (release.manifest.get("family") or {}).get("real", ".")
+    if where in (".", ""):
+        return release
+    root = str(release.root).rstrip("/")
+    for part in where.split("/"):   # relative to the release; no normalising, which would break URLs
+        root = storage.parent(root) if part == ".." else storage.join(root, part) if part not in ("", ".") else root
+    return ReleaseReader(root)
 
 
 def show_in_square(ax, image: np.ndarray) -> None:

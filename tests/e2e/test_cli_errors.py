@@ -125,6 +125,8 @@ def corpus(small_release, tmp_path_factory):
     finished.mkdir()
     (finished / "log.jsonl").write_text('{"step": 1}\n')
     (finished / "config.yaml").write_text("releases: []\n")
+    shards_only = d / "generated-not-released"        # generate's shards, no manifest yet
+    (shards_only / "real").mkdir(parents=True)
     broken_ckpt = d / "broken-ckpt-run"
     step = broken_ckpt / "checkpoints" / "step-00000004"
     step.mkdir(parents=True)
@@ -191,6 +193,9 @@ def corpus(small_release, tmp_path_factory):
         (["train", t, "--out", str(broken_ckpt), "--resume"], "no readable checkpoint to resume from"),
         (["train", t, "--out", out, "--resume", "--overwrite"], "exclude each other"),
         (["train", t, "--out", out, "--set", f"releases=[{d / 'no-such-release'}]"], "not a release"),
+        (["train", t, "--out", out, "--set", f"releases=[{shards_only}]"],
+         f"not a release (no manifest.json); it holds shards (mix/, real/): once `tsd generate` has made them all, "
+         f"`tsd release JOB --out {shards_only}` writes the manifest"),
         (["train", t, "--out", out, "--set", "releases=[foo://bucket/release]"], "unknown storage scheme"),
         (["train", t, "--out", out, "--set", f"releases=[{releases['cut-manifest']}]"], "not valid JSON"),
         (["train", t, "--out", out, "--set", "student.arch=resnet_9000"], "student.arch: unknown timm model"),

@@ -112,3 +112,16 @@ def test_the_dry_run_counts_every_generator(small_release):
     # mixup and cutmix cost no GPU time; the teacher labels all three pools
     assert every["gpu_seconds"]["target"]["mix"] == pytest.approx(one["gpu_seconds"]["target"]["mix"])
     assert every["gpu_seconds"]["target"]["teacher"] > one["gpu_seconds"]["target"]["teacher"]
+
+
+def test_viz_mixes_shows_every_generators_mixes_with_their_parents(family, tmp_path):
+    """A member holds mixes only: the contact sheet finds their parents in the release `family.real` names."""
+    from PIL import Image
+
+    from pipeline.tools.viz import plot_mixes
+
+    _, out, _, _, _ = family
+    for kind in ("mixup", "cutmix"):
+        png = plot_mixes(out / GENERATORS_DIR / kind, tmp_path / f"{kind}.png", rows=2)
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.height > 400

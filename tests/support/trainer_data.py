@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -54,6 +55,16 @@ def run_training(config: Path, out: Path, *extra: str, timeout: int = 300) -> su
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def wait_for_steps(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: float = 240) -> None:
+    """Wait until the running trainer `proc` has logged `steps` lines in log.jsonl (or ended)."""
+    log = run_dir / "log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.02)
 
 
 def read_log(run_dir: Path) -> list[dict]:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 import shutil
 import signal
@@ -48,7 +49,8 @@ def _train(release_path, out, **sections):
 def test_steps_budget_ends_inside_an_epoch_and_resumes_exactly(tmp_path, release, single_thread):
     """6 steps per epoch (128 real / 24 per batch): a budget of 8 steps ends 2 steps into epoch 1."""
     sections = dict(data={"workers": 1}, optim={"steps": 8, "warmup_epochs": 0.5},
-                    runtime={"device": "cpu", "seed": 0, "checkpoint_every": 7, "log_every": 1})
+                    runtime={"device": "cpu", "seed": 0, "checkpoint_every": 7, "log_every": 1,
+                             "keep_checkpoints": 2})   # step 7's too: the resume below starts there
     metrics = _train(release, tmp_path / "run", **sections)
     log = read_log(tmp_path / "run")
     assert [e["step"] for e in log] == list(range(1, 9)) and [e["epoch"] for e in log][-3:] == [0, 1, 1]
@@ -161,18 +163,26 @@ def test_a_changed_config_starts_its_runs_over(compared, tmp_path, single_thread
     assert after["train"]["steps_this_run"] == 4 and before["train"]["steps_this_run"] == 4
 
 
-def test_killed_compare_resumes_to_the_same_results(compared, tmp_path):
+def test_ctrl_c_ends_a_compare_in_one_line_and_its_hint_resumes_to_the_same_results(compared, tmp_path):
+    """Ctrl-C in a terminal: SIGINT to the whole process group. Exit 130, one line naming the command
+    that continues (not a crash), and that command ends with the uninterrupted compare's results."""
     config, reference, _ = compared
     out = tmp_path / "out"
     command = [sys.executable, "-m", "pipeline.cli", "compare", str(config), "--out", str(out)]
-    proc = subprocess.Popen(command, env=trainer_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # kill inside the third run (kd seed 0), after its first checkpoint
+    proc = subprocess.Popen(command, env=trainer_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    # interrupt inside the third run (kd seed 0), after its first checkpoint
     target = out / "runs" / "kd" / "seed-0" / "checkpoints" / "step-00000002" / "state.pt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not target.exists():
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the compare ended before it could be killed"
+    assert proc.poll() is None, "the compare ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("tsd compare:")]
+    assert len(said) == 1 and "error" not in said[0] and "Traceback" not in err, err[-3000:]
+    assert said[0].endswith(f"; continue with: tsd compare {config} --out {out}"), said
     assert not (out / compare.RESULTS_JSON).exists() and not (out / "runs" / "kd" / "seed-0.done.json").exists()
     finished = {p: p.stat().st_mtime_ns for p in (out / "runs" / "finetune").glob("seed-*/metrics.json")}
     assert len(finished) == 2

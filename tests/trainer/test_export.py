@@ -141,3 +141,26 @@ def test_model_card_front_matter(exported, trained_run, release):  # noqa: F811
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
+
+
+def test_the_card_names_the_weights_a_run_started_from_by_their_sha256(tmp_path):
+    """A weight file's name says nothing about whose weights it holds: the card names the file and its
+    sha256, and a Hub id only when the exporter gives one (--base-model)."""
+    import hashlib
+
+    from trainer.export import start_line
+    from trainer.students import init_weights
+
+    weights = tmp_path / "resnet10t.c3_in1k.safetensors"
+    weights.write_bytes(b"any weights")
+    sha = hashlib.sha256(b"any weights").hexdigest()
+    start = init_weights(str(weights))
+    assert start == {"file": str(weights), "sha256": sha}
+    info = {"init_weights": start, "config": {"student": {"weights": str(weights)}}}
+    assert start_line(info, None) == f"the weight file `{weights.name}` (sha256 `{sha}`)"
+    assert start_line(info, "timm/resnet10t.c3_in1k") == (f"the weight file `{weights.name}` (sha256 `{sha}`, "
+                                                          "`timm/resnet10t.c3_in1k` according to the exporter "
+                                                          "(--base-model))")
+    assert start_line({"init_weights": None, "config": {"student": {"weights": None}}}, None) == "random initialisation"
+    older = {"config": {"student": {"weights": str(tmp_path / "gone.safetensors")}}}   # no init_weights, file gone
+    assert start_line(older, None) == "the weight file `gone.safetensors` (sha256 unknown (the file is no longer readable))"

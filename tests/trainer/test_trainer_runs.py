@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from paths import REPO
-from trainer_data import read_log, run_training, train_command, trainer_env, write_config
+from trainer_data import read_log, run_training, train_command, trainer_env, wait_for_steps, write_config
 
 from pipeline import cli
 from trainer import evaluate, runfolder
@@ -73,7 +73,7 @@ def test_validation_every_epoch_leaves_the_training_unchanged(tmp_path, distill_
 def test_checkpoints_are_safetensors_and_a_weights_only_state(distill_run):
     _, run = distill_run
     folders = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert folders == ["step-00000015", "step-00000018"]               # every 3 steps; the last 2 kept
+    assert folders == ["step-00000018"]           # every 3 steps, the last 2 kept; finished: runtime.keep_checkpoints
     final = run / "checkpoints" / "step-00000018"
     assert sorted(p.name for p in final.iterdir()) == ["checksums.json", "model.safetensors", "state.pt"]
     sums = json.loads((final / "checksums.json").read_text())
@@ -120,12 +120,7 @@ def test_sigterm_checkpoints_then_a_corrupt_latest_falls_back_and_resumes_exactl
     out = tmp_path / "run"
     proc = subprocess.Popen(train_command(config, out), env=trainer_env(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log = out / "log.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.02)
+    wait_for_steps(proc, out, 4)
     proc.send_signal(signal.SIGSTOP)   # holds its lock, makes no progress while the second one tries
     try:
         second = subprocess.run(train_command(config, out, "--resume"), env=trainer_env(), cwd=REPO,
