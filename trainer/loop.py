@@ -33,9 +33,11 @@ from .losses import distill_loss, feature_loss
 from .processes import Processes, rng_state, seed_everything, set_rng_state
 from .release import ReleaseSet
 from .runlog import RunLog
+from .trackers import open_run_trackers
 from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
-from .students import Distillable, build_student, mean_std, preprocessing, release_eval_crop, save_student
+from .students import Distillable, build_student, mean_std, preprocessing, release_eval_crop, save_student, \
+    STUDENT_INFO, STUDENT_WEIGHTS
 
 METRICS = "metrics.json"
 
@@ -168,7 +170,8 @@ def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
         dump(config, out / "config.yaml")
-    log = RunLog(out, start.step, s.total_steps, procs.main)
+    log = RunLog(out, start.step, s.total_steps, procs.main, open_run_trackers(config, out, start.step, procs.main),
+                 tensorboard="tensorboard" in rt.loggers)
 
     model = s.net
     if procs.world > 1:
@@ -298,5 +301,6 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
                                           "classes": releases.classes,
                                           "model_kwargs": config.student.model_kwargs,
                                           "config": to_dict(config)})
+        log.final(metrics, [out / METRICS, out / STUDENT_WEIGHTS, out / STUDENT_INFO])
     log.close()
     return metrics

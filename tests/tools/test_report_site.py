@@ -4,6 +4,7 @@ with its views, a chart with points), and built from a release on the S3 test se
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -81,7 +82,10 @@ def test_the_report_holds_a_bounded_sample_with_teacher_outputs(site, small_rele
 
 def test_the_site_works_in_headless_chromium(site, browser, tmp_path_factory):
     data = report_data(site)
-    shots = tmp_path_factory.mktemp("report-screenshots")
+    # kept as artefacts: pytest's tmp folder (its last 3 sessions), or $TSD_TEST_ARTEFACTS/report-screenshots
+    keep = os.environ.get("TSD_TEST_ARTEFACTS")
+    shots = Path(keep) / "report-screenshots" if keep else tmp_path_factory.mktemp("report-screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
     browser.open((site / "index.html").as_uri())
     assert browser.eval("document.querySelectorAll('.mix-card').length") == len(data["mixes"]) == MIXES
     assert browser.eval("document.getElementById('verify').textContent") == "passed"
