@@ -120,6 +120,7 @@ class MLflowTracker(Tracker):
             raise ConfigError(f"runtime.loggers: the MLflow server at {self.uri} cannot be reached: {first_line(e)}") \
                 from None
         self.run_id = run_id
+        self.finished = False
         ids.set(self.name, run_id)
 
     def _logged_steps(self, run_id: str) -> dict[str, int]:
@@ -148,9 +149,11 @@ class MLflowTracker(Tracker):
             if path.exists():
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FINISHED")
+        self.finished = True
 
     def _close(self) -> None:
-        pass
+        if not self.finished:   # stopped (SIGTERM, Ctrl-C, an error): --resume sets it running again
+            self.client.set_terminated(self.run_id, "KILLED")
 
 
 class _quick_requests:

@@ -140,3 +140,36 @@ def test_a_missing_release_is_one_line(tmp_path, capsys):
     code = cli.main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "site")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "nowhere" in err[0]
+
+
+def test_serve_serves_the_site_on_loopback(small_release, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(cli.__file__).parents[1]),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "report", str(small_release["root"]), "--out",
+                             str(tmp_path / "site"), "--mixes", "2", "--per-class", "1", "--serve", "--port",
+                             str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.time() + 180, None
+        while page is None and time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as r:
+                    page = r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None and '<script src="data.js"></script>' in page, proc.poll()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data.js", timeout=5) as r:
+            assert r.read().startswith(b"window.TSD_REPORT = ")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and f"http://127.0.0.1:{port}/" in out

@@ -139,7 +139,9 @@ def test_an_unreachable_mlflow_server_is_one_line_at_start_up(tmp_path, release)
 def test_wandb_offline_run_is_written_to_the_run_folder(tmp_path, release):
     pytest.importorskip("wandb", reason="needs wandb (pip install 'tsdistill[wandb]')")
     config = write_config(tmp_path / "train.yaml", release,
-                          runtime={"device": "cpu", "log_every": 1, "loggers": ["wandb"], "experiment": "tsd-test"})
+                          runtime={"device": "cpu", "log_every": 1, "loggers": ["wandb"], "experiment": "tsd-test",
+                                   # what tsd compare sets: W&B groups the runs of one compare
+                                   "tags": {"compare": "cmp", "row": "kd", "seed": "1"}})
     env = dict(trainer_env(), WANDB_MODE="offline", WANDB_SILENT="true")
     out = tmp_path / "run"
     proc = subprocess.run(train_command(config, out), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -147,7 +149,7 @@ def test_wandb_offline_run_is_written_to_the_run_folder(tmp_path, release):
     run_id = json.loads((out / "tracker.json").read_text())["wandb"]
     folders = list((out / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(folders) == 1
-    steps, config_keys, summary = [], set(), {}
+    steps, config_keys, summary, group, tags = [], set(), {}, None, []
     for record in wandb_records(folders[0] / f"run-{run_id}.wandb"):
         kind = record.WhichOneof("record_type")
         if kind == "history":
@@ -156,9 +158,11 @@ def test_wandb_offline_run_is_written_to_the_run_folder(tmp_path, release):
                 steps.append(int(items["_step"]))
         elif kind == "run":
             config_keys |= {i.key for i in record.run.config.update}
+            group, tags = record.run.run_group, list(record.run.tags)
         elif kind == "summary":
             summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
     assert steps == [e["step"] for e in read_log(out)]
     assert {"optim", "loss", "runtime"} <= config_keys
+    assert group == "cmp" and sorted(tags) == ["compare:cmp", "row:kd", "seed:1"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert summary["final/top1"] == pytest.approx(metrics["val"]["top1"])

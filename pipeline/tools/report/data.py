@@ -30,11 +30,11 @@ INDEX_COLUMNS = ["uid", "split", "kind", "shard", "label", "class_name", "parent
 def release_summary(release: ReleaseReader) -> dict:
     """Name, task, counts, classes and their frequencies, models with sha256, config, verify --quick."""
     m = release.manifest
-    table = release.index_table(["kind", "split", "label"])
-    labels = np.asarray(table.column("label").to_numpy(zero_copy_only=False))
-    kinds = np.asarray(table.column("kind").to_pylist())
-    real = labels[(kinds == "real") & (labels >= 0)]
-    freq = np.bincount(real, minlength=len(m["classes"])).tolist() if len(real) else [0] * len(m["classes"])
+    import pyarrow.compute as pc
+
+    table = release.index_table(["kind", "label"])
+    real = table.filter(pc.and_(pc.equal(table.column("kind"), "real"), pc.greater_equal(table.column("label"), 0)))
+    freq = np.bincount(real.column("label").to_numpy(), minlength=len(m["classes"])).tolist()
     problems = verify_release(release.root, quick=True)
     teacher = m.get("teacher") or {}
     models = [{"role": "teacher", "name": teacher.get("arch"), "files": teacher.get("weights"),
