@@ -99,6 +99,12 @@ COMMANDS = {
                    "mixes: parents, mixing weight, result and the teacher's top-1 per row. pca: the paper's figure, "
                    "2-D PCA of the features of real images (up to 30 classes) and mixes (grey) for the teacher and "
                    "each student run. curves: loss, its CE/KD terms and the learning rate from each run's log.jsonl."),
+    "report": Command("pipeline.tools.report", "a static site of a release and its runs (opens from file://)",
+                      "Write DIR/index.html with its data and thumbnails: the release (counts, classes, models, "
+                      "config, `tsd verify --quick`), the N highest-entropy mixes beside their parents with the "
+                      "teacher's top-5 (sortable, filterable), sample pages with their views, real images per class, "
+                      "run curves, final metrics and confusion, compare tables and per-node generation stats. No "
+                      "server, no network: plain JavaScript. --serve serves it on loopback."),
     "convert": Command("pipeline.tools.convert", "convert an original (LDM) checkpoint to a diffusers folder",
                        "Write a diffusers-layout folder (unet/, vae/, scheduler/, image_encoder/, feature_extractor/) "
                        "from an original single-file checkpoint such as ImageMixer's image-mixer-pruned.ckpt. The "

@@ -224,6 +224,9 @@ def run_one(row: Row, seed: int, out: Path) -> tuple[dict, bool]:
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     # the releases' shard hashes too: a regenerated release (another teacher, other mixes) is another run
     inputs = fingerprint([text, [[s.get("sha256") for s in r.manifest.get("shards") or ()] for r in row.releases]])
+    # the trackers group a compare's runs by these tags; they change no result, so they stay out of `inputs`
+    tags = {**config.runtime.tags, "compare": out.name, "row": row.id, "seed": str(seed)}
+    config = replace(config, runtime=replace(config.runtime, tags=tags))
 
     def train():
         started = folder.with_name(folder.name + STARTED)

@@ -103,6 +103,11 @@ class RuntimeConfig:
     eval_every: int = ranged(1, ge=0)         # epochs between validations (val.jsonl, TensorBoard val/*); 0 = at the end only
     compile: bool = False                     # torch.compile the student
     gpu_decode: bool = False                  # nvjpeg on a side stream; off until a device check shows it clean
+    # where scalars, the config, final metrics and the student go: any of tensorboard, mlflow, wandb
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
+    mlflow_uri: str = ""                      # MLflow tracking URI; "" = $MLFLOW_TRACKING_URI, else MLflow's default
+    experiment: str = "tsdistill"             # the MLflow experiment / W&B project
+    tags: dict[str, str] = field(default_factory=dict)  # tracker tags (tsd compare sets compare, row, seed)
 
 
 @dataclass

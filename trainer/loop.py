@@ -35,8 +35,9 @@ from .release import ReleaseSet
 from .runlog import RunLog
 from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
-from .students import (Distillable, build_student, init_weights, mean_std, preprocessing, release_eval_crop,
-                       save_student)
+from .students import (STUDENT_INFO, STUDENT_WEIGHTS, Distillable, build_student, init_weights, mean_std, preprocessing,
+                       release_eval_crop, save_student)
+from .trackers import open_run_trackers
 
 METRICS = "metrics.json"
 
@@ -169,7 +170,8 @@ def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
         dump(config, out / "config.yaml")
-    log = RunLog(out, start.step, s.total_steps, procs.main)
+    log = RunLog(out, start.step, s.total_steps, procs.main, open_run_trackers(config, out, start.step, procs.main),
+                 tensorboard="tensorboard" in rt.loggers)
 
     model = s.net
     if procs.world > 1:
@@ -301,5 +303,6 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, 
                                           "init_weights": init_weights(config.student.weights,
                                                                        config.student.weights_sha256),
                                           "config": to_dict(config)})
+        log.final(metrics, [out / METRICS, out / STUDENT_WEIGHTS, out / STUDENT_INFO])
     log.close()
     return metrics

@@ -1,5 +1,5 @@
-"""A run's log: log.jsonl (training), val.jsonl (validation), TensorBoard and the progress line
-(`contract.progress`), written by rank 0 only."""
+"""A run's log: log.jsonl (training), val.jsonl (validation), TensorBoard, the trackers of
+`runtime.loggers` (`trainer.trackers`) and the progress line (`contract.progress`), written by rank 0 only."""
 from __future__ import annotations
 
 import json
@@ -17,19 +17,23 @@ VAL_LOG = "val.jsonl"   # one line per validation: {step, epoch, images_seen, to
 class RunLog:
     """log.jsonl, TensorBoard and a progress line, written by rank 0 only."""
 
-    def __init__(self, out: Path, start_step: int, total_steps: int, enabled: bool):
+    def __init__(self, out: Path, start_step: int, total_steps: int, enabled: bool, trackers: list | None = None,
+                 tensorboard: bool = True):
+        """`trackers`: `trainer.trackers.Tracker`s (opened by rank 0 only)."""
         self.enabled = enabled
         self.path = out / LOG
         self.val_path = out / VAL_LOG
         self.tb = None
         self.bar = None
+        self.trackers = list(trackers or [])
         if not enabled:
             return
         for path in (self.path, self.val_path):
             self._truncate(path, start_step)
         try:
-            from torch.utils.tensorboard import SummaryWriter  # lazily: tensorboard is optional
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter  # lazily: tensorboard is optional
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
         except ImportError as e:
             print(f"warning: TensorBoard logging is off ({e})", file=sys.stderr)
         self.bar = Progress("train", total_steps, unit="steps", initial=start_step)
@@ -51,10 +55,7 @@ class RunLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
-        if self.tb is not None:
-            for key, value in entry.items():
-                if key not in ("step", "epoch"):
-                    self.tb.add_scalar(f"train/{key}", value, entry["step"])
+        self.scalars("train", {k: v for k, v in entry.items() if k not in ("step", "epoch")}, entry["step"])
         self.bar.set(loss=f"{entry['loss']:.4f}", **{"images/s": f"{entry['images_per_s']:.0f}"})
 
     def record_val(self, entry: dict) -> None:
@@ -74,16 +75,31 @@ class RunLog:
         stream.flush()
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
+        values = {f"{prefix}/{k}": float(v) for k, v in values.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.tb is not None:
             for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
+                self.tb.add_scalar(key, value, step)
+        for tracker in self.trackers:
+            tracker.scalars(values, step)
+
+    def final(self, metrics: dict, files: list[Path]) -> None:
+        """The run's final metrics (numbers of metrics['val']) and its artefacts, to the trackers."""
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in metrics.get("val", {}).items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self.trackers:
+            tracker.final(values, files)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def _logged_step(line: str) -> float:

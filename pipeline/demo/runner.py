@@ -290,6 +290,7 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     evals = timer.run("eval", lambda: {m: _evaluate(out / "runs" / m, out) for m in results},
                       lambda e: ", ".join(f"{m} {e[m]['top1']:.3f}" for m in e))
     timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
+    report = timer.run("report", lambda: _report(out), lambda r: f"{r['index']} ({r['mixes']} mixes)")
     summary = {
         "counts": manifest["counts"],
         "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k) for k in manifest["counts"]},
@@ -303,6 +304,7 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     }
     (work / "demo-summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary, out)
+    print(f"report: {report['index']} (open it in a browser: no server needed)")
     return summary
 
 
@@ -312,8 +314,26 @@ def _evaluate(run_dir: Path, release: Path) -> dict:
     from trainer.evaluate import eval_report, evaluate_checkpoint
 
     metrics, info = evaluate_checkpoint(run_dir, str(release), workers=1, predictions=True)
-    eval_report(metrics, metrics.pop("predictions"), info, str(release), run_dir / "eval", run=run_dir.name)
+    rows = metrics.pop("predictions")
+    eval_report(metrics, rows, info, str(release), run_dir / "eval", run=run_dir.name)
+    # what `tsd eval --predictions` writes: the report's confusion matrix and disagreements
+    (run_dir / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return metrics
+
+
+def _report(out: Path) -> dict:
+    """The static report site of the release and both runs (`tsd report`), reused while they are unchanged."""
+    from ..tools.report import build_report
+
+    runs = [out / "runs" / "distill", out / "runs" / "finetune"]
+    files = [out / "manifest.json", *(r / name for r in runs for name in ("metrics.json", "eval/predictions.jsonl"))]
+    inputs = fingerprint([sha256_file(f) for f in files])
+
+    def build():
+        done = build_report(out, [str(r) for r in runs], out / "report")
+        return dict(done, index=str(done["index"]))
+
+    return reuse(out / "report" / "report.done.json", inputs, build, outputs=[out / "report" / "index.html"])[0]
 
 
 def _pictures(out: Path) -> list[Path]:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,11 @@ def test_demo_runs_every_stage_then_reuses_them(small_release, tmp_path):
         assert (out / "pictures" / png).stat().st_size > 10_000
     for mode in ("finetune", "distill"):
         assert (out / "runs" / mode / "student.safetensors").is_file()
+    # the report site: its path printed, both runs in it with their eval predictions
+    index = Path(re.search(r"^report: (\S+index\.html) ", first, re.M).group(1))
+    assert index == out / "report" / "index.html" and index.is_file()
+    data = (out / "report" / "data.js").read_text()
+    assert data.count('"confusion":') == 2 and (out / "runs" / "distill" / "eval" / "predictions.jsonl").is_file()
     verify = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", str(out)], capture_output=True, text=True)
     assert verify.returncode == 0 and "OK" in verify.stdout
 

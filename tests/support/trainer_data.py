@@ -67,6 +67,25 @@ def wait_for_steps(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: f
         time.sleep(0.02)
 
 
+def kill_after_checkpoint(config: Path, out: Path, env: dict | None = None, checkpoint: int = 3,
+                          logged: int = 5) -> None:
+    """Start `tsd train` and SIGKILL it once checkpoint `checkpoint` exists and log.jsonl holds
+    `logged` steps (steps past the checkpoint that a resume trains again)."""
+    import signal
+
+    proc = subprocess.Popen(train_command(config, out), env=env or trainer_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoints" / f"step-{checkpoint:08d}" / "state.pt").exists() and log.exists() \
+                and len(log.read_text().splitlines()) >= logged:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+
+
 def read_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from paths import REPO
-from trainer_data import read_log, run_training, train_command, trainer_env, wait_for_steps, write_config
+from trainer_data import (kill_after_checkpoint, read_log, run_training, train_command, trainer_env, wait_for_steps,
+                          write_config)
 
 from pipeline import cli
 from trainer import evaluate, runfolder
@@ -92,18 +93,8 @@ def test_checkpoints_are_safetensors_and_a_weights_only_state(distill_run):
 def test_killed_run_resumes_to_the_same_losses(tmp_path, distill_run):
     config, reference = distill_run
     out = tmp_path / "run"
-    proc = subprocess.Popen(train_command(config, out), env=trainer_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = out / "log.jsonl"
-    deadline = time.time() + 240
     # kill two steps after the first checkpoint: the resume must also drop those log lines
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoints" / "step-00000003" / "state.pt").exists() and log.exists() \
-                and len(log.read_text().splitlines()) >= 5:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_after_checkpoint(config, out)
     assert len(read_log(out)) < 12
     run_training(config, out, "--resume")
     keys = ("step", "epoch", "loss", "ce", "kd", "lr", "skipped")
