@@ -92,7 +92,7 @@ COMMANDS = {
                    "mixes: parents, mixing weight, result and the teacher's top-1 per row. pca: the paper's figure, "
                    "2-D PCA of the features of real images (up to 30 classes) and mixes (grey) for the teacher and "
                    "each student run. curves: loss, its CE/KD terms and the learning rate from each run's log.jsonl."),
-    "convert": Command("pipeline.tools.convert", "convert an original (LDM) checkpoint to a diffusers folder",
+    "convert": Command("pipeline.models.convert", "convert an original (LDM) checkpoint to a diffusers folder",
                        "Write a diffusers-layout folder (unet/, vae/, scheduler/, image_encoder/, feature_extractor/) "
                        "from an original single-file checkpoint such as ImageMixer's image-mixer-pruned.ckpt. The "
                        "checkpoint is read without executing code (torch.load weights_only=True, or safetensors)."),

@@ -46,7 +46,7 @@ from PIL import Image
 from pipeline import cli  # noqa: E402
 from pipeline.contract.errors import UserError  # noqa: E402
 from pipeline.contract.ids import make_uid
-from pipeline.demo.toydata import write_toy_dataset
+from pipeline.testing.toydata import write_toy_dataset
 from pipeline.sources.decode import ImageRejected, open_rgb  # noqa: E402
 from pipeline.sources.index import INDEX_COLUMNS  # noqa: E402
 from pipeline.sources.ingest import assign_splits, ingest, sort_classes

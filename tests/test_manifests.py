@@ -11,7 +11,7 @@ import yaml
 from pipeline import cli
 from pipeline.config import load_job
 from pipeline.contract.configlib import ConfigError, load
-from pipeline.tools.estimate import (JPEG_ANCHOR, STOCK_IMG_S, estimate, format_estimate, mix_seconds_model,
+from pipeline.stages.estimate import (JPEG_ANCHOR, STOCK_IMG_S, estimate, format_estimate, mix_seconds_model,
                                      natural_test_image)
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.demo.toydata import CLASS_ORDER, MARKER, write_toy_dataset
+from pipeline.testing.toydata import CLASS_ORDER, MARKER, write_toy_dataset
 from pipeline.sources.ingest import ingest
 
 

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from ..contract.images import decode_image, encode_image, stored_size
 from ..contract.views import Views, normalize, sample_views, view_pixels
 from ..runtime import torch_threads
-from .tiny import TinySizes
-from .toydata import CLASS_ORDER, write_toy_dataset
+from ..testing.tiny import TinySizes
+from ..testing.toydata import CLASS_ORDER, write_toy_dataset
 
 CORPUS_SEED_OFFSET = 7_919   # corpus seed = seed + this: never the demo's seed 0
 CORPUS_SIZES = (40, 128)     # wider than the demo's 48–96 px: a broader collection

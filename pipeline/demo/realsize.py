@@ -143,7 +143,7 @@ def tsd(*args) -> list[str]:
 # -- the job ----------------------------------------------------------------------------------------
 def write_source(work: Path, run: RealSizeRun) -> Path:
     """The toy dataset as an ImageFolder tree plus a CSV with a fixed split (8 train / 4 val)."""
-    from .toydata import write_toy_dataset
+    from ..testing.toydata import write_toy_dataset
 
     source = work / "source"
     per_class = run.train_per_class + run.val_per_class

@@ -20,7 +20,7 @@ from ..contract.errors import JobFailed
 from ..contract.files import plain_modes, reuse
 from ..contract.ids import fingerprint, sha256_bytes, sha256_file
 from ..runtime import quiet_libraries, torch_threads
-from .tiny import TinySizes
+from ..testing.tiny import TinySizes
 
 # The demo's compute threads in this process (probe, training, evaluation), whatever the machine or
 # OMP_NUM_THREADS say: CPU kernels split reductions by thread count, so a fixed count makes the
@@ -88,7 +88,7 @@ def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: 
     import tempfile
 
     from .pretrain import pretrain_teacher
-    from .tiny import build_image_mixer, build_student, build_teacher
+    from ..testing.tiny import build_image_mixer, build_student, build_teacher
 
     folder = Path(folder)
     paths = {"teacher": folder / "teacher" / "model.safetensors",
@@ -139,7 +139,7 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     from ..config import load_job
     from ..sources.ingest import ingest
     from ..stages.jobdir import WORK
-    from .toydata import write_toy_dataset
+    from ..testing.toydata import write_toy_dataset
 
     size = SIZES[size_name]
     out = Path(out).resolve()

@@ -23,7 +23,7 @@ from ..contract.errors import UserError
 from ..contract.files import write_if_changed
 from ..contract.ids import fingerprint
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
-from ..models.registry import DIFFUSION_KINDS
+from ..contract.generators import DIFFUSION_KINDS
 
 GENERATORS_DIR = "generators"
 

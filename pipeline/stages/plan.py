@@ -384,7 +384,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     """`tsd plan JOB --out DIR` writes the plan; `--dry-run` estimates the job and writes nothing."""
     if args.dry_run:
-        from ..tools.estimate import print_estimate
+        from .estimate import print_estimate
 
         with files_optional():  # a recipe can be estimated before its data and weights are downloaded
             job = load_job_args(args)

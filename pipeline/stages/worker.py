@@ -70,7 +70,7 @@ class ShardWorker:
     def generator(self):
         """Built on first use: a worker that only writes real shards never loads diffusion models."""
         if self._generator is None:
-            from ..models.registry import build_generator
+            from ..models.build import build_generator
 
             self._generator = build_generator(self.job.generator, self.device)
         return self._generator

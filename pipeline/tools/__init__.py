@@ -1,2 +1,3 @@
-"""Tools around releases and jobs: verify, regenerate, subset, viz, estimate (`tsd plan --dry-run`),
-bench, convert (original checkpoints → diffusers folders), and the release reader they share."""
+"""Tools around releases and jobs: verify, regenerate, subset, viz, the config reference
+(`configdoc`), the release reader they share; and, until they move to their own subpackage, the
+benchmarks (bench, gpubench, bench_scale: the `bench` layer of tests/test_layout.py)."""

@@ -68,7 +68,7 @@ def build_imagemixer_size(folder: Path, dtype: torch.dtype) -> Path:
     from diffusers import AutoencoderKL, StableDiffusionImageVariationPipeline, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ..demo.tiny import sd_ddim_scheduler
+    from ..testing.tiny import sd_ddim_scheduler
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -91,7 +91,7 @@ def build_imagemixer_size(folder: Path, dtype: torch.dtype) -> Path:
 
 def build_models(size: str, folder: Path, dtype: torch.dtype) -> Path:
     if size == "tiny":
-        from ..demo.tiny import TinySizes, build_image_mixer
+        from ..testing.tiny import TinySizes, build_image_mixer
 
         return build_image_mixer(folder, TinySizes())
     return build_imagemixer_size(folder, dtype)
@@ -102,7 +102,7 @@ def build_teacher(size: str):
     import timm
 
     if size == "tiny":
-        from ..demo.tiny import TinySizes
+        from ..testing.tiny import TinySizes
 
         t = TinySizes()
         model = timm.create_model(t.teacher_arch, pretrained=False, num_classes=0, img_size=t.teacher_img,

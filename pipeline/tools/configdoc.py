@@ -51,7 +51,7 @@ def _section(section) -> list[str]:
 
 
 def _generator_kinds() -> list[str]:
-    from ..models.registry import GENERATORS
+    from ..contract.generators import GENERATORS
 
     lines = ["### Generator kinds (`generator.kind`)", "", "| kind | needs `generator.path` | what it makes |",
              "| --- | --- | --- |"]

@@ -91,8 +91,8 @@ def write_job(size_name: str, size: GpuBenchSize, folder: Path, model: Path, dev
     from ..config import JobConfig
     from ..contract.configlib import build
     from ..contract.layout import HEAD_FILE
-    from ..demo.tiny import TinySizes
-    from ..demo.toydata import write_toy_dataset
+    from ..testing.tiny import TinySizes
+    from ..testing.toydata import write_toy_dataset
     from ..models.teacher import describe_backbone, make_head, save_head
     from ..sources.ingest import ingest
     from .bench import TEACHER_IMAGEMIXER

@@ -21,7 +21,7 @@ from ..config import JobConfig
 from ..contract.configlib import ConfigError
 from ..contract.images import encode_image, stored_size
 from ..models.ldm_ddim import unet_steps
-from ..models.registry import DIFFUSION_KINDS
+from ..contract.generators import DIFFUSION_KINDS
 
 # Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from the shared bench folder:
 # bench/anchors-h100-2026-11-27.json (made by bench/anchors_gpu.py). Keys named after that file's.
