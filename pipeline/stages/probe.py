@@ -34,8 +34,9 @@ from ..contract.images import decode_image, store_image
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
 from ..contract.progress import Progress
 from ..contract.views import center_view, normalize, sample_views, views_batch
-from ..models.teacher import (backbone_features, data_config, feature_dim, load_backbone, make_head, save_head,
-                              tuned_parts, weights_sha256)
+from ..models.teacher import (backbone_features, data_config, describe_backbone, feature_dim, load_backbone,
+                              make_head, save_head, tuned_parts)
+from ..models.teacher_files import weights_sha256
 from ..sources.decode import open_rgb
 from ..sources.index import index_sha256, read_source_index
 from .jobdir import marker
@@ -135,7 +136,7 @@ def run_probe(job: JobConfig, out_dir, device: str = "auto") -> dict:
         "val_top1": accuracy(head, f_val, y_val),
         "n_train": len(train), "n_val": len(val), "views_per_image": per_row,
         "feature_dim": f_train.shape[1], "num_classes": len(index.classes),
-        "head": job.probe.head, "seconds": round(time.time() - t0, 2),
+        "head": job.probe.head, "seconds": round(time.time() - t0, 2), "backbone": describe_backbone(job.teacher),
     }
     meta = {"head": job.probe.head, "in_dim": f_train.shape[1], "num_classes": len(index.classes),
             "hidden": job.probe.hidden, "classes": index.classes, "teacher_arch": job.teacher.arch}
@@ -250,7 +251,7 @@ def run_finetune(job: JobConfig, out_dir, device, index, t0: float) -> dict:
         "n_train": len(train), "n_val": len(val), "views_per_image": 1,
         "feature_dim": feature_dim(backbone), "num_classes": len(index.classes), "head": job.probe.head,
         "mode": "finetune", "tuned": names, "tuned_parameters": sum(v.numel() for v in tuned.values()),
-        "seconds": round(time.time() - t0, 2),
+        "seconds": round(time.time() - t0, 2), "backbone": describe_backbone(job.teacher),
     }
     meta = {"head": job.probe.head, "in_dim": feature_dim(backbone), "num_classes": len(index.classes),
             "hidden": job.probe.hidden, "classes": index.classes, "teacher_arch": job.teacher.arch,

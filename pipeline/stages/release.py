@@ -14,6 +14,7 @@ from ..contract.ids import sha256_file
 from ..contract.layout import CARD, HEAD_FILE, INDEX, PROBE_METRICS, shard_kind_split
 from ..contract.manifest import new_manifest, write_manifest
 from ..contract.shards import iter_finished_shards
+from ..models.teacher_files import weights_identity
 from .family import family_record, members, share_teacher
 from .jobdir import plan_path
 from .plan import Plan, read_plan
@@ -34,11 +35,14 @@ def code_version() -> str:
 
 
 def teacher_record(job: JobConfig, root) -> dict:
-    from ..models.teacher import describe_backbone, weights_identity
-
     probe = read_json(storage.join(root, PROBE_METRICS)) or {}
+    backbone = probe.get("backbone")
+    if backbone is None:   # a head probed before the probe recorded its backbone: built on the meta device
+        from ..models.teacher import describe_backbone
+
+        backbone = describe_backbone(job.teacher)
     return {"arch": job.teacher.arch, "img_size": job.teacher.img_size, "model_kwargs": job.teacher.model_kwargs,
-            **describe_backbone(job.teacher),
+            **backbone,
             "logits": job.generate.logits, "topk": job.generate.topk if job.generate.logits == "topk" else None,
             "features": job.generate.features, "weights": weights_identity(job.teacher),
             "head_sha256": storage.sha256(storage.join(root, HEAD_FILE)), "head": job.probe.head,

@@ -57,7 +57,7 @@ def job_from_manifest(root, manifest: dict) -> JobConfig:
 
 def check_models(root, job: JobConfig, manifest: dict, need_generator: bool) -> None:
     """The weights on this machine must be the ones the release was made with."""
-    from ..models.teacher import weights_identity
+    from ..models.teacher_files import weights_identity
     from ..stages.release import generator_record
 
     recorded = manifest["teacher"]
