@@ -29,7 +29,8 @@ class DataConfig:
 
     def check(self):
         require_file(self.index, "index")
-        assert self.image_format in IMAGE_FORMATS
+        if self.image_format not in IMAGE_FORMATS:   # the Literal above and the contract's encoders must agree
+            raise ConfigError(f"image_format: {self.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
 
 
 @dataclass

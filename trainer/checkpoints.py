@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from pipeline.contract.ids import sha256_bytes, sha256_file
 
 from .samples import add_counts
 from .students import Distillable
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 MODEL = "model.safetensors"
@@ -183,7 +186,7 @@ def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs,
                                 "again with --overwrite")
     if corrupt and procs.main:
         for _, problem in corrupt:
-            print(f"warning: corrupt checkpoint: {problem}; using the one before", file=sys.stderr)
+            log.warning(f"corrupt checkpoint: {problem}; using the one before")
         for bad, _ in corrupt:  # out of the listing (kept for inspection): later saves and resumes skip it
             aside = bad.with_name(f"corrupt-{bad.name}")
             shutil.rmtree(aside, ignore_errors=True)
@@ -194,15 +197,15 @@ def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs,
                           f"makes {steps_per_epoch} (data.batch_size or the releases changed); start a new run folder")
     ranks = state["ranks"]
     if state["workers"] != workers and procs.main:
-        print(f"warning: checkpoint written with data.workers {state['workers']}, resuming with "
-              f"{workers}: batches are drawn in another order from here on", file=sys.stderr)
+        log.warning(f"checkpoint written with data.workers {state['workers']}, resuming with "
+                    f"{workers}: batches are drawn in another order from here on")
     if len(ranks) == procs.world:
         mine = ranks[procs.rank]
         return Resumed(state["step"], mine["skipped"], mine.get("skipped_shards", {}), mine["rng"],
                        mine["log_window"]["sums"], mine["log_window"]["steps"], latest)
     if procs.main:
-        print(f"warning: checkpoint from {len(ranks)} processes, resuming on {procs.world}: RNG "
-              "streams are reseeded, the run is no longer bitwise reproducible", file=sys.stderr)
+        log.warning(f"checkpoint from {len(ranks)} processes, resuming on {procs.world}: RNG "
+                    "streams are reseeded, the run is no longer bitwise reproducible")
     skipped, by_shard = 0, {}
     if procs.main:  # rank 0 carries the tally of the processes that are gone
         for r in ranks:

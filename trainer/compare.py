@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import statistics
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -35,6 +35,8 @@ from pipeline.contract.ids import fingerprint
 
 from .config import DataConfig, RunSettings, TrainConfig, check_releases
 from .release import ReleaseSet
+
+log = logging.getLogger(__name__)
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
 RUNS = "runs"
@@ -305,8 +307,7 @@ def chart(results: dict, path: Path) -> bool:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        print("warning: matplotlib is not installed (pip install 'tsdistill[viz]'): no results.png",
-              file=sys.stderr)
+        log.warning("matplotlib is not installed (pip install 'tsdistill[viz]'): no results.png")
         return False
     import io
     import textwrap

@@ -273,7 +273,7 @@ def model_inputs(batch: dict, device, img_size: int, mean, std, channels_last: b
 
 
 def decode_on_device(batch: dict, img_size: int, device) -> torch.Tensor:
-    """nvjpeg decode of a batch, then each sample's view through `format.view_pixels` on the device."""
+    """nvjpeg decode of a batch, then each sample's view through `pipeline.contract.views.view_pixels` on the device."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     try:

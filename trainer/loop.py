@@ -14,8 +14,8 @@ When checkpoints are written, and how SIGTERM/SIGINT stop a run with one: `train
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,8 @@ from .runlog import RunLog
 from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
 from .students import Distillable, build_student, mean_std, preprocessing, release_eval_crop, save_student
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
 
@@ -101,7 +103,7 @@ def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
     cuda = procs.device.type == "cuda"
     feature_dim = releases.feature_dim() if loss_cfg.feature_weight > 0 else None
     if rt.gpu_decode and not cuda and procs.main:
-        print("warning: runtime.gpu_decode needs CUDA; decoding on the CPU", file=sys.stderr)
+        log.warning("runtime.gpu_decode needs CUDA; decoding on the CPU")
     replay = Replay(releases.num_classes, config.student.img_size, rt.seed, feature_dim,
                     rt.gpu_decode and cuda, config.data.on_corrupt)
     plan = train_plan(releases, config, procs.world, replay)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 
 from pipeline.contract.files import atomic_write
 from pipeline.contract.progress import Progress
+
+log = logging.getLogger(__name__)
 
 LOG = "log.jsonl"
 VAL_LOG = "val.jsonl"   # one line per validation: {step, epoch, images_seen, top1, top5, agreement, ...}
@@ -31,7 +33,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter  # lazily: tensorboard is optional
             self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
         except ImportError as e:
-            print(f"warning: TensorBoard logging is off ({e})", file=sys.stderr)
+            log.warning(f"TensorBoard logging is off ({e})")
         self.bar = Progress("train", total_steps, unit="steps", initial=start_step)
 
     @staticmethod

@@ -7,7 +7,7 @@ classifier when its class count differs and initialises a fresh head for the rel
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 import timm
@@ -22,6 +22,8 @@ from pipeline.contract import storage
 from pipeline.contract.files import atomic_write
 from pipeline.contract.views import Views
 from pipeline.contract.weights import weights_problem
+
+log = logging.getLogger(__name__)
 
 
 def build_student(arch: str, num_classes: int, weights: str | None = None, drop_path: float = 0.0,
@@ -87,8 +89,8 @@ def release_eval_crop(manifests: list[dict]) -> float:
     release's when they differ, with a warning: each release's val views keep their own)."""
     crops = [float((m.get("views") or {}).get("eval_crop", Views.eval_crop)) for m in manifests]
     if len(set(crops)) > 1:
-        print(f"warning: the releases' views.eval_crop differ ({sorted(set(crops))}); student.json "
-              f"records the first, {crops[0]}", file=sys.stderr)
+        log.warning(f"the releases' views.eval_crop differ ({sorted(set(crops))}); student.json "
+                    f"records the first, {crops[0]}")
     return crops[0]
 
 

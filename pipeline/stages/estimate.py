@@ -23,8 +23,9 @@ from ..contract.generators import DIFFUSION_KINDS
 from ..contract.images import encode_image, stored_size
 from ..models.ldm_ddim import unet_steps
 
-# Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from the shared bench folder:
-# bench/anchors-h100-2026-11-27.json (made by bench/anchors_gpu.py). Keys named after that file's.
+# Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from anchors-h100-2026-11-27.json,
+# which anchors_gpu.py made: both live in the team's shared bench folder (../shared/bench/ beside the
+# repository), not in the repository. Keys named after that file's.
 ANCHORS_SOURCE = "bench/anchors-h100-2026-11-27.json (one H100 80GB HBM3, torch 2.11.0+cu130)"
 UNET640_TFLOP = 1.35279          # unet640_gflop_per_sample: one UNet pass, one 640 px latent
 UNET_TFLOPS = {2: 70.76, 16: 251.53, 64: 266.73}  # unet640_fp16_b{2,16,64}_tflops, by UNet batch
