@@ -27,12 +27,12 @@ from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError, first_line, short_error
 from pipeline.contract.ids import sha256_bytes, sha256_file
 
+from .runfiles import CHECKPOINTS
 from .samples import add_counts
 from .students import Distillable
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 MODEL = "model.safetensors"
 PROJECTOR = "projector.safetensors"
 STATE = "state.pt"

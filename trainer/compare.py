@@ -35,6 +35,7 @@ from pipeline.contract.ids import fingerprint
 
 from .config import DataConfig, RunSettings, TrainConfig, check_releases
 from .release import ReleaseSet
+from .runfiles import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def run_one(row: Row, seed: int, out: Path) -> tuple[dict, bool]:
         metrics = run_training(config, folder, resume=resume, overwrite=not resume, releases=row.releases)
         return {"val": metrics["val"], "train": metrics["train"]}
 
-    return reuse(folder.with_name(folder.name + DONE), inputs, train, outputs=[folder / "metrics.json"])
+    return reuse(folder.with_name(folder.name + DONE), inputs, train, outputs=[folder / METRICS])
 
 
 # -- results ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pipeline.contract.device import autocast, resolve_device
 
 from .data import batches, model_inputs, val_loader
 from .release import ReleaseSet, open_releases
+from .runfiles import EVAL
 from .samples import DataError, Replay, add_counts
 from .students import load_student
 
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{info['arch']} on {args.release}: top1 {metrics['top1']:.4f}  top5 {top5}  "
           f"agreement {metrics['agreement']:.4f}  (teacher top1 {metrics['teacher_top1']:.4f}, n={metrics['n']})")
     ckpt = Path(args.ckpt)
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / EVAL
     csv_path, png = eval_report(metrics, rows, info, args.release, out)
     worst = sorted((r for r in metrics["per_class"] if r["top1"] is not None), key=lambda r: (r["top1"], r["class"]))
     print(f"per-class top-1: {csv_path}; lowest: " + ", ".join(f"{r['class']} {r['top1']:.3f}" for r in worst[:3]))

@@ -32,6 +32,7 @@ from .evaluate import evaluate
 from .losses import distill_loss, feature_loss
 from .processes import Processes, rng_state, seed_everything, set_rng_state
 from .release import ReleaseSet
+from .runfiles import CONFIG, METRICS
 from .runlog import RunLog
 from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
@@ -39,7 +40,6 @@ from .students import Distillable, build_student, mean_std, preprocessing, relea
 
 log = logging.getLogger(__name__)
 
-METRICS = "metrics.json"
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -169,7 +169,7 @@ def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool
         else Resumed()
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
-        dump(config, out / "config.yaml")
+        dump(config, out / CONFIG)
     log = RunLog(out, start.step, s.total_steps, procs.main)
 
     model = s.net

@@ -10,10 +10,9 @@ from pathlib import Path
 from pipeline.contract.files import atomic_write
 from pipeline.contract.progress import Progress
 
-log = logging.getLogger(__name__)
+from .runfiles import LOG, TENSORBOARD, VAL_LOG
 
-LOG = "log.jsonl"
-VAL_LOG = "val.jsonl"   # one line per validation: {step, epoch, images_seen, top1, top5, agreement, ...}
+log = logging.getLogger(__name__)
 
 
 class RunLog:
@@ -31,7 +30,7 @@ class RunLog:
             self._truncate(path, start_step)
         try:
             from torch.utils.tensorboard import SummaryWriter  # lazily: tensorboard is optional
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+            self.tb = SummaryWriter(str(out / TENSORBOARD), purge_step=start_step + 1)
         except ImportError as e:
             log.warning(f"TensorBoard logging is off ({e})")
         self.bar = Progress("train", total_steps, unit="steps", initial=start_step)

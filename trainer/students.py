@@ -23,6 +23,8 @@ from pipeline.contract.files import atomic_write
 from pipeline.contract.views import Views
 from pipeline.contract.weights import weights_problem
 
+from .runfiles import STUDENT_INFO, STUDENT_WEIGHTS
+
 log = logging.getLogger(__name__)
 
 
@@ -122,8 +124,6 @@ class Distillable(nn.Module):
         return logits, self.projector(feature)
 
 
-STUDENT_WEIGHTS = "student.safetensors"
-STUDENT_INFO = "student.json"
 
 
 def save_student(model: nn.Module, out_dir, info: dict) -> None:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from trainer.runfiles import METRICS
+
 from ..contract.device import CPU_BF16_ENV
 from .published import PUBLISHED, REHEARSAL, ModelSpec, count_checkpoint, count_folder, count_safetensors, paths
 
@@ -286,11 +288,11 @@ def run_real_size(out: str | Path, run_name: str = "published") -> dict:
             return {}
 
         _, reused = reuse(work / f"train-{s.arch}.done.json", sha256_bytes(config.read_bytes()), train,
-                          outputs=[run_dir / "metrics.json"])
+                          outputs=[run_dir / METRICS])
         if reused:
             stages.skip(f"train {s.arch}", "done")
         else:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics = json.loads((run_dir / METRICS).read_text())
             stages.rows[-1].note = f"{metrics['train']['steps']} steps, val top-1 {metrics['val']['top1']:.3f}"
     for s in spec.students:
         result = work / f"eval-{s.arch}.json"

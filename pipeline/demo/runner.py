@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from trainer.runfiles import METRICS
+
 from ..contract.configlib import load, to_dict
 from ..contract.errors import JobFailed
 from ..contract.files import plain_modes, reuse
@@ -311,7 +313,7 @@ def _pictures(out: Path) -> list[Path]:
     runs = [out / "runs" / "distill", out / "runs" / "finetune"]
     folder = out / "pictures"
     names = [folder / n for n in ("mixes.png", "pca.png", "curves.png")]
-    inputs = fingerprint([sha256_file(out / "manifest.json"), *(sha256_file(r / "metrics.json") for r in runs)])
+    inputs = fingerprint([sha256_file(out / "manifest.json"), *(sha256_file(r / METRICS) for r in runs)])
 
     def draw():
         plot_mixes(out, names[0])
@@ -329,7 +331,7 @@ def _train(config_path: Path, run_dir: Path) -> dict:
 
     return reuse(run_dir / "demo.done.json", sha256_bytes(config_path.read_bytes()),
                  lambda: run_training(load(TrainConfig, config_path), run_dir, overwrite=True),
-                 outputs=[run_dir / "metrics.json"])[0]
+                 outputs=[run_dir / METRICS])[0]
 
 
 def print_stages(rows, wall_s: float, width: int) -> None:
