@@ -301,8 +301,12 @@ def to_dict(obj: Any, paths: bool = True) -> Any:
     return obj
 
 
-def dump(obj: Any, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+def dump(obj: Any, path: str | os.PathLike) -> Path:
+    """A config (a dataclass or plain data) as YAML at `path`, keys in their order; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    return path
 
 
 _FILES_REQUIRED = contextvars.ContextVar("tsdistill_files_required", default=True)

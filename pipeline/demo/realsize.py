@@ -34,10 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from trainer.runfiles import METRICS
 
+from ..contract.configlib import dump
 from ..contract.device import CPU_BF16_ENV
 from .published import PUBLISHED, REHEARSAL, ModelSpec, count_checkpoint, count_folder, count_safetensors, paths
 
@@ -196,11 +195,6 @@ def train_config(run: RealSizeRun, release: Path, student, weights: Path) -> dic
     }
 
 
-def _write_yaml(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 # -- the run ------------------------------------------------------------------------------------------
 def parameter_counts(models: dict, spec: ModelSpec) -> list[tuple[str, int, str]]:
     """(model, parameters, file) counted from the files written (headers / memory-mapped tensors)."""
@@ -270,7 +264,7 @@ def run_real_size(out: str | Path, run_name: str = "published") -> dict:
                                          "--config", models["image-mixer-config"], "--image-encoder", models["clip"]))
         stages.rows[-1].note = _last_line(text)
 
-    job = _write_yaml(work / "job.yaml", job_config(run, models, index))
+    job = dump(job_config(run, models, index), work / "job.yaml")
     for command in ("probe", "plan", "generate", "release"):
         text = stages.run(command, tsd(command, job, "--out", out))
         stages.rows[-1].note = _last_line(text)
@@ -279,7 +273,7 @@ def run_real_size(out: str | Path, run_name: str = "published") -> dict:
 
     evals = {}
     for s in spec.students:
-        config = _write_yaml(work / f"train-{s.arch}.yaml", train_config(run, out, s, models[s.arch]))
+        config = dump(train_config(run, out, s, models[s.arch]), work / f"train-{s.arch}.yaml")
         run_dir = out / "runs" / s.arch
 
         def train(config=config, run_dir=run_dir, s=s):

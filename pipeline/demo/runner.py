@@ -13,11 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from trainer.runfiles import METRICS
 
-from ..contract.configlib import load, to_dict
+from ..contract.configlib import dump, load, to_dict
 from ..contract.errors import JobFailed
 from ..contract.files import plain_modes, reuse
 from ..contract.ids import fingerprint, sha256_bytes, sha256_file
@@ -124,12 +122,6 @@ class Timer:
         return result
 
 
-def _write_yaml(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 @torch_threads(DEMO_THREADS)
 def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None,
                   kinds: list[str] | None = None) -> dict:
@@ -165,7 +157,7 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     config = job_config(models, str(ingest_dir / "index.parquet"), size)
     if kinds:
         config["generator"]["kinds"] = list(kinds)
-    job_path = _write_yaml(work / "job.yaml", config)
+    job_path = dump(config, work / "job.yaml")
     probe, manifest = job_stages(load_job(job_path), out, timer)
     return {"models": models, "manifest": manifest, "probe": probe, "job_path": str(job_path),
             "index": config["data"]["index"]}
@@ -250,11 +242,9 @@ def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
     size = SIZES[size_name]
     built = build_release(out, size_name, timer, kinds=COMPARE_KINDS)
     finetuned = out / FINETUNED_DIR
-    job = load_job(_write_yaml(finetuned / WORK / "job.yaml", finetuned_teacher_job(built["models"], built["index"],
-                                                                                       size)))
+    job = load_job(dump(finetuned_teacher_job(built["models"], built["index"], size), finetuned / WORK / "job.yaml"))
     job_stages(job, finetuned, timer, " (finetuned teacher)")
-    config_path = _write_yaml(out / WORK / "compare.yaml",
-                              compare_config(out, built["models"], size, compare_teachers(out)))
+    config_path = dump(compare_config(out, built["models"], size, compare_teachers(out)), out / WORK / "compare.yaml")
     results = timer.run("compare", lambda: run_compare(load(CompareConfig, config_path), out / "compare"),
                         lambda r: f"{len(r['rows'])} rows × {len(r['rows'][0]['seeds'])} seeds")
     print()
@@ -275,7 +265,7 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     size, work, manifest = SIZES[size_name], out / "work", built["manifest"]
     results = {}
     for mode in ("finetune", "distill"):
-        cfg_path = _write_yaml(work / f"train-{mode}.yaml", train_config(str(out), built["models"], mode, size))
+        cfg_path = dump(train_config(str(out), built["models"], mode, size), work / f"train-{mode}.yaml")
         results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
                                   lambda r: f"val top-1 {r['val']['top1']:.3f}")
     evals = timer.run("eval", lambda: {m: _evaluate(out / "runs" / m, out) for m in results},

@@ -17,6 +17,7 @@ The trained weights go into teacher/head.safetensors with the head (see models.t
 """
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -204,13 +205,20 @@ def finetune(job: JobConfig, train: list[dict], images: list[torch.Tensor], num_
     return backbone.eval().requires_grad_(False), head.eval().requires_grad_(False), names
 
 
+# Copied from trainer.loop.learning_rate: the trainer imports nothing of pipeline/ but its contract, so
+# the one schedule is kept in two places, and tests/stages/test_copies.py checks they stay the same.
+def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """LR of update `step` (0-based): linear warmup to `peak`, then cosine decay to 0."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _finetune_step(job: JobConfig, backbone, head, opt, x, labels, step: int, total: int, warmup: int) -> int:
     """One update at the schedule's lr (warmup, then cosine), every group at its layer-decay scale;
     returns the next step."""
-    import math
-
-    progress = (step - warmup) / max(1, total - warmup)
-    scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress))
+    scale = learning_rate(step, total, warmup, 1.0)
     for g in opt.param_groups:
         g["lr"] = job.probe.lr * g["scale"] * scale
     with autocast(x.device, job.teacher.dtype):
