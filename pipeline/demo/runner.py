@@ -150,7 +150,7 @@ def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None 
     def do_ingest():
         settings = {"source": size.__dict__, "val_fraction": 0.15, "seed": 0}
         return reuse(work / "ingest.done.json", fingerprint(settings),
-                     lambda: ingest(work / "source", ingest_dir, val_fraction=0.15, seed=0),
+                     lambda: ingest(work / "source", ingest_dir, val_fraction=0.15, seed=0).to_json(),
                      outputs=[ingest_dir / "index.parquet"])[0]
 
     timer.run("ingest", do_ingest, lambda s: f"kept {s['kept']}, rejected {s['rejected']}")
