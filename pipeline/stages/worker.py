@@ -28,7 +28,7 @@ from ..models.teacher import Teacher, load_teacher
 from ..runtime import quiet_libraries
 from ..sources.decode import ImageRejected, open_rgb
 from ..sources.index import decode_limits
-from .plan import PlanRow
+from .planfile import PlanRow
 
 
 @dataclass

@@ -25,7 +25,8 @@ from ..contract.images import decode_image
 from ..contract.layout import HEAD_FILE, INDEX, KINDS, MANIFEST
 from ..contract.samples import (M_FEATURES, M_JSON, M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS, SampleMeta, dense_logits,
                                 image_member, npy_load)
-from ..stages.plan import PlanRow, make_row
+from ..stages.draws import make_row
+from ..stages.planfile import PlanRow
 from .reader import ReleaseReader
 
 
