@@ -11,7 +11,7 @@ from ..contract.configlib import to_dict
 from ..contract.errors import UserError
 from ..contract.files import read_json, write_if_changed
 from ..contract.ids import sha256_file
-from ..contract.layout import CARD, HEAD_FILE, INDEX, PROBE_METRICS, shard_kind_split
+from ..contract.layout import CARD, HEAD_FILE, INDEX, INDEX_COLUMNS, PROBE_METRICS, shard_kind_split
 from ..contract.manifest import new_manifest, write_manifest
 from ..contract.shards import iter_finished_shards
 from ..models.teacher_files import weights_identity
@@ -105,14 +105,13 @@ def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
 
 
 def index_schema():
+    """index.parquet's Arrow schema, from the contract's `INDEX_COLUMNS`."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("uid", pa.string()), ("split", pa.string()), ("kind", pa.string()), ("shard", pa.string()),
-        ("label", pa.int32()), ("class_name", pa.string()), ("parents", pa.list_(pa.string())),
-        ("weight", pa.float64()), ("seed", pa.int64()), ("n_views", pa.int32()),
-        ("teacher_top1", pa.int32()), ("teacher_entropy", pa.float64()),
-    ])
+    def arrow(name: str):
+        return pa.list_(arrow(name[5:-1])) if name.startswith("list<") else pa.type_for_alias(name)
+
+    return pa.schema([(name, arrow(kind)) for name, kind in INDEX_COLUMNS])
 
 
 PLAN_COLUMNS = ["uid", "split", "kind", "shard", "label", "class_name", "parents", "weight", "seed", "views"]

@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.contract.files import atomic_write, write_json
 from pipeline.contract.ids import make_uid
-from pipeline.contract.layout import HEAD_FILE, PROBE_METRICS
+from pipeline.contract.layout import HEAD_FILE, INDEX_COLUMNS, PROBE_METRICS
 from pipeline.contract.shards import publish_shard
 from pipeline.sources.index import write_index
 
@@ -79,3 +79,11 @@ def test_release_imports_no_torch(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["teacher"]["feature_dim"] == 768 and manifest["teacher"]["std"] == [0.25] * 3
     assert heavy == []
+    # the index's columns are the contract's, in its order, with its types
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(tmp_path / "index.parquet")
+    assert [(f.name, str(f.type).replace("list<item: string>", "list<string>")) for f in schema] == \
+        [(name, kind.replace("float64", "double")) for name, kind in INDEX_COLUMNS]
+    assert pq.read_table(tmp_path / "index.parquet").num_rows == manifest["counts"]["real/train"] + \
+        manifest["counts"]["real/val"] + manifest["counts"]["mix/train"]
