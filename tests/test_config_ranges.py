@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from pipeline.config import JobConfig
-from pipeline.contract.configlib import ConfigError, Range, build, describe, files_optional, load
+from pipeline.contract.configlib import ConfigError, Range, build, files_optional, load
+from pipeline.contract.fielddoc import describe
 from pipeline.contract.weights import weights_problem
 from trainer.config import TrainConfig
 
