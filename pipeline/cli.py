@@ -122,9 +122,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .contract.errors import JobFailed, UserError
-    from .contract.logs import print_warnings
 
-    print_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     name = f"tsd {args.command}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -26,12 +25,13 @@ from safetensors.torch import load_file, save
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError, first_line, short_error
 from pipeline.contract.ids import sha256_bytes, sha256_file
+from pipeline.contract.logs import get_logger
 
 from .runfiles import CHECKPOINTS
 from .samples import add_counts
 from .students import Distillable
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MODEL = "model.safetensors"
 PROJECTOR = "projector.safetensors"
@@ -84,6 +84,18 @@ def save_checkpoint(out: Path, step: int, net: Distillable, state: dict) -> Path
     for old in checkpoint_dirs(out)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def training_state(step: int, steps_per_epoch: int, total_steps: int, warmup_steps: int, peak_lr: float,
+                   optimizer: torch.optim.Optimizer, ranks: list, world: int, workers: int, seed: int) -> dict:
+    """A checkpoint's state.pt: where the run is, the optimizer, the schedule, and what differs
+    between ranks (`ranks`: each one's RNG streams, skip counts and log window)."""
+    spe = steps_per_epoch
+    return {"step": step, "epoch": step // spe, "batch_in_epoch": step % spe, "steps_per_epoch": spe,
+            "total_steps": total_steps, "optimizer": optimizer.state_dict(),
+            "schedule": {"name": "warmup-cosine", "warmup_steps": warmup_steps, "peak_lr": peak_lr,
+                         "total_steps": total_steps},
+            "ranks": ranks, "world": world, "workers": workers, "seed": seed}
 
 
 def _write(path: Path, data: bytes) -> None:

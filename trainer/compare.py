@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import statistics
 from dataclasses import dataclass, field, replace
@@ -32,12 +31,13 @@ import yaml
 from pipeline.contract.configlib import ConfigError, load, parse_overrides, path_field, ranged, to_dict
 from pipeline.contract.files import atomic_write, read_json, reuse, write_json
 from pipeline.contract.ids import fingerprint
+from pipeline.contract.logs import get_logger
 
 from .config import DataConfig, RunSettings, TrainConfig, check_releases
 from .release import ReleaseSet
 from .runfiles import METRICS
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
 RUNS = "runs"

@@ -3,16 +3,57 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
+import time
 from pathlib import Path
 
+import torch
+
 from pipeline.contract.files import atomic_write
+from pipeline.contract.logs import get_logger
 from pipeline.contract.progress import Progress
 
 from .runfiles import LOG, TENSORBOARD, VAL_LOG
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
+
+
+class LossWindow:
+    """The losses summed over the steps since the last log line (every rank its own; a checkpoint
+    keeps them, so a resumed run logs the same lines), and the clock of its images/s."""
+
+    def __init__(self, sums: torch.Tensor | None, steps: int, device):
+        self.sums = sums.to(device) if sums is not None else torch.zeros(4, dtype=torch.float64, device=device)
+        self.steps = steps
+        self.started = time.perf_counter()
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.sums += losses
+        self.steps += 1
+
+    def pause(self, seconds: float) -> None:
+        """Time that was not training (a validation): out of the speed figure."""
+        self.started += seconds
+
+    def entry(self, procs, step: int, epoch: int, lr: float, batch_size: int, skipped: int,
+              features: bool) -> dict:
+        """The log line of `step`: the window's mean losses over every rank; then a new window."""
+        means = (procs.sum(self.sums / self.steps) / procs.world).tolist()
+        n_skipped = int(procs.sum(torch.tensor([skipped], device=procs.device)).item())
+        elapsed = time.perf_counter() - self.started
+        entry = {"step": step, "epoch": epoch, "loss": means[0], "ce": means[1], "kd": means[2]}
+        if features:
+            entry["feat"] = means[3]
+        entry.update(lr=lr, images_seen=step * batch_size, images_per_s=self.steps * batch_size / max(elapsed, 1e-9),
+                     skipped=n_skipped)
+        self.sums.zero_()
+        self.steps = 0
+        self.started = time.perf_counter()
+        return entry
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of it."""
+        return {"sums": self.sums.cpu(), "steps": self.steps}
 
 
 class RunLog:

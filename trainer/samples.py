@@ -9,7 +9,6 @@ with `pipeline.contract` only (no webdataset decoder: its defaults include pickl
 from __future__ import annotations
 
 import io
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +17,11 @@ import torch
 from pipeline.contract.errors import UserError
 from pipeline.contract.ids import derive_seed
 from pipeline.contract.images import IMAGE_FORMATS, decode_image
+from pipeline.contract.logs import get_logger
 from pipeline.contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, image_member, npy_load
 from pipeline.contract.views import view_pixels
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class DataError(UserError):

@@ -7,7 +7,6 @@ classifier when its class count differs and initialises a fresh head for the rel
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import timm
@@ -20,12 +19,13 @@ from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError, first_line
 from pipeline.contract import storage
 from pipeline.contract.files import atomic_write
+from pipeline.contract.logs import get_logger
 from pipeline.contract.views import Views
 from pipeline.contract.weights import weights_problem
 
 from .runfiles import STUDENT_INFO, STUDENT_WEIGHTS
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def build_student(arch: str, num_classes: int, weights: str | None = None, drop_path: float = 0.0,

@@ -1,6 +1,7 @@
 """Warnings of both sides go through `logging`, under the `pipeline` and `trainer` loggers, so a
-program that imports them can route or silence them. A `tsd` command prints each as one line on
-stderr, `warning: <message>`, as it always has."""
+program that imports them can route, raise or silence them. By default each is one line on stderr,
+`warning: <message>`, as the commands always printed them: `get_logger` installs that handler once
+per process (in a command, a test or a DataLoader worker alike)."""
 from __future__ import annotations
 
 import logging
@@ -31,3 +32,9 @@ def print_warnings() -> None:
         if not any(isinstance(h, _StderrLines) for h in logger.handlers):
             logger.addHandler(_StderrLines())
             logger.propagate = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger of module `name` (`log = get_logger(__name__)`), its warnings printed as above."""
+    print_warnings()
+    return logging.getLogger(name)

@@ -3,19 +3,18 @@ as one `warning: …` line on stderr, and no module prints a warning itself."""
 from __future__ import annotations
 
 import ast
-import logging
 from pathlib import Path
 
-from pipeline.contract.logs import print_warnings
+from pipeline.contract.logs import get_logger, print_warnings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_project_warning_is_one_stderr_line(capsys):
-    print_warnings()
-    print_warnings()   # once per process, however often asked
-    logging.getLogger("trainer.checkpoints").warning("corrupt checkpoint: %s; using the one before", "step-4")
-    logging.getLogger("pipeline.stages.plan").info("not shown: only warnings and worse")
+    log = get_logger("trainer.checkpoints")
+    print_warnings()   # the handler once per process, however often asked
+    log.warning("corrupt checkpoint: %s; using the one before", "step-4")
+    get_logger("pipeline.stages.plan").info("not shown: only warnings and worse")
     captured = capsys.readouterr()
     assert captured.err == "warning: corrupt checkpoint: step-4; using the one before\n"
     assert captured.out == ""
