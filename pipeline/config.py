@@ -112,7 +112,7 @@ class GeneratorConfig:
     # same planned pairs, weights and seeds; `kind`'s mixes are the job folder's own, each other
     # kind's go to a release of its own, OUT/generators/<kind>/, labelled by the same teacher head
     # (see stages/family.py). They share the settings below: at most one diffusion kind.
-    kinds: Optional[list[Literal[generators.KINDS]]] = None   # several generators' mixes of one plan; null = `kind` only
+    kinds: Optional[list[Literal[generators.KINDS]]] = None  # several generators' mixes of one plan; null = `kind` only
     path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
     size: int = ranged(640, ge=8, multiple_of=8)     # generated image side (px)
     steps: int = ranged(30, ge=1)             # denoising steps
