@@ -1,6 +1,6 @@
 """Fixtures of the trainer tests: small real releases on disk, configs, and ways to damage shards.
 
-A release here is real: JPEG images in tar shards written by `pipeline.shards` (via
+A release here is real: JPEG images in tar shards written by `pipeline.contract.shards` (via
 `trainer.synthetic`), K=3 recorded views from `contract.views.sample_views`, teacher logits computed on
 those exact view pixels, a manifest.json listing every shard with its sha256, bytes and count.
 """
