@@ -13,8 +13,8 @@ import yaml
 from pipeline.config import load_job
 from pipeline.demo.pretrain import pretrain_teacher
 from pipeline.demo.runner import SIZES, job_config
-from pipeline.demo.tiny import TinySizes, build_teacher
-from pipeline.demo.toydata import write_toy_dataset
+from pipeline.testing.tiny import TinySizes, build_teacher
+from pipeline.testing.toydata import write_toy_dataset
 from pipeline.sources.ingest import ingest
 from pipeline.stages.probe import run_probe
 

@@ -105,7 +105,7 @@ COMMANDS = {
                       "teacher's top-5 (sortable, filterable), sample pages with their views, real images per class, "
                       "run curves, final metrics and confusion, compare tables and per-node generation stats. No "
                       "server, no network: plain JavaScript. --serve serves it on loopback."),
-    "convert": Command("pipeline.tools.convert", "convert an original (LDM) checkpoint to a diffusers folder",
+    "convert": Command("pipeline.models.convert", "convert an original (LDM) checkpoint to a diffusers folder",
                        "Write a diffusers-layout folder (unet/, vae/, scheduler/, image_encoder/, feature_extractor/) "
                        "from an original single-file checkpoint such as ImageMixer's image-mixer-pruned.ckpt. The "
                        "checkpoint is read without executing code (torch.load weights_only=True, or safetensors)."),

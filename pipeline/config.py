@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from .contract import storage
+from .contract import generators, storage
 from .contract.configlib import (ConfigError, check_weights_header, load, parse_overrides, path_field, ranged,
                                  require_file, require_weights)
 from .contract.images import IMAGE_FORMATS
 from .contract.views import Views
-from .models import registry
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 
@@ -30,7 +29,8 @@ class DataConfig:
 
     def check(self):
         require_file(self.index, "index")
-        assert self.image_format in IMAGE_FORMATS
+        if self.image_format not in IMAGE_FORMATS:   # the Literal above and the contract's encoders must agree
+            raise ConfigError(f"image_format: {self.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
 
 
 @dataclass
@@ -45,11 +45,9 @@ class TeacherConfig:
     batch_size: int = ranged(256, ge=1)       # views per forward pass (probe and generate)
 
     def check(self):
+        # `arch` is checked where the teacher is built (models.teacher.check_arch): timm's registry
+        # imports torch, which `tsd plan --dry-run` and `tsd release` never need
         require_weights(self.weights, self.weights_sha256)
-        import timm  # the registry only: no model is built here
-
-        if not timm.is_model(self.arch):
-            raise ConfigError(f"arch: unknown timm model {self.arch!r}")
 
 
 @dataclass
@@ -109,12 +107,12 @@ class MixPlanConfig:
 @dataclass
 class GeneratorConfig:
     """The SD-Mixup generator: which model makes the mixes, and how it samples."""
-    kind: Literal[registry.KINDS] = "image-mixer"   # the generator (see `tsd plan --help` and models.registry)
+    kind: Literal[generators.KINDS] = "image-mixer"   # the generator (see `tsd plan --help` and contract.generators)
     # Several generators under one teacher: every kind listed (which must include `kind`) mixes the
     # same planned pairs, weights and seeds; `kind`'s mixes are the job folder's own, each other
     # kind's go to a release of its own, OUT/generators/<kind>/, labelled by the same teacher head
     # (see stages/family.py). They share the settings below: at most one diffusion kind.
-    kinds: Optional[list[Literal[registry.KINDS]]] = None   # several generators' mixes of one plan; null = `kind` only
+    kinds: Optional[list[Literal[generators.KINDS]]] = None  # several generators' mixes of one plan; null = `kind` only
     path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
     size: int = ranged(640, ge=8, multiple_of=8)     # generated image side (px)
     steps: int = ranged(30, ge=1)             # denoising steps
@@ -140,11 +138,11 @@ class GeneratorConfig:
             if self.kind not in self.kinds or len(set(self.kinds)) != len(self.kinds):
                 raise ConfigError(f"kinds: must list generator.kind {self.kind!r} (whose mixes stay in the job "
                                   f"folder) and each kind once, got {self.kinds}")
-            if sum(k in registry.DIFFUSION_KINDS for k in self.kinds) > 1:
+            if sum(k in generators.DIFFUSION_KINDS for k in self.kinds) > 1:
                 raise ConfigError(f"kinds: at most one diffusion generator (they would share generator.path), "
                                   f"got {self.kinds}")
         for kind in self.kinds or [self.kind]:
-            if kind in registry.DIFFUSION_KINDS and self.path is None:
+            if kind in generators.DIFFUSION_KINDS and self.path is None:
                 raise ConfigError(f"path: the {kind!r} generator needs a model folder")
         require_file(self.path, "path")
         check_weights_header(self.path, "path")

@@ -3,6 +3,7 @@ counts as much as one at the top):
 - the contract imports nothing else of the project and nothing heavy;
 - from `pipeline`, the trainer imports only `pipeline.contract`, and nothing heavy at all;
 - no import cycles between the project's modules;
+- every import inside `pipeline/` points down one declared order of layers (`LAYERS`);
 - `pipeline/` shows the flow: a handful of top-level modules, the rest in its subpackages.
 """
 from __future__ import annotations
@@ -17,7 +18,14 @@ HEAVY = {"ray", "diffusers", "transformers", "accelerate", "timm", "webdataset",
 # what the contract may import besides the standard library and itself
 CONTRACT_ALLOWED = {"numpy", "yaml", "torch", "PIL", "fsspec"}
 TOP_LEVEL = {"__init__", "cli", "config", "runtime"}
-SUBPACKAGES = {"contract", "sources", "models", "stages", "tools", "demo", "bench"}
+SUBPACKAGES = {"contract", "sources", "models", "stages", "tools", "testing", "demo", "bench"}
+# The layers of `pipeline/`, bottom first (README.md's layout table says the same): a module imports
+# only from its own top-level name or from a layer below. Names in one layer (`demo`, `bench`) are
+# peers that do not import each other.
+LAYERS = (("contract",), ("runtime",), ("sources",), ("config",), ("models",), ("stages",), ("tools",),
+          ("testing",), ("demo", "bench"), ("cli",))
+# pipeline/ reaches the trainer (which stands on the contract alone) only from this layer up
+TRAINER_FROM = "tools"
 
 
 def module_name(path: Path) -> str:
@@ -117,19 +125,62 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+def layer_of(name: str) -> str:
+    """The layer name of a module of `pipeline/`: its subpackage or top-level module."""
+    return name.split(".")[1]
+
+
+def rank(layer: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if layer in names)
+
+
+def layering_problems(edges: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for name, targets in sorted(edges.items()):
+        if top(name) != "pipeline" or name == "pipeline":
+            continue
+        here = layer_of(name)
+        for target in sorted(targets):
+            if target == "pipeline":
+                continue                      # the package itself: its version
+            if top(target) == "trainer":
+                if rank(here) < rank(TRAINER_FROM):
+                    bad.append(f"{name} ({here}) imports {target}: the trainer is reached from {TRAINER_FROM} up")
+                continue
+            there = layer_of(target)
+            if there != here and rank(there) >= rank(here):
+                bad.append(f"{name} ({here}) imports {target} ({there})")
+    return bad
+
+
+def test_every_import_in_pipeline_points_down_the_layers():
+    names = {layer_of(name) for name in modules() if top(name) == "pipeline" and name != "pipeline"}
+    declared = {n for names_ in LAYERS for n in names_}
+    assert names <= declared, f"modules outside the declared layers: {sorted(names - declared)}"
+    bad = layering_problems(project_edges())
+    assert not bad, bad
+
+
+def test_the_layer_rule_catches_an_upward_import():
+    """An import up the order, a sideways one between peers, and the trainer from below tools all fail."""
+    edges = {"pipeline.config": {"pipeline.models.teacher"}, "pipeline.demo.runner": {"pipeline.bench.generate"},
+             "pipeline.stages.plan": {"trainer.loop", "pipeline.contract.ids"}}
+    assert len(layering_problems(edges)) == 3, layering_problems(edges)
+
+
 def test_pipeline_is_grouped_by_its_flow():
     root = REPO / "pipeline"
     loose = {p.stem for p in root.glob("*.py")}
     folders = {p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert loose == TOP_LEVEL, sorted(loose - TOP_LEVEL)
     assert folders == SUBPACKAGES, sorted(folders ^ SUBPACKAGES)
-    # Ray only in the distributing stage; diffusers and transformers only in models/, tools/ and the demo
+    # Ray only in the distributing stage; diffusers and transformers only in models/, tools/, testing/ and the demo
     for name, path in modules().items():
         for imported in imports(name, path):
             if top(imported) == "ray":
                 assert name == "pipeline.stages.distribute", f"{name} imports ray"
             if top(imported) in {"diffusers", "transformers"}:
-                assert name.split(".")[1] in {"models", "tools", "demo", "bench"}, f"{name} imports {imported}"
+                assert name.split(".")[1] in {"models", "tools", "testing", "demo", "bench"}, f"{name} imports {imported}"
 
 
 def test_the_rules_see_lazy_imports(tmp_path):

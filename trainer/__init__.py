@@ -6,5 +6,6 @@ Modules: config (YAML → TrainConfig, checked against the releases), release (m
 lists), samples (one stored sample → one replayed view), data (shards → batches), losses,
 students (timm models, local weights), loop (the training loop), checkpoints (atomic
 checkpoints, resume), processes (ranks, DDP, RNG state), runlog (log.jsonl, TensorBoard),
-train (`tsd train`), evaluate (`tsd eval`), bench (`tsd bench train`), synthetic (the
-benchmark's and tests' release fixture)."""
+runfiles (the names of a run folder's files), runfolder (claiming a run folder: its lock),
+train (`tsd train`), evaluate (`tsd eval`), export (`tsd export`), compare (`tsd compare`), bench
+(`tsd bench train`), synthetic (the benchmark's and tests' release fixture)."""

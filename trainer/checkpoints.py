@@ -25,11 +25,14 @@ from safetensors.torch import load_file, save
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError, first_line, short_error
 from pipeline.contract.ids import sha256_bytes, sha256_file
+from pipeline.contract.logs import get_logger
 
+from .runfiles import CHECKPOINTS
 from .samples import add_counts
 from .students import Distillable
 
-CHECKPOINTS = "checkpoints"
+log = get_logger(__name__)
+
 MODEL = "model.safetensors"
 PROJECTOR = "projector.safetensors"
 STATE = "state.pt"
@@ -86,6 +89,18 @@ def prune(out: Path, keep: int) -> None:
     """Delete all but the latest `keep` checkpoints of `out`."""
     for old in checkpoint_dirs(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def training_state(step: int, steps_per_epoch: int, total_steps: int, warmup_steps: int, peak_lr: float,
+                   optimizer: torch.optim.Optimizer, ranks: list, world: int, workers: int, seed: int) -> dict:
+    """A checkpoint's state.pt: where the run is, the optimizer, the schedule, and what differs
+    between ranks (`ranks`: each one's RNG streams, skip counts and log window)."""
+    spe = steps_per_epoch
+    return {"step": step, "epoch": step // spe, "batch_in_epoch": step % spe, "steps_per_epoch": spe,
+            "total_steps": total_steps, "optimizer": optimizer.state_dict(),
+            "schedule": {"name": "warmup-cosine", "warmup_steps": warmup_steps, "peak_lr": peak_lr,
+                         "total_steps": total_steps},
+            "ranks": ranks, "world": world, "workers": workers, "seed": seed}
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -188,7 +203,7 @@ def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs,
                                 "again with --overwrite")
     if corrupt and procs.main:
         for _, problem in corrupt:
-            print(f"warning: corrupt checkpoint: {problem}; using the one before", file=sys.stderr)
+            log.warning(f"corrupt checkpoint: {problem}; using the one before")
         for bad, _ in corrupt:  # out of the listing (kept for inspection): later saves and resumes skip it
             aside = bad.with_name(f"corrupt-{bad.name}")
             shutil.rmtree(aside, ignore_errors=True)
@@ -200,15 +215,15 @@ def resume(out: Path, net: Distillable, optimizer: torch.optim.Optimizer, procs,
         print(f"resuming from step {state['step']} of {state['total_steps']} ({latest})", file=sys.stderr, flush=True)
     ranks = state["ranks"]
     if state["workers"] != workers and procs.main:
-        print(f"warning: checkpoint written with data.workers {state['workers']}, resuming with "
-              f"{workers}: batches are drawn in another order from here on", file=sys.stderr)
+        log.warning(f"checkpoint written with data.workers {state['workers']}, resuming with "
+                    f"{workers}: batches are drawn in another order from here on")
     if len(ranks) == procs.world:
         mine = ranks[procs.rank]
         return Resumed(state["step"], mine["skipped"], mine.get("skipped_shards", {}), mine["rng"],
                        mine["log_window"]["sums"], mine["log_window"]["steps"], latest)
     if procs.main:
-        print(f"warning: checkpoint from {len(ranks)} processes, resuming on {procs.world}: RNG "
-              "streams are reseeded, the run is no longer bitwise reproducible", file=sys.stderr)
+        log.warning(f"checkpoint from {len(ranks)} processes, resuming on {procs.world}: RNG "
+                    "streams are reseeded, the run is no longer bitwise reproducible")
     skipped, by_shard = 0, {}
     if procs.main:  # rank 0 carries the tally of the processes that are gone
         for r in ranks:

@@ -24,7 +24,6 @@ import shlex
 import shutil
 import signal
 import statistics
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -35,9 +34,13 @@ from pipeline.contract.configlib import ConfigError, load, parse_overrides, path
 from pipeline.contract.errors import Interrupted
 from pipeline.contract.files import atomic_write, read_json, reuse, write_json
 from pipeline.contract.ids import fingerprint
+from pipeline.contract.logs import get_logger
 
 from .config import DataConfig, RunSettings, TrainConfig, check_releases
 from .release import ReleaseSet
+from .runfiles import METRICS
+
+log = get_logger(__name__)
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
 RUNS = "runs"
@@ -238,7 +241,7 @@ def run_one(row: Row, seed: int, out: Path) -> tuple[dict, bool]:
         metrics = run_training(config, folder, resume=resume, overwrite=not resume, releases=row.releases)
         return {"val": metrics["val"], "train": metrics["train"]}
 
-    return reuse(folder.with_name(folder.name + DONE), inputs, train, outputs=[folder / "metrics.json"])
+    return reuse(folder.with_name(folder.name + DONE), inputs, train, outputs=[folder / METRICS])
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -311,8 +314,7 @@ def chart(results: dict, path: Path) -> bool:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        print("warning: matplotlib is not installed (pip install 'tsdistill[viz]'): no results.png",
-              file=sys.stderr)
+        log.warning("matplotlib is not installed (pip install 'tsdistill[viz]'): no results.png")
         return False
     import io
     import textwrap

@@ -1,6 +1,6 @@
 """The trainer's configuration: YAML → validated dataclasses, checked against the releases.
 
-Loaded with the project's strict loader (`pipeline.configlib`): an unknown key or a wrong type is
+Loaded with the project's strict loader (`pipeline.contract.configlib`): an unknown key or a wrong type is
 one line naming the file and the dotted key. `load_config` then opens the releases' manifests
 (manifests only: no shard is read, no model is loaded) and checks the config against them.
 

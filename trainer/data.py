@@ -287,7 +287,8 @@ def model_inputs(batch: dict, device, img_size: int, mean, std, channels_last: b
 
 
 def decode_on_device(batch: dict, img_size: int, device, streams: "DecodeStreams | None" = None) -> torch.Tensor:
-    """nvjpeg decode of a batch, then each sample's view through `format.view_pixels` on the device.
+    """nvjpeg decode of a batch, then each sample's view through `pipeline.contract.views.view_pixels` on the
+    device.
 
     The decode runs with a side stream of its own made current, never the training stream: nvjpeg
     writes its outputs without waiting for the stream it is given (pytorch/vision#9606), and the

@@ -19,6 +19,7 @@ from pipeline.contract.device import autocast, resolve_device
 
 from .data import batches, model_inputs, val_loader
 from .release import ReleaseSet, open_releases
+from .runfiles import EVAL
 from .samples import DataError, Replay, add_counts
 from .students import load_student
 
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
           f"agreement {metrics['agreement']:.4f}  (teacher top1 {metrics['teacher_top1']:.4f}, n={metrics['n']})")
     ckpt = Path(args.ckpt)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
-    out = Path(args.out) if args.out else folder / "eval"
+    out = Path(args.out) if args.out else folder / EVAL
     csv_path, png = eval_report(metrics, rows, info, args.release, out, run=folder.resolve().name)
     _print_report(metrics, csv_path, png)
     if args.json:

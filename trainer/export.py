@@ -27,14 +27,14 @@ import yaml
 from pipeline.contract.errors import UserError
 from pipeline.contract.files import atomic_write
 
-from .students import INTERPOLATION, STUDENT_INFO, init_weights, load_student, preprocessing, release_eval_crop
+from .runfiles import METRICS, STUDENT_INFO
+from .students import INTERPOLATION, init_weights, load_student, preprocessing, release_eval_crop
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 TORCHSCRIPT = "model.torchscript.pt"
 CARD = "README.md"
-METRICS = "metrics.json"
 TOLERANCE = 1e-4          # max |runtime - torch| accepted on the check batch (float32 logits)
 CHECK_BATCHES = (3, 1)    # two batch sizes: the exported graph must not have fixed the batch
 # pretrained_cfg keys that name where the architecture's default weights come from or how they

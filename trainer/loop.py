@@ -15,31 +15,33 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.contract.configlib import ConfigError, dump, to_dict
 from pipeline.contract.device import autocast
+from pipeline.contract.logs import get_logger
 
-from .checkpoints import Resumed, checkpoint_path, prune, resume, save_checkpoint
+from .checkpoints import Resumed, checkpoint_path, prune, resume, save_checkpoint, training_state
 from .config import TrainConfig
 from .data import TrainPlan, batches, model_inputs, train_loader, train_plan
 from .evaluate import evaluate
 from .losses import distill_loss, feature_loss
 from .processes import Processes, rng_state, seed_everything, set_rng_state
 from .release import ReleaseSet
-from .runlog import RunLog
+from .runfiles import CONFIG, METRICS
+from .runlog import LossWindow, RunLog
 from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
 from .students import (STUDENT_INFO, STUDENT_WEIGHTS, Distillable, build_student, init_weights, mean_std, preprocessing,
                        release_eval_crop, save_student)
 from .trackers import open_run_trackers
 
-METRICS = "metrics.json"
+log = get_logger(__name__)
+
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -103,7 +105,7 @@ def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
     cuda = procs.device.type == "cuda"
     feature_dim = releases.feature_dim() if loss_cfg.feature_weight > 0 else None
     if rt.gpu_decode and not cuda and procs.main:
-        print("warning: runtime.gpu_decode needs CUDA; decoding on the CPU", file=sys.stderr)
+        log.warning("runtime.gpu_decode needs CUDA; decoding on the CPU")
     replay = Replay(releases.num_classes, config.student.img_size, rt.seed, feature_dim,
                     rt.gpu_decode and cuda, config.data.on_corrupt)
     plan = train_plan(releases, config, procs.world, replay)
@@ -169,7 +171,7 @@ def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool
         else Resumed()
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
-        dump(config, out / "config.yaml")
+        dump(config, out / CONFIG)
     log = RunLog(out, start.step, s.total_steps, procs.main, open_run_trackers(config, out, start.step, procs.main),
                  tensorboard="tensorboard" in rt.loggers)
 
@@ -193,8 +195,20 @@ def train(config: TrainConfig, releases: ReleaseSet, out: Path, resume_run: bool
     return finish(config, releases, s, progress, out, log, procs)
 
 
+@dataclass(frozen=True)
+class StepsDone:
+    """What `run_steps` did, for metrics.json's `train`."""
+    skipped: int                 # corrupt samples skipped over the whole run, every rank
+    skipped_shards: dict         # the same, per shard
+    steps_this_run: int          # since this process started (a resumed run: since the resume)
+    seconds_this_run: float      # training time of those steps (validations left out)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, log: RunLog,
-              procs: Processes, releases: ReleaseSet, stop: StopSignals) -> dict:
+              procs: Processes, releases: ReleaseSet, stop: StopSignals) -> StepsDone:
     """Every optimizer step from `start.step` to the end, logging, validating every
     `runtime.eval_every` epochs (before that step's checkpoint, so a resume from it never misses a
     validation) and checkpointing on the way; raises `Stopped` after the checkpoint that a
@@ -204,11 +218,8 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
     step, skipped, skipped_shards = start.step, start.skipped, dict(start.skipped_shards)
     cadence = Cadence(rt, spe, s.total_steps)
     stopped = None
-    window = start.window.to(device) if start.window is not None else torch.zeros(4, dtype=torch.float64,
-                                                                                 device=device)
-    window_steps = start.window_steps
+    window = LossWindow(start.window, start.window_steps, device)
     steps_this_run, train_seconds = 0, 0.0
-    window_start = time.perf_counter()
     # one loader for the whole run: its workers start once, not once per epoch
     stream = batches(train_loader(s.plan, step, s.total_steps, pin_memory=device.type == "cuda"))
     while step < s.total_steps and stopped is None:
@@ -226,42 +237,27 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
             steps_this_run += 1
             skipped += batch["skipped"]
             add_counts(skipped_shards, batch["skipped_shards"])
-            window += losses
-            window_steps += 1
+            window.add(losses)
             log.step()
             if step % rt.log_every == 0 or step == s.total_steps:
-                means = (procs.sum(window / window_steps) / procs.world).tolist()
-                n_skipped = int(procs.sum(torch.tensor([skipped], device=device)).item())
-                elapsed = time.perf_counter() - window_start
-                entry = {"step": step, "epoch": epoch, "loss": means[0], "ce": means[1], "kd": means[2]}
-                if s.feature_dim:
-                    entry["feat"] = means[3]
-                entry.update(lr=s.optimizer.param_groups[0]["lr"], images_seen=step * config.data.batch_size,
-                             images_per_s=window_steps * config.data.batch_size / max(elapsed, 1e-9),
-                             skipped=n_skipped)
-                log.record(entry)
-                window.zero_()
-                window_steps = 0
-                window_start = time.perf_counter()
+                log.record(window.entry(procs, step, epoch, s.optimizer.param_groups[0]["lr"], config.data.batch_size,
+                                        skipped, bool(s.feature_dim)))
             if rt.eval_every and step % (rt.eval_every * spe) == 0 and step < s.total_steps:
                 paused = time.perf_counter()
                 log.record_val(val_entry(step, s, config, validate(config, s, releases, procs)))
                 paused = time.perf_counter() - paused   # not training time: out of the speed figures
-                window_start += paused
+                window.pause(paused)
                 started += paused
             # one decision for every rank: any rank's signal, rank 0's clock
             signum, clock = procs.agree([stop.requested or 0, int(procs.main and cadence.clock_due())])
             if cadence.due(step) or clock or signum:
                 # what differs between ranks is gathered: RNG streams, skip counts, the log window
                 ranks = procs.gather({"rng": rng_state(), "skipped": skipped, "skipped_shards": skipped_shards,
-                                      "log_window": {"sums": window.cpu(), "steps": window_steps}})
-                state = {"step": step, "epoch": step // spe, "batch_in_epoch": step % spe, "steps_per_epoch": spe,
-                         "total_steps": s.total_steps, "optimizer": s.optimizer.state_dict(),
-                         "schedule": {"name": "warmup-cosine", "warmup_steps": s.warmup_steps, "peak_lr": optim.lr,
-                                      "total_steps": s.total_steps},
-                         "ranks": ranks, "world": procs.world, "workers": s.plan.workers, "seed": rt.seed}
+                                      "log_window": window.state()})
                 if procs.main:
-                    save_checkpoint(out, step, s.net, state)
+                    save_checkpoint(out, step, s.net, training_state(step, spe, s.total_steps, s.warmup_steps,
+                                                                     optim.lr, s.optimizer, ranks, procs.world,
+                                                                     s.plan.workers, rt.seed))
                 cadence.saved()
             if signum:
                 stopped = Stopped(signum, step, checkpoint_path(out, step))
@@ -275,18 +271,18 @@ def run_steps(config: TrainConfig, s: Setup, model, start: Resumed, out: Path, l
     by_shard: dict = {}
     for part in procs.gather(skipped_shards):
         add_counts(by_shard, part)
-    return {"skipped": total, "skipped_shards": dict(sorted(by_shard.items())), "steps_this_run": steps_this_run,
-            "seconds_this_run": round(train_seconds, 3)}
+    return StepsDone(skipped=total, skipped_shards=dict(sorted(by_shard.items())), steps_this_run=steps_this_run,
+                     seconds_this_run=round(train_seconds, 3))
 
 
-def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: dict, out: Path, log: RunLog,
+def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: StepsDone, out: Path, log: RunLog,
            procs: Processes) -> dict:
     """Evaluate on the val shards; rank 0 writes metrics.json and the student."""
     val = validate(config, s, releases, procs)
     metrics = {"val": val,
                "train": {"steps": s.total_steps, "epochs": round(s.total_steps / s.plan.steps_per_epoch, 4),
                          "steps_per_epoch": s.plan.steps_per_epoch, "global_batch": config.data.batch_size,
-                         "mode": config.loss.mode, **progress, "world": procs.world,
+                         "mode": config.loss.mode, **progress.to_json(), "world": procs.world,
                          "budget": run_budget(s.plan, s.total_steps, procs.world)},
                "student": {"arch": config.student.arch, "img_size": config.student.img_size},
                "releases": [r.root for r in releases]}

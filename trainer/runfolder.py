@@ -22,12 +22,10 @@ from pathlib import Path
 
 from pipeline.contract.errors import UserError
 
-LOCK = "train.lock"
+from .runfiles import LOCK, RUN_FILES
+
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
-# what a run writes (see trainer.train): a folder holding any of these holds a run
-RUN_FILES = ("log.jsonl", "val.jsonl", "config.yaml", "checkpoints", "metrics.json", "student.safetensors",
-             "student.json", "tb")
 
 
 def run_files(out: Path) -> list[str]:

@@ -4,14 +4,56 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+import time
 from pathlib import Path
 
+import torch
+
 from pipeline.contract.files import atomic_write
+from pipeline.contract.logs import get_logger
 from pipeline.contract.progress import Progress
 
-LOG = "log.jsonl"
-VAL_LOG = "val.jsonl"   # one line per validation: {step, epoch, images_seen, top1, top5, agreement, ...}
+from .runfiles import LOG, TENSORBOARD, VAL_LOG
+
+log = get_logger(__name__)
+
+
+class LossWindow:
+    """The losses summed over the steps since the last log line (every rank its own; a checkpoint
+    keeps them, so a resumed run logs the same lines), and the clock of its images/s."""
+
+    def __init__(self, sums: torch.Tensor | None, steps: int, device):
+        self.sums = sums.to(device) if sums is not None else torch.zeros(4, dtype=torch.float64, device=device)
+        self.steps = steps
+        self.started = time.perf_counter()
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.sums += losses
+        self.steps += 1
+
+    def pause(self, seconds: float) -> None:
+        """Time that was not training (a validation): out of the speed figure."""
+        self.started += seconds
+
+    def entry(self, procs, step: int, epoch: int, lr: float, batch_size: int, skipped: int,
+              features: bool) -> dict:
+        """The log line of `step`: the window's mean losses over every rank; then a new window."""
+        means = (procs.sum(self.sums / self.steps) / procs.world).tolist()
+        n_skipped = int(procs.sum(torch.tensor([skipped], device=procs.device)).item())
+        elapsed = time.perf_counter() - self.started
+        entry = {"step": step, "epoch": epoch, "loss": means[0], "ce": means[1], "kd": means[2]}
+        if features:
+            entry["feat"] = means[3]
+        entry.update(lr=lr, images_seen=step * batch_size, images_per_s=self.steps * batch_size / max(elapsed, 1e-9),
+                     skipped=n_skipped)
+        self.sums.zero_()
+        self.steps = 0
+        self.started = time.perf_counter()
+        return entry
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of it."""
+        return {"sums": self.sums.cpu(), "steps": self.steps}
 
 
 class RunLog:
@@ -33,9 +75,9 @@ class RunLog:
         try:
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter  # lazily: tensorboard is optional
-                self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
+                self.tb = SummaryWriter(str(out / TENSORBOARD), purge_step=start_step + 1)
         except ImportError as e:
-            print(f"warning: TensorBoard logging is off ({e})", file=sys.stderr)
+            log.warning(f"TensorBoard logging is off ({e})")
         self.bar = Progress("train", total_steps, unit="steps", initial=start_step)
 
     @staticmethod

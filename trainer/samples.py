@@ -2,14 +2,13 @@
 
 Each sample carries K views (crop box + flip) and the teacher's logits on each. The trainer picks
 one view per sample and epoch, uniformly, with an RNG seeded by (seed, epoch, uid), and builds its
-pixels with `pipeline.format.view_pixels`: the function the generation worker applied before the
-teacher, so the student sees the pixels whose logits it is taught. Members are decoded with
-`pipeline.format` only (no webdataset decoder: its defaults include pickle).
+pixels with `pipeline.contract.views.view_pixels`: the function the generation worker applied
+before the teacher, so the student sees the pixels whose logits it is taught. Members are decoded
+with `pipeline.contract` only (no webdataset decoder: its defaults include pickle).
 """
 from __future__ import annotations
 
 import io
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +17,11 @@ import torch
 from pipeline.contract.errors import UserError
 from pipeline.contract.ids import derive_seed
 from pipeline.contract.images import IMAGE_FORMATS, decode_image
+from pipeline.contract.logs import get_logger
 from pipeline.contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, image_member, npy_load
 from pipeline.contract.views import view_pixels
+
+log = get_logger(__name__)
 
 
 class DataError(UserError):
@@ -71,7 +73,7 @@ class CorruptCounter:
         if not self.skip:
             raise Corrupt(message)
         self.by_shard[shard] = self.by_shard.get(shard, 0) + samples
-        print(f"warning: skipped corrupt data: {message}", file=sys.stderr, flush=True)
+        log.warning(f"skipped corrupt data: {message}")
 
     def unreadable(self, url: str, exn: Exception, read: int = 0) -> None:
         """A shard that cannot be opened or read to its end (truncated, missing, not a tar), after

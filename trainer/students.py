@@ -7,7 +7,6 @@ classifier when its class count differs and initialises a fresh head for the rel
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import timm
@@ -21,8 +20,13 @@ from pipeline.contract.errors import UserError, first_line
 from pipeline.contract import storage
 from pipeline.contract.files import atomic_write
 from pipeline.contract.ids import sha256_file
+from pipeline.contract.logs import get_logger
 from pipeline.contract.views import Views
 from pipeline.contract.weights import weights_problem
+
+from .runfiles import STUDENT_INFO, STUDENT_WEIGHTS
+
+log = get_logger(__name__)
 
 
 def build_student(arch: str, num_classes: int, weights: str | None = None, drop_path: float = 0.0,
@@ -97,8 +101,8 @@ def release_eval_crop(manifests: list[dict]) -> float:
     release's when they differ, with a warning: each release's val views keep their own)."""
     crops = [float((m.get("views") or {}).get("eval_crop", Views.eval_crop)) for m in manifests]
     if len(set(crops)) > 1:
-        print(f"warning: the releases' views.eval_crop differ ({sorted(set(crops))}); student.json "
-              f"records the first, {crops[0]}", file=sys.stderr)
+        log.warning(f"the releases' views.eval_crop differ ({sorted(set(crops))}); student.json "
+                    f"records the first, {crops[0]}")
     return crops[0]
 
 
@@ -130,8 +134,6 @@ class Distillable(nn.Module):
         return logits, self.projector(feature)
 
 
-STUDENT_WEIGHTS = "student.safetensors"
-STUDENT_INFO = "student.json"
 
 
 def save_student(model: nn.Module, out_dir, info: dict) -> None:

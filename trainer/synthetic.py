@@ -3,7 +3,7 @@
 Classes are colours; an image is its class colour plus noise, stored as JPEG. The "teacher" scores
 each recorded view by the distance of the view's mean colour to every class colour, computed on
 the view's pixels exactly as the generation worker would (decode the stored bytes, then
-`format.view_pixels`), so its logits are informative and depend on the view. Mixes blend two
+`pipeline.contract.views.view_pixels`), so its logits are informative and depend on the view. Mixes blend two
 training images (pixel mixup, generator kind 'mixup') and are scored the same way.
 
 Writes the tar shards and manifest.json with `pipeline.contract` (the format's own writers), as in

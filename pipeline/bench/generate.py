@@ -13,7 +13,8 @@ run (bf16/fp16 8192³ on GPU, fp32 1024³ on CPU) by those FLOPs.
 
 Sizes: `tiny` = the tiny layout of the tests (64 px, fast on a CPU); `imagemixer` = real-size SD-1.x
 image-variation UNet (320/640/1280/1280, cross-attention 768, 8 heads), SD VAE and CLIP ViT-L/14
-vision (projection 768), as bench/anchors_gpu.py, at ImageMixer's demo settings (640 px, 30 DDIM
+vision (projection 768), as the shared folder's anchors_gpu.py (../shared/bench/, outside the
+repository), at ImageMixer's demo settings (640 px, 30 DDIM
 steps, guidance 3).
 """
 from __future__ import annotations
@@ -64,11 +65,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 # -- models (random weights, real layouts) --------------------------------------------------------
 def build_imagemixer_size(folder: Path, dtype: torch.dtype) -> Path:
-    """Real-size ImageMixer in the SD image-variations layout, random weights (as anchors_gpu.py)."""
+    """Real-size ImageMixer in the SD image-variations layout, random weights (as the shared anchors_gpu.py)."""
     from diffusers import AutoencoderKL, StableDiffusionImageVariationPipeline, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ..demo.tiny import sd_ddim_scheduler
+    from ..testing.tiny import sd_ddim_scheduler
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -91,7 +92,7 @@ def build_imagemixer_size(folder: Path, dtype: torch.dtype) -> Path:
 
 def build_models(size: str, folder: Path, dtype: torch.dtype) -> Path:
     if size == "tiny":
-        from ..demo.tiny import TinySizes, build_image_mixer
+        from ..testing.tiny import TinySizes, build_image_mixer
 
         return build_image_mixer(folder, TinySizes())
     return build_imagemixer_size(folder, dtype)
@@ -102,7 +103,7 @@ def build_teacher(size: str):
     import timm
 
     if size == "tiny":
-        from ..demo.tiny import TinySizes
+        from ..testing.tiny import TinySizes
 
         t = TinySizes()
         model = timm.create_model(t.teacher_arch, pretrained=False, num_classes=0, img_size=t.teacher_img,

@@ -111,8 +111,8 @@ def write_job(size_name: str, size: GpuBenchSize, folder: Path, model: Path, dev
     from ..config import JobConfig
     from ..contract.configlib import build
     from ..contract.layout import HEAD_FILE
-    from ..demo.tiny import TinySizes
-    from ..demo.toydata import write_toy_dataset
+    from ..testing.tiny import TinySizes
+    from ..testing.toydata import write_toy_dataset
     from ..models.teacher import describe_backbone, make_head, save_head
     from ..sources.ingest import ingest
     from .generate import TEACHER_IMAGEMIXER
@@ -278,7 +278,7 @@ def section_syncs(sec: Section) -> None:
     import warnings
 
     from ..config import GeneratorConfig
-    from ..demo.tiny import TinySizes, build_image_mixer
+    from ..testing.tiny import TinySizes, build_image_mixer
     from ..models.generators import DiffusionGenerator
     from ..models.registry import build_generator
     from .syncs import SyncCounter

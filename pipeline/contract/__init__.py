@@ -13,7 +13,10 @@ What both sides must agree on lives here and nowhere else, one module per concep
 - `files`: atomic writes and the one "skip if done" marker;
 - `progress`: the progress line of long loops (plain periodic lines off a terminal);
 - `device`: which device and dtype a process runs on;
-- `configlib`, `errors`: the strict YAML → dataclass loader, and the one user-error type.
+- `configlib`, `errors`: the strict YAML → dataclass loader, and the one user-error type;
+- `fielddoc`: each config key described (docs/CONFIG.md is generated from it);
+- `generators`: the generator kinds (a release records its kind; a family keeps each under its name);
+- `logs`: the project's warnings, one `warning: …` line each on a command's stderr.
 
 Light on purpose: numpy, PyYAML and the standard library at module level; torch, PIL and fsspec
 only inside the functions that need them. It imports nothing else of the project (a test checks).

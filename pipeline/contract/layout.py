@@ -17,6 +17,15 @@ SHARD_SUFFIX = ".tar"
 STATS_SUFFIX = ".stats.json"  # written after the tar is published: its presence marks the shard done
 
 
+# index.parquet: one row per released sample, these columns in this order (name, Arrow type):
+# label -1 for a mix; parents and weight (of parents[0]) for a mix; the teacher's top-1 and entropy
+# on the sample's first view. docs/FORMAT.md describes them.
+INDEX_COLUMNS = (("uid", "string"), ("split", "string"), ("kind", "string"), ("shard", "string"),
+                 ("label", "int32"), ("class_name", "string"), ("parents", "list<string>"),
+                 ("weight", "float64"), ("seed", "int64"), ("n_views", "int32"),
+                 ("teacher_top1", "int32"), ("teacher_entropy", "float64"))
+
+
 def shard_name(kind: str, split: str, number: int) -> str:
     """Shard path relative to the release root, without suffix: e.g. 'real/train-000003'."""
     return f"{SHARD_PREFIX[(kind, split)]}-{number:06d}"

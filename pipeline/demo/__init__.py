@@ -1,2 +1,3 @@
-"""`tsd demo`: the runner, its procedural toy data, tiny random-weight models of the real
-architectures (saved in the layouts users download), and the tiny teacher's pretraining."""
+"""`tsd demo`: the runner, the tiny teacher's pretraining, the real-size run (`realsize`) and the
+published layouts it writes. The tiny models and toy data it shares with the benchmarks and the
+tests live below it, in `pipeline.testing`."""

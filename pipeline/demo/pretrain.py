@@ -14,8 +14,8 @@ What it learns from, and why that is an honest stand-in for generic pretraining:
   large, broad collection of the same kind of images, never on the task's own labelled set;
 - a supervised objective (cross-entropy over the 12 corpus kinds; a linear classifier on the very
   feature the probe uses, CLS ‖ mean patch tokens), through the view pipeline the teacher later
-  sees: images stored as the demo stores them (short side 64, JPEG q90), `format.sample_views`
-  random resized crops + flips with the demo's view law, `format.view_pixels`, the model's own
+  sees: images stored as the demo stores them (short side 64, JPEG q90), `contract.views.sample_views`
+  random resized crops + flips with the demo's view law, `contract.views.view_pixels`, the model's own
   normalisation. The classifier is thrown away; only the backbone is saved. Supervised pretraining
   is a legitimate kind of generic pretraining (ImageNet-21k ViTs, EVA's labelled stages) and by
   far the cheapest way to get linearly separable features on two CPU cores; DINO-style
@@ -46,8 +46,8 @@ from ..contract.images import decode_image, encode_image, stored_size
 from ..contract.progress import Progress
 from ..contract.views import Views, normalize, sample_views, view_pixels
 from ..runtime import torch_threads
-from .tiny import TinySizes
-from .toydata import CLASS_ORDER, write_toy_dataset
+from ..testing.tiny import TinySizes
+from ..testing.toydata import CLASS_ORDER, write_toy_dataset
 
 CORPUS_SEED_OFFSET = 7_919   # corpus seed = seed + this: never the demo's seed 0
 CORPUS_SIZES = (40, 128)     # wider than the demo's 48–96 px: a broader collection

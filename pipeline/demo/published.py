@@ -70,7 +70,7 @@ class ModelSpec:
     clip: dict                    # transformers CLIPConfig
     unet: dict                    # diffusers UNet2DConditionModel
     vae: dict                     # diffusers AutoencoderKL
-    ldm: dict                     # tools.convert.ldm_config arguments: the checkpoint's inference YAML
+    ldm: dict                     # models.convert.ldm_config arguments: the checkpoint's inference YAML
     students: tuple
 
 
@@ -214,7 +214,7 @@ def image_mixer_state(spec: ModelSpec, clip_state: dict, device: str = "cpu") ->
     On `device="meta"` nothing is allocated (the tests count the published layout that way)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from .ldm_layout import clip_vision_to_openai, unet_to_ldm, vae_to_ldm
+    from ..testing.ldm_layout import clip_vision_to_openai, unet_to_ldm, vae_to_ldm
 
     torch.manual_seed(3)
     with torch.device(device):
@@ -237,11 +237,11 @@ def image_mixer_state(spec: ModelSpec, clip_state: dict, device: str = "cpu") ->
 def write_image_mixer(models: Path, spec: ModelSpec) -> Path:
     """The checkpoint as Lightning left it after pruning (every top-level entry but the optimizer
     states), minus Lightning's callback objects, which would make it unloadable with
-    `weights_only=True` (the real file has them: see tools.convert)."""
+    `weights_only=True` (the real file has them: see models.convert)."""
     import yaml
     from safetensors.torch import load_file
 
-    from ..tools.convert import ldm_config
+    from ..models.convert import ldm_config
 
     p = paths(models, spec)
     clip_state = load_file(str(p["clip"] / "model.safetensors"))   # the frozen CLIP ImageMixer embeds with

@@ -34,8 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from trainer.runfiles import METRICS
 
+from ..contract.configlib import dump
 from ..contract.device import CPU_BF16_ENV
 from .published import PUBLISHED, REHEARSAL, ModelSpec, count_checkpoint, count_folder, count_safetensors, paths
 
@@ -143,7 +144,7 @@ def tsd(*args) -> list[str]:
 # -- the job ----------------------------------------------------------------------------------------
 def write_source(work: Path, run: RealSizeRun) -> Path:
     """The toy dataset as an ImageFolder tree plus a CSV with a fixed split (8 train / 4 val)."""
-    from .toydata import write_toy_dataset
+    from ..testing.toydata import write_toy_dataset
 
     source = work / "source"
     per_class = run.train_per_class + run.val_per_class
@@ -192,11 +193,6 @@ def train_config(run: RealSizeRun, release: Path, student, weights: Path) -> dic
         "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0001, "epochs": 1, "warmup_epochs": 0},
         "runtime": {"device": "auto", "seed": 0, "log_every": 1},
     }
-
-
-def _write_yaml(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -268,7 +264,7 @@ def run_real_size(out: str | Path, run_name: str = "published") -> dict:
                                          "--config", models["image-mixer-config"], "--image-encoder", models["clip"]))
         stages.rows[-1].note = _last_line(text)
 
-    job = _write_yaml(work / "job.yaml", job_config(run, models, index))
+    job = dump(job_config(run, models, index), work / "job.yaml")
     for command in ("probe", "plan", "generate", "release"):
         text = stages.run(command, tsd(command, job, "--out", out))
         stages.rows[-1].note = _last_line(text)
@@ -277,7 +273,7 @@ def run_real_size(out: str | Path, run_name: str = "published") -> dict:
 
     evals = {}
     for s in spec.students:
-        config = _write_yaml(work / f"train-{s.arch}.yaml", train_config(run, out, s, models[s.arch]))
+        config = dump(train_config(run, out, s, models[s.arch]), work / f"train-{s.arch}.yaml")
         run_dir = out / "runs" / s.arch
 
         def train(config=config, run_dir=run_dir, s=s):
@@ -286,11 +282,11 @@ def run_real_size(out: str | Path, run_name: str = "published") -> dict:
             return {}
 
         _, reused = reuse(work / f"train-{s.arch}.done.json", sha256_bytes(config.read_bytes()), train,
-                          outputs=[run_dir / "metrics.json"])
+                          outputs=[run_dir / METRICS])
         if reused:
             stages.skip(f"train {s.arch}", "done")
         else:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics = json.loads((run_dir / METRICS).read_text())
             stages.rows[-1].note = f"{metrics['train']['steps']} steps, val top-1 {metrics['val']['top1']:.3f}"
     for s in spec.students:
         result = work / f"eval-{s.arch}.json"

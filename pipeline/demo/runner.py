@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from trainer.runfiles import METRICS
 
-from ..contract.configlib import load, to_dict
+from ..contract.configlib import dump, load, to_dict
 from ..contract.errors import JobFailed
 from ..contract.files import plain_modes, reuse
 from ..contract.ids import fingerprint, sha256_bytes, sha256_file
 from ..runtime import quiet_libraries, torch_threads
-from .tiny import TinySizes
+from ..testing.tiny import TinySizes
 
 # The demo's compute threads in this process (probe, training, evaluation), whatever the machine or
 # OMP_NUM_THREADS say: CPU kernels split reductions by thread count, so a fixed count makes the
@@ -88,7 +88,7 @@ def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: 
     import tempfile
 
     from .pretrain import pretrain_teacher
-    from .tiny import build_image_mixer, build_student, build_teacher
+    from ..testing.tiny import build_image_mixer, build_student, build_teacher
 
     folder = Path(folder)
     paths = {"teacher": folder / "teacher" / "model.safetensors",
@@ -122,12 +122,6 @@ class Timer:
         return result
 
 
-def _write_yaml(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 @torch_threads(DEMO_THREADS)
 def build_release(out: str | Path, size_name: str = "demo", timer: Timer | None = None,
                   kinds: list[str] | None = None) -> dict:
@@ -152,7 +146,7 @@ def prepare_job(out: str | Path, size_name: str = "demo", timer: Timer | None = 
     from ..config import load_job
     from ..sources.ingest import ingest
     from ..stages.jobdir import WORK
-    from .toydata import write_toy_dataset
+    from ..testing.toydata import write_toy_dataset
 
     size = SIZES[size_name]
     out = Path(out).resolve()
@@ -169,14 +163,14 @@ def prepare_job(out: str | Path, size_name: str = "demo", timer: Timer | None = 
     def do_ingest():
         settings = {"source": size.__dict__, "val_fraction": 0.15, "seed": 0}
         return reuse(work / "ingest.done.json", fingerprint(settings),
-                     lambda: ingest(work / "source", ingest_dir, val_fraction=0.15, seed=0),
+                     lambda: ingest(work / "source", ingest_dir, val_fraction=0.15, seed=0).to_json(),
                      outputs=[ingest_dir / "index.parquet"])[0]
 
     timer.run("ingest", do_ingest, lambda s: f"kept {s['kept']}, rejected {s['rejected']}")
     config = job_config(models, str(ingest_dir / "index.parquet"), size)
     if kinds:
         config["generator"]["kinds"] = list(kinds)
-    job_path = _write_yaml(work / "job.yaml", config)
+    job_path = dump(config, work / "job.yaml")
     return {"models": models, "job_path": str(job_path), "index": config["data"]["index"]}
 
 
@@ -259,11 +253,9 @@ def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
     size = SIZES[size_name]
     built = build_release(out, size_name, timer, kinds=COMPARE_KINDS)
     finetuned = out / FINETUNED_DIR
-    job = load_job(_write_yaml(finetuned / WORK / "job.yaml", finetuned_teacher_job(built["models"], built["index"],
-                                                                                       size)))
+    job = load_job(dump(finetuned_teacher_job(built["models"], built["index"], size), finetuned / WORK / "job.yaml"))
     job_stages(job, finetuned, timer, " (finetuned teacher)")
-    config_path = _write_yaml(out / WORK / "compare.yaml",
-                              compare_config(out, built["models"], size, compare_teachers(out)))
+    config_path = dump(compare_config(out, built["models"], size, compare_teachers(out)), out / WORK / "compare.yaml")
     results = timer.run("compare", lambda: run_compare(load(CompareConfig, config_path), out / "compare"),
                         lambda r: f"{len(r['rows'])} rows × {len(r['rows'][0]['seeds'])} seeds")
     print()
@@ -284,7 +276,7 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     size, work, manifest = SIZES[size_name], out / "work", built["manifest"]
     results = {}
     for mode in ("finetune", "distill"):
-        cfg_path = _write_yaml(work / f"train-{mode}.yaml", train_config(str(out), built["models"], mode, size))
+        cfg_path = dump(train_config(str(out), built["models"], mode, size), work / f"train-{mode}.yaml")
         results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
                                   lambda r: f"val top-1 {r['val']['top1']:.3f}")
     evals = timer.run("eval", lambda: {m: _evaluate(out / "runs" / m, out) for m in results},
@@ -343,7 +335,7 @@ def _pictures(out: Path) -> list[Path]:
     runs = [out / "runs" / "distill", out / "runs" / "finetune"]
     folder = out / "pictures"
     names = [folder / n for n in ("mixes.png", "pca.png", "curves.png")]
-    inputs = fingerprint([sha256_file(out / "manifest.json"), *(sha256_file(r / "metrics.json") for r in runs)])
+    inputs = fingerprint([sha256_file(out / "manifest.json"), *(sha256_file(r / METRICS) for r in runs)])
 
     def draw():
         plot_mixes(out, names[0])
@@ -361,7 +353,7 @@ def _train(config_path: Path, run_dir: Path) -> dict:
 
     return reuse(run_dir / "demo.done.json", sha256_bytes(config_path.read_bytes()),
                  lambda: run_training(load(TrainConfig, config_path), run_dir, overwrite=True),
-                 outputs=[run_dir / "metrics.json"])[0]
+                 outputs=[run_dir / METRICS])[0]
 
 
 def print_stages(rows, wall_s: float, width: int) -> None:

@@ -1,1 +1,2 @@
-"""Model loaders: the teacher and its probe head, the generator registry, the tiny defaults."""
+"""The models: the teacher and its probed head, the generators (built by `build` from their kinds in
+`pipeline.contract.generators`), ldm's DDIM sampler, and checkpoint conversion (`convert`)."""

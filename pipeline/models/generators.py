@@ -1,4 +1,4 @@
-"""The generators (registered in `models.registry`): two parent images and a mixing weight in, one image out.
+"""The generators (registered in `contract.generators`): two parent images and a mixing weight in, one image out.
 
 Every generator takes a batch of parent pairs (uint8 CHW tensors of any size), mixing weights
 (the share of parent A) and per-sample seeds, and returns uint8 images [B, 3, S, S] plus a failure

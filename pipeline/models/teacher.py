@@ -15,11 +15,20 @@ from torch import nn
 
 from ..config import TeacherConfig
 from ..contract import storage
-from ..contract.errors import UserError
-from ..contract.ids import sha256_file
+from ..contract.errors import ConfigError, UserError
+from .teacher_files import local_weights
 
 
 BACKBONE_PREFIX = "backbone."  # keys of the finetuned backbone weights in the adaptation file
+
+
+def check_arch(cfg: TeacherConfig) -> None:
+    """The architecture is checked here, where the teacher is built, not when the config loads:
+    asking timm's registry imports torch, which `tsd plan --dry-run` and `tsd release` never need."""
+    import timm
+
+    if not timm.is_model(cfg.arch):
+        raise ConfigError(f"teacher.arch: unknown timm model {cfg.arch!r}")
 
 
 def load_backbone(cfg: TeacherConfig, adaptation=None) -> nn.Module:
@@ -27,6 +36,7 @@ def load_backbone(cfg: TeacherConfig, adaptation=None) -> nn.Module:
     weights a finetuned teacher trained laid over them."""
     import timm
 
+    check_arch(cfg)
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("img_size", cfg.img_size)
     weights = local_weights(cfg)
@@ -191,6 +201,7 @@ def describe_backbone(cfg: TeacherConfig) -> dict:
     are read or allocated (a ViT-g would cost gigabytes just to say how wide it is)."""
     import timm
 
+    check_arch(cfg)
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("img_size", cfg.img_size)
     with torch.device("meta"):
@@ -206,25 +217,3 @@ def load_teacher(cfg: TeacherConfig, head_path) -> Teacher:
     apply_tuned(backbone, tuned, head_path)
     mean, std = data_config(backbone)
     return Teacher(backbone, head, mean, std).eval()
-
-
-def local_weights(cfg: TeacherConfig) -> str | None:
-    """The weight file on this machine: the configured path, or a URL's copy in this node's cache
-    (downloaded once, checked against `weights_sha256`)."""
-    if cfg.weights is None:
-        return None
-    return storage.cached_local(cfg.weights, cfg.weights_sha256, "teacher weights")
-
-
-def weights_sha256(cfg: TeacherConfig) -> str | None:
-    """The weights' sha256: a URL's configured digest (its download is checked against it), else the file's."""
-    if cfg.weights is None:
-        return None
-    return cfg.weights_sha256.lower() if storage.is_url(cfg.weights) else sha256_file(cfg.weights)
-
-
-def weights_identity(cfg: TeacherConfig) -> dict:
-    """What the manifest records about the teacher's weights."""
-    if cfg.weights is None:
-        return {"file": None, "sha256": None}
-    return {"file": storage.basename(cfg.weights), "sha256": weights_sha256(cfg)}

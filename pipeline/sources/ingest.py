@@ -41,211 +41,25 @@ class name), so adding images to one class does not move the others' splits.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import multiprocessing
 import os
-import posixpath
 import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
-from pathlib import Path
-
-import numpy as np
+from dataclasses import asdict, dataclass, replace
 
 from ..contract import storage
 from ..contract.errors import UserError, short_error
 from ..contract.files import atomic_write
-from ..contract.ids import derive_seed, make_uid, sha256_bytes
+from ..contract.ids import make_uid, sha256_bytes
 from ..contract.layout import SPLITS
 from ..contract.progress import Progress
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageRejected, decode_rgb, read_file
 from .index import CLASSES_FILE, INDEX_FILE, REJECTS_FILE, index_origin, write_index, write_rejects
-from .layouts import Candidate, Options, Scan, resolve_layout, scan_layout
-
-# Files operating systems drop into image folders: listed as rejects without trying to decode them.
-JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini"})
-APPLEDOUBLE_PREFIX = "._"   # macOS resource forks written next to every file on foreign disks
-
-
-# -- sources → candidate files --------------------------------------------------------------------
-def scan_source(src, out_dir=None, layout: str | None = None, options: Options | None = None) -> Scan:
-    """Candidate files and early rejections of SRC in `layout` (detected when None: see
-    `sources.layouts`); `scan.layout` names the layout, `scan.detected` whether it was detected."""
-    if storage.is_url(src):  # a list of files on object storage (its rows may be URLs too)
-        suffix = storage.basename(src).rsplit(".", 1)[-1].lower()
-        if layout not in (None, "csv") or suffix not in ("csv", "parquet", "pq"):
-            raise UserError(f"{src}: on object storage, ingest reads a .csv or .parquet list of files "
-                            "(other layouts must be local)")
-        if not storage.isfile(src):
-            raise UserError(f"{src}: no such file")
-        scan = _scan_table(str(src), _read_csv(src) if suffix == "csv" else _read_parquet(src))
-        scan.layout, scan.detected = "csv", layout is None
-        return scan
-    src = Path(src)
-    if not src.exists():
-        raise UserError(f"{src}: no such file or folder")
-    name, root, detected = resolve_layout(src.absolute(), layout)
-    if name == "imagefolder":
-        scan = _scan_folder(root, Path(out_dir).absolute() if out_dir else None)
-    elif name == "csv":
-        scan = _scan_table(root, _read_csv(root) if root.suffix.lower() == ".csv" else _read_parquet(root))
-    else:
-        if out_dir is None:
-            raise UserError(f"{src}: the {name} layout needs a local output folder (its images are extracted there)")
-        scan = scan_layout(name, root, Path(out_dir), options or Options())
-    scan.layout, scan.detected = name, detected
-    return scan
-
-
-def _is_junk(name: str) -> bool:
-    return name in JUNK_NAMES or name.startswith(APPLEDOUBLE_PREFIX)
-
-
-def _scan_folder(root: Path, out_dir: Path | None) -> Scan:
-    scan = Scan([], [])
-    skip_dir = os.path.realpath(out_dir) if out_dir else None
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError as e:
-        raise UserError(f"{root}: cannot list folder ({e.strerror or e})") from None
-    for entry in entries:
-        if _is_junk(entry.name):
-            scan.rejects.append((entry.path, "not an image (system file)"))
-        elif entry.name.startswith("."):
-            scan.skipped_hidden += 1
-        elif entry.is_dir():
-            if os.path.realpath(entry.path) != skip_dir:
-                _scan_class(root, entry, skip_dir, scan)
-        else:
-            scan.rejects.append((entry.path, "not inside a class folder"))
-    return scan
-
-
-def _scan_class(root: Path, class_dir: os.DirEntry, skip_dir: str | None, scan: Scan) -> None:
-    def unreadable(error: OSError) -> None:   # os.walk would otherwise skip it silently
-        scan.rejects.append((error.filename, f"unreadable folder ({error.strerror or error})"))
-
-    for folder, dirs, files in os.walk(class_dir.path, onerror=unreadable):
-        kept_dirs = [d for d in dirs if not d.startswith(".")
-                     and os.path.realpath(os.path.join(folder, d)) != skip_dir]
-        scan.skipped_hidden += len(dirs) - len(kept_dirs)
-        dirs[:] = sorted(kept_dirs)
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            if _is_junk(name):
-                scan.rejects.append((path, "not an image (system file)"))
-            elif name.startswith("."):
-                scan.skipped_hidden += 1
-            else:
-                relpath = Path(os.path.relpath(path, root)).as_posix()
-                scan.candidates.append(Candidate(path, relpath, class_dir.name, None))
-
-
-def _read_csv(path) -> tuple[list[str], list[dict]]:
-    try:
-        with io.TextIOWrapper(storage.open_read(path), newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path}: cannot read CSV ({e})") from None
-    return columns, rows
-
-
-def _read_parquet(path) -> tuple[list[str], list[dict]]:
-    from .index import read_table
-
-    try:
-        table = read_table(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
-        raise UserError(f"{path}: cannot read Parquet ({short_error(e)})") from None
-    wanted = [c for c in ("path", "label", "split") if c in table.column_names]
-    return table.column_names, table.select(wanted).to_pylist()
-
-
-def _scan_table(table_path, columns_rows: tuple[list[str], list[dict]]) -> Scan:
-    columns, rows = columns_rows
-    for required in ("path", "label"):
-        if required not in columns:
-            raise UserError(f"{table_path}: missing column {required!r} "
-                              f"(columns: {', '.join(columns) or 'none'})")
-    has_split = "split" in columns
-    base = storage.parent(table_path) if storage.is_url(table_path) else os.path.dirname(table_path)
-    labels = [_label_text(r.get("label")) for r in rows]
-    integer_labels = all(_is_integer(t) for t in labels if t)
-    scan = Scan([], [])
-    first_row_of = {}      # path → (row number, label, its candidate)
-    conflicting = {}       # path → the labels it was listed with
-    for number, (row, label) in enumerate(zip(rows, labels), start=1):
-        raw_path = "" if row.get("path") is None else str(row["path"]).strip()
-        where = f"{table_path}:row {number}"
-        if not raw_path:
-            scan.rejects.append((where, f"row {number}: missing path"))
-            continue
-        path, relpath = _row_path(base, raw_path)
-        split = None
-        if has_split:
-            split = "" if row.get("split") is None else str(row["split"]).strip()
-        problem = _row_problem(label, split, has_split)
-        class_name = str(int(label)) if integer_labels else label
-        if problem is None and path in first_row_of:
-            first, first_label, _ = first_row_of[path]
-            if class_name == first_label and path not in conflicting:
-                problem = f"listed twice (first at row {first})"
-            else:
-                seen = conflicting.setdefault(path, [first_label])
-                if class_name not in seen:
-                    seen.append(class_name)
-                problem = f"conflicting labels for one path ({', '.join(map(repr, seen))})"
-        if problem:
-            scan.rejects.append((path, f"row {number}: {problem}"))
-            continue
-        candidate = Candidate(path, relpath, class_name, split)
-        first_row_of[path] = (number, class_name, candidate)
-        scan.candidates.append(candidate)
-    for path, labels_seen in conflicting.items():   # the first row of a conflicting path is no better
-        number, _, candidate = first_row_of[path]
-        scan.candidates.remove(candidate)
-        scan.rejects.append((path, f"row {number}: conflicting labels for one path "
-                                   f"({', '.join(map(repr, labels_seen))})"))
-    return scan
-
-
-def _row_path(base: str, raw_path: str) -> tuple[str, str]:
-    """(path, relpath) of a listed file: relative to the list's folder unless absolute or a URL; a
-    URL's scheme is checked here, so one that cannot be read is one error, not a reject per row."""
-    if storage.is_url(raw_path) or storage.is_url(base):
-        path = raw_path if "://" in raw_path else storage.join(base, raw_path)
-        storage.filesystem(path)
-        prefix = base.rstrip("/") + "/"
-        return path, posixpath.normpath(path[len(prefix):]) if path.startswith(prefix) else path
-    path = os.path.normpath(os.path.join(base, raw_path))
-    return path, posixpath.normpath(Path(os.path.relpath(path, base)).as_posix())
-
-
-def _row_problem(label: str, split: str | None, has_split: bool) -> str | None:
-    if not label:
-        return "missing label"
-    if has_split and split not in SPLITS:
-        return f"bad split {split!r} (expected 'train' or 'val')"
-    return None
-
-
-def _label_text(value) -> str:
-    """A label cell as text: integers (and integral floats, as pandas writes them) canonical."""
-    if value is None or isinstance(value, bool):
-        return "" if value is None else str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return str(value).strip()
-
-
-def _is_integer(text: str) -> bool:
-    return bool(re.fullmatch(r"[+-]?\d+", text))
+from .layouts import Options
+from .scan import scan_source
+from .split import label_and_split, shared_between_splits, sort_classes
 
 
 # -- candidates → decoded facts (runs in worker processes) -------------------------------------
@@ -282,40 +96,32 @@ def _inspect_all(paths: list[str], min_size: int, max_pixels: int, workers: int)
             return results
 
 
-# -- classes, split, output ---------------------------------------------------------------------
-def sort_classes(names) -> list[str]:
-    """Sorted class names; numerically when every name is an integer ('2' before '10')."""
-    names = set(names)
-    if names and all(_is_integer(n) for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
+# -- ingest ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IngestResult:
+    """What `ingest` kept, rejected and wrote."""
+    layout: str                      # the source's layout (see sources.layouts)
+    layout_detected: bool            # detected, not given with --layout
+    kept: int
+    rejected: int
+    reject_reasons: dict             # reason → count, most frequent first
+    duplicates: int                  # kept rows whose bytes repeat an earlier row
+    duplicates_across_splits: int    # distinct contents present in both train and val
+    skipped_hidden: int
+    classes: list
+    splits: dict                     # split → kept rows
+    index: str                       # the written index.parquet
+    rejects: str                     # the written rejects.parquet
 
-
-def assign_splits(uids_by_class: dict, val_fraction: float, seed: int) -> dict:
-    """uid → 'train' | 'val': a seeded, stratified pick of round(val_fraction × n) per class."""
-    splits = {}
-    for class_name, uids in uids_by_class.items():
-        uids = sorted(uids)
-        n = len(uids)
-        n_val = int(math.floor(val_fraction * n + 0.5))
-        if val_fraction > 0 and n >= 2:
-            n_val = min(max(n_val, 1), n - 1)   # every class is evaluated and still trained on
-        else:
-            n_val = 0 if n < 2 else n_val
-        rng = np.random.Generator(np.random.PCG64(derive_seed(seed, class_name, "split")))
-        val = {uids[i] for i in rng.permutation(n)[:n_val]}
-        splits.update({u: ("val" if u in val else "train") for u in uids})
-    return splits
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: int = DEFAULT_MIN_SIZE,
            max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None, layout: str | None = None,
-           options: Options | None = None, overwrite: bool = False) -> dict:
-    """Check, decode and split a source; write index.parquet, rejects.parquet, classes.json.
-
-    Returns a summary: kept, rejected, reject_reasons (reason → count), duplicates (rows whose
-    bytes repeat an earlier row), duplicates_across_splits, skipped_hidden, classes, splits, and
-    the output paths. Refuses (UserError) a source with no usable image, and an output folder
+           options: Options | None = None, overwrite: bool = False) -> IngestResult:
+    """Check, decode and split a source; write index.parquet, rejects.parquet, classes.json; say
+    what was kept and rejected (`IngestResult`). Refuses (UserError) a source with no usable image, and an output folder
     holding another source's index unless `overwrite`.
     With workers > 1 files are decoded in 'spawn' worker processes (safe whatever the caller has
     loaded), so a calling script needs the usual `if __name__ == "__main__":` guard."""
@@ -357,25 +163,25 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
                              else "no rows" if scan.layout == "csv" else f"no image found in its {scan.layout} layout")
         raise UserError(f"{src}: no usable image ({found})")
     classes = sort_classes(r["class_name"] for r in rows)
-    _label_and_split(rows, classes, val_fraction, seed)
+    label_and_split(rows, classes, val_fraction, seed)
     rows.sort(key=lambda r: r["uid"])
 
     atomic_write(storage.join(out_dir, CLASSES_FILE), (json.dumps(classes, ensure_ascii=False) + "\n").encode())
     write_index(storage.join(out_dir, INDEX_FILE), rows, classes, settings, source)
-    return {
-        "layout": scan.layout,
-        "layout_detected": scan.detected,
-        "kept": len(rows),
-        "rejected": len(rejects),
-        "reject_reasons": reasons,
-        "duplicates": len(rows) - len({r["sha256"] for r in rows}),
-        "duplicates_across_splits": _shared_between_splits(rows),
-        "skipped_hidden": scan.skipped_hidden,
-        "classes": classes,
-        "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS},
-        "index": storage.join(out_dir, INDEX_FILE),
-        "rejects": storage.join(out_dir, REJECTS_FILE),
-    }
+    return IngestResult(
+        layout=scan.layout,
+        layout_detected=scan.detected,
+        kept=len(rows),
+        rejected=len(rejects),
+        reject_reasons=reasons,
+        duplicates=len(rows) - len({r["sha256"] for r in rows}),
+        duplicates_across_splits=shared_between_splits(rows),
+        skipped_hidden=scan.skipped_hidden,
+        classes=classes,
+        splits={s: sum(r["split"] == s for r in rows) for s in SPLITS},
+        index=storage.join(out_dir, INDEX_FILE),
+        rejects=storage.join(out_dir, REJECTS_FILE),
+    )
 
 
 def _check_output(out_dir: str, source: str, settings: dict) -> None:
@@ -430,25 +236,6 @@ def _reasons_text(reasons: dict[str, int], limit: int = 6) -> str:
     return ", ".join(items[:limit] + ([f"{len(items) - limit} other reason(s)"] if len(items) > limit else []))
 
 
-def _shared_between_splits(rows: list[dict]) -> int:
-    """Distinct file contents present in both train and val: a leak the user should know about."""
-    by_split = {s: {r["sha256"] for r in rows if r["split"] == s} for s in SPLITS}
-    return len(by_split["train"] & by_split["val"])
-
-
-def _label_and_split(rows: list[dict], classes: list[str], val_fraction: float, seed: int) -> None:
-    label_of = {name: i for i, name in enumerate(classes)}
-    unassigned = {}
-    for row in rows:
-        row["label"] = label_of[row["class_name"]]
-        if row["split"] is None:
-            unassigned.setdefault(row["class_name"], []).append(row["uid"])
-    splits = assign_splits(unassigned, val_fraction, seed)
-    for row in rows:
-        if row["split"] is None:
-            row["split"] = splits[row["uid"]]
-
-
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     from .layouts import AIRCRAFT_LEVELS, LAYOUTS
@@ -480,14 +267,14 @@ def run(args) -> int:
     summary = ingest(args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
                      min_size=args.min_size, workers=args.workers, layout=args.layout, options=options,
                      overwrite=args.overwrite)
-    if summary["layout_detected"]:
-        print(f"ingest: {args.src}: detected layout {summary['layout']} (--layout to choose another)", file=sys.stderr)
-    rejected = f"rejected {summary['rejected']}"
-    if summary["rejected"]:
-        rejected += f" ({_reasons_text(summary['reject_reasons'])}; see {summary['rejects']})"
-    print(f"ingest: kept {summary['kept']}, {rejected}; {len(summary['classes'])} classes; "
-          f"train {summary['splits']['train']}, val {summary['splits']['val']}"
-          + _leak_note(summary["duplicates_across_splits"]) + _no_val_note(summary["splits"]["val"]))
+    if summary.layout_detected:
+        print(f"ingest: {args.src}: detected layout {summary.layout} (--layout to choose another)", file=sys.stderr)
+    rejected = f"rejected {summary.rejected}"
+    if summary.rejected:
+        rejected += f" ({_reasons_text(summary.reject_reasons)}; see {summary.rejects})"
+    print(f"ingest: kept {summary.kept}, {rejected}; {len(summary.classes)} classes; "
+          f"train {summary.splits['train']}, val {summary.splits['val']}"
+          + _leak_note(summary.duplicates_across_splits) + _no_val_note(summary.splits["val"]))
     return 0
 
 

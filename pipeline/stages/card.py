@@ -19,10 +19,10 @@ import copy
 
 import yaml
 
+from ..contract.generators import DIFFUSION_KINDS
 from ..contract.layout import SHARD_PREFIX, SHARD_SUFFIX
 from ..contract.samples import M_FEATURES, M_JSON, M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS
 from ..models.ldm_ddim import unet_steps
-from ..models.registry import DIFFUSION_KINDS
 
 
 def sampler(g: dict) -> str:

@@ -21,9 +21,9 @@ from ..config import JobConfig
 from ..contract import storage
 from ..contract.errors import UserError
 from ..contract.files import write_if_changed
+from ..contract.generators import DIFFUSION_KINDS
 from ..contract.ids import fingerprint
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
-from ..models.registry import DIFFUSION_KINDS
 
 GENERATORS_DIR = "generators"
 

@@ -17,6 +17,7 @@ The trained weights go into teacher/head.safetensors with the head (see models.t
 """
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,8 +35,9 @@ from ..contract.images import decode_image, store_image
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
 from ..contract.progress import Progress
 from ..contract.views import center_view, normalize, sample_views, views_batch
-from ..models.teacher import (backbone_features, data_config, feature_dim, load_backbone, make_head, save_head,
-                              tuned_parts, weights_sha256)
+from ..models.teacher import (backbone_features, data_config, describe_backbone, feature_dim, load_backbone,
+                              make_head, save_head, tuned_parts)
+from ..models.teacher_files import weights_sha256
 from ..sources.decode import open_rgb
 from ..sources.index import index_sha256, read_source_index
 from .jobdir import marker
@@ -135,7 +137,7 @@ def run_probe(job: JobConfig, out_dir, device: str = "auto") -> dict:
         "val_top1": accuracy(head, f_val, y_val),
         "n_train": len(train), "n_val": len(val), "views_per_image": per_row,
         "feature_dim": f_train.shape[1], "num_classes": len(index.classes),
-        "head": job.probe.head, "seconds": round(time.time() - t0, 2),
+        "head": job.probe.head, "seconds": round(time.time() - t0, 2), "backbone": describe_backbone(job.teacher),
     }
     meta = {"head": job.probe.head, "in_dim": f_train.shape[1], "num_classes": len(index.classes),
             "hidden": job.probe.hidden, "classes": index.classes, "teacher_arch": job.teacher.arch}
@@ -203,13 +205,20 @@ def finetune(job: JobConfig, train: list[dict], images: list[torch.Tensor], num_
     return backbone.eval().requires_grad_(False), head.eval().requires_grad_(False), names
 
 
+# Copied from trainer.loop.learning_rate: the trainer imports nothing of pipeline/ but its contract, so
+# the one schedule is kept in two places, and tests/stages/test_copies.py checks they stay the same.
+def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """LR of update `step` (0-based): linear warmup to `peak`, then cosine decay to 0."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _finetune_step(job: JobConfig, backbone, head, opt, x, labels, step: int, total: int, warmup: int) -> int:
     """One update at the schedule's lr (warmup, then cosine), every group at its layer-decay scale;
     returns the next step."""
-    import math
-
-    progress = (step - warmup) / max(1, total - warmup)
-    scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress))
+    scale = learning_rate(step, total, warmup, 1.0)
     for g in opt.param_groups:
         g["lr"] = job.probe.lr * g["scale"] * scale
     with autocast(x.device, job.teacher.dtype):
@@ -250,7 +259,7 @@ def run_finetune(job: JobConfig, out_dir, device, index, t0: float) -> dict:
         "n_train": len(train), "n_val": len(val), "views_per_image": 1,
         "feature_dim": feature_dim(backbone), "num_classes": len(index.classes), "head": job.probe.head,
         "mode": "finetune", "tuned": names, "tuned_parameters": sum(v.numel() for v in tuned.values()),
-        "seconds": round(time.time() - t0, 2),
+        "seconds": round(time.time() - t0, 2), "backbone": describe_backbone(job.teacher),
     }
     meta = {"head": job.probe.head, "in_dim": feature_dim(backbone), "num_classes": len(index.classes),
             "hidden": job.probe.hidden, "classes": index.classes, "teacher_arch": job.teacher.arch,

@@ -11,9 +11,10 @@ from ..contract.configlib import to_dict
 from ..contract.errors import UserError
 from ..contract.files import read_json, write_if_changed
 from ..contract.ids import sha256_file
-from ..contract.layout import CARD, HEAD_FILE, INDEX, PROBE_METRICS, shard_kind_split
+from ..contract.layout import CARD, HEAD_FILE, INDEX, INDEX_COLUMNS, PROBE_METRICS, shard_kind_split
 from ..contract.manifest import new_manifest, write_manifest
 from ..contract.shards import iter_finished_shards
+from ..models.teacher_files import weights_identity
 from .family import family_record, members, share_teacher
 from .jobdir import plan_path
 from .plan import Plan, read_plan
@@ -34,11 +35,14 @@ def code_version() -> str:
 
 
 def teacher_record(job: JobConfig, root) -> dict:
-    from ..models.teacher import describe_backbone, weights_identity
-
     probe = read_json(storage.join(root, PROBE_METRICS)) or {}
+    backbone = probe.get("backbone")
+    if backbone is None:   # a head probed before the probe recorded its backbone: built on the meta device
+        from ..models.teacher import describe_backbone
+
+        backbone = describe_backbone(job.teacher)
     return {"arch": job.teacher.arch, "img_size": job.teacher.img_size, "model_kwargs": job.teacher.model_kwargs,
-            **describe_backbone(job.teacher),
+            **backbone,
             "logits": job.generate.logits, "topk": job.generate.topk if job.generate.logits == "topk" else None,
             "features": job.generate.features, "weights": weights_identity(job.teacher),
             "head_sha256": storage.sha256(storage.join(root, HEAD_FILE)), "head": job.probe.head,
@@ -101,14 +105,13 @@ def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
 
 
 def index_schema():
+    """index.parquet's Arrow schema, from the contract's `INDEX_COLUMNS`."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("uid", pa.string()), ("split", pa.string()), ("kind", pa.string()), ("shard", pa.string()),
-        ("label", pa.int32()), ("class_name", pa.string()), ("parents", pa.list_(pa.string())),
-        ("weight", pa.float64()), ("seed", pa.int64()), ("n_views", pa.int32()),
-        ("teacher_top1", pa.int32()), ("teacher_entropy", pa.float64()),
-    ])
+    def arrow(name: str):
+        return pa.list_(arrow(name[5:-1])) if name.startswith("list<") else pa.type_for_alias(name)
+
+    return pa.schema([(name, arrow(kind)) for name, kind in INDEX_COLUMNS])
 
 
 PLAN_COLUMNS = ["uid", "split", "kind", "shard", "label", "class_name", "parents", "weight", "seed", "views"]

@@ -28,7 +28,7 @@ from ..models.teacher import Teacher, load_teacher
 from ..runtime import quiet_libraries
 from ..sources.decode import ImageRejected, open_rgb
 from ..sources.index import decode_limits
-from .plan import PlanRow
+from .planfile import PlanRow
 
 
 @dataclass
@@ -70,7 +70,7 @@ class ShardWorker:
     def generator(self):
         """Built on first use: a worker that only writes real shards never loads diffusion models."""
         if self._generator is None:
-            from ..models.registry import build_generator
+            from ..models.build import build_generator
 
             self._generator = build_generator(self.job.generator, self.device)
         return self._generator

@@ -1,2 +1,2 @@
-"""Tools around releases and jobs: verify, regenerate, subset, viz, estimate (`tsd plan --dry-run`),
-convert (original checkpoints → diffusers folders), and the release reader they share."""
+"""Tools around releases and jobs: verify, regenerate, subset, viz, the report site, the config reference
+(`configdoc`), and the release reader they share."""

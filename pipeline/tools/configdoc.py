@@ -1,7 +1,7 @@
 """`tsd config-doc [--out FILE]`: every key of the job manifest and the training config, as
 Markdown (docs/CONFIG.md is this output; a test checks it is current).
 
-Generated from the config dataclasses themselves (`contract.configlib.describe`): each key's type,
+Generated from the config dataclasses themselves (`contract.fielddoc.describe`): each key's type,
 default, declared range or choices, and the comment written beside its field. So the documentation
 is the code's own description, and cannot drift from what validation enforces.
 """
@@ -51,7 +51,7 @@ def _section(section) -> list[str]:
 
 
 def _generator_kinds() -> list[str]:
-    from ..models.registry import GENERATORS
+    from ..contract.generators import GENERATORS
 
     lines = ["### Generator kinds (`generator.kind`)", "", "| kind | needs `generator.path` | what it makes |",
              "| --- | --- | --- |"]
@@ -66,7 +66,7 @@ def render() -> str:
     from trainer.config import TrainConfig
 
     from ..config import JobConfig
-    from ..contract.configlib import describe
+    from ..contract.fielddoc import describe
 
     lines = [INTRO, "## Job manifest", ""]
     for section in describe(JobConfig):

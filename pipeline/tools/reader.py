@@ -1,11 +1,14 @@
-"""Reading a finished release, for the tools: its manifest, its index, and samples by uid.
+"""Reading a finished release, for the tools: the release as the trainer opens it
+(`trainer.release.Release`: the manifest checked, its shards listed), plus its index and samples by uid.
 
-The one reader behind verify, regenerate, subset and viz (the trainer streams shards its own way,
-through `trainer.data`). A release is a folder or an fsspec URL (`contract.storage`). Nothing read
-is ever executed: tars are read member by member into memory (`contract.shards.read_shard`), the
-index with pyarrow.
+One reader of a release: the tools (regenerate, subset, viz) add the index and random access to the
+trainer's (which streams shards its own way, through `trainer.data`). A release is a folder or an
+fsspec URL (`contract.storage`). Nothing read is ever executed: tars are read member by member into
+memory (`contract.shards.read_shard`), the index with pyarrow.
 """
 from __future__ import annotations
+
+from trainer.release import Release
 
 from ..contract import storage
 from ..contract.errors import UserError
@@ -14,10 +17,10 @@ from ..contract.manifest import read_manifest
 from ..contract.shards import read_shard, shard_url
 
 
-class ReleaseReader:
+class ReleaseReader(Release):
     def __init__(self, root):
-        self.root = storage.absolute(root)
-        self.manifest = read_manifest(self.root)
+        root = storage.absolute(root)
+        super().__init__(root, read_manifest(root))
 
     def path(self, name: str) -> str:
         """A file of the release (e.g. 'teacher/head.safetensors')."""

@@ -26,7 +26,8 @@ from ..contract.images import decode_image
 from ..contract.layout import HEAD_FILE, INDEX, KINDS, MANIFEST
 from ..contract.samples import (M_FEATURES, M_JSON, M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS, SampleMeta, dense_logits,
                                 image_member, npy_load)
-from ..stages.plan import PlanRow, make_row
+from ..stages.draws import make_row
+from ..stages.planfile import PlanRow
 from .reader import ReleaseReader
 
 
@@ -58,7 +59,7 @@ def job_from_manifest(root, manifest: dict) -> JobConfig:
 
 def check_models(root, job: JobConfig, manifest: dict, need_generator: bool) -> None:
     """The weights on this machine must be the ones the release was made with."""
-    from ..models.teacher import weights_identity
+    from ..models.teacher_files import weights_identity
     from ..stages.release import generator_record
 
     recorded = manifest["teacher"]

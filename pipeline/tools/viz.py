@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.runfiles import CONFIG, LOG, METRICS, STUDENT_INFO, VAL_LOG
+
 from ..config import add_device_argument
 from ..contract import storage
 from ..contract.errors import UserError
@@ -342,13 +344,13 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
 
 def read_log(run: Path) -> tuple[list[dict], dict | None]:
     """(log entries, final metrics or None) of a run folder."""
-    path = run / "log.jsonl"
+    path = run / LOG
     if not path.is_file():
         raise UserError(f"{path}: not found (not a run folder?)")
     entries = _read_jsonl(path, ("step", "loss"))
     if not entries:
         raise UserError(f"{path}: no entries")
-    metrics_path = run / "metrics.json"
+    metrics_path = run / METRICS
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     return entries, metrics
 
@@ -378,10 +380,10 @@ class RunCurves:
         import yaml
 
         entries, metrics = read_log(run)
-        val = _read_jsonl(run / "val.jsonl", ("step", "top1")) if (run / "val.jsonl").is_file() else []
-        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+        val = _read_jsonl(run / VAL_LOG, ("step", "top1")) if (run / VAL_LOG).is_file() else []
+        config = yaml.safe_load((run / CONFIG).read_text()) if (run / CONFIG).is_file() else {}
         if not config:   # an older run folder: what student.json kept of its config
-            info = run / "student.json"
+            info = run / STUDENT_INFO
             config = (json.loads(info.read_text()).get("config") or {}) if info.is_file() else {}
         train = (metrics or {}).get("train") or {}
         spe = train.get("steps_per_epoch") or next((round(v["step"] / v["epoch"]) for v in val if v.get("epoch")),

@@ -1,7 +1,7 @@
 """Every numeric key of the job and train configs has a declared range, checked before anything
-loads: a value outside it is one line naming the key and the range. Unknown timm architectures and
-unreadable weight files are caught by validation too; docs/CONFIG.md is generated from the same
-declarations and must be current."""
+loads: a value outside it is one line naming the key and the range. Unknown student architectures and
+unreadable weight files are caught by validation too (the teacher's architecture where the teacher is
+built, with the same line); docs/CONFIG.md is generated from the same declarations and must be current."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from pipeline.config import JobConfig
-from pipeline.contract.configlib import ConfigError, Range, build, describe, files_optional, load
+from pipeline.contract.configlib import ConfigError, Range, build, files_optional, load
+from pipeline.contract.fielddoc import describe
 from pipeline.contract.weights import weights_problem
 from trainer.config import TrainConfig
 from paths import REPO
@@ -108,7 +109,6 @@ def test_every_numeric_key_is_ranged():
      "plan.weight_range: must be [min, max], each in [0, 1], min <= max, got [0.9, 0.1]"),
     (JobConfig, {"generator__size": 100}, "generator.size: must be >= 8, a multiple of 8, got 100"),
     (JobConfig, {"plan__pool_size": "lots"}, "plan.pool_size: expected a count or a multiple like '2x', got 'lots'"),
-    (JobConfig, {"teacher__arch": "not_a_model"}, "teacher.arch: unknown timm model 'not_a_model'"),
     (JobConfig, {"views__scale": [0.5, 0.2]}, "views.scale: must be [min, max], each in (0, 1], min <= max"),
     (JobConfig, {"generator__dtype": "fp64"}, "generator.dtype: 'fp64' is not one of 'fp32', 'bf16', 'fp16'"),
     (TrainConfig, {"optim__warmup_epochs": 200}, "optim.warmup_epochs: must be in [0, epochs=100], got 200"),
@@ -119,6 +119,17 @@ def test_every_numeric_key_is_ranged():
 ])
 def test_the_issues_cases_are_one_line(cls, change, expected):
     assert _error(cls, **change).startswith(expected)
+
+
+def test_an_unknown_teacher_arch_is_one_line_where_the_teacher_is_built():
+    """Loading the config does not ask timm (that imports torch); building the teacher does."""
+    from pipeline.models.teacher import describe_backbone
+
+    with files_optional():
+        job = build(JobConfig, _set(MINIMAL[JobConfig], "teacher.arch", "not_a_model"))
+    with pytest.raises(ConfigError) as err:
+        describe_backbone(job.teacher)
+    assert str(err.value) == "teacher.arch: unknown timm model 'not_a_model'"
 
 
 def test_a_range_error_names_the_file(tmp_path):

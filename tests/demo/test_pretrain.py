@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from pipeline.config import ProbeConfig, TeacherConfig
 from pipeline.contract.views import Views, center_view, normalize, views_batch
 from pipeline.demo.pretrain import CORPUS_SEED_OFFSET, STORE_SIZE, load_corpus, pretrain_teacher
-from pipeline.demo.tiny import TinySizes, build_teacher
-from pipeline.demo.toydata import write_toy_dataset
+from pipeline.testing.tiny import TinySizes, build_teacher
+from pipeline.testing.toydata import write_toy_dataset
 from pipeline.models.teacher import backbone_features, data_config, load_backbone
 from pipeline.stages.probe import accuracy, fit_head
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.demo.toydata import CLASS_ORDER, MARKER, write_toy_dataset
+from pipeline.testing.toydata import CLASS_ORDER, MARKER, write_toy_dataset
 from pipeline.sources.ingest import ingest
 
 
@@ -107,5 +107,5 @@ def test_default_dataset_is_fast_and_fully_ingestible(tmp_path):
     names = write_toy_dataset(tmp_path / "toy")
     assert time.perf_counter() - start < 5.0
     summary = ingest(tmp_path / "toy", tmp_path / "out", workers=1)
-    assert summary["kept"] == 600 and summary["rejected"] == 0 and summary["classes"] == names
-    assert summary["splits"] == {"train": 540, "val": 60}
+    assert summary.kept == 600 and summary.rejected == 0 and summary.classes == names
+    assert summary.splits == {"train": 540, "val": 60}

@@ -86,7 +86,7 @@ def test_the_files_load_through_the_recipes_loaders(rehearsal, tmp_path):
     from safetensors.torch import load_file
 
     from pipeline.config import GeneratorConfig, TeacherConfig
-    from pipeline.models.registry import build_generator
+    from pipeline.models.build import build_generator
     from pipeline.models.teacher import load_backbone
 
     p = rehearsal

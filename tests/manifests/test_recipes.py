@@ -13,7 +13,7 @@ from recipes import localise, write_ingest_index, write_yaml
 from pipeline import cli
 from pipeline.config import load_job
 from pipeline.contract.configlib import ConfigError, load
-from pipeline.tools.estimate import (JPEG_ANCHOR, STOCK_IMG_S, estimate, format_estimate, mix_seconds_model,
+from pipeline.stages.estimate import (JPEG_ANCHOR, STOCK_IMG_S, estimate, format_estimate, mix_seconds_model,
                                      natural_test_image)
 
 RECIPES = ["cub200", "aircraft", "dtd", "pets", "caltech101"]

@@ -12,9 +12,9 @@ import torch  # noqa: E402
 from pipeline import cli  # noqa: E402
 from pipeline.config import GeneratorConfig  # noqa: E402
 from pipeline.contract.errors import UserError  # noqa: E402
-from pipeline.demo.tiny import build_ldm_checkpoint  # noqa: E402
-from pipeline.models.registry import build_generator  # noqa: E402
-from pipeline.tools.convert import CLIP_VISUAL, convert_ldm_checkpoint  # noqa: E402
+from pipeline.testing.tiny import build_ldm_checkpoint  # noqa: E402
+from pipeline.models.build import build_generator  # noqa: E402
+from pipeline.models.convert import CLIP_VISUAL, convert_ldm_checkpoint  # noqa: E402
 
 COMPONENTS = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "image_encoder": "CLIPVisionModelWithProjection"}
 

@@ -11,10 +11,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.config import GeneratorConfig  # noqa: E402
-from pipeline.demo import tiny  # noqa: E402
+from pipeline.testing import tiny  # noqa: E402
 from pipeline.models import registry  # noqa: E402
 from pipeline.models.generators import lerp, slerp, strengths  # noqa: E402
-from pipeline.models.registry import build_generator  # noqa: E402
+from pipeline.models.build import build_generator  # noqa: E402
 
 CPU = torch.device("cpu")
 DIFFUSION = ("image-mixer", "sd-image-variations", "unclip")

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from pipeline.bench.syncs import SyncCounter  # noqa: E402
 from pipeline.config import GeneratorConfig  # noqa: E402
-from pipeline.demo import tiny  # noqa: E402
+from pipeline.testing import tiny  # noqa: E402
 from pipeline.models.generators import DiffusionGenerator  # noqa: E402
 from pipeline.models.registry import build_generator  # noqa: E402
 from trainer.data import model_inputs  # noqa: E402

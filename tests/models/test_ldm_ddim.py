@@ -12,9 +12,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline.config import GeneratorConfig  # noqa: E402
-from pipeline.demo import tiny  # noqa: E402
+from pipeline.testing import tiny  # noqa: E402
 from pipeline.models.ldm_ddim import LdmDDIM, denoising_timesteps, unet_steps  # noqa: E402
-from pipeline.models.registry import build_generator  # noqa: E402
+from pipeline.models.build import build_generator  # noqa: E402
 
 from paths import MANIFESTS
 SD_SCHEDULE = dict(tiny.sd_ddim_scheduler().config)   # what `tsd convert` writes for ImageMixer

@@ -8,7 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from pipeline.demo import tiny  # noqa: E402
+from pipeline.testing import tiny  # noqa: E402
 
 
 def test_the_unet_traces_into_one_graph(tmp_path):

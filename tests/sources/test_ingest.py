@@ -1,4 +1,4 @@
-"""`tsd ingest`: real files, built here with PIL, covering every rule of pipeline/ingest.py.
+"""`tsd ingest`: real files, built here with PIL, covering every rule of pipeline/sources/ (ingest, scan, lists, split).
 
 | file in the zoo                    | expected                                           |
 | ---------------------------------- | -------------------------------------------------- |
@@ -46,10 +46,11 @@ from PIL import Image
 from pipeline import cli  # noqa: E402
 from pipeline.contract.errors import UserError  # noqa: E402
 from pipeline.contract.ids import make_uid
-from pipeline.demo.toydata import write_toy_dataset
+from pipeline.testing.toydata import write_toy_dataset
 from pipeline.sources.decode import ImageRejected, open_rgb  # noqa: E402
 from pipeline.sources.index import INDEX_COLUMNS  # noqa: E402
-from pipeline.sources.ingest import assign_splits, ingest, sort_classes
+from pipeline.sources.ingest import ingest  # noqa: E402
+from pipeline.sources.split import assign_splits, sort_classes  # noqa: E402
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -194,8 +195,8 @@ def test_every_file_is_kept_or_rejected_as_the_rules_say(zoo):
             assert rel in rejected, f"{rel} not rejected"
             assert detail in rejected[rel], f"{rel}: {rejected[rel]!r} does not say {detail!r}"
     assert set(kept) | set(rejected) == set(expect)   # nothing else, nothing missing
-    assert summary["kept"] == len(kept) and summary["rejected"] == len(rejected)
-    assert summary["skipped_hidden"] == 2             # cats/.hidden.jpg and the .cache folder
+    assert summary.kept == len(kept) and summary.rejected == len(rejected)
+    assert summary.skipped_hidden == 2             # cats/.hidden.jpg and the .cache folder
 
 
 def test_nothing_on_disk_is_missing_from_both_tables(zoo):
@@ -213,7 +214,7 @@ def test_index_schema_classes_and_rows(zoo):
     types = {f.name: f.type for f in index.schema}
     assert types["label"] == types["width"] == types["height"] == pa.int32()
     classes = json.loads(index.schema.metadata[b"tsdistill.classes"])
-    assert classes == ["cats", "odd"] == summary["classes"]
+    assert classes == ["cats", "odd"] == summary.classes
     assert json.loads((out / "classes.json").read_text()) == classes
     assert json.loads(index.schema.metadata[b"tsdistill.ingest"]) == {
         "min_size": 16, "max_pixels": 89_478_485, "val_fraction": 0.1, "seed": 0}
@@ -233,8 +234,8 @@ def test_duplicate_files_are_separate_rows_and_counted(zoo):
     rows = {r["relpath"]: r for r in index.to_pylist()}
     a, copy = rows["cats/a.jpg"], rows["cats/copy_of_a.jpg"]
     assert a["sha256"] == copy["sha256"] and a["uid"] != copy["uid"]
-    assert summary["duplicates"] == 1
-    assert summary["duplicates_across_splits"] == (a["split"] != copy["split"])
+    assert summary.duplicates == 1
+    assert summary.duplicates_across_splits == (a["split"] != copy["split"])
 
 
 def test_exif_orientation_swaps_size_and_rotates_pixels(zoo):
@@ -345,8 +346,8 @@ def test_csv_source_with_splits_bad_values_missing_files_and_absolute_paths(tmp_
     assert "row 6: conflicting labels for one path ('cat', 'dog')" in reasons
     assert "row 8: listed twice (first at row 5)" in reasons
     assert "row 7: missing label" in reasons
-    assert summary["splits"] == {"train": 0, "val": 2} and summary["rejected"] == 6
-    assert summary["reject_reasons"] == {"conflicting labels for one path": 2, "bad split 'test'": 1,
+    assert summary.splits == {"train": 0, "val": 2} and summary.rejected == 6
+    assert summary.reject_reasons == {"conflicting labels for one path": 2, "bad split 'test'": 1,
                                          "file not found": 1, "listed twice": 1, "missing label": 1}
 
 
@@ -370,9 +371,9 @@ def test_integer_labels_sort_numerically_and_keep_their_values(tmp_path):
     labels = ["0", "1", "2", "10", "0", "1", "2", "10"]
     table = _write_csv(tmp_path / "list.csv", ["path", "label"], list(zip(names, labels)))
     summary = ingest(table, tmp_path / "out", workers=1)
-    assert summary["classes"] == ["0", "1", "2", "10"]
+    assert summary.classes == ["0", "1", "2", "10"]
     rows = pq.read_table(tmp_path / "out/index.parquet").to_pylist()
-    assert all(r["label"] == summary["classes"].index(r["class_name"]) for r in rows)
+    assert all(r["label"] == summary.classes.index(r["class_name"]) for r in rows)
     assert {r["label"] for r in rows if r["class_name"] in ("0", "1", "2")} == {0, 1, 2}
 
 
@@ -387,7 +388,7 @@ def test_parquet_source_with_integer_labels_and_a_bad_split(tmp_path):
                                                                      "x/b.png": (0, "val")}
     rejects = pq.read_table(tmp_path / "out/rejects.parquet").to_pylist()
     assert [r["reason"] for r in rejects] == ["row 3: bad split 'holdout' (expected 'train' or 'val')"]
-    assert summary["classes"] == ["0", "1"]
+    assert summary.classes == ["0", "1"]
 
 
 def test_missing_column_names_the_column_and_the_file(tmp_path):
@@ -443,16 +444,17 @@ def test_byte_identical_across_runs_and_worker_counts(tmp_path):
         summary = ingest(src, tmp_path / name, seed=3, workers=workers)
         runs[name] = _outputs(tmp_path / name)
     assert runs["a"] == runs["b"] == runs["c"]
-    assert summary["kept"] == 48 and summary["rejected"] == 1 and summary["skipped_hidden"] == 1
+    assert summary.kept == 48 and summary.rejected == 1 and summary.skipped_hidden == 1
     other_seed = ingest(src, tmp_path / "d", seed=4, workers=1)
-    assert other_seed["kept"] == 48 and _outputs(tmp_path / "d")["index.parquet"] != runs["a"]["index.parquet"]
+    assert other_seed.kept == 48 and _outputs(tmp_path / "d")["index.parquet"] != runs["a"]["index.parquet"]
 
 
 def test_output_folder_inside_the_source_is_not_ingested(tmp_path):
     _images(tmp_path / "src/cat", ["a.png", "b.png"])
     first = ingest(tmp_path / "src", tmp_path / "src/_ingest", workers=1)
     again = ingest(tmp_path / "src", tmp_path / "src/_ingest", workers=1)
-    assert first == again and again["rejected"] == 0 and again["classes"] == ["cat"]
+    assert first == again and again.rejected == 0 and again.classes == ["cat"]
+    assert type(again)(**json.loads(json.dumps(again.to_json()))) == again   # a typed record, JSON both ways
 
 
 def test_empty_rejects_table_still_has_its_schema(tmp_path):

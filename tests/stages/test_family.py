@@ -103,7 +103,7 @@ def test_kinds_are_checked(small_release):
 
 
 def test_the_dry_run_counts_every_generator(small_release):
-    from pipeline.tools.estimate import estimate
+    from pipeline.stages.estimate import estimate
 
     one = estimate(load_job(small_release["job_path"]))
     every = estimate(load_job(small_release["job_path"], {"generator": {"kinds": KINDS}}))

@@ -70,7 +70,7 @@ def test_block_draws_equal_the_one_call_at_a_time_loop():
     """Pairs and weights are drawn in blocks; the stream (and what is drawn after) is the loop's."""
     import numpy as np
 
-    from pipeline.stages.plan import _any_pairs
+    from pipeline.stages.draws import _any_pairs
 
     for n, count in ((2, 50), (3, 7), (500, 1000)):
         rng, ref = np.random.Generator(np.random.PCG64(n)), np.random.Generator(np.random.PCG64(n))

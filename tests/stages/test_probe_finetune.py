@@ -131,5 +131,5 @@ def test_eva02_manifest_validates_and_dry_runs(tmp_path, capsys):
     assert cli.main(["plan", str(MANIFESTS / "cub200-eva02.yaml"), "--dry-run", "--set", "probe.mode=finetune"]) == 0
     assert "finetune" in capsys.readouterr().out
     # the architecture is real: built on the meta device, its feature is CLS ‖ mean(patch tokens)
-    from pipeline.tools.estimate import teacher_feature_dim
+    from pipeline.stages.estimate import teacher_feature_dim
     assert teacher_feature_dim(job) == 2 * 1024

@@ -1,7 +1,7 @@
 """The trainer tests' releases: small and real, built once per session.
 
 A release here is real: JPEG images in tar shards written by `pipeline.contract.shards` (via
-`trainer.synthetic`), K=3 recorded views, teacher logits computed on those exact view pixels, a
+`trainer.synthetic`), K=3 recorded views from `contract.views.sample_views`, teacher logits computed on those exact view pixels, a
 manifest.json listing every shard with its sha256, bytes and count.
 """
 from __future__ import annotations

@@ -29,8 +29,8 @@ import torch
 
 from ..contract.errors import UserError, first_line
 from ..contract.files import plain_modes
+from ..contract.generators import LDM_KINDS
 from ..contract.weights import weights_problem
-from ..models.registry import LDM_KINDS
 
 CLIP_VISUAL = "cond_stage_model.model.visual."
 OPENAI_CLIP_HEAD_DIM = 64   # OpenAI CLIP: heads = width // 64

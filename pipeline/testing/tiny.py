@@ -191,7 +191,7 @@ def build_ldm_checkpoint(folder: Path, sizes: TinySizes = TinySizes(), seed: int
     from diffusers import AutoencoderKL, StableDiffusionImageVariationPipeline, UNet2DConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ..tools.convert import ldm_config
+    from ..models.convert import ldm_config
     from .ldm_layout import clip_vision_to_openai, unet_to_ldm, vae_to_ldm
 
     torch.manual_seed(seed + 5)

@@ -19,12 +19,13 @@ import numpy as np
 
 from ..config import JobConfig
 from ..contract.configlib import ConfigError
+from ..contract.generators import DIFFUSION_KINDS
 from ..contract.images import encode_image, stored_size
 from ..models.ldm_ddim import unet_steps
-from ..models.registry import DIFFUSION_KINDS
 
-# Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from the shared bench folder:
-# bench/anchors-h100-2026-11-27.json (made by bench/anchors_gpu.py). Keys named after that file's.
+# Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from anchors-h100-2026-11-27.json,
+# which anchors_gpu.py made: both live in the team's shared bench folder (../shared/bench/ beside the
+# repository), not in the repository. Keys named after that file's.
 ANCHORS_SOURCE = "bench/anchors-h100-2026-11-27.json (one H100 80GB HBM3, torch 2.11.0+cu130)"
 UNET640_TFLOP = 1.35279          # unet640_gflop_per_sample: one UNet pass, one 640 px latent
 UNET_TFLOPS = {2: 70.76, 16: 251.53, 64: 266.73}  # unet640_fp16_b{2,16,64}_tflops, by UNet batch
@@ -132,16 +133,9 @@ def sample_bytes(job: JobConfig, size: tuple, views: int, classes: int, feature_
 
 def teacher_feature_dim(job: JobConfig) -> int:
     """The teacher's feature size, from the architecture built on the meta device (no weights)."""
-    import timm
-    import torch
+    from ..models.teacher import describe_backbone
 
-    from ..models.teacher import feature_dim
-
-    kwargs = dict(job.teacher.model_kwargs)
-    kwargs.setdefault("img_size", job.teacher.img_size)
-    with torch.device("meta"):
-        backbone = timm.create_model(job.teacher.arch, pretrained=False, num_classes=0, **kwargs)
-    return feature_dim(backbone)
+    return describe_backbone(job.teacher)["feature_dim"]
 
 
 # -- GPU time -----------------------------------------------------------------------------------

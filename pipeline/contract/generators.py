@@ -1,12 +1,12 @@
-"""The generator registry: every generator kind, what it needs, and where its code lives.
+"""The generator kinds: every kind's name, what it needs, and where its code lives.
 
-Light (no torch, no diffusers): config validation, `tsd plan --dry-run`, the dataset card and
-`tsd convert` ask it without loading a model; `build_generator` imports the implementation only
-when a worker makes mixes.
+A kind's name is part of the contract: a release's manifest records it (`generator.kind`) and a
+family of releases keeps each kind's mixes under `generators/<kind>/`. Light (a table of strings):
+the job config, `tsd plan --dry-run`, the dataset card and `tsd convert` ask it without loading a
+model; `pipeline.models.build.build_generator` imports the implementation when a worker makes mixes.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 
@@ -42,8 +42,3 @@ def generator_kind(name: str) -> GeneratorKind:
         raise ValueError(f"generator.kind: unknown generator {name!r} (known: {', '.join(KINDS)})")
     return GENERATORS[name]
 
-
-def build_generator(cfg, device):
-    """The generator of `cfg.kind`, loaded on `device`."""
-    module, cls = generator_kind(cfg.kind).implementation.split(":")
-    return getattr(importlib.import_module(module), cls)(cfg, device)

@@ -1,6 +1,6 @@
 """diffusers / transformers models → the original single-file (CompVis LDM) layout, as the
 checkpoints users download are (ImageMixer's `image-mixer-pruned.ckpt`): the inverse of
-`tools.convert`. The demo writes its models this way so that `tsd convert` reads the layout it
+`models.convert`. The demo writes its models this way so that `tsd convert` reads the layout it
 will meet; the tests check the round trip.
 """
 from __future__ import annotations

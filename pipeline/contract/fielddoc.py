@@ -1,0 +1,138 @@
+"""The keys of a config, described: type, default, allowed values and the explanation written beside
+each field, section by section. docs/CONFIG.md is generated from these (`tools.configdoc`); the
+loader (`configlib`) does not need them."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
+import types
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyDoc:
+    key: str            # dotted, from the top of the config
+    type: str
+    default: str
+    allowed: str
+    meaning: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SectionDoc:
+    key: str            # dotted; '' for the top level
+    summary: str        # the dataclass docstring's first paragraph
+    optional: bool      # the whole section may be left out (null)
+    keys: list
+
+
+def describe(cls: type, prefix: str = "", optional: bool = False) -> list[SectionDoc]:
+    """Every key of config dataclass `cls` with its type, default, allowed values and meaning (the
+    comment written beside the field, or the comment lines just above it), section by section."""
+    hints = get_type_hints(cls)
+    comments = field_comments(cls)
+    rows, sections = [], []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        inner = _strip_optional(tp)
+        if dataclasses.is_dataclass(inner):
+            sections += describe(inner, key, optional=inner is not tp)
+            continue
+        rows.append(KeyDoc(key, _doc_type(tp), _doc_default(f), _doc_allowed(f, tp), comments.get(f.name, "")))
+    doc = inspect.getdoc(cls) or ""
+    summary = "" if doc.startswith(f"{cls.__name__}(") else " ".join(doc.split("\n\n")[0].split())
+    return [SectionDoc(prefix, summary, optional, rows)] + sections
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """field name → its comment: the comment lines right above the field, then the `# …` on its own
+    lines. Read from the class's source, so the comment stays the one place a key is explained."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    out = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        n = node.lineno - 1
+        while n >= 1 and n in comments and lines[n - 1].lstrip().startswith("#"):
+            own.insert(0, comments[n])
+            n -= 1
+        if own:
+            out[node.target.id] = " ".join(own)
+    return out
+
+
+def _strip_optional(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return tp
+
+
+def _doc_type(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _doc_type(a) for a in get_args(tp))
+    if origin is Literal:
+        return "str"
+    if origin is tuple:
+        return f"[{', '.join(_doc_type(a) for a in get_args(tp) if a is not Ellipsis)}]"
+    if origin is list or tp is list:
+        args = get_args(tp)
+        return f"list of {_doc_type(args[0])}" if args else "list"
+    if origin is dict or tp is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _doc_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_doc_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_doc_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _doc_default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return _doc_value(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return _doc_value(f.default_factory())
+    return "required"
+
+
+def _doc_allowed(f: dataclasses.Field, tp: Any) -> str:
+    inner = _strip_optional(tp)
+    parts = []
+    if get_origin(inner) is Literal:
+        parts.append(", ".join(str(a) for a in get_args(inner)))
+    elif inner is bool:
+        parts.append("true, false")
+    if "range" in f.metadata:
+        parts.append(str(f.metadata["range"]))
+    if "allowed" in f.metadata:
+        parts.append(f.metadata["allowed"])
+    elif f.metadata.get("path"):
+        parts.append("a path (relative to the YAML file) or a URL")
+    return "; ".join(parts)
+

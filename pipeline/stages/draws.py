@@ -1,0 +1,157 @@
+"""The draws of a plan: which train images each mix pairs, with which weight; every sample's seed
+(from (seed, uid)), stored size and recorded views. Deterministic: the same index, config and seed
+draw the same samples."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import JobConfig
+from ..contract.configlib import ConfigError
+from ..contract.ids import derive_seed, make_uid
+from ..contract.images import stored_size
+from ..contract.views import center_view, sample_views_many
+from .planfile import PlanRow
+
+
+def geometry_many(job: JobConfig, kind: str, split: str, seeds, sources: list[dict] | None = None) -> tuple:
+    """(stored widths, stored heights, recorded views [N, K, 5]) of planned samples: real images from
+    their source rows' sizes, mixes from the generator's square output."""
+    if kind == "real":
+        sizes = [stored_size(r["width"], r["height"], job.data.store_size) for r in sources]
+    else:
+        sizes = [stored_size(job.generator.size, job.generator.size, job.data.store_size)] * len(seeds)
+    widths = np.array([w for w, _ in sizes], np.int64)
+    heights = np.array([h for _, h in sizes], np.int64)
+    if split == "train":
+        views = sample_views_many(seeds, widths, heights, job.views.k, job.views)
+    else:
+        views = np.array([center_view(w, h, job.views) for w, h in sizes], np.float64).reshape(len(sizes), 1, 5)
+    return widths, heights, views
+
+
+def geometry(job: JobConfig, kind: str, split: str, seed: int, source: dict | None = None) -> tuple[int, int, list]:
+    """`geometry_many` of one sample: (stored width, stored height, views as [x, y, w, h, flip] lists)."""
+    widths, heights, views = geometry_many(job, kind, split, [seed], [source] if source is not None else None)
+    return int(widths[0]), int(heights[0]), [[*v[:4], int(v[4])] for v in views[0].tolist()]
+
+
+def make_row(job: JobConfig, uid: str, split: str, kind: str, *, label: int, class_name: str | None,
+             source: dict | None = None, parents: tuple = (), parent_paths: tuple = (),
+             weight: float | None = None, shard: str = "") -> PlanRow:
+    """One planned sample (regenerate rebuilds a released one with it): the seed from (seed, uid),
+    the stored size and views from `geometry`, as `write_plan` makes them for all at once."""
+    seed = derive_seed(job.seed, uid)
+    width, height, views = geometry(job, kind, split, seed, source)
+    return PlanRow(uid=uid, split=split, kind=kind, shard=shard, label=label, class_name=class_name,
+                   path=source["path"] if kind == "real" else None, parents=list(parents),
+                   parent_paths=list(parent_paths), weight=weight, seed=seed, width=width, height=height,
+                   views=views)
+
+
+def draw_pairs(job: JobConfig, train: list[dict], count: int, rng: np.random.Generator) -> np.ndarray:
+    """Parent index pairs [count, 2] by the configured pairing mode (class-agnostic 'any' by default)."""
+    labels = np.array([r["label"] for r in train])
+    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    mode, n = job.plan.pairing, len(train)
+    if n < 2:
+        raise ConfigError(f"plan: mixing needs at least 2 training images, the index has {n}")
+    if mode == "cross-class" and len(by_class) < 2:
+        raise ConfigError("plan.pairing: 'cross-class' needs at least 2 classes")
+    if mode == "same-class" and not any(len(v) >= 2 for v in by_class.values()):
+        raise ConfigError("plan.pairing: 'same-class' needs a class with at least 2 images")
+    if mode == "any":
+        return _any_pairs(rng, n, count)
+    pairs = []
+    while len(pairs) < count:
+        a = int(rng.integers(n))
+        if mode == "same-class":
+            pool = by_class[labels[a]]
+            if len(pool) < 2:
+                continue
+            b = int(pool[rng.integers(len(pool))])
+        else:
+            b = int(rng.integers(n))
+        if b == a or (mode == "cross-class" and labels[a] == labels[b]):
+            continue
+        pairs.append((a, b))
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+def _any_pairs(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
+    """What `count` rounds of "a = integers(n); b = integers(n); keep if a != b" draw, in blocks:
+    `integers(n, size=m)` consumes the stream exactly as m single calls do. A block drawn past the
+    last kept pair is drawn again to exactly where the rounds would have stopped (the weights
+    are drawn next, from the same stream)."""
+    out, have = [], 0
+    while have < count:
+        need = count - have
+        saved = rng.bit_generator.state
+        block = rng.integers(n, size=2 * (need + need // (n - 1) + 16)).reshape(-1, 2)
+        keep = block[:, 0] != block[:, 1]
+        kept = np.cumsum(keep)
+        if kept[-1] >= need:
+            used = int(np.searchsorted(kept, need)) + 1
+            rng.bit_generator.state = saved
+            rng.integers(n, size=2 * used)
+            block, keep = block[:used], keep[:used]
+        out.append(block[keep])
+        have += int(keep.sum())
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+
+
+def draw_weights(job: JobConfig, rng: np.random.Generator, count: int) -> list[float]:
+    """The mixing weight of each pair, in pair order (one draw each, as single calls would)."""
+    p = job.plan
+    if p.weight_law == "fixed":
+        return [p.weight] * count
+    if p.weight_law == "beta":
+        values = rng.beta(p.beta_a, p.beta_a, size=count)
+    else:
+        values = rng.uniform(p.weight_range[0], p.weight_range[1], size=count)
+    return [round(v, 6) for v in values.tolist()]
+
+
+@dataclass
+class Part:
+    """Consecutive planned samples of one (kind, split), numbered into their own shards."""
+    kind: str
+    split: str
+    count: int
+    columns: object            # (start, stop) → this part's columns for those rows
+
+
+def real_part(job: JobConfig, rows: list[dict], split: str, classes: list[str]) -> Part:
+    def columns(start, stop):
+        chunk = rows[start:stop]
+        uids = [r["uid"] for r in chunk]
+        seeds = [derive_seed(job.seed, u) for u in uids]
+        widths, heights, views = geometry_many(job, "real", split, seeds, chunk)
+        labels = [r["label"] for r in chunk]
+        return {"uid": uids, "label": labels, "class_name": [classes[i] for i in labels],
+                "path": [r["path"] for r in chunk], "parents": [[]] * len(chunk), "parent_paths": [[]] * len(chunk),
+                "weight": [None] * len(chunk), "seed": seeds, "width": widths, "height": heights, "views": views}
+    return Part("real", split, len(rows), columns)
+
+
+def mix_part(job: JobConfig, train: list[dict]) -> Part:
+    count = job.plan.resolve_pool(len(train))
+    if count == 0:
+        return Part("mix", "train", 0, None)
+    rng = np.random.Generator(np.random.PCG64(job.seed))
+    pairs = draw_pairs(job, train, count, rng)
+    weights = draw_weights(job, rng, count)
+
+    def columns(start, stop):
+        a, b = pairs[start:stop, 0].tolist(), pairs[start:stop, 1].tolist()
+        ua, ub = [train[i]["uid"] for i in a], [train[i]["uid"] for i in b]
+        uids = [make_uid("mix", job.seed, x, y, i) for i, (x, y) in enumerate(zip(ua, ub), start)]
+        seeds = [derive_seed(job.seed, u) for u in uids]
+        widths, heights, views = geometry_many(job, "mix", "train", seeds)
+        n = len(uids)
+        return {"uid": uids, "label": [-1] * n, "class_name": [None] * n, "path": [None] * n,
+                "parents": [list(p) for p in zip(ua, ub)],
+                "parent_paths": [[train[i]["path"], train[j]["path"]] for i, j in zip(a, b)],
+                "weight": weights[start:stop], "seed": seeds, "width": widths, "height": heights, "views": views}
+    return Part("mix", "train", count, columns)
