@@ -280,7 +280,7 @@ def section_syncs(sec: Section) -> None:
     from ..config import GeneratorConfig
     from ..testing.tiny import TinySizes, build_image_mixer
     from ..models.generators import DiffusionGenerator
-    from ..models.registry import build_generator
+    from ..models.build import build_generator
     from .syncs import SyncCounter
 
     folder = build_image_mixer(sec.work / "sync-model", TinySizes())
@@ -464,7 +464,7 @@ def section_compile(sec: Section) -> None:
         sec.emit(skipped="needs CUDA (inductor on a CPU measures the C++ compiler)")
         return
     from ..config import GeneratorConfig
-    from ..models.registry import build_generator
+    from ..models.build import build_generator
 
     size = sec.size
     pa, pb = random_parents(size.batch, 1), random_parents(size.batch, 2)

@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 
 from pipeline.config import GeneratorConfig  # noqa: E402
 from pipeline.testing import tiny  # noqa: E402
-from pipeline.models import registry  # noqa: E402
+from pipeline.contract.generators import GENERATORS  # noqa: E402
 from pipeline.models.generators import lerp, slerp, strengths  # noqa: E402
 from pipeline.models.build import build_generator  # noqa: E402
 
@@ -63,8 +63,8 @@ def test_registry_covers_every_configurable_kind():
     import typing
 
     configurable = typing.get_args(typing.get_type_hints(GeneratorConfig)["kind"])
-    assert set(registry.GENERATORS) == set(configurable)
-    for kind in registry.GENERATORS.values():
+    assert set(GENERATORS) == set(configurable)
+    for kind in GENERATORS.values():
         module, cls = kind.implementation.split(":")
         assert callable(getattr(importlib.import_module(module), cls)), kind.name
 

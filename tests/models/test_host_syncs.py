@@ -14,7 +14,7 @@ from pipeline.bench.syncs import SyncCounter  # noqa: E402
 from pipeline.config import GeneratorConfig  # noqa: E402
 from pipeline.testing import tiny  # noqa: E402
 from pipeline.models.generators import DiffusionGenerator  # noqa: E402
-from pipeline.models.registry import build_generator  # noqa: E402
+from pipeline.models.build import build_generator  # noqa: E402
 from trainer.data import model_inputs  # noqa: E402
 from trainer.loop import train_step  # noqa: E402
 from trainer.students import Distillable, build_student, mean_std  # noqa: E402
