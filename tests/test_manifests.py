@@ -16,7 +16,7 @@ from pipeline.tools.estimate import (JPEG_ANCHOR, STOCK_IMG_S, estimate, format_
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 RECIPES = ["cub200", "aircraft", "dtd", "pets", "caltech101"]
-TRAIN_CONFIGS = ["train-resnet50", "train-vit-s16"]
+TRAIN_CONFIGS = ["train-resnet50", "train-vit-s16", "train-vit-s14-dinov2"]
 
 
 def write_ingest_index(path: Path, train: int = 12, val: int = 4, classes: int = 3) -> Path:
@@ -42,11 +42,13 @@ def localise(data: dict, tmp: Path) -> dict:
     if (data.get("generator") or {}).get("path"):
         (tmp / "generator").mkdir(exist_ok=True)
         data["generator"]["path"] = str(tmp / "generator")
-    for section in ("teacher", "student"):
-        if (data.get(section) or {}).get("weights"):
-            stand_in = tmp / Path(data[section]["weights"]).name
+    # a compare's further students (`students: [{name, student}]`) name weight files too
+    sections = [data.get("teacher"), data.get("student")] + [s.get("student") for s in data.get("students") or ()]
+    for i, section in enumerate(sections):
+        if (section or {}).get("weights"):
+            stand_in = tmp / f"{i}-{Path(section['weights']).name}"
             stand_in.write_bytes(b"\x02" + b"\x00" * 7 + b"{}")   # an empty safetensors file: a header, no tensor
-            data[section]["weights"] = str(stand_in)
+            section["weights"] = str(stand_in)
     return data
 
 
@@ -198,7 +200,8 @@ def test_train_demo_is_what_the_demo_trains(tmp_path):
     load(TrainConfig, write_yaml(tmp_path / "train.yaml", localise(raw("train-demo"), tmp_path)))
 
 
-@pytest.mark.parametrize("name,arch", [("train-resnet50", "resnet50"), ("train-vit-s16", "vit_small_patch16_224")])
+@pytest.mark.parametrize("name,arch", [("train-resnet50", "resnet50"), ("train-vit-s16", "vit_small_patch16_224"),
+                                       ("train-vit-s14-dinov2", "vit_small_patch14_dinov2")])
 def test_train_configs_validate(name, arch, tmp_path):
     from trainer.config import TrainConfig
 
