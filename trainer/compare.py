@@ -1,10 +1,12 @@
 """`tsd compare CONFIG --out DIR`: the paper's rows from one config, at one budget, over N seeds.
 
-The rows (Marrie et al., TMLR 2024, the tables of their distillation study):
+The rows (after Marrie et al., TMLR 2024: the comparisons their claims rest on; the table is ours):
 - finetune: the student trained on the labels only (CE), no teacher;
 - KD on real images (loss mode kd-real);
 - KD + the mixes of each generator the teacher's releases hold (mixup, cutmix, SD-Mixup, …);
-and the teacher rows again for every other teacher listed (e.g. a finetuned one, against probing).
+and the teacher rows again for every other teacher listed (e.g. a finetuned one, against probing);
+the mix rows again on fractions of their pool (`pool_fractions`: the pool's first shards, read with
+`data.mix_pool`, no new generation); every row again for each further student (`students`).
 
 The budget is equal by construction: every run makes the same number of optimizer steps
 (`optim.steps`, or `optim.epochs` passes over the real set) with the same number of real images in
