@@ -393,7 +393,7 @@ def markdown(results: dict) -> str:
     lines += ["", "The teacher column gives the teacher's own val top-1 (%) in brackets. Mix pool: the mixes the "
                   "row's runs drew from (the first shards of the generator's pool, the fraction in brackets). "
                   "Data hours: the device hours that made what the row reads (the teacher's labels of the real "
-                  "images, plus its part of the mix pool), summed from the seconds each shard's stats recorded; "
+                  "images, plus its share of the mix pool's), from the seconds each shard's stats recorded; "
                   "— where a shard recorded none (`tsd plan JOB --dry-run` estimates them)."]
     if results["differences"]:
         lines += ["", f"Paired differences of val top-1 (points), row minus the row it is set against, seed by seed "

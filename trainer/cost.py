@@ -2,9 +2,10 @@
 (`seconds` in `<shard>.stats.json`, written by the shard worker beside the tar), summed over the
 shards the row reads and given in hours.
 
-A teacher row pays for the teacher's labels of the real training shards; a mix row adds the shards
-of the pool it reads (the first ones, `data.mix_pool`), so the pool-size rows say what each fraction
-cost. The hours are those of whatever device made the shards (a GPU in production, the CPU in the
+A teacher row pays for the teacher's labels of the real training shards; a mix row adds its share
+of the generator's pool: the whole pool's seconds times the fraction of its mixes the row reads
+(`data.mix_pool`). The pool's mean rate, not its first shards' own seconds: each worker's first
+shard also pays for loading the generator, and the first shards are the ones a fraction reads. The hours are those of whatever device made the shards (a GPU in production, the CPU in the
 demo). When a shard's stats record no seconds (releases made before they did, or not by the shard
 worker), the hours are unknown and say so: `tsd plan JOB --dry-run` estimates them.
 """
@@ -38,22 +39,17 @@ class ShardSeconds:
         return None if any(v is None for v in values) else sum(values)
 
 
-def row_shards(releases: ReleaseSet, teacher: bool, generator: str | None, pool: float) -> list[Shard]:
-    """The shards whose making a row pays for: none without a teacher; the first release's real
-    training shards (the teacher's labels); the part of the generator's pool the row reads."""
-    if not teacher:
-        return []
-    shards = releases.releases[0].shards("real", "train")
-    if generator:
-        shards = shards + releases.mix_pool([generator], pool)
-    return shards
-
-
 def row_hours(seconds: ShardSeconds, releases: ReleaseSet, teacher: bool, generator: str | None,
               pool: float) -> dict:
     """{"hours", "source"}: hours None with source UNKNOWN when a shard recorded no seconds."""
-    shards = row_shards(releases, teacher, generator, pool)
-    total = seconds(shards)
+    if not teacher:
+        return {"hours": 0.0, "source": "nothing generated"}
+    total = seconds(releases.releases[0].shards("real", "train"))   # the teacher's labels
+    if generator and total is not None:
+        whole = releases.mix_pool([generator], 1.0)
+        made = seconds(whole)
+        read = sum(s.count for s in releases.mix_pool([generator], pool))
+        total = None if made is None else total + made * read / max(1, sum(s.count for s in whole))
     if total is None:
         return {"hours": None, "source": UNKNOWN}
-    return {"hours": total / 3600.0, "source": RECORDED if shards else "nothing generated"}
+    return {"hours": total / 3600.0, "source": RECORDED}
