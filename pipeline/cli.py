@@ -61,9 +61,11 @@ COMMANDS = {
     "compare": Command("trainer.compare", "the paper's rows (finetune, KD, KD + each mix) at one budget, N seeds",
                        "Train every row of the paper's comparison from one config: finetune (labels only), KD on "
                        "real images, KD + the mixes of each generator the releases hold, for each listed teacher "
-                       "(probed, finetuned), N seeds each, all at the same optimizer steps and real images seen. "
-                       "Writes OUT/results.json, results.md (mean ± std) and results.png; finished runs are reused "
-                       "and a killed compare resumes where it stopped."),
+                       "(probed, finetuned), for each listed student, mix rows also on fractions of their pool, "
+                       "N seeds each (default 3), all at the same optimizer steps and real images seen. Writes "
+                       "OUT/results.json, results.md (mean ± std, 95 % t intervals, paired differences, data "
+                       "hours) and results.png; finished runs are reused and a killed compare resumes where it "
+                       "stopped."),
     "eval": Command("trainer.evaluate", "evaluate a student on a release's validation shards",
                     "Top-1/top-5 accuracy and agreement with the teacher on the release's real/val shards, and "
                     "per-class top-1 (per_class.csv) and the confusion matrix (confusion.png) in --out. CKPT is a "

@@ -53,8 +53,9 @@ class TeacherConfig:
 @dataclass
 class ProbeConfig:
     """The task adaptation of the teacher. 'probe' (the paper's choice): a head trained on frozen
-    features. 'finetune' (the paper's counterpoint): the last `blocks` blocks and the final norm
-    trained with the head, on pixels, with layer-wise lr decay (see stages/probe.py `finetune`)."""
+    features. 'finetune' (the paper's counterpoint): the last `blocks` blocks (or all of them and the
+    embeddings: blocks 'all') and the final norm trained with the head, on pixels, with layer-wise
+    lr decay (see stages/probe.py `finetune`)."""
     mode: Literal["probe", "finetune"] = "probe"   # probe: a head on frozen features; finetune: last blocks + head
     head: Literal["linear", "mlp"] = "linear"  # the task head on CLS ‖ mean-patch features
     views: int = ranged(1, ge=1)              # probe: augmented views per train image for the features
@@ -63,7 +64,8 @@ class ProbeConfig:
     weight_decay: float = ranged(1e-4, ge=0)  # AdamW weight decay
     batch_size: int = ranged(1024, ge=1)      # features (finetune: images) per update
     hidden: int = ranged(1024, ge=1)          # mlp head width
-    blocks: int = ranged(2, ge=1)             # finetune: the last N transformer blocks trained
+    # finetune: the last N transformer blocks trained; 'all': every block and the embeddings (a full finetune)
+    blocks: Union[int, Literal["all"]] = ranged(2, ge=1, allowed="or 'all'")
     layer_decay: float = ranged(0.75, gt=0, le=1)   # finetune: block k from the top (k = 1 the last) at lr · decay^k
     warmup_epochs: float = ranged(1.0, ge=0, allowed="at most epochs")   # finetune: linear warmup, then cosine to 0
 

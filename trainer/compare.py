@@ -1,10 +1,12 @@
 """`tsd compare CONFIG --out DIR`: the paper's rows from one config, at one budget, over N seeds.
 
-The rows (Marrie et al., TMLR 2024, the tables of their distillation study):
+The rows (after Marrie et al., TMLR 2024: the comparisons their claims rest on; the table is ours):
 - finetune: the student trained on the labels only (CE), no teacher;
 - KD on real images (loss mode kd-real);
 - KD + the mixes of each generator the teacher's releases hold (mixup, cutmix, SD-Mixup, …);
-and the teacher rows again for every other teacher listed (e.g. a finetuned one, against probing).
+and the teacher rows again for every other teacher listed (e.g. a finetuned one, against probing);
+the mix rows again on fractions of their pool (`pool_fractions`: the pool's first shards, read with
+`data.mix_pool`, no new generation); every row again for each further student (`students`).
 
 The budget is equal by construction: every run makes the same number of optimizer steps
 (`optim.steps`, or `optim.epochs` passes over the real set) with the same number of real images in
@@ -12,7 +14,8 @@ each batch, so every row sees the same real images; rows with mixes read `data.b
 per step, `data.mix_ratio` of them mixes, and rows without read only the real part of that batch.
 Each run states its budget in its metrics, and the compare refuses to tabulate runs whose budgets
 differ. Outputs in DIR: runs/<row>/seed-<s>/ (an ordinary `tsd train` run folder each),
-results.json, results.md (the table, mean ± std over seeds) and results.png (bars with error bars).
+results.json (per-seed numbers), results.md (mean, std and a 95 % t interval over seeds per row, and
+paired differences between rows, seed by seed: trainer/stats.py) and results.png (the same intervals).
 A finished run is reused (`contract.files.reuse`); a run that was cut short resumes from its latest
 checkpoint, so a killed compare, rerun, continues where it stopped.
 """
@@ -23,7 +26,7 @@ import json
 import shlex
 import shutil
 import signal
-import statistics
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -36,9 +39,11 @@ from pipeline.contract.files import atomic_write, read_json, reuse, write_json
 from pipeline.contract.ids import fingerprint
 from pipeline.contract.logs import get_logger
 
-from .config import DataConfig, RunSettings, TrainConfig, check_releases
+from .cost import ShardSeconds, row_hours
+from .config import DataConfig, OptimConfig, RunSettings, StudentConfig, TrainConfig, check_releases
 from .release import ReleaseSet
 from .runfiles import METRICS
+from .stats import CONFIDENCE, paired, summary
 
 log = get_logger(__name__)
 
@@ -66,12 +71,27 @@ class TeacherReleases:
 
 
 @dataclass
+class StudentRecipe:
+    """Another student of the compare: every row again with this student, at the same budget (the
+    same steps and real images per step), under its own optimizer recipe."""
+    name: str                                 # the rows' suffix (@name) and the table's student column
+    student: StudentConfig = field(default_factory=StudentConfig)
+    optim: Optional[OptimConfig] = None       # null = the compare's optim; optim.steps is always the compare's budget
+    rows: Optional[list[str]] = None          # this student's rows (as the compare's `rows`); null = the compare's
+
+
+@dataclass
 class CompareConfig(RunSettings):
     """The rows' shared training settings (a training config without releases) and the teachers'
     releases. `loss.mode` and `data.generators` are set per row; `runtime.seed` is the first seed."""
     teachers: list[TeacherReleases] = field(default_factory=list)  # required: [{name, releases}], the first release of each holding its real shards
     rows: Optional[list[str]] = None          # finetune, kd and generator kinds; null = all the releases allow
-    seeds: int = ranged(2, ge=1)              # runs per row: seeds runtime.seed, runtime.seed + 1, …
+    seeds: int = ranged(3, ge=1)              # runs per row: seeds runtime.seed, runtime.seed + 1, …
+    students: list[StudentRecipe] = field(default_factory=list)  # more students beside `student`: [{name, student, optim, rows}]
+    # the mix rows again on the first shards of each pool holding these fractions of its mixes (no
+    # new generation: the plan draws the pairs independently, so a pool's first shards are a smaller pool)
+    pool_fractions: list[float] = field(default_factory=lambda: [1.0])
+    pool_kinds: Optional[list[str]] = None    # the generator kinds whose rows get pool_fractions; null = all (others: 1.0)
 
     def check(self):
         if not self.teachers:
@@ -81,6 +101,12 @@ class CompareConfig(RunSettings):
             raise ConfigError(f"teachers: names must differ, got {names}")
         if self.rows is not None and len(set(self.rows)) != len(self.rows):
             raise ConfigError(f"rows: listed twice: {self.rows}")
+        if not self.pool_fractions or len(set(self.pool_fractions)) != len(self.pool_fractions) or \
+                any(not 0 < f <= 1 for f in self.pool_fractions):
+            raise ConfigError(f"pool_fractions: distinct values in (0, 1] are needed, got {self.pool_fractions}")
+        extra = [s.name for s in self.students]
+        if len(set(extra)) != len(extra) or any(not n or "/" in n or n.startswith(".") for n in extra):
+            raise ConfigError(f"students: names must differ and be usable as folder names, got {extra}")
 
 
 @dataclass(frozen=True)
@@ -88,8 +114,10 @@ class Row:
     id: str                  # its folder under runs/
     label: str
     teacher: str | None      # None: the row uses no teacher (finetune)
+    student: str | None      # the StudentRecipe's name; None: the compare's own `student`
     mode: str                # loss.mode
     generator: str | None    # the mixes it reads
+    pool: float              # the fraction of the generator's pool it reads (data.mix_pool)
     config: TrainConfig      # seed 0's config; the seeds differ in runtime.seed only
     releases: ReleaseSet
 
@@ -121,43 +149,55 @@ def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
         if releases.classes != teachers[0].classes or releases.count("real", "train") != real_train:
             raise ConfigError(f"teachers[{i}]: its releases hold other classes or another number of real training "
                               f"images than teachers[0]'s: the rows would not be comparable")
-    wanted = config.rows
+    recipes = [(None, config.student, config.optim, config.rows)] + \
+        [(s.name, s.student, s.optim or config.optim, s.rows if s.rows is not None else config.rows)
+         for s in config.students]
     available = set(BASE_ROWS).union(*(r.generator_kinds() for r in teachers))
-    for i, name in enumerate(wanted or ()):
-        if name not in available:
-            raise ConfigError(f"rows[{i}]: {name!r} is not a row these releases allow (have: "
-                              f"{', '.join(sorted(available))})")
+    listed = [("rows", config.rows)] + [(f"students[{j}].rows", s.rows) for j, s in enumerate(config.students)] + \
+        [("pool_kinds", config.pool_kinds)]
+    for key, names in listed:
+        for i, name in enumerate(names or ()):
+            if name not in available:
+                raise ConfigError(f"{key}[{i}]: {name!r} is not a row these releases allow (have: "
+                                  f"{', '.join(sorted(available))})")
 
-    def make(row_id, label, teacher, mode, generator, roots, opened: ReleaseSet) -> Row:
+    several = len(config.teachers) > 1
+
+    def make(row_id, label, teacher, mode, generator, roots, opened: ReleaseSet, pool: float = 1.0) -> Row:
+        if pool != 1.0:
+            row_id, label = f"{row_id}-{pool:g}x", f"{label}, {pool:g}× pool"
+        row_id += (f".{teacher}" if several and teacher else "") + (f"@{student_name}" if student_name else "")
         if generator and not n_mix:
             raise ConfigError(f"data.mix_ratio: {config.data.mix_ratio} leaves no mixes in the batches of row {row_id}")
         # the rows with mixes read the whole batch; the others only its real part
-        data = replace(config.data, generators=[generator]) if generator else \
-            replace(config.data, batch_size=n_real, mix_ratio=0.0, generators=None)
-        train = replace(base, releases=list(roots), loss=replace(config.loss, mode=mode), data=data,
-                        optim=replace(config.optim, steps=budget.steps))
+        data = replace(config.data, generators=[generator], mix_pool=pool) if generator else \
+            replace(config.data, batch_size=n_real, mix_ratio=0.0, generators=None, mix_pool=1.0)
+        train = replace(base, releases=list(roots), student=student, loss=replace(config.loss, mode=mode), data=data,
+                        optim=replace(optim, steps=budget.steps))
         try:
             checked = check_releases(train, opened)   # opened once per teacher, by _teacher_releases
         except ConfigError as e:
             raise ConfigError(f"row {row_id}: {e}") from None
-        return Row(row_id, label, teacher, mode, generator, train, checked)
+        return Row(row_id, label, teacher, student_name, mode, generator, pool, train, checked)
 
     rows = []
-    if wanted is None or "finetune" in wanted:
-        first = config.teachers[0]
-        rows.append(make("finetune", "finetune (CE on labels)", None, "finetune", None, first.releases[:1],
-                         _first(teachers[0])))
-    several = len(config.teachers) > 1
-    for spec, releases in zip(config.teachers, teachers):
-        suffix = f".{spec.name}" if several else ""
-        if wanted is None or "kd" in wanted:
-            rows.append(make(f"kd{suffix}", "KD on real images", spec.name, "kd-real", None, spec.releases[:1],
-                             _first(releases)))
-        kinds = releases.generator_kinds()
-        for kind in sorted(kinds, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k)):
-            if wanted is None or kind in wanted:
-                rows.append(make(f"kd+{kind}{suffix}", KIND_LABELS.get(kind, f"KD + {kind}"), spec.name, "distill",
-                                 kind, spec.releases, releases))
+    for student_name, student, optim, wanted in recipes:
+        if wanted is None or "finetune" in wanted:
+            first = config.teachers[0]
+            rows.append(make("finetune", "finetune (CE on labels)", None, "finetune", None, first.releases[:1],
+                             _first(teachers[0])))
+        for spec, releases in zip(config.teachers, teachers):
+            if wanted is None or "kd" in wanted:
+                rows.append(make("kd", "KD on real images", spec.name, "kd-real", None, spec.releases[:1],
+                                 _first(releases)))
+            kinds = releases.generator_kinds()
+            for kind in sorted(kinds, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k)):
+                if wanted is not None and kind not in wanted:
+                    continue
+                pools = config.pool_fractions if config.pool_kinds is None or kind in config.pool_kinds else [1.0]
+                for pool in sorted(pools):
+                    rows.append(make(f"kd+{kind}", KIND_LABELS.get(kind, f"KD + {kind}"), spec.name,
+                                     "distill", kind, spec.releases, releases, pool))
     if not rows:
         raise ConfigError("rows: no row to run")
     return rows, budget
@@ -246,8 +286,10 @@ def run_one(row: Row, seed: int, out: Path) -> tuple[dict, bool]:
 
 # -- results ------------------------------------------------------------------------------------
 def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: dict, out: Path) -> dict:
-    """results.json's content: per row its seeds, budget, val top-1 per seed, mean and std."""
+    """results.json's content: per row its seeds, budget, val top-1 per seed, mean, std and interval,
+    the pool it read and what its data cost; the paired differences between rows."""
     table = []
+    seconds = ShardSeconds()
     for row in rows:
         runs = finished[row.id]
         spent = {(m["train"]["steps"], m["train"]["budget"]["real_images"]) for m in runs}
@@ -256,9 +298,11 @@ def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: d
             raise RuntimeError(f"row {row.id}: runs spent {sorted(spent)} (steps, real images), the budget is "
                                f"{expected}: not comparable")
         top1 = [m["val"]["top1"] for m in runs]
+        stats = summary(top1)
         teacher = row.releases.releases[0].teacher if row.teacher else {}
         table.append({
             "id": row.id, "label": row.label, "teacher": row.teacher, "mode": row.mode, "generator": row.generator,
+            "student": row.config.student.arch, "student_name": row.student,
             "teacher_val_top1": teacher.get("val_top1"),
             "teacher_adaptation": (teacher.get("adaptation") or {}).get("mode", "probe") if row.teacher else None,
             "releases": [r.root for r in row.releases],
@@ -266,9 +310,14 @@ def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: d
             "steps": budget.steps,
             "real_images": runs[0]["train"]["budget"]["real_images"],
             "mix_images": runs[0]["train"]["budget"]["mix_images"],
+            "pool": row.pool if row.generator else None,
+            "pool_mixes": sum(s.count for s in row.releases.mix_pool([row.generator], row.pool))
+            if row.generator else 0,
+            "data_cost": row_hours(seconds, row.releases, row.teacher is not None, row.generator, row.pool),
             "val_top1": top1,
-            "mean": statistics.fmean(top1),
-            "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+            "mean": stats["mean"],
+            "std": stats["std"],
+            "interval": stats["interval"],
             "agreement": [m["val"]["agreement"] for m in runs],
             "runs": [str(run_dir(out, row, s).relative_to(out)) for s in seeds(config)],
         })
@@ -278,39 +327,101 @@ def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: d
                    "real_train": budget.real_train,
                    "epochs_of_real": round(budget.steps * budget.real_per_step / budget.real_train, 3)},
         "std": "sample standard deviation over the seeds (n - 1)",
+        "interval": f"two-sided {CONFIDENCE:.0%} Student-t interval of the mean over the seeds (null with one seed)",
+        "confidence": CONFIDENCE,
+        "differences": differences(table),
         "student": config.student.arch,
+        "students": [config.student.arch] + [s.student.arch for s in config.students],
         "classes": rows[0].releases.num_classes,
         "rows": table,
         "config": to_dict(config),
     }
 
 
+def comparisons(rows: list[dict]) -> list[tuple[str, str]]:
+    """(row, against) pairs a reader asks about: every teacher row against the finetune row (did
+    distillation help?), and every mix row against KD on real images from the same teacher (did
+    the mixes help?)."""
+    finetune_of = {r["student_name"]: r["id"] for r in rows if r["mode"] == "finetune"}
+    kd_of = {(r["student_name"], r["teacher"]): r["id"] for r in rows if r["mode"] == "kd-real"}
+    pairs = []
+    for r in rows:   # always within one student: a student's seed s is paired with the same student's
+        if r["teacher"] is not None and r["student_name"] in finetune_of:
+            pairs.append((r["id"], finetune_of[r["student_name"]]))
+        if r["generator"] and (r["student_name"], r["teacher"]) in kd_of:
+            pairs.append((r["id"], kd_of[(r["student_name"], r["teacher"])]))
+    return pairs
+
+
+def differences(rows: list[dict]) -> list[dict]:
+    """Paired differences of val top-1, seed by seed (the same seed shares the data order)."""
+    by_id = {r["id"]: r for r in rows}
+    return [{"row": a, "against": b, **paired(by_id[a]["val_top1"], by_id[b]["val_top1"])}
+            for a, b in comparisons(rows)]
+
+
+def _pool_cell(row: dict) -> str:
+    return f"{row['pool_mixes']:,} ({row['pool']:g}×)" if row["generator"] else "—"
+
+
+def _hours_cell(cost: dict) -> str:
+    return "—" if cost["hours"] is None else f"{cost['hours']:.3g}"
+
+
+def _pct_interval(interval) -> str:
+    return f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "—"
+
+
+def row_label(results: dict, row: dict) -> str:
+    """The row's label, with its student's architecture when the compare has several students."""
+    return f"{row['label']} · {row['student']}" if len(results["students"]) > 1 else row["label"]
+
+
 def markdown(results: dict) -> str:
     b = results["budget"]
     lines = [
-        f"# tsd compare: {results['student']} students, {results['classes']} classes",
+        f"# tsd compare: {' and '.join(results['students'])} students, {results['classes']} classes",
         "",
         f"Every run: {b['steps']:,} optimizer steps with {b['real_per_step']} real images each, so "
         f"{b['real_images']:,} real images seen ({b['epochs_of_real']:g} passes over the {b['real_train']:,} real "
         f"training images); the rows with mixes read {b['mix_per_step']} mixes per step on top. "
-        f"Val top-1 (%) is the mean ± {results['std']}.",
+        f"Val top-1 (%) is the mean ± {results['std']}; the interval is the {results['interval']}.",
         "",
-        "| row | teacher | val top-1 (%) | seeds | steps | real images | mix images |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| row | teacher | val top-1 (%) | {results['confidence']:.0%} interval | seeds | steps | real images "
+        f"| mix images | mix pool | data hours |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["rows"]:
         teacher = "—"
         if r["teacher"]:
             teacher = r["teacher"] + (f" ({100 * r['teacher_val_top1']:.1f})" if r["teacher_val_top1"] is not None
                                       else "")
-        lines.append(f"| {r['label']} | {teacher} | {100 * r['mean']:.1f} ± {100 * r['std']:.1f} | {len(r['seeds'])} "
-                     f"| {r['steps']:,} | {r['real_images']:,} | {r['mix_images']:,} |")
-    lines += ["", "The teacher column gives the teacher's own val top-1 (%) in brackets."]
+        lines.append(f"| {row_label(results, r)} | {teacher} | {100 * r['mean']:.1f} ± {100 * r['std']:.1f} "
+                     f"| {_pct_interval(r['interval'])} | {len(r['seeds'])} "
+                     f"| {r['steps']:,} | {r['real_images']:,} | {r['mix_images']:,} "
+                     f"| {_pool_cell(r)} | {_hours_cell(r['data_cost'])} |")
+    lines += ["", "The teacher column gives the teacher's own val top-1 (%) in brackets. Mix pool: the mixes the "
+                  "row's runs drew from (the first shards of the generator's pool, the fraction in brackets). "
+                  "Data hours: the device hours that made what the row reads (the teacher's labels of the real "
+                  "images, plus its share of the mix pool's), from the seconds each shard's stats recorded; "
+                  "— where a shard recorded none (`tsd plan JOB --dry-run` estimates them)."]
+    if results["differences"]:
+        lines += ["", f"Paired differences of val top-1 (points), row minus the row it is set against, seed by seed "
+                      f"(the same seed shares the data order); **bold**: the {results['confidence']:.0%} interval "
+                      f"excludes zero.", "",
+                  f"| row | against | per seed | mean | {results['confidence']:.0%} interval |",
+                  "| --- | --- | --- | ---: | ---: |"]
+        for d in results["differences"]:
+            mark = "**" if d["excludes_zero"] else ""
+            seeds_text = ", ".join(f"{100 * v:+.1f}" for v in d["differences"])
+            lines.append(f"| {d['row']} | {d['against']} | {seeds_text} | {mark}{100 * d['mean']:+.1f}{mark} "
+                         f"| {mark}{_pct_interval(d['interval'])}{mark} |")
     return "\n".join(lines) + "\n"
 
 
 def chart(results: dict, path: Path) -> bool:
-    """Bars of the mean val top-1 with the std as error bars; False when matplotlib is absent."""
+    """Bars of the mean val top-1 with its t interval as error bars (dots: the seeds), and beside
+    them the paired differences with their intervals; False when matplotlib is absent."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -319,15 +430,21 @@ def chart(results: dict, path: Path) -> bool:
     import io
     import textwrap
 
-    rows = results["rows"]
+    rows, diffs = results["rows"], results["differences"]
+    level = f"{results['confidence']:.0%}"
     # wrapped: side by side, long row names ("KD + SD-Mixup (ImageMixer)") ran into each other
-    labels = [textwrap.fill(r["label"], 16) + (f"\n[{r['teacher']} teacher]" if r["teacher"] else "") for r in rows]
-    fig = Figure(figsize=(max(6.0, 1.3 * len(rows)), 4.2), dpi=120)
-    ax = fig.add_subplot()
+    labels = [textwrap.fill(row_label(results, r), 16) + (f"\n[{r['teacher']} teacher]" if r["teacher"] else "") for r in rows]
+    fig = Figure(figsize=(max(6.0, 1.3 * len(rows)) + (4.0 if diffs else 0.0), 4.2), dpi=120)
+    ax, dax = (fig.subplots(1, 2, width_ratios=[max(6.0, 1.3 * len(rows)), 4.0]) if diffs
+               else (fig.add_subplot(), None))
     colours = ["#7f7f7f" if r["teacher"] is None else "#1f77b4" if r["generator"] is None else "#2ca02c"
                for r in rows]
-    ax.bar(range(len(rows)), [100 * r["mean"] for r in rows], yerr=[100 * r["std"] for r in rows], capsize=4,
-           color=colours)
+
+    def half_widths(items):   # asymmetric error bars from the intervals (none with a single seed)
+        return [[100 * (i["mean"] - i["interval"][0]) if i["interval"] else 0.0 for i in items],
+                [100 * (i["interval"][1] - i["mean"]) if i["interval"] else 0.0 for i in items]]
+
+    ax.bar(range(len(rows)), [100 * r["mean"] for r in rows], yerr=half_widths(rows), capsize=4, color=colours)
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r["val_top1"]), [100 * v for v in r["val_top1"]], s=10, color="black", zorder=3)
         ax.annotate(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", (i, 0), xytext=(0, 4), textcoords="offset points",
@@ -340,8 +457,18 @@ def chart(results: dict, path: Path) -> bool:
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("val top-1 (%)")
     b = results["budget"]
-    ax.set_title(f"{results['student']}: {b['steps']} steps, {b['real_images']:,} real images per run; "
-                 f"mean ± std over {len(rows[0]['seeds'])} seeds (dots: seeds)", fontsize=8)
+    ax.set_title(f"{' and '.join(results['students'])}: {b['steps']} steps, {b['real_images']:,} real images per run; "
+                 f"mean, {level} t interval over {len(rows[0]['seeds'])} seeds (dots: seeds)", fontsize=8)
+    if dax is not None:
+        ys = list(range(len(diffs)))[::-1]
+        errors = half_widths(diffs)
+        for y, d, low, high in zip(ys, diffs, *errors):
+            dax.errorbar([100 * d["mean"]], [y], xerr=[[low], [high]], fmt="o", capsize=3, color="black",
+                         ecolor="#d62728" if d["excludes_zero"] else "#7f7f7f")
+        dax.axvline(0.0, color="#7f7f7f", linewidth=0.8, linestyle="--")
+        dax.set_yticks(ys, [f"{d['row']}\n− {d['against']}" for d in diffs], fontsize=7)
+        dax.set_xlabel("paired difference of val top-1 (points)", fontsize=8)
+        dax.set_title(f"same seed paired, {level} interval (red: excludes 0)", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

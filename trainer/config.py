@@ -51,6 +51,9 @@ class DataConfig:
     """What each batch holds and how the shards are read."""
     mix_ratio: float = ranged(0.5, ge=0, le=1)  # fraction of mix samples in every batch ('distill' mode)
     generators: Optional[list[str]] = None    # generator kinds whose mixes are used; null = all
+    # fraction of each generator's mix pool read: its first shards, whole, holding at least this
+    # fraction of its mixes (the pairs are drawn independently, so they are a smaller pool of the same law)
+    mix_pool: float = ranged(1.0, gt=0, le=1)
     batch_size: int = ranged(256, ge=1)       # GLOBAL batch, split evenly over the ranks
     workers: int = ranged(4, ge=0)            # DataLoader workers per rank (0 = decode in the training process)
     shuffle_buffer: int = ranged(1000, ge=0)  # samples held by each reader's shuffle buffer

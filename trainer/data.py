@@ -172,13 +172,14 @@ def train_plan(releases: ReleaseSet, config, world: int, replay: Replay) -> Trai
     n_real, n_mix = batch_split(config, world)
     real_shards = releases.shards("real", "train")
     real = tuple(s.url for s in real_shards)
-    mix = tuple(s.url for s in releases.shards("mix", "train", data.generators)) if n_mix else ()
+    mix_pool = releases.mix_pool(data.generators, data.mix_pool)
+    mix = tuple(s.url for s in mix_pool) if n_mix else ()
     for stream, urls, n in (("real/train", real, n_real), ("mix/train", mix, n_mix)):
         if n:
             check_readers(stream, len(urls), world, data.workers, releases)
     # an epoch is one pass over the real training set (over the mixes when batches hold only mixes)
     per_step, total = (n_real, releases.count("real", "train")) if n_real \
-        else (n_mix, releases.count("mix", "train", data.generators))
+        else (n_mix, sum(s.count for s in mix_pool))
     steps = steps_per_epoch(total, per_step, world)
     counts = {s.url: s.count for s in real_shards + releases.shards("mix", "train")}
     return TrainPlan(real, mix, n_real, n_mix, steps, data.workers, data.shuffle_buffer, replay, counts)

@@ -5,6 +5,7 @@ shard folders' listings are read here; shards are streamed by `trainer.data`. Se
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pipeline.contract import storage
@@ -123,6 +124,24 @@ class ReleaseSet:
 
     def count(self, kind: str, split: str, generators: list[str] | None = None) -> int:
         return sum(s.count for s in self.shards(kind, split, generators))
+
+    def mix_pool(self, generators: list[str] | None = None, fraction: float = 1.0) -> list[Shard]:
+        """The mix/train shards a run reads: of each release (one generator's pool) its first shards
+        holding at least `fraction` of its mixes, in whole shards. The plan draws every pair
+        independently and numbers the shards in draw order, so a pool's first shards are a smaller
+        pool of the same law: one generation answers the pool-size question."""
+        out = []
+        for r in self.releases:
+            if generators is not None and r.generator_kind not in generators:
+                continue
+            shards = sorted(r.shards("mix", "train"), key=lambda s: s.name)
+            need, taken = math.ceil(fraction * sum(s.count for s in shards) - 1e-9), 0
+            for shard in shards:
+                if taken >= need:
+                    break
+                out.append(shard)
+                taken += shard.count
+        return out
 
     def feature_dim(self) -> int | None:
         """The teacher feature size when every release stores features of one size, else None."""

@@ -63,10 +63,11 @@ def init_weights(weights: str | None, weights_sha256: str | None = None) -> dict
 
 
 def check_input_size(model: nn.Module, arch: str, img_size: int | None) -> None:
-    """Models with a fixed input grid (ViTs) must be built for the student's img_size."""
+    """Models with a fixed input grid (ViTs) must be built for the student's img_size; timm's
+    `dynamic_img_size` ViTs resample their position embeddings to any input in the forward pass."""
     patch_embed = getattr(model, "patch_embed", None)
     fixed = getattr(patch_embed, "img_size", None)
-    if img_size is None or fixed is None or getattr(patch_embed, "dynamic_img_size", False):
+    if img_size is None or fixed is None or getattr(model, "dynamic_img_size", False):
         return
     if tuple(fixed) != (img_size, img_size):
         raise ConfigError(f"student.img_size: {img_size}, but {arch} is built for {tuple(fixed)}: set "

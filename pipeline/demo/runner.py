@@ -219,13 +219,28 @@ def finetuned_teacher_job(models: dict, index: str, size: DemoSize) -> dict:
     return config
 
 
+# The compare's runs are shorter than the plain demo's (12 epochs): 9 rows × 3 seeds must fit in
+# about the time 6 rows × 2 seeds of 12 epochs took.
+COMPARE_EPOCHS = 8
+COMPARE_SEEDS = 3
+COMPARE_POOL_FRACTIONS = [0.5, 1.0]    # the SD-Mixup row again on half its pool: no new generation
+
+
 def compare_config(out: str | Path, models: dict, size: DemoSize, teachers: list[dict]) -> dict:
-    """`tsd demo --compare`'s compare config: the demo's training settings, every row, 2 seeds."""
+    """`tsd demo --compare`'s compare config: the demo's training settings at a shorter budget, every
+    row, 3 seeds; SD-Mixup also on half its pool; the tiny ViT-S/14 student's finetune and KD rows."""
+    from ..testing.tiny import VIT_STUDENT_ARCH, VIT_STUDENT_KWARGS
+
     train = train_config(str(out), models, "distill", size)
     runtime = dict(train["runtime"], checkpoint_every=48, eval_every=0)  # validation at the end only: time
-    return {"teachers": teachers, "seeds": 2, "student": train["student"],
+    optim = dict(train["optim"], epochs=min(size.epochs, COMPARE_EPOCHS))
+    vit = {"name": "vit-s14", "rows": ["finetune", "kd"],
+           "student": {"arch": VIT_STUDENT_ARCH, "weights": models["vit-student"],
+                       "img_size": VIT_STUDENT_KWARGS["img_size"], "model_kwargs": dict(VIT_STUDENT_KWARGS)}}
+    return {"teachers": teachers, "seeds": COMPARE_SEEDS, "student": train["student"],
             "loss": {k: v for k, v in train["loss"].items() if k != "mode"}, "data": train["data"],
-            "optim": train["optim"], "runtime": runtime}
+            "optim": optim, "runtime": runtime, "students": [vit],
+            "pool_fractions": list(COMPARE_POOL_FRACTIONS), "pool_kinds": ["image-mixer"]}
 
 
 def compare_teachers(out: str | Path) -> list[dict]:
@@ -237,11 +252,28 @@ def compare_teachers(out: str | Path) -> list[dict]:
             {"name": "finetuned", "releases": [f"{out}/{FINETUNED_DIR}"]}]
 
 
+def build_vit_student_once(folder: Path) -> Path:
+    """The tiny ViT-S/14 student's weights (reused when already built with these sizes)."""
+    from ..testing.tiny import VIT_STUDENT_ARCH, VIT_STUDENT_KWARGS, build_vit_student
+
+    path = folder / "vit-student" / "model.safetensors"
+    description = {"arch": VIT_STUDENT_ARCH, **VIT_STUDENT_KWARGS, "seed": 0}
+
+    def build():
+        build_vit_student(folder, seed=0)
+        plain_modes(folder)   # safetensors writes weight files 0600
+        return description
+
+    reuse(folder / "vit-student.done.json", fingerprint(description), build, outputs=[path])
+    return path
+
+
 @torch_threads(DEMO_THREADS)
 def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
     """`tsd demo --compare`: the demo's release plus the same mixes made by mixup and cutmix, a
     finetuned teacher's release of the real images, then `tsd compare` on them (finetune, KD,
-    KD + each mix, KD with the finetuned teacher; 2 seeds) into out/compare."""
+    KD + each mix, SD-Mixup on half its pool, KD with the finetuned teacher; the tiny ViT-S/14
+    student's finetune and KD; 3 seeds) into out/compare."""
     from trainer.compare import CompareConfig, markdown, run_compare
 
     from ..config import load_job
@@ -255,7 +287,8 @@ def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
     finetuned = out / FINETUNED_DIR
     job = load_job(dump(finetuned_teacher_job(built["models"], built["index"], size), finetuned / WORK / "job.yaml"))
     job_stages(job, finetuned, timer, " (finetuned teacher)")
-    config_path = dump(compare_config(out, built["models"], size, compare_teachers(out)), out / WORK / "compare.yaml")
+    models = dict(built["models"], **{"vit-student": str(build_vit_student_once(out / WORK / "models"))})
+    config_path = dump(compare_config(out, models, size, compare_teachers(out)), out / WORK / "compare.yaml")
     results = timer.run("compare", lambda: run_compare(load(CompareConfig, config_path), out / "compare"),
                         lambda r: f"{len(r['rows'])} rows × {len(r['rows'][0]['seeds'])} seeds")
     print()
@@ -394,7 +427,7 @@ def add_arguments(p) -> None:
                         "cores, 9.5 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
     p.add_argument("--compare", action="store_true",
                    help="also make mixup and cutmix mixes and a finetuned teacher's release, then `tsd compare` "
-                        "every row (2 seeds) into OUT/compare")
+                        "every row (3 seeds) into OUT/compare")
 
 
 def run(args) -> int:

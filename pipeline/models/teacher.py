@@ -85,17 +85,30 @@ def _assigned(arch: str, weights: str, kwargs: dict) -> nn.Module | None:
     return model
 
 
-def tuned_parts(backbone: nn.Module, blocks: int) -> list[tuple[int, str, nn.Module]]:
-    """What a finetuned teacher trains besides its head: (depth from the top, name, module) for the
-    last `blocks` transformer blocks (depth 1 = the last) and the final norm (depth 0, with the head)."""
+# What a full finetune (probe.blocks: all) trains below the first block, one layer-decay step deeper
+# than it: timm ViT's token embeddings and the norm before the blocks, where the model has them.
+EMBEDDINGS = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre")
+
+
+def tuned_parts(backbone: nn.Module, blocks: int | str) -> list[tuple[int, str, nn.Module | nn.Parameter]]:
+    """What a finetuned teacher trains besides its head: (depth from the top, name, module or
+    parameter) for the last `blocks` transformer blocks (depth 1 = the last), with 'all' every block
+    and the embeddings (depth = blocks + 1), and the final norm (depth 0, with the head)."""
     stack = getattr(backbone, "blocks", None)
     if not isinstance(stack, nn.Sequential | nn.ModuleList) or not len(stack):
         raise UserError(f"probe.mode: 'finetune' needs a transformer with blocks; {type(backbone).__name__} "
                         "has none (use probe.mode: probe)")
-    if blocks > len(stack):
-        raise UserError(f"probe.blocks: {blocks}, but the teacher has {len(stack)} blocks")
     n = len(stack)
-    parts = [(d, f"blocks.{n - d}", stack[n - d]) for d in range(blocks, 0, -1)]
+    if blocks != "all" and blocks > n:
+        raise UserError(f"probe.blocks: {blocks}, but the teacher has {n} blocks")
+    parts = []
+    if blocks == "all":
+        for name in EMBEDDINGS:
+            part = getattr(backbone, name, None)
+            if isinstance(part, nn.Parameter) or isinstance(part, nn.Module) and any(True for _ in part.parameters()):
+                parts.append((n + 1, name, part))
+        blocks = n
+    parts += [(d, f"blocks.{n - d}", stack[n - d]) for d in range(blocks, 0, -1)]
     norm = getattr(backbone, "norm", None)
     if isinstance(norm, nn.Module) and any(True for _ in norm.parameters()):
         parts.append((0, "norm", norm))

@@ -5,9 +5,11 @@ stored bytes → decoded → recorded view), so the head is fit on the distribut
 
 `probe.mode: finetune` is the paper's counterpoint, a finetuned teacher. Its recipe:
 - trained: the head, the final norm and the last `probe.blocks` transformer blocks; the rest stays
-  frozen (and is not back-propagated through);
+  frozen (and is not back-propagated through). `probe.blocks: all` is a full finetune: every block
+  and the embeddings (patch embedding, class/register tokens, position embedding) are trained;
 - layer-wise lr decay: the head and the final norm at `probe.lr`, block k from the top (k = 1 the
-  last) at `probe.lr · probe.layer_decay^k`; AdamW, `probe.weight_decay` on the matrices only;
+  last) at `probe.lr · probe.layer_decay^k`, the embeddings of a full finetune one step below the
+  first block; AdamW, `probe.weight_decay` on the matrices only;
 - schedule: `probe.epochs` over the training images, `probe.batch_size` images per step, linear
   warmup for `probe.warmup_epochs`, then cosine decay to 0;
 - augmentation: every epoch, each training image is seen once through a fresh random view drawn
@@ -158,9 +160,11 @@ def finetune_groups(job: JobConfig, backbone, head) -> tuple[list[dict], list[st
     p = job.probe
     groups, names = [], []
 
-    def add(module, scale):
-        module.train().requires_grad_(True)
-        params = list(module.parameters())
+    def add(part, scale):
+        if isinstance(part, torch.nn.Parameter):   # a token or position embedding of a full finetune
+            params = [part.requires_grad_(True)]
+        else:
+            params = list(part.train().requires_grad_(True).parameters())
         groups.extend([{"params": [q for q in params if q.ndim > 1], "weight_decay": p.weight_decay, "scale": scale},
                        {"params": [q for q in params if q.ndim <= 1], "weight_decay": 0.0, "scale": scale}])
 
@@ -252,7 +256,7 @@ def run_finetune(job: JobConfig, out_dir, device, index, t0: float) -> dict:
     train_images = _stored_pixels(job, train, index.limits)
     val_images = _stored_pixels(job, val, index.limits)
     backbone, head, names = finetune(job, train, train_images, len(index.classes), device)
-    tuned = {k: v for k, v in backbone.state_dict().items() if any(k.startswith(n + ".") for n in names)}
+    tuned = {k: v for k, v in backbone.state_dict().items() if any(k == n or k.startswith(n + ".") for n in names)}
     metrics = {
         "train_top1": _pixel_accuracy(job, backbone, head, train, train_images, device),
         "val_top1": _pixel_accuracy(job, backbone, head, val, val_images, device),

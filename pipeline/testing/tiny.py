@@ -51,6 +51,26 @@ def build_student(folder: Path, sizes: TinySizes, seed: int = 0) -> Path:
     return path
 
 
+# The demo compare's second student: DINOv2's ViT-S/14 architecture (timm vit_small_patch14_dinov2:
+# patch 14, layer scale) at a tiny width and depth, random weights (the published ViT-S/14 was
+# distilled from ViT-g; nothing here stands in for that), built for 56 px inputs (4 × 4 patches).
+VIT_STUDENT_ARCH = "vit_small_patch14_dinov2"
+VIT_STUDENT_KWARGS = {"img_size": 56, "embed_dim": 96, "depth": 2, "num_heads": 3}
+
+
+def build_vit_student(folder: Path, seed: int = 0) -> Path:
+    """The tiny ViT-S/14 student's weight file (folder/vit-student/model.safetensors), loaded by path."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed + 5)
+    model = timm.create_model(VIT_STUDENT_ARCH, pretrained=False, num_classes=0, **VIT_STUDENT_KWARGS)
+    path = folder / "vit-student" / "model.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
 def _tiny_unet(sizes: TinySizes, **kwargs):
     from diffusers import UNet2DConditionModel
 

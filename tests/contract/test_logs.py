@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 from pipeline.contract.logs import get_logger, print_warnings
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_project_warning_is_one_stderr_line(capsys):

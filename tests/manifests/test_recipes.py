@@ -17,7 +17,7 @@ from pipeline.stages.estimate import (JPEG_ANCHOR, STOCK_IMG_S, estimate, format
                                      natural_test_image)
 
 RECIPES = ["cub200", "aircraft", "dtd", "pets", "caltech101"]
-TRAIN_CONFIGS = ["train-resnet50", "train-vit-s16"]
+TRAIN_CONFIGS = ["train-resnet50", "train-vit-s16", "train-vit-s14-dinov2"]
 
 
 def raw(name: str) -> dict:
@@ -163,7 +163,8 @@ def test_train_demo_is_what_the_demo_trains(tmp_path):
     load(TrainConfig, write_yaml(tmp_path / "train.yaml", localise(raw("train-demo"), tmp_path)))
 
 
-@pytest.mark.parametrize("name,arch", [("train-resnet50", "resnet50"), ("train-vit-s16", "vit_small_patch16_224")])
+@pytest.mark.parametrize("name,arch", [("train-resnet50", "resnet50"), ("train-vit-s16", "vit_small_patch16_224"),
+                                       ("train-vit-s14-dinov2", "vit_small_patch14_dinov2")])
 def test_train_configs_validate(name, arch, tmp_path):
     from trainer.config import TrainConfig
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pipeline
 from pipeline.cli import main
 from pipeline.stages.release import code_version
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PYPROJECT_VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MARK = re.compile(r"^# Copied from ([\w.]+)\.(\w+)", re.M)
 DEFINITION = re.compile(r"^(?:def|class) (\w+)", re.M)
 

@@ -17,8 +17,8 @@ from pipeline.contract.ids import make_uid
 from pipeline.contract.layout import HEAD_FILE, INDEX_COLUMNS, PROBE_METRICS
 from pipeline.contract.shards import publish_shard
 from pipeline.sources.index import write_index
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "timm", "ray", "diffusers", "transformers")
 # the CLI as `tsd` runs it, then the heavy modules this interpreter imported, as the last line
 RUN_CLI = ("import json, sys\nfrom pipeline.cli import main\ncode = main(sys.argv[1:])\n"

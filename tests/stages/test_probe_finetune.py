@@ -79,6 +79,34 @@ def test_layer_wise_lr_decay_groups(small_release):
         load_job(small_release["job_path"], {"probe": {"layer_decay": 0}})
 
 
+def test_a_full_finetune_trains_every_block_and_the_embeddings(small_release, tmp_path):
+    """probe.blocks: all: every backbone parameter trained, the embeddings one layer-decay step below
+    the first block; the head file carries them all and the teacher loads them back."""
+    job = load_job(small_release["job_path"], {"probe": dict(FINETUNE["probe"], blocks="all", epochs=1)})
+    backbone = load_backbone(job.teacher)
+    head = torch.nn.Linear(384, 8)
+    groups, names = finetune_groups(job, backbone, head)
+    assert names == ["patch_embed", "cls_token", "pos_embed", "blocks.0", "blocks.1", "norm"]
+    scales = {id(q): g["scale"] for g in groups for q in g["params"]}
+    assert all(id(q) in scales and q.requires_grad for q in backbone.parameters())   # nothing frozen
+    assert scales[id(backbone.patch_embed.proj.weight)] == scales[id(backbone.pos_embed)] == 0.125   # 0.5³
+    assert scales[id(backbone.blocks[0].attn.qkv.weight)] == 0.25 and scales[id(backbone.norm.weight)] == 1.0
+    with pytest.raises(ConfigError, match=r"probe.blocks: expected int \| 'all', got str 'every'"):
+        load_job(small_release["job_path"], {"probe": {"blocks": "every"}})
+
+    metrics, _ = probe_stage(job, tmp_path)
+    assert metrics["tuned"] == names
+    assert metrics["tuned_parameters"] == sum(q.numel() for q in backbone.parameters())
+    tensors = load_file(str(tmp_path / HEAD_FILE))
+    assert {"backbone.cls_token", "backbone.pos_embed", "backbone.patch_embed.proj.weight"} <= tensors.keys()
+    teacher = load_teacher(job.teacher, tmp_path / HEAD_FILE)
+    pretrained = load_backbone(job.teacher).state_dict()
+    own = teacher.backbone.state_dict()
+    assert all(torch.equal(own[k], tensors["backbone." + k]) for k in own)
+    assert not torch.equal(own["patch_embed.proj.weight"], pretrained["patch_embed.proj.weight"])
+    assert teacher_record(job, tmp_path)["adaptation"]["recipe"]["blocks"] == "all"
+
+
 def test_the_worker_labels_with_the_finetuned_teacher(finetuned, small_release):
     job, out, _, _ = finetuned
     plan = read_plan(jobdir.plan_path(small_release["root"]))

@@ -31,11 +31,13 @@ def localise(data: dict, tmp: Path) -> dict:
     if (data.get("generator") or {}).get("path"):
         (tmp / "generator").mkdir(exist_ok=True)
         data["generator"]["path"] = str(tmp / "generator")
-    for section in ("teacher", "student"):
-        if (data.get(section) or {}).get("weights"):
-            stand_in = tmp / Path(data[section]["weights"]).name
+    # a compare's further students (`students: [{name, student}]`) name weight files too
+    sections = [data.get("teacher"), data.get("student")] + [s.get("student") for s in data.get("students") or ()]
+    for i, section in enumerate(sections):
+        if (section or {}).get("weights"):
+            stand_in = tmp / f"{i}-{Path(section['weights']).name}"
             stand_in.write_bytes(b"\x02" + b"\x00" * 7 + b"{}")   # an empty safetensors file: a header, no tensor
-            data[section]["weights"] = str(stand_in)
+            section["weights"] = str(stand_in)
     return data
 
 

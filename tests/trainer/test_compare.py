@@ -124,6 +124,9 @@ def test_compare_runs_every_row_at_one_budget(compared):
         assert row["mix_images"] == (32 if row["generator"] else 0)
         assert row["mean"] == pytest.approx(sum(row["val_top1"]) / 2)
         assert row["std"] == pytest.approx(abs(row["val_top1"][0] - row["val_top1"][1]) / 2 ** 0.5)
+        # two seeds: t_{0.975, 1} = 12.706 (the printed table) times the standard error
+        half = 12.7062 * row["std"] / 2 ** 0.5
+        assert row["interval"] == pytest.approx([row["mean"] - half, row["mean"] + half], abs=1e-4)
         for run in row["runs"]:
             metrics = json.loads((out / run / "metrics.json").read_text())
             assert metrics["train"]["budget"]["real_images"] == 32 and metrics["train"]["steps"] == 4
@@ -132,8 +135,17 @@ def test_compare_runs_every_row_at_one_budget(compared):
     assert by_id["kd+cutmix"]["generator"] == "cutmix" and by_id["kd"]["mode"] == "kd-real"
     # a row's seeds differ: the seed reaches the data order
     assert read_log(out / "runs" / "kd+mixup" / "seed-0") != read_log(out / "runs" / "kd+mixup" / "seed-1")
+    # paired differences: every teacher row against finetune, every mix row against KD, seed by seed
+    pairs = [(d["row"], d["against"]) for d in results["differences"]]
+    assert pairs == [("kd", "finetune"), ("kd+mixup", "finetune"), ("kd+mixup", "kd"), ("kd+cutmix", "finetune"),
+                     ("kd+cutmix", "kd")]
+    for d in results["differences"]:
+        a, b = by_id[d["row"]]["val_top1"], by_id[d["against"]]["val_top1"]
+        assert d["differences"] == pytest.approx([x - y for x, y in zip(a, b)])
+        assert d["excludes_zero"] == (d["interval"][0] > 0 or d["interval"][1] < 0)
     table = (out / compare.RESULTS_MD).read_text()
     assert "| KD + CutMix | probed" in table and "±" in table and "4 optimizer steps" in table
+    assert "95% interval" in table and "| kd+cutmix | kd |" in table
     assert table.strip() in stdout
     assert (out / compare.RESULTS_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -243,7 +255,8 @@ def test_compare_demo_is_what_the_demo_compares(tmp_path):
 
     work = "../demo-out/work"
     models = {"teacher": f"{work}/models/teacher/model.safetensors",
-              "student": f"{work}/models/student/model.safetensors", "image-mixer": f"{work}/models/image-mixer"}
+              "student": f"{work}/models/student/model.safetensors", "image-mixer": f"{work}/models/image-mixer",
+              "vit-student": f"{work}/models/vit-student/model.safetensors"}
     raw = yaml.safe_load((MANIFESTS / "compare-demo.yaml").read_text())
     assert raw == compare_config("../demo-out", models, SIZES["demo"], compare_teachers("../demo-out"))
     assert [t["name"] for t in raw["teachers"]] == ["probed", "finetuned"]
@@ -255,5 +268,8 @@ def test_compare_configs_load(name, tmp_path):
 
     raw = yaml.safe_load((MANIFESTS / f"{name}.yaml").read_text())
     config = compare.load_compare(write_yaml(tmp_path / "c.yaml", localise(raw, tmp_path)))
-    assert config.seeds == 2 and config.teachers[0].name == "probed"
+    assert config.seeds == 3 and config.teachers[0].name == "probed"
+    # the DINOv2 ViT-S/14 student beside the first one; SD-Mixup on fractions of its pool
+    assert [s.student.arch for s in config.students] == ["vit_small_patch14_dinov2"]
+    assert config.pool_kinds == ["image-mixer"] and 1.0 in config.pool_fractions
     assert all(Path(r).is_absolute() for t in config.teachers for r in t.releases)

@@ -302,8 +302,12 @@ def test_student_weights_from_a_local_file(tmp_path):
 
 
 def test_fixed_grid_students_need_their_img_size():
+    fixed = {"dynamic_img_size": False}   # timm's test_vit resamples its position embeddings by default
     with pytest.raises(ConfigError, match="student.model_kwargs.img_size: 32"):
-        students.build_student("test_vit", num_classes=4, img_size=32)
+        students.build_student("test_vit", num_classes=4, img_size=32, model_kwargs=fixed)
+    # a dynamic_img_size ViT takes any input size: no error
+    dynamic = students.build_student("test_vit", num_classes=4, img_size=32)
+    assert dynamic.dynamic_img_size and dynamic(torch.randn(1, 3, 32, 32)).shape == (1, 4)
     vit = students.build_student("test_vit", num_classes=4, img_size=32, model_kwargs={"img_size": 32})
     assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 4)
     mean, std = students.mean_std(vit)
