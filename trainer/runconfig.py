@@ -18,8 +18,8 @@ from pipeline.contract.configlib import ConfigError, load, to_dict
 from pipeline.contract.errors import UserError
 
 from .config import TrainConfig
+from .runfiles import CONFIG as SAVED   # the run's own resolved config, what --resume trains with
 
-SAVED = "config.yaml"
 # keys a resume may change: where and how often things happen, never what a step computes
 RESUMABLE = ("runtime.device", "runtime.checkpoint_minutes", "runtime.checkpoint_epochs", "runtime.checkpoint_every",
              "runtime.log_every", "runtime.eval_every", "runtime.keep_checkpoints")

@@ -12,6 +12,7 @@ STUDENT_INFO = "student.json"  # arch, classes, preprocessing: what `tsd eval` a
 TENSORBOARD = "tb"
 LOCK = "train.lock"            # held while a trainer runs in the folder (see trainer.runfolder)
 EVAL = "eval"                  # `tsd eval RUN`'s default output folder
+TRACKER = "tracker.json"       # {"mlflow": run id, "wandb": run id}: what --resume continues (see trainer.trackers)
 
 # a folder holding any of these holds a run
 RUN_FILES = (LOG, VAL_LOG, CONFIG, CHECKPOINTS, METRICS, STUDENT_WEIGHTS, STUDENT_INFO, TENSORBOARD)

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 import time
 from pathlib import Path
 
 from pipeline.contract.errors import ConfigError, first_line
+from pipeline.contract.logs import get_logger
 
-TRACKER_FILE = "tracker.json"   # {"mlflow": run id, "wandb": run id}: what --resume continues
+from .runfiles import TRACKER as TRACKER_FILE
+
 LOGGERS = ("tensorboard", "mlflow", "wandb")
+log = get_logger(__name__)
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
@@ -77,7 +79,7 @@ class Tracker:
             fn(*args)
         except Exception as e:   # a tracker going away mid-run must not end the training
             self.broken = True
-            print(f"warning: {self.name} logging stopped: {first_line(e)}", file=sys.stderr)
+            log.warning(f"{self.name} logging stopped: {first_line(e)}")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         self._guard(self._scalars, values, step)

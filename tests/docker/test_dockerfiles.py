@@ -122,8 +122,11 @@ def test_images_carry_a_c_compiler_and_python_headers(image):
 
 def test_ci_and_the_readme_install_the_tested_stack(project):
     readme = (REPO / "README.md").read_text()
-    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "&&" in line]
     assert len(commands) == 2 and all("pip install -c constraints.txt -e '.[all]'" in c for c in commands)
+    tested = constraints()
+    for name, version in re.findall(r"\b(torch|torchvision)==([\w.]+)", readme):   # the CPU-only install's pins
+        assert tested[name] == version, f"README pins {name}=={version}, constraints.txt holds {tested[name]}"
     assert project["requires-python"] == ">=3.11"
     tested = constraints()
     for dependency in project["dependencies"] + project["optional-dependencies"]["pipeline"]:
