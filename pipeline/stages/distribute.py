@@ -370,11 +370,14 @@ class Driver:
             self.slots.append(Slot(actor, time.monotonic(), starting=actor.ready.remote()))
             self.started += 1
 
-    def _drop(self, slot: Slot, cause: str) -> None:
+    def _drop(self, slot: Slot, cause: str, queue: list[Task] | None = None) -> None:
         """Kill a worker (not politely: it may be stopped or stuck in a driver call) and count it lost;
-        past generate.max_restarts, the job ends here in one line."""
+        past generate.max_restarts, the job ends here in one line. `queue`: a worker lost while
+        starting gives back the shard waiting for it (not a retry: it never ran)."""
         import ray
 
+        if queue is not None and slot.task is not None:
+            queue.insert(0, slot.task)
         self.slots.remove(slot)
         self.loads.append(slot.loads)
         ray.kill(slot.actor, no_restart=True)
@@ -401,12 +404,12 @@ class Driver:
         try:
             while queue or any(s.task for s in self.slots):
                 self._top_up(len(queue) + sum(1 for s in self.slots if s.task))
-                for slot in self.slots:
-                    if queue and slot.starting is None and slot.task is None:
+                for slot in self.slots:   # a starting worker gets its first shard now: it runs right after ready()
+                    if queue and slot.task is None:
                         slot.task, slot.since = queue.pop(0), time.monotonic()
                         slot.ref = slot.actor.run.remote(slot.task.folder, slot.task.name)
                 waiting = {s.starting: s for s in self.slots if s.starting is not None}
-                waiting.update({s.ref: s for s in self.slots if s.task is not None})
+                waiting.update({s.ref: s for s in self.slots if s.task is not None and s.starting is None})
                 if not waiting:   # no node can hold a worker now (all lost): wait for one, boundedly
                     empty_since = empty_since or time.monotonic()
                     if time.monotonic() - empty_since > self.deadline.start:
@@ -440,14 +443,14 @@ class Driver:
         import ray
 
         if ref is slot.starting:
-            slot.starting = None
+            slot.starting, slot.since = None, time.monotonic()   # its first shard's deadline starts now
             try:
                 info = ray.get(ref)
             except ray.exceptions.RayError as e:
-                return self._drop(slot, f"a worker died while starting on {slot.where}: {first_line(e)}")
+                return self._drop(slot, f"a worker died while starting on {slot.where}: {first_line(e)}", queue)
             slot.where, slot.loads = describe(info), info["teacher_loads"]
             if info["error"]:
-                self._drop(slot, f"a worker failed to start on {slot.where}: {info['error']}")
+                self._drop(slot, f"a worker failed to start on {slot.where}: {info['error']}", queue)
             return
         task, slot.task, slot.ref = slot.task, None, None
         try:
@@ -470,7 +473,7 @@ class Driver:
         """Kill the workers past their deadline (a shard's, or a start's); their shard goes to another."""
         now = time.monotonic()
         for slot in list(self.slots):
-            if slot.task is not None and now - slot.since > self.deadline.shard():
+            if slot.task is not None and slot.starting is None and now - slot.since > self.deadline.shard():
                 task = slot.task
                 cause = f"{task.name} passed its deadline of {self.deadline.shard():.0f} s on {slot.where}"
                 summary["retries"] += 1
@@ -478,13 +481,13 @@ class Driver:
                 self._drop(slot, cause)
             elif slot.starting is not None and now - slot.born > self.deadline.start:
                 self._drop(slot, f"a worker did not start within {self.deadline.start:.0f} s "
-                                 f"(generate.start_deadline_s) on {slot.where}")
+                                 f"(generate.start_deadline_s) on {slot.where}", queue)
 
     def _name_stragglers(self, bar: Progress) -> None:
         """The progress line names the shards running late (the three latest, and how many more)."""
         now = time.monotonic()
         late = sorted((now - s.since, s.task.name) for s in self.slots
-                      if s.task is not None and self.deadline.straggling(now - s.since))
+                      if s.task is not None and s.starting is None and self.deadline.straggling(now - s.since))
         if not late:
             bar.fields.pop("stragglers", None)
             return
