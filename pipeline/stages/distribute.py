@@ -258,6 +258,7 @@ class Slot:
     ref: object = None
     since: float = 0.0
     loads: int = 0
+    first: bool = False         # one of the pool's first workers (see Driver.run)
 
 
 def placeable(cpus_per_worker: float, gpu: bool) -> int:
@@ -365,9 +366,10 @@ class Driver:
     def _top_up(self, remaining: int) -> None:
         """Start workers up to what was asked, what the cluster holds now and what is left to do."""
         want = min(self.asked, self._capacity(), remaining)
+        first = self.started == 0
         while len(self.slots) < want:
             actor = self.make_actor()
-            self.slots.append(Slot(actor, time.monotonic(), starting=actor.ready.remote()))
+            self.slots.append(Slot(actor, time.monotonic(), starting=actor.ready.remote(), first=first))
             self.started += 1
 
     def _drop(self, slot: Slot, cause: str, queue: list[Task] | None = None) -> None:
@@ -404,8 +406,11 @@ class Driver:
         try:
             while queue or any(s.task for s in self.slots):
                 self._top_up(len(queue) + sum(1 for s in self.slots if s.task))
-                for slot in self.slots:   # a starting worker gets its first shard now: it runs right after ready()
-                    if queue and slot.task is None:
+                # the first workers get a shard while starting (it runs right after ready()), so that every
+                # node takes work even if one starts slowly; a replacement or a worker of a node that joined
+                # waits for ready(): it may never be placed (its node lost), and must hold no shard meanwhile
+                for slot in self.slots:
+                    if queue and slot.task is None and (slot.starting is None or slot.first):
                         slot.task, slot.since = queue.pop(0), time.monotonic()
                         slot.ref = slot.actor.run.remote(slot.task.folder, slot.task.name)
                 waiting = {s.starting: s for s in self.slots if s.starting is not None}
