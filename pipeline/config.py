@@ -113,7 +113,7 @@ class GeneratorConfig:
     # Several generators under one teacher: every kind listed (which must include `kind`) mixes the
     # same planned pairs, weights and seeds; `kind`'s mixes are the job folder's own, each other
     # kind's go to a release of its own, OUT/generators/<kind>/, labelled by the same teacher head
-    # (see stages/family.py). They share the settings below: at most one diffusion kind.
+    # (see stages/jobdir.py). They share the settings below: at most one diffusion kind.
     kinds: Optional[list[Literal[generators.KINDS]]] = None  # several generators' mixes of one plan; null = `kind` only
     path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
     size: int = ranged(640, ge=8, multiple_of=8)     # generated image side (px)
@@ -161,7 +161,12 @@ class GenerateConfig:
     logits: Literal["full", "topk"] = "full"  # teacher logits stored per view: all classes, or the top k
     topk: int = ranged(20, ge=1)              # k when logits is 'topk' (the rest of the mass is stored too)
     features: bool = False                    # store teacher features for feature distillation
-    max_retries: int = ranged(3, ge=0)        # per shard, after a worker dies
+    max_retries: int = ranged(3, ge=0)        # per shard, after its worker died, stalled or raised
+    max_restarts: int = ranged(8, ge=0)       # worker replacements in the whole job (after a death, a stall or a failed start); one more ends the job
+    deadline_s: Optional[float] = ranged(None, gt=0)  # a shard running longer is cancelled (its worker killed) and redone elsewhere; null = derived
+    deadline_factor: float = ranged(4.0, gt=1)   # derived deadline: this multiple of the median shard time measured so far
+    deadline_floor_s: float = ranged(600.0, gt=0)  # derived deadline, never below: covers loading the models and a first shard
+    start_deadline_s: float = ranged(900.0, gt=0)  # a worker that has not loaded its models by then is killed and replaced
     address: Optional[str] = None             # existing Ray cluster; null = start a local one
 
 

@@ -178,7 +178,7 @@ def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dic
     """probe → plan → generate → release → verify of one job folder (and its generator family);
     (probe metrics, manifest)."""
     from ..stages.distribute import generate_stage
-    from ..stages.family import members
+    from ..stages.jobdir import members
     from ..stages.plan import plan_stage
     from ..stages.probe import probe_stage
     from ..stages.release import release_stage
@@ -246,7 +246,7 @@ def compare_config(out: str | Path, models: dict, size: DemoSize, teachers: list
 def compare_teachers(out: str | Path) -> list[dict]:
     """The demo compare's teachers: the probed one (the demo release and its mixup and cutmix
     releases), the finetuned one (out/teacher-finetuned, real images only)."""
-    from ..stages.family import GENERATORS_DIR
+    from ..stages.jobdir import GENERATORS_DIR
 
     return [{"name": "probed", "releases": [str(out)] + [f"{out}/{GENERATORS_DIR}/{k}" for k in COMPARE_KINDS[1:]]},
             {"name": "finetuned", "releases": [f"{out}/{FINETUNED_DIR}"]}]

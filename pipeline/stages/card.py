@@ -122,6 +122,23 @@ def adaptation(teacher: dict) -> str:
     return f"probed {teacher['head']} head"
 
 
+def missing_section(manifest: dict) -> str:
+    """The card's account of shards released without (`tsd release --allow-missing`); '' when none."""
+    missing = manifest.get("missing")
+    if not missing:
+        return ""
+    rows = "\n".join(f"| {s['name']} | {s['planned']} |" for s in missing["shards"])
+    return f"""
+**Incomplete release**: {len(missing['shards'])} planned shard(s) failed to generate and were released
+without (`tsd release --allow-missing`); their {missing['samples']} planned samples are in neither the
+shards, the counts above nor `index.parquet`. `manifest.json` lists them under `missing`.
+
+| missing shard | planned samples |
+| --- | --- |
+{rows}
+"""
+
+
 def dataset_card(manifest: dict) -> str:
     counts = manifest["counts"]
     total = sum(counts.values())
@@ -142,6 +159,7 @@ def dataset_card(manifest: dict) -> str:
     names = ", ".join(f"`{c['config_name']}`" for c in configs)
     npy = ", ".join(f"`{f['name']}`" for f in card_features(manifest) if f["name"].endswith(".npy"))
     logits_member = M_TOPK_LOGITS if t["logits"] == "topk" else M_LOGITS
+    missing = missing_section(manifest)
     return f"""---
 {yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
 ---
@@ -160,7 +178,7 @@ so a student can be distilled from them without running the teacher.
 | kind/split | samples |
 | --- | --- |
 {rows}
-
+{missing}
 Shards are WebDataset tars (`real/train-*.tar`, `real/val-*.tar`, `mix/mix-*.tar`); the format is
 documented in the tsdistill repository (`docs/FORMAT.md`, format version {manifest['format_version']}).
 `index.parquet` has one row per sample; `manifest.json` lists every shard with its sha256.

@@ -1,5 +1,8 @@
-"""Distributing shards over a Ray cluster: one actor per GPU (CPU actors when there is none),
-one shard per task, retries when a worker dies, resume by skipping shards already marked done.
+"""Distributing shards over a Ray cluster: one pool of actors (one per GPU; CPU actors when there
+is none) for every release of the job, one shard per task, resume by skipping shards already marked
+done, and nothing that waits forever: a deadline per shard (the stalled worker killed, its shard
+given to another), bounded retries and restarts that end in one line naming node, host and cause,
+workers clamped to what the cluster can place, a pool that follows nodes as they come and go.
 
 The driver is thin, as on a cluster whose nodes share no disk: it reads the plan's footer (the
 shard directory), lists what is done, and hands each actor the job, the plan's location and the
@@ -11,40 +14,79 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
-from ..config import JobConfig, add_device_argument, add_job_arguments, load_job_args
+from ..config import GenerateConfig, JobConfig, add_device_argument, add_job_arguments, load_job_args
 from ..contract import storage
-from ..contract.errors import JobFailed, UserError, first_line
-from ..contract.layout import HEAD_FILE, SHARD_FOLDERS, SHARD_SUFFIX
+from ..contract.errors import JobFailed, UserError, first_line, short_error
+from ..contract.layout import HEAD_FILE, SHARD_FOLDERS, SHARD_SUFFIX, shard_kind_split
 from ..contract.progress import Progress
 from ..contract.shards import finished_shards, shard_url, stats_url
-from .family import members, share_teacher
-from .jobdir import plan_path
+from .jobdir import JobFolder, family, share_teacher
 from .plan import read_plan
 
 
 class ShardActor:
-    """Holds the loaded models for the life of the process; runs one planned shard per call."""
+    """One worker process of the pool: one teacher and, per release of the job, one `ShardWorker`
+    (with its own generator, built on first use); one planned shard per call.
 
-    def __init__(self, job: JobConfig, release_dir: str, plan_location: str, device: str):
+    Its constructor never raises: a worker that cannot start (weights missing on its node, out of
+    memory) says why in `ready()`, with its node and host, so the driver ends the job in one line
+    instead of Ray restarting it forever."""
+
+    def __init__(self, folders: list[tuple[JobConfig, str, str]], device: str, busy: list[int]):
+        """`folders`: (job, root, plan location) of every release of the job; `busy`: those with shards
+        to make, whose models (the teacher, each one's generator) load now, under the start's
+        deadline rather than the first shard's."""
         import ray
 
-        from .worker import ShardWorker
+        self.folders, self.device = folders, device
+        self.node = ray.get_runtime_context().get_node_id()
+        self.workers: dict = {}
+        self.plans: dict = {}
+        self.error = None
+        try:
+            for folder in busy:
+                if any(shard_kind_split(n)[0] == "mix" for n in self._plan(folder).shard_names()):
+                    self._worker(folder).generator  # noqa: B018 - built on first use: use it now
+                else:
+                    self._worker(folder)
+        except Exception as e:  # noqa: BLE001 - reported by ready(), the driver decides
+            self.error = short_error(e)
 
-        self.plan = read_plan(plan_location)
-        origin = {"node_id": ray.get_runtime_context().get_node_id()}
-        self.worker = ShardWorker(job, release_dir, device=device, origin=origin)
+    def ready(self) -> dict:
+        from . import worker
 
-    def pid(self) -> int:
-        return os.getpid()
+        return {"node_id": self.node, "host": socket.gethostname(), "pid": os.getpid(), "error": self.error,
+                "teacher_loads": worker.TEACHER_LOADS}
 
-    def run(self, name: str) -> dict:
-        stats = self.worker.run_shard(name, self.plan.rows(name), self.plan.fingerprint)
+    def _worker(self, folder: int):
+        from . import worker
+
+        if folder not in self.workers:
+            job, root, _ = self.folders[folder]
+            shared = next(iter(self.workers.values())).teacher if self.workers else None  # one head for all
+            self.workers[folder] = worker.ShardWorker(job, root, device=self.device, origin={"node_id": self.node},
+                                                      teacher=shared)
+        return self.workers[folder]
+
+    def _plan(self, folder: int):
+        if folder not in self.plans:
+            self.plans[folder] = read_plan(self.folders[folder][2])
+        return self.plans[folder]
+
+    def run(self, folder: int, name: str) -> dict:
+        from . import worker
+
+        plan = self._plan(folder)
+        stats = self._worker(folder).run_shard(name, plan.rows(name), plan.fingerprint)
         # the per-sample records are for the release step (it reads them from storage); keep replies small
-        return {k: v for k, v in stats.items() if k != "samples"}
+        return {**{k: v for k, v in stats.items() if k != "samples"}, "teacher_loads": worker.TEACHER_LOADS}
 
 
 def pending_shards(release_dir, names: list[str], plan: str) -> list[str]:
@@ -169,100 +211,316 @@ def check_reachable_paths(job: JobConfig) -> None:
 
 
 # -- the run --------------------------------------------------------------------------------------
-def run_generate(job: JobConfig, release_dir, plan_location, *, address: str | None = None, device: str = "auto",
-                 progress: bool = True) -> dict:
-    """Generate every planned shard not yet done. Returns a summary; raises when shards failed
-    after all retries (the finished ones stay published: a rerun does only the rest)."""
+@dataclass(frozen=True)
+class Task:
+    """One shard of one release of the job (`folder`: its place in the job's list of folders)."""
+    folder: int
+    name: str
+
+
+class Deadline:
+    """How long a shard may run: `generate.deadline_s` when set, else a multiple of the median
+    shard time measured so far in this job, never below a floor that covers loading the models
+    (the only figure before any shard has finished). A worker's start (loading the teacher) has
+    a deadline of its own, `generate.start_deadline_s`."""
+
+    def __init__(self, gen: GenerateConfig):
+        self.fixed, self.factor, self.floor = gen.deadline_s, gen.deadline_factor, gen.deadline_floor_s
+        self.start = gen.start_deadline_s
+        self.times: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        self.times.append(seconds)
+
+    def median(self) -> float | None:
+        return statistics.median(self.times) if self.times else None
+
+    def shard(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        median = self.median()
+        return self.floor if median is None else max(self.floor, self.factor * median)
+
+    def straggling(self, seconds: float) -> bool:
+        """Late enough to be named on the progress line: twice the median (or half the deadline)."""
+        median = self.median()
+        return seconds > (max(1.0, 2 * median) if median is not None else self.shard() / 2)
+
+
+@dataclass
+class Slot:
+    """A worker of the pool as the driver sees it: starting, idle or running one task."""
+    actor: object
+    born: float
+    starting: object = None     # the ref of ready() until it answers
+    where: str = "a node not known yet"
+    task: Task | None = None
+    ref: object = None
+    since: float = 0.0
+    loads: int = 0
+    first: bool = False         # one of the pool's first workers (see Driver.run)
+
+
+def placeable(cpus_per_worker: float, gpu: bool) -> int:
+    """Workers the cluster's live nodes can hold at once (each asks cpus_per_worker CPUs, and one GPU
+    when there are GPUs): more would wait forever for resources."""
     import ray
 
-    release_dir, plan_location = storage.location(release_dir), storage.absolute(plan_location)
-    plan = read_plan(plan_location)
-    names = plan.shard_names()
-    todo = pending_shards(release_dir, names, plan.fingerprint)
-    summary = {"shards": len(names), "skipped": len(names) - len(todo), "done": 0, "samples": 0,
-               "failures": 0, "seconds": 0.0}
-    remove_leftovers(release_dir, names)
+    count = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            res = node.get("Resources", {})
+            fit = int(res.get("CPU", 0) / cpus_per_worker + 1e-9)
+            count += min(fit, int(res.get("GPU", 0))) if gpu else fit
+    return count
+
+
+def clamp_workers(gen: GenerateConfig, gpu: bool) -> tuple[int, int]:
+    """(workers asked for, workers to start now): clamped to what the cluster can place, with a note;
+    a one-line refusal when it can place none. Never a wait."""
+    import ray
+
+    resources = ray.cluster_resources()
+    asked = gen.workers or max(int(resources.get("GPU", 0)), 1)
+    fits = placeable(gen.cpus_per_worker, gpu)
+    each = f"{gen.cpus_per_worker:g} CPU{'s' if gen.cpus_per_worker != 1 else ''}" + (" and 1 GPU" if gpu else "")
+    if fits == 0:
+        raise UserError(f"generate.cpus_per_worker: no node of the cluster can hold a worker of {each} "
+                        f"(the cluster has {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs "
+                        f"over {sum(1 for n in ray.nodes() if n.get('Alive'))} node(s))")
+    if asked > fits:
+        print(f"generate: note: {asked} workers asked (generate.workers), the cluster holds {fits} of {each}: "
+              f"starting {fits}, more if nodes join", file=sys.stderr)
+    return asked, min(asked, fits)
+
+
+def describe(info: dict) -> str:
+    return f"node {str(info.get('node_id'))[:12]}, host {info.get('host')}, pid {info.get('pid')}"
+
+
+def run_generate(folders: list[JobFolder], *, address: str | None = None, device: str = "auto",
+                 progress: bool = True) -> dict:
+    """Generate every planned shard not yet done of every release in `folders` (the job folder and
+    its family's members) with one pool of workers in one Ray session. Returns a summary; raises
+    JobFailed when shards failed after all retries or workers kept failing (the finished shards
+    stay published: a rerun does only the rest)."""
+    import ray
+
+    job = folders[0].job
+    plans = [read_plan(f.plan_path) for f in folders]
+    todo = []
+    for i, (folder, plan) in enumerate(zip(folders, plans)):
+        names = plan.shard_names()
+        remove_leftovers(folder.root, names)
+        todo += [Task(i, n) for n in pending_shards(folder.root, names, plan.fingerprint)]
+    total = sum(len(p.shard_names()) for p in plans)
+    summary = {"shards": total, "skipped": total - len(todo), "done": 0, "samples": 0, "failures": 0,
+               "seconds": 0.0, "workers": 0, "teacher_loads": 0, "workers_lost": 0, "retries": 0}
     if not todo:
         return summary
     check_reachable_paths(job)
     started = connect(address or job.generate.address)
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        n_actors = job.generate.workers or max(gpus, 1)
-        retries = job.generate.max_retries
-        actor_cls = ray.remote(
-            num_gpus=1 if gpus else 0, num_cpus=job.generate.cpus_per_worker,
-            max_restarts=-1, max_task_retries=retries,  # a dead actor restarts; its task reruns
-        )(ShardActor)
-        actors = [actor_cls.remote(job, release_dir, plan_location, "cuda" if gpus else device)
-                  for _ in range(min(n_actors, len(todo)))]
-        summary.update(_drive(actors, todo, summary, progress))
+        gpu = int(ray.cluster_resources().get("GPU", 0)) > 0
+        asked, _ = clamp_workers(job.generate, gpu)
+        actor_cls = ray.remote(num_gpus=1 if gpu else 0, num_cpus=job.generate.cpus_per_worker,
+                               max_restarts=0, max_task_retries=0)(ShardActor)  # the driver restarts and retries
+        spec = [(f.job, f.root, f.plan_path) for f in folders]
+        busy = sorted({t.folder for t in todo})
+        driver = Driver(lambda: actor_cls.remote(spec, "cuda" if gpu else device, busy), job.generate, asked, gpu,
+                        progress)
+        summary.update(driver.run(todo, summary))
     finally:
         if started:
             ray.shutdown()
     return summary
 
 
-def _drive(actors, todo: list[str], summary: dict, progress: bool) -> dict:
-    """Keep every actor busy with one shard at a time; count shards and samples as they finish."""
-    import ray
+class Driver:
+    """Keeps every worker busy with one shard at a time, and nothing waiting forever: a shard past
+    its deadline has its worker killed and goes to another, a worker that died or could not start
+    is replaced (at most generate.max_restarts times in the job), a shard is retried at most
+    generate.max_retries times, and the pool grows when nodes join."""
 
-    t0 = time.time()
-    queue = list(todo)
-    in_flight, failed = {}, []
-    bar = Progress("generate", len(todo), unit="shards", enabled=progress)
-    idle = list(actors)
-    while queue or in_flight:
-        while idle and queue:
-            actor, name = idle.pop(), queue.pop(0)
-            in_flight[actor.run.remote(name)] = (actor, name)
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        for ref in ready:
-            actor, name = in_flight.pop(ref)
-            idle.append(actor)
+    POLL_S = 0.5           # how often deadlines are checked while nothing finishes
+    CAPACITY_EVERY_S = 2.0
+
+    def __init__(self, make_actor, gen: GenerateConfig, asked: int, gpu: bool, progress: bool):
+        self.make_actor, self.gen, self.asked, self.gpu, self.progress = make_actor, gen, asked, gpu, progress
+        self.deadline = Deadline(gen)
+        self.slots: list[Slot] = []
+        self.started = 0                     # workers started
+        self.lost = 0                        # workers lost (died, stalled, failed to start)
+        self.tries: dict[Task, int] = {}
+        self.failed: dict[Task, str] = {}
+        self.loads: list[int] = []           # teacher loads of workers gone
+        self.capacity, self._capacity_at = 0, -1e9
+
+    # -- the pool --------------------------------------------------------------------------------
+    def _capacity(self) -> int:
+        now = time.monotonic()
+        if now - self._capacity_at >= self.CAPACITY_EVERY_S:
+            self.capacity, self._capacity_at = placeable(self.gen.cpus_per_worker, self.gpu), now
+        return self.capacity
+
+    def _top_up(self, remaining: int) -> None:
+        """Start workers up to what was asked, what the cluster holds now and what is left to do."""
+        want = min(self.asked, self._capacity(), remaining)
+        first = self.started == 0
+        while len(self.slots) < want:
+            actor = self.make_actor()
+            self.slots.append(Slot(actor, time.monotonic(), starting=actor.ready.remote(), first=first))
+            self.started += 1
+
+    def _drop(self, slot: Slot, cause: str, queue: list[Task] | None = None) -> None:
+        """Kill a worker (not politely: it may be stopped or stuck in a driver call) and count it lost;
+        past generate.max_restarts, the job ends here in one line. `queue`: a worker lost while
+        starting gives back the shard waiting for it (not a retry: it never ran)."""
+        import ray
+
+        if queue is not None and slot.task is not None:
+            queue.insert(0, slot.task)
+        self.slots.remove(slot)
+        self.loads.append(slot.loads)
+        ray.kill(slot.actor, no_restart=True)
+        self.lost += 1
+        if self.lost > self.gen.max_restarts:
+            raise JobFailed(f"generate: workers lost {self.lost} times (generate.max_restarts "
+                            f"{self.gen.max_restarts}); the last: {cause}; the finished shards are kept, "
+                            "rerun to do the rest")
+
+    def _retry(self, task: Task, cause: str, queue: list[Task]) -> None:
+        self.tries[task] = self.tries.get(task, 0) + 1
+        if self.tries[task] > self.gen.max_retries:
+            self.failed[task] = cause
+        else:
+            queue.insert(0, task)   # next: its samples are needed as much as any
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, todo: list[Task], summary: dict) -> dict:
+        import ray
+
+        t0 = time.time()
+        queue, empty_since = list(todo), None
+        bar = Progress("generate", len(todo), unit="shards", enabled=self.progress)
+        try:
+            while queue or any(s.task for s in self.slots):
+                self._top_up(len(queue) + sum(1 for s in self.slots if s.task))
+                # the first workers get a shard while starting (it runs right after ready()), so that every
+                # node takes work even if one starts slowly; a replacement or a worker of a node that joined
+                # waits for ready(): it may never be placed (its node lost), and must hold no shard meanwhile
+                for slot in self.slots:
+                    if queue and slot.task is None and (slot.starting is None or slot.first):
+                        slot.task, slot.since = queue.pop(0), time.monotonic()
+                        slot.ref = slot.actor.run.remote(slot.task.folder, slot.task.name)
+                waiting = {s.starting: s for s in self.slots if s.starting is not None}
+                waiting.update({s.ref: s for s in self.slots if s.task is not None and s.starting is None})
+                if not waiting:   # no node can hold a worker now (all lost): wait for one, boundedly
+                    empty_since = empty_since or time.monotonic()
+                    if time.monotonic() - empty_since > self.deadline.start:
+                        raise JobFailed(f"generate: no node of the cluster could hold a worker for "
+                                        f"{self.deadline.start:.0f} s (nodes lost?); the finished shards are kept")
+                    time.sleep(self.POLL_S)
+                    continue
+                empty_since = None
+                ready, _ = ray.wait(list(waiting), num_returns=1, timeout=self.POLL_S)
+                if ready:
+                    ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0)
+                for ref in ready:
+                    self._answer(waiting[ref], ref, queue, summary, bar)
+                self._late(queue, summary)
+                summary["workers_lost"] = self.lost
+                self._name_stragglers(bar)
+        finally:
+            bar.close()
+            self._shutdown()
+        summary["seconds"] = round(time.time() - t0, 2)
+        summary["teacher_loads"], summary["workers"] = sum(self.loads), self.started
+        if self.failed:
+            lines = "; ".join(f"{t.name if t.folder == 0 else f'{t.folder}:{t.name}'}: {why}"
+                              for t, why in self.failed.items())
+            raise JobFailed(f"{len(self.failed)} shard(s) failed after {self.gen.max_retries} retries ({lines}); "
+                            "the finished shards are kept: rerun to redo them, or `tsd release --allow-missing "
+                            f"{len(self.failed)}` to release without them")
+        return summary
+
+    def _answer(self, slot: Slot, ref, queue: list[Task], summary: dict, bar: Progress) -> None:
+        import ray
+
+        if ref is slot.starting:
+            slot.starting, slot.since = None, time.monotonic()   # its first shard's deadline starts now
             try:
-                stats = ray.get(ref)
-            except ray.exceptions.RayError as e:  # retries exhausted: report it, keep the others going
-                failed.append((name, first_line(e)))
-                continue
-            summary["done"] += 1
-            summary["samples"] += stats["count"]
-            summary["failures"] += len(stats["failures"])
-            bar.update(1, images=stats["count"])
-    bar.close()
-    summary["seconds"] = round(time.time() - t0, 2)
-    if failed:
-        lines = "; ".join(f"{n}: {why}" for n, why in failed)
-        raise JobFailed(f"{len(failed)} shard(s) failed after retries ({lines}); rerun to redo them")
-    return summary
+                info = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                return self._drop(slot, f"a worker died while starting on {slot.where}: {first_line(e)}", queue)
+            slot.where, slot.loads = describe(info), info["teacher_loads"]
+            if info["error"]:
+                self._drop(slot, f"a worker failed to start on {slot.where}: {info['error']}", queue)
+            return
+        task, slot.task, slot.ref = slot.task, None, None
+        try:
+            stats = ray.get(ref)
+        except ray.exceptions.RayActorError as e:   # the process died (killed, out of memory, its node lost)
+            summary["retries"] += 1
+            self._retry(task, f"its worker died on {slot.where}: {first_line(e)}", queue)
+            return self._drop(slot, f"a worker died on {slot.where} making {task.name}: {first_line(e)}")
+        except ray.exceptions.RayError as e:        # the shard raised: the worker is fine
+            summary["retries"] += 1
+            return self._retry(task, f"on {slot.where}: {first_line(getattr(e, 'cause', None) or e)}", queue)
+        self.deadline.add(time.monotonic() - slot.since)
+        slot.loads = stats["teacher_loads"]
+        summary["done"] += 1
+        summary["samples"] += stats["count"]
+        summary["failures"] += len(stats["failures"])
+        bar.update(1, images=stats["count"])
+
+    def _late(self, queue: list[Task], summary: dict) -> None:
+        """Kill the workers past their deadline (a shard's, or a start's); their shard goes to another."""
+        now = time.monotonic()
+        for slot in list(self.slots):
+            if slot.task is not None and slot.starting is None and now - slot.since > self.deadline.shard():
+                task = slot.task
+                cause = f"{task.name} passed its deadline of {self.deadline.shard():.0f} s on {slot.where}"
+                summary["retries"] += 1
+                self._retry(task, cause, queue)
+                self._drop(slot, cause)
+            elif slot.starting is not None and now - slot.born > self.deadline.start:
+                self._drop(slot, f"a worker did not start within {self.deadline.start:.0f} s "
+                                 f"(generate.start_deadline_s) on {slot.where}", queue)
+
+    def _name_stragglers(self, bar: Progress) -> None:
+        """The progress line names the shards running late (the three latest, and how many more)."""
+        now = time.monotonic()
+        late = sorted((now - s.since, s.task.name) for s in self.slots
+                      if s.task is not None and s.starting is None and self.deadline.straggling(now - s.since))
+        if not late:
+            bar.fields.pop("stragglers", None)
+            return
+        bar.set(stragglers=" ".join(f"{name} {seconds:.0f}s" for seconds, name in reversed(late[-3:]))
+                + (f" (+{len(late) - 3})" if len(late) > 3 else ""))
+
+    def _shutdown(self) -> None:
+        """Kill every worker at once (an idle one may be stopped or stuck): nothing is left to wait for."""
+        import ray
+
+        for slot in self.slots:
+            self.loads.append(slot.loads)
+            with contextlib.suppress(Exception):
+                ray.kill(slot.actor, no_restart=True)
+        self.slots = []
 
 
 def generate_stage(job: JobConfig, out, address: str | None = None, device: str = "auto",
                    progress: bool = True) -> dict:
     """Every planned shard of the job folder `out` not yet done (the probe's head must exist), and
-    of each other generator's release (generator.kinds), in one Ray session; the summed summary."""
+    of each other generator's release (generator.kinds), by one pool of workers; the summary."""
     out = storage.location(out)
     if not storage.isfile(storage.join(out, HEAD_FILE)):
         raise UserError(f"{storage.join(out, HEAD_FILE)}: no teacher head (run `tsd probe` first)")
-    family = members(job, out)
-    if not family:
-        return run_generate(job, out, plan_path(out), address=address, device=device, progress=progress)
-    import ray
-
-    folders = [(job, out)]
-    for member in family:
+    folders = family(job, out)
+    for member in folders[1:]:
         share_teacher(out, member)
-        folders.append((member.job, member.root))
-    plans = [read_plan(plan_path(root)) for _, root in folders]
-    todo = any(pending_shards(root, plan.shard_names(), plan.fingerprint) for (_, root), plan in zip(folders, plans))
-    started = connect(address or job.generate.address) if todo else False
-    try:
-        parts = [run_generate(j, root, plan_path(root), address=address, device=device, progress=progress)
-                 for j, root in folders]
-    finally:
-        if started:
-            ray.shutdown()
-    return {key: sum(part[key] for part in parts) for key in parts[0]}
+    return run_generate(folders, address=address, device=device, progress=progress)
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -276,6 +534,7 @@ def run(args) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     out = storage.location(args.out)
     s = generate_stage(load_job_args(args), out, address=address, device=args.device)
+    lost = f", {s['workers_lost']} worker(s) lost, {s['retries']} shard(s) retried" if s['workers_lost'] or s['retries'] else ""
     print(f"generate: {s['done']} shards made, {s['skipped']} already done, {s['samples']} samples, "
-          f"{s['failures']} failed samples, {s['seconds']} s")
+          f"{s['failures']} failed samples, {s['seconds']} s{lost}")
     return 0

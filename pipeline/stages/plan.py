@@ -20,8 +20,7 @@ from ..contract.ids import fingerprint
 from ..contract.layout import shard_name
 from ..sources.index import CLASSES_KEY, SourceIndex, index_sha256, read_source_index
 from .draws import Part, mix_part, real_part
-from .family import Member, member_plan_fingerprint, members
-from .jobdir import marker, plan_path
+from .jobdir import JobFolder, family, members
 from .planfile import FINGERPRINT_KEY, PLAN_FORMAT, SHARDS_KEY, Plan, plan_schema, read_plan, views_array
 
 
@@ -49,7 +48,7 @@ def _table(part: Part, start: int, stop: int, shard_size: int, schema):
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: Member | None = None,
+def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: JobFolder | None = None,
                job_fingerprint: str | None = None) -> "Plan":
     """Plan every sample of `job` into `path` (a local path or a URL), streamed: rows are drawn a
     chunk at a time and written one row group per shard, so memory does not grow with the job.
@@ -68,7 +67,7 @@ def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: M
     directory = [[shard_name(p.kind, p.split, i), min(size, p.count - i * size)]
                  for p in parts for i in range(-(-p.count // size))]
     job_fingerprint = job_fingerprint or plan_fingerprint(job)
-    fp = job_fingerprint if member is None else member_plan_fingerprint(member, job_fingerprint)
+    fp = job_fingerprint if member is None else member.plan_fingerprint(job_fingerprint)
     schema = plan_schema().with_metadata({CLASSES_KEY: json.dumps(index.classes).encode(),
                                           FINGERPRINT_KEY: fp.encode(),
                                           SHARDS_KEY: json.dumps(directory, separators=(",", ":")).encode()})
@@ -85,39 +84,34 @@ def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: M
 
 
 def plan_stage(job: JobConfig, out, force: bool = False) -> tuple[Plan, bool]:
-    """(plan, reused) — plan.parquet is rewritten only when its fingerprint changed. With
-    generator.kinds, each other generator's release is planned too (`plan_member`)."""
+    """(plan, reused) of the job folder `out`; plan.parquet is rewritten only when its fingerprint
+    changed. With generator.kinds, each other generator's release is planned too (`plan_folder`)."""
     fp = plan_fingerprint(job)   # a member's job has the same: they differ in the generator only
     index = functools.cache(lambda: read_source_index(job.data))   # read once, when a plan is written
+    planned = [plan_folder(folder, force, fp, index) for folder in family(job, out)]
+    return planned[0]
+
+
+def plan_folder(folder: JobFolder, force: bool = False, job_fingerprint: str | None = None,
+                index=None) -> tuple[Plan, bool]:
+    """(plan, reused) of one release of the job: the job folder's every sample, or a member's the
+    job's mixes only (the same rows), for the member's generator. `job_fingerprint`, `index` (a
+    callable giving the SourceIndex): the job's, when the caller has them."""
+    job_fingerprint = job_fingerprint or plan_fingerprint(folder.job)
+    member = folder if folder.is_member else None
 
     def write():
-        return write_plan(job, plan_path(out), index(), job_fingerprint=fp).counts()
+        return write_plan(folder.job, folder.plan_path, index() if index else None, member, job_fingerprint).counts()
 
-    _, reused = reuse(marker(out, "plan"), fp, write, outputs=[plan_path(out)], force=force)
-    for member in members(job, out):
-        plan_member(member, force, fp, index)
+    fp = folder.plan_fingerprint(job_fingerprint)
+    _, reused = reuse(folder.marker("plan"), fp, write, outputs=[folder.plan_path], force=force)
     try:
-        return read_plan(plan_path(out)), reused
+        return read_plan(folder.plan_path), reused
     except UserError:
         if not reused:
             raise
-    reuse(marker(out, "plan"), fp, write, outputs=[plan_path(out)], force=True)  # a damaged plan: make it again
-    return read_plan(plan_path(out)), False
-
-
-def plan_member(member: Member, force: bool = False, job_fingerprint: str | None = None,
-                index=None) -> tuple[Plan, bool]:
-    """A family member's plan: the job's mixes only (the same rows), for the member's generator.
-    `job_fingerprint`, `index` (a callable giving the SourceIndex): the job's, when the caller has them."""
-    path = plan_path(member.root)
-    job_fingerprint = job_fingerprint or plan_fingerprint(member.job)
-
-    def write():
-        return write_plan(member.job, path, index() if index else None, member, job_fingerprint).counts()
-
-    fp = member_plan_fingerprint(member, job_fingerprint)
-    _, reused = reuse(marker(member.root, "plan"), fp, write, outputs=[path], force=force)
-    return read_plan(path), reused
+    reuse(folder.marker("plan"), fp, write, outputs=[folder.plan_path], force=True)  # a damaged plan: make it again
+    return read_plan(folder.plan_path), False
 
 
 # -- CLI ----------------------------------------------------------------------------------------

@@ -15,8 +15,7 @@ from ..contract.layout import CARD, HEAD_FILE, INDEX, INDEX_COLUMNS, PROBE_METRI
 from ..contract.manifest import new_manifest, write_manifest
 from ..contract.shards import iter_finished_shards
 from ..models.teacher_files import weights_identity
-from .family import family_record, members, share_teacher
-from .jobdir import plan_path
+from .jobdir import JobFolder, family, share_teacher
 from .plan import Plan, read_plan
 
 
@@ -73,9 +72,10 @@ def generator_record(job: JobConfig) -> dict | None:
 
 
 def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
-                   family: dict | None = None, teacher: dict | None = None) -> dict:
+                   family: dict | None = None, teacher: dict | None = None, missing: list[str] = ()) -> dict:
     """The manifest from each shard's stats (their counts, bytes, sha256 and failures: no per-sample data);
-    `teacher`: its `teacher_record`, when the caller has it (None: made here)."""
+    `teacher`: its `teacher_record`, when the caller has it (None: made here); `missing`: planned
+    shards released without (`--allow-missing`), recorded with their planned samples."""
     counts = {"real/train": 0, "real/val": 0, "mix/train": 0}
     shards, failures = [], []
     for name in sorted(stats):
@@ -100,8 +100,17 @@ def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
         "counts": counts,
         "shards": shards,
         "failures": failures,
+        **({"missing": missing_record(plan, missing)} if missing else {}),
         **({"family": family} if family else {}),
     })
+
+
+def missing_record(plan: Plan, missing: list[str]) -> dict:
+    """What a release made with `--allow-missing` lacks: each planned shard not generated, and the
+    samples planned in them (none of which is in the index or the counts)."""
+    shards = [{"name": n, "kind": shard_kind_split(n)[0], "split": shard_kind_split(n)[1],
+               "planned": plan.shard_rows(n)} for n in missing]
+    return {"shards": shards, "samples": sum(s["planned"] for s in shards)}
 
 
 def index_schema():
@@ -138,68 +147,81 @@ def shard_index(plan: Plan, name: str, stats: dict):
     return table.select(index_schema().names).cast(index_schema())
 
 
-def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None, teacher: dict | None = None) -> dict:
+def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None, teacher: dict | None = None,
+                  allow_missing: int = 0) -> dict:
     """Write index.parquet, README.md and manifest.json (last) for the generated shards; return the
     manifest. Streams shard by shard: the stats of a batch of shards are read at once (concurrently
-    from object storage), their rows go to the index, and only each shard's summary is kept."""
+    from object storage), their rows go to the index, and only each shard's summary is kept.
+    Refuses when planned shards are not generated, unless there are at most `allow_missing`: then
+    the manifest, the index and the card say exactly which are missing."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .card import dataset_card
 
     root = str(root)
-    summaries, missing, pending = {}, [], []
+    summaries, pending = {}, []
     with storage.publishing(storage.join(root, INDEX)) as local:
         with pq.ParquetWriter(local, index_schema(), compression="zstd") as writer:
-            names = plan.shard_names()
-            found = iter_finished_shards(root, names, plan.fingerprint)   # a subsequence of names, in order
-            done = next(found, None)
-            for name in names:
-                if done is None or done[0] != name:
-                    missing.append(name)
-                    continue
-                stats, done = done[1], next(found, None)
-                if not missing:
-                    pending.append(shard_index(plan, name, stats))
+            for name, stats in iter_finished_shards(root, plan.shard_names(), plan.fingerprint):
+                pending.append(shard_index(plan, name, stats))
                 summaries[name] = {k: v for k, v in stats.items() if k != "samples"}
                 if sum(len(t) for t in pending) >= ROW_GROUP:
                     writer.write_table(pa.concat_tables(pending))
                     pending = []
-            if missing:
-                raise UserError(f"{len(missing)} planned shard(s) are not generated yet "
-                                f"(first: {missing[0]}); run `tsd generate` first")
+            missing = [n for n in plan.shard_names() if n not in summaries]
+            if len(missing) > allow_missing:   # raised inside: the index is not published
+                allowed = f" (--allow-missing {allow_missing})" if allow_missing else ""
+                raise UserError(f"{root}: {len(missing)} planned shard(s) are not generated{allowed} "
+                                f"(first: {missing[0]}); run `tsd generate` first, or release without "
+                                f"them with `tsd release --allow-missing {len(missing)}`")
             if pending or not summaries:
                 writer.write_table(pa.concat_tables(pending) if pending else index_schema().empty_table())
-    manifest = build_manifest(job, root, plan, summaries, family, teacher)
+    manifest = build_manifest(job, root, plan, summaries, family, teacher, missing)
     write_if_changed(storage.join(root, CARD), dataset_card(manifest).encode())
     return write_manifest(root, manifest)
 
 
-def release_stage(job: JobConfig, out) -> dict:
+def release_folder(folder: JobFolder, job: JobConfig, teacher: dict | None = None, allow_missing: int = 0) -> dict:
+    """The release files of one release of the job (`job`: the whole job, for the family record)."""
+    return write_release(folder.job, folder.root, read_plan(folder.plan_path), folder.family_record(job), teacher,
+                         allow_missing)
+
+
+def release_stage(job: JobConfig, out, allow_missing: int = 0) -> dict:
     """The release files of the job folder `out`, from its plan and generated shards, and those of
-    each other generator's release (generator.kinds); returns the job folder's manifest."""
-    out = storage.location(out)
+    each other generator's release (generator.kinds); returns the job folder's manifest.
+    `allow_missing`: shards each release may lack (see `write_release`)."""
+    job_folder, *others = family(job, out)
     # one teacher record for the family, made by the first release written: the members hold the
     # same head and probe metrics (copied) and their jobs differ only in the generator, and making
     # it hashes the teacher's weights (GBs)
     teacher = None
-    for member in members(job, out):
-        share_teacher(out, member)
-        teacher = write_release(member.job, member.root, read_plan(plan_path(member.root)),
-                                family_record(job, member.kind), teacher)["teacher"]
-    return write_release(job, out, read_plan(plan_path(out)), family_record(job), teacher)
+    for member in others:
+        share_teacher(job_folder.root, member)
+        teacher = release_folder(member, job, teacher, allow_missing)["teacher"]
+    return release_folder(job_folder, job, teacher, allow_missing)
 
 
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     add_job_arguments(p)
+    p.add_argument("--allow-missing", type=int, default=0, metavar="N",
+                   help="release even when up to N planned shards failed; the manifest, index and card "
+                        "name them and count their samples")
 
 
 def run(args) -> int:
     job, out = load_job_args(args), storage.location(args.out)
-    m = release_stage(job, out)
+    if args.allow_missing < 0:
+        raise UserError(f"--allow-missing: must be >= 0, got {args.allow_missing}")
+    m = release_stage(job, out, args.allow_missing)
     counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
     print(f"release: {args.out}: {counts}; {len(m['shards'])} shards, {len(m['failures'])} failed samples")
-    for member in members(job, out):
+    if "missing" in m:
+        print(f"release: {args.out}: MISSING {len(m['missing']['shards'])} shard(s), "
+              f"{m['missing']['samples']} planned samples: "
+              + ", ".join(s["name"] for s in m["missing"]["shards"]))
+    for member in family(job, out)[1:]:
         print(f"release: {member.root}: the {member.kind} mixes, under the same teacher")
     return 0

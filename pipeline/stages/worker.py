@@ -44,10 +44,14 @@ class Failure(Exception):
     """A sample that cannot be made: recorded with its reason in the shard stats; the job goes on."""
 
 
+TEACHER_LOADS = 0   # teachers this process has loaded (a worker shared by a family's releases loads one)
+
+
 class ShardWorker:
     def __init__(self, job: JobConfig, release_dir, device: str = "auto", threads: int = 4,
-                 origin: dict | None = None):
-        """`release_dir`: a folder or a URL; `origin`: where this worker runs (the Ray node id), for the stats."""
+                 origin: dict | None = None, teacher: Teacher | None = None):
+        """`release_dir`: a folder or a URL; `origin`: where this worker runs (the Ray node id), for the stats;
+        `teacher`: one already loaded for this job's head (a family's releases share one), else loaded here."""
         quiet_libraries()
         self.job = job
         self.root = str(release_dir)
@@ -57,14 +61,20 @@ class ShardWorker:
         if self.device.type == "cpu":
             # CPU kernels split reductions by thread count: fixing it keeps reruns byte-identical
             torch.set_num_threads(max(1, int(job.generate.cpus_per_worker)))
-        self.teacher: Teacher = load_teacher(job.teacher, storage.join(self.root, HEAD_FILE)).to(self.device)
-        # the backbone in the configured precision; the small head stays fp32 (Teacher casts features)
-        self.teacher.backbone.to(torch_dtype(job.teacher.dtype, self.device))
+        self.teacher: Teacher = teacher if teacher is not None else self._load_teacher()
         self.limits = decode_limits(job.data.index)
         self._generator = None
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tsd-cpu")
         # stage drivers (load next batch, post-process previous one); they fan out into `pool`
         self.stages = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tsd-stage")
+
+    def _load_teacher(self) -> Teacher:
+        global TEACHER_LOADS
+        TEACHER_LOADS += 1
+        teacher = load_teacher(self.job.teacher, storage.join(self.root, HEAD_FILE)).to(self.device)
+        # the backbone in the configured precision; the small head stays fp32 (Teacher casts features)
+        teacher.backbone.to(torch_dtype(self.job.teacher.dtype, self.device))
+        return teacher
 
     @property
     def generator(self):

@@ -136,6 +136,14 @@ def verify_release(root, quick: bool = False, progress: bool = False) -> list[tu
     return problems
 
 
+def missing_shards(root) -> list[tuple[str, str]]:
+    """[(shard, what)] of the planned shards a release was made without (`tsd release --allow-missing`):
+    recorded in its manifest, so missing rather than damaged."""
+    missing = read_manifest(storage.absolute(root)).get("missing") or {}
+    return [(s["name"], f"{s['planned']} planned samples not generated (released with --allow-missing)")
+            for s in missing.get("shards", ())]
+
+
 def check_index(root, manifest: dict, shard_uids: dict, quick: bool) -> list[tuple[str, str]]:
     from ..sources.index import read_table
 
@@ -170,6 +178,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     """0 when the release is intact; 1 after naming each bad shard."""
     problems = verify_release(args.release, quick=args.quick, progress=True)
+    for what, why in missing_shards(args.release):
+        print(f"MISSING {what}: {why}")
     for what, why in problems:
         print(f"BAD {what}: {why}")
     if problems:

@@ -16,7 +16,7 @@ from pipeline.contract.layout import HEAD_FILE, INDEX, MANIFEST, SHARD_SUFFIX
 from pipeline.contract.samples import SampleMeta
 from pipeline.contract.shards import read_shard
 from pipeline.stages.distribute import generate_stage
-from pipeline.stages.family import GENERATORS_DIR, member_job
+from pipeline.stages.jobdir import GENERATORS_DIR, member_job
 from pipeline.stages.plan import plan_stage
 from pipeline.stages.release import release_stage, teacher_record
 from pipeline.tools.verify import verify_release
@@ -50,6 +50,9 @@ def test_members_hold_the_same_mixes_by_another_generator(family, small_release)
     assert {s["name"]: s["sha256"] for s in manifest["shards"]} == {s["name"]: s["sha256"] for s in base["shards"]}
     n_mix = base["counts"]["mix/train"]
     assert summary["done"] == 2 * sum(1 for s in base["shards"] if s["kind"] == "mix")  # only the members' shards
+    # one pool for the whole family: each worker loaded the teacher once, not once per release
+    assert 1 <= summary["workers"] <= job.generate.workers
+    assert summary["teacher_loads"] == summary["workers"]
     mixes = pq.read_table(out / INDEX).to_pandas().query("kind == 'mix'").set_index("uid")
     for kind in KINDS[1:]:
         root = out / GENERATORS_DIR / kind

@@ -8,6 +8,7 @@ its environment. Never `ray stop`, which would stop every Ray on the machine.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -29,7 +30,11 @@ _HEAD = dict(port=0, node_manager=1, object_manager=2, dashboard=3,
              runtime_env_agent=6, metrics_export=7, ray_client_server=8)
 _WORKER = dict(node_manager=21, object_manager=22, dashboard_agent_listen=24,
                dashboard_agent_grpc=25, runtime_env_agent=26, metrics_export=27)
+# a node added mid-job (after the worker node is lost: it takes that node's range of worker ports)
+_LATE = dict(node_manager=31, object_manager=32, dashboard_agent_listen=34,
+             dashboard_agent_grpc=35, runtime_env_agent=36, metrics_export=37)
 _BLOCK = 40          # fixed ports
+NODE_ENV = "TSD_TEST_RAY_NODE"   # which node of the test cluster a process belongs to
 _WORKER_PORTS = 30   # per node, for ray worker processes (min..max worker port)
 
 
@@ -41,6 +46,14 @@ def _port_free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def find_port_block(lo: int = 27000, hi: int = 27999) -> int:
@@ -69,6 +82,7 @@ class TwoNodeCluster:
         self.include_dashboard = include_dashboard
         self.extra_env = dict(extra_env or {})
         self.procs: List[subprocess.Popen] = []
+        self.nodes: Dict[str, subprocess.Popen] = {}
         self.timings: Dict[str, float] = {}
 
     # ---- addresses / env -------------------------------------------------
@@ -126,12 +140,15 @@ class TwoNodeCluster:
 
     def _spawn(self, name: str, args: List[str]) -> subprocess.Popen:
         log = open(self.base / f"{name}.log", "wb")
-        proc = subprocess.Popen([RAY_BIN, "start", *args], env=self._node_env(),
+        # every process of the node (its raylet, and the workers the raylet starts) inherits the name
+        env = {**self._node_env(), NODE_ENV: name}
+        proc = subprocess.Popen([RAY_BIN, "start", *args], env=env,
                                 stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=str(self.base))
         log.close()
         self.procs.append(proc)
+        self.nodes[name] = proc
         return proc
 
     def _wait_started(self, name: str, proc: subprocess.Popen) -> None:
@@ -174,6 +191,29 @@ class TwoNodeCluster:
             self.stop()
             raise
         return self
+
+    # ---- nodes coming and going mid-job ------------------------------------
+    def kill_node(self, name: str = "worker") -> List[int]:
+        """Lose a node as a machine is lost: SIGKILL every process of node `name` at once (its
+        `ray start`, raylet and agents, and the Ray workers it started), nothing said to the GCS.
+        Returns the PIDs killed."""
+        proc = self.nodes[name]
+        tag = f"{NODE_ENV}={name}".encode()
+        victims = [pid for pid in self._our_stragglers() if tag in _environ(pid).split(b"\0")]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        return victims
+
+    def add_node(self, name: str) -> None:
+        """Join one more worker node (it takes the worker node's worker ports: after `kill_node('worker')`)."""
+        wp = self.base_port + _BLOCK + _WORKER_PORTS
+        proc = self._spawn(name, ["--address", self.address, "--resources", f'{{"{name}": 1}}',
+                                  *self._common(name[:2], _LATE, wp)])
+        self._wait_started(name, proc)
 
     # ---- stop ------------------------------------------------------------
     def _our_stragglers(self) -> List[int]:
