@@ -17,6 +17,7 @@ defaults include pickle), and tar member names never reach the filesystem.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -328,6 +329,8 @@ class DecodeStreams:
 
     @classmethod
     def for_device(cls, device) -> "DecodeStreams":
+        if torch.device(device).type != "cuda":
+            return _HostDecode()   # the same code path on a CPU (tests): nothing runs asynchronously there
         if device not in cls._side:
             cls._side[device] = torch.cuda.Stream(device)
         return cls(device, cls._side[device])
@@ -341,3 +344,22 @@ class DecodeStreams:
     @staticmethod
     def record(tensor: torch.Tensor, stream) -> None:
         tensor.record_stream(stream)
+
+
+class _HostDecode:
+    """DecodeStreams' shape on a CPU device: one synchronous stream, so nothing to wait for or record."""
+
+    side = None
+
+    def current(self):
+        return self
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def use(self, stream):
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def record(tensor: torch.Tensor, stream) -> None:
+        pass
