@@ -16,6 +16,7 @@ from .contract.images import IMAGE_FORMATS
 from .contract.views import Views
 
 Dtype = Literal["fp32", "bf16", "fp16"]
+DEFAULT_PROMPTS = ("a photo of a {class}.",)   # sd-text without generator.prompts (CLIP's plain template)
 
 
 @dataclass
@@ -82,6 +83,9 @@ class MixPlanConfig:
     weight_law: Literal["uniform", "beta", "fixed"] = "uniform"   # law of the mixing weight of the first parent
     beta_a: float = ranged(1.0, gt=0)         # beta(a, a) when weight_law is 'beta'
     weight: float = ranged(0.5, ge=0, le=1)   # when weight_law is 'fixed'
+    # prompted generators (sd-text): the law of each sample's class: 'uniform' over the classes, or
+    # 'frequency' = as often as the class is in the train split
+    class_law: Literal["uniform", "frequency"] = "uniform"
     weight_range: tuple[float, float] = ranged((0.0, 1.0), ge=0, le=1, ordered=True)  # uniform law bounds
 
     def check(self):
@@ -129,13 +133,31 @@ class GeneratorConfig:
     tokens: int = ranged(5, ge=2)             # image-mixer: conditioning slots (2 live, the rest zeros), as trained
     noise_level: int = ranged(0, ge=0, le=999)  # unclip only: noise added to the mixed embedding
     interpolation: Literal["slerp", "lerp"] = "slerp"  # one-token generators (sd-image-variations, unclip)
+    # prompted generators (sd-text): the dataset's prompt templates, each with '{class}' (the class
+    # name); each sample draws one from (seed, uid). null = ['a photo of a {class}.']
+    prompts: Optional[list[str]] = None
     # speed switches (the output does not depend on them beyond float rounding):
     compile: bool = False                     # torch.compile the UNet once per worker, fixed shapes (GPU)
     cuda_graphs: bool = False                 # with compile: CUDA graphs over the UNet call (mode reduce-overhead)
     attention: Literal["sdpa", "classic"] = "sdpa"   # SDPA (flash / memory-efficient kernels) or the plain math
     vae_slice: int = ranged(8, ge=1)          # images per VAE decode call (its activations dominate memory)
 
+    @property
+    def templates(self) -> list[str]:
+        """The prompt templates of a prompted generator (the configured ones, or the default)."""
+        return self.prompts if self.prompts is not None else list(DEFAULT_PROMPTS)
+
     def check(self):
+        if self.prompts is not None:
+            if not self.prompts:
+                raise ConfigError("prompts: give at least one template (or null for the default)")
+            for i, template in enumerate(self.prompts):
+                if generators.CLASS_FIELD not in template:
+                    raise ConfigError(f"prompts[{i}]: template {template!r} has no {generators.CLASS_FIELD} "
+                                      f"(where the class name goes)")
+        if self.kinds is not None and any(k in generators.PROMPTED_KINDS for k in self.kinds) and len(self.kinds) > 1:
+            raise ConfigError(f"kinds: a prompted generator plans its own rows (classes, not parent pairs) and "
+                              f"cannot share a plan with other kinds, got {self.kinds}")
         if self.kinds is not None:
             if self.kind not in self.kinds or len(set(self.kinds)) != len(self.kinds):
                 raise ConfigError(f"kinds: must list generator.kind {self.kind!r} (whose mixes stay in the job "
