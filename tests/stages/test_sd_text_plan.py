@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_job
 from pipeline.contract.generators import render_prompt
 from pipeline.contract.samples import SampleMeta
 from pipeline.contract.shards import read_shard
@@ -18,17 +17,12 @@ from pipeline.stages.plan import write_plan
 from pipeline.stages.planfile import read_plan
 from pipeline.stages.probe import run_probe
 from pipeline.stages.worker import ShardWorker
-from pipeline.testing import tiny
-
-TEMPLATES = ["a photo of a {class}.", "a blurry photo of a {class}."]
+from sd_text import TEMPLATES, sd_text_job
 
 
 @pytest.fixture(scope="module")
 def text_job(small_job, tmp_path_factory):
-    folder = tiny.build_sd_text(tmp_path_factory.mktemp("sd-text-model"), tiny.TinySizes())
-    return load_job(small_job["job_path"], {
-        "generator": {"kind": "sd-text", "path": str(folder), "prompts": TEMPLATES, "steps": 2, "batch_size": 3},
-        "plan": {"pool_size": 5, "class_law": "frequency"}})
+    return sd_text_job(small_job["job_path"], tmp_path_factory.mktemp("sd-text-model"))
 
 
 @pytest.mark.parametrize("law", ["uniform", "frequency"])
