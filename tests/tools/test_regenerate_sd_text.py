@@ -10,6 +10,7 @@ from pipeline.stages.release import write_release
 from pipeline.stages.worker import ShardWorker
 from pipeline.tools.regenerate import regenerate
 from pipeline.tools.verify import verify_release
+from pipeline.tools.viz import pick_mixes
 from sd_text import sd_text_job
 
 
@@ -30,6 +31,7 @@ def test_a_prompted_sample_regenerates_byte_identical(small_job, tmp_path):
     planned = {r.uid: r for r in plan.iter_rows() if r.kind == "mix"}
     assert len(mixes) == 4 and all(r["label"] == -1 and r["class_name"] == planned[r["uid"]].class_name
                                    for r in mixes)
+    assert pick_mixes(index, 4, seed=0) == []   # the parents' contact sheet has nothing to show here
     results = regenerate(root, [mixes[0]["uid"], mixes[3]["uid"]], device="cpu", warn=lambda m: None)
     assert [r.status for r in results] == ["identical", "identical"], [r.line() for r in results]
     assert "json" in results[0].identical and len(results[0].identical) >= 3   # image, json, teacher logits
