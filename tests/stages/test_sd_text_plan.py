@@ -69,3 +69,12 @@ def test_a_plan_without_the_prompt_column_still_reads(text_job, tmp_path):
             writer.write_table(new.read_row_group(i).drop_columns(["prompt"]))
     rows = list(read_plan(tmp_path / "old.parquet").iter_rows())
     assert rows and all(r.prompt is None for r in rows)
+
+
+def test_the_dry_run_counts_no_parent_embeddings_for_a_prompted_pool(text_job):
+    from pipeline.stages.estimate import CLIP_L14_IMG_S, mix_seconds
+
+    text, notes = mix_seconds(text_job)
+    mixer, _ = mix_seconds(replace(text_job, generator=replace(text_job.generator, kind="image-mixer")))
+    assert text["stock"] + 2 / CLIP_L14_IMG_S == pytest.approx(mixer["stock"], rel=1e-12)
+    assert not any("ViT-L/14 embeddings" in n for n in notes)
