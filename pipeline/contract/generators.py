@@ -7,6 +7,7 @@ model; `pipeline.models.build.build_generator` imports the implementation when a
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -43,10 +44,17 @@ PROMPTED_KINDS: tuple[str, ...] = tuple(g.name for g in _ALL if g.prompted)
 CLASS_FIELD = "{class}"   # where a prompt template takes the class name
 
 
+def prompt_name(class_name: str) -> str:
+    """How a class is named in a prompt: the dataset's folder-style name read as words (CUB's
+    `001.Black_footed_Albatross` → `Black footed Albatross`: a leading number and dot before a
+    non-digit dropped, underscores as spaces)."""
+    return re.sub(r"^\d+\.(?=\D)", "", class_name).replace("_", " ").strip() or class_name
+
+
 def render_prompt(template: str, class_name: str) -> str:
-    """A prompted generator's text: the template with its class field replaced (no other formatting,
-    so braces elsewhere in a template stay as written)."""
-    return template.replace(CLASS_FIELD, class_name)
+    """A prompted generator's text: the template with its class field replaced by `prompt_name` (no
+    other formatting, so braces elsewhere in a template stay as written)."""
+    return template.replace(CLASS_FIELD, prompt_name(class_name))
 
 
 def generator_kind(name: str) -> GeneratorKind:

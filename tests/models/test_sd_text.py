@@ -63,6 +63,10 @@ def test_render_prompt_fills_the_class_only():
     assert render_prompt("a photo of a {class}, a type of bird.", "Black footed Albatross") == \
         "a photo of a Black footed Albatross, a type of bird."
     assert render_prompt("{class} {x}", "cat") == "cat {x}"
+    # CUB's folder-style names read as words; the class itself is recorded as named (prompt_class)
+    assert render_prompt("a photo of a {class}, a type of bird.", "001.Black_footed_Albatross") == \
+        "a photo of a Black footed Albatross, a type of bird."
+    assert render_prompt("{class}", "3.5") == "3.5" and render_prompt("{class}", "12.") == "12."
 
 
 def test_a_template_without_the_class_is_one_config_error_line(small_job, folder):
