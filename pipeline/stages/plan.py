@@ -16,10 +16,11 @@ from ..contract import storage
 from ..contract.configlib import files_optional, to_dict
 from ..contract.errors import UserError
 from ..contract.files import reuse
+from ..contract.generators import PROMPTED_KINDS
 from ..contract.ids import fingerprint
 from ..contract.layout import shard_name
 from ..sources.index import CLASSES_KEY, SourceIndex, index_sha256, read_source_index
-from .draws import Part, mix_part, prompted, real_part
+from .draws import Part, mix_part, real_part
 from .family import Member, member_plan_fingerprint, members
 from .jobdir import marker, plan_path
 from .planfile import FINGERPRINT_KEY, PLAN_FORMAT, SHARDS_KEY, Plan, plan_schema, read_plan, views_array
@@ -29,7 +30,10 @@ def plan_fingerprint(job: JobConfig) -> str:
     """What the plan depends on: a changed value means the plan (and its shards) must be redone."""
     plan = to_dict(job.plan)
     extra = {}
-    if prompted(job):   # what a prompted pool also depends on (absent otherwise: other plans keep their prints)
+    kinds = (job.generator.kinds or [job.generator.kind]) if job.generator else []
+    if any(k in PROMPTED_KINDS for k in kinds):
+        # what a prompted pool (the job's or a member's) also depends on; absent otherwise, so other
+        # plans keep their fingerprints
         extra = {"prompts": job.generator.templates, "kind": job.generator.kind}
     else:
         plan.pop("class_law")

@@ -78,3 +78,26 @@ def test_the_dry_run_counts_no_parent_embeddings_for_a_prompted_pool(text_job):
     mixer, _ = mix_seconds(replace(text_job, generator=replace(text_job.generator, kind="image-mixer")))
     assert text["stock"] + 2 / CLIP_L14_IMG_S == pytest.approx(mixer["stock"], rel=1e-12)
     assert not any("ViT-L/14 embeddings" in n for n in notes)
+
+
+def test_sd_text_as_a_family_member_beside_image_mixer(small_job, text_job, tmp_path):
+    """generator.kinds [image-mixer, mixup, sd-text] with sd-text's own folder (prompted_path): the
+    pair kinds share the planned pairs, the sd-text member plans a prompted pool of the same size."""
+    from pipeline.config import load_job
+    from pipeline.contract.configlib import ConfigError
+    from pipeline.stages.family import GENERATORS_DIR, members
+    from pipeline.stages.jobdir import plan_path
+    from pipeline.stages.plan import plan_stage
+
+    kinds = {"kinds": ["image-mixer", "mixup", "sd-text"], "prompts": TEMPLATES}
+    with pytest.raises(ConfigError, match="at most one diffusion generator on generator.path"):
+        load_job(small_job["job_path"], {"generator": kinds})
+    job = load_job(small_job["job_path"], {"generator": {**kinds, "prompted_path": text_job.generator.path}})
+    plan, _ = plan_stage(job, tmp_path)
+    main = [r for r in plan.iter_rows() if r.kind == "mix"]
+    mixup = list(read_plan(plan_path(tmp_path / GENERATORS_DIR / "mixup")).iter_rows())
+    text = list(read_plan(plan_path(tmp_path / GENERATORS_DIR / "sd-text")).iter_rows())
+    assert [r.parents for r in mixup] == [r.parents for r in main] and all(r.prompt is None for r in main)
+    assert len(text) == len(main) and all(r.parents == [] and r.prompt in (0, 1) for r in text)
+    member = {m.kind: m for m in members(job, tmp_path)}["sd-text"]
+    assert member.job.generator.path == text_job.generator.path and member.job.generator.prompted_path is None
