@@ -16,6 +16,7 @@ from .contract.images import IMAGE_FORMATS
 from .contract.views import Views
 
 Dtype = Literal["fp32", "bf16", "fp16"]
+DEFAULT_PROMPTS = ("a photo of a {class}.",)   # sd-text without generator.prompts (CLIP's plain template)
 
 
 @dataclass
@@ -82,6 +83,9 @@ class MixPlanConfig:
     weight_law: Literal["uniform", "beta", "fixed"] = "uniform"   # law of the mixing weight of the first parent
     beta_a: float = ranged(1.0, gt=0)         # beta(a, a) when weight_law is 'beta'
     weight: float = ranged(0.5, ge=0, le=1)   # when weight_law is 'fixed'
+    # prompted generators (sd-text): the law of each sample's class: 'uniform' over the classes, or
+    # 'frequency' = as often as the class is in the train split
+    class_law: Literal["uniform", "frequency"] = "uniform"
     weight_range: tuple[float, float] = ranged((0.0, 1.0), ge=0, le=1, ordered=True)  # uniform law bounds
 
     def check(self):
@@ -129,25 +133,54 @@ class GeneratorConfig:
     tokens: int = ranged(5, ge=2)             # image-mixer: conditioning slots (2 live, the rest zeros), as trained
     noise_level: int = ranged(0, ge=0, le=999)  # unclip only: noise added to the mixed embedding
     interpolation: Literal["slerp", "lerp"] = "slerp"  # one-token generators (sd-image-variations, unclip)
+    # prompted generators (sd-text): the dataset's prompt templates, each with '{class}' (the class
+    # name); each sample draws one from (seed, uid). null = ['a photo of a {class}.']
+    prompts: Optional[list[str]] = None
+    # sd-text's folder when it is a member of generator.kinds beside an image-conditioned diffusion
+    # kind (whose folder is `path`); null = `path`
+    prompted_path: Optional[str] = path_field(default=None)
     # speed switches (the output does not depend on them beyond float rounding):
     compile: bool = False                     # torch.compile the UNet once per worker, fixed shapes (GPU)
     cuda_graphs: bool = False                 # with compile: CUDA graphs over the UNet call (mode reduce-overhead)
     attention: Literal["sdpa", "classic"] = "sdpa"   # SDPA (flash / memory-efficient kernels) or the plain math
     vae_slice: int = ranged(8, ge=1)          # images per VAE decode call (its activations dominate memory)
 
+    @property
+    def templates(self) -> list[str]:
+        """The prompt templates of a prompted generator (the configured ones, or the default)."""
+        return self.prompts if self.prompts is not None else list(DEFAULT_PROMPTS)
+
+    def folder_key(self, kind: str) -> str:
+        """The key holding `kind`'s model folder: `prompted_path` for a prompted member that has one."""
+        prompted_member = kind in generators.PROMPTED_KINDS and kind != self.kind
+        return "prompted_path" if prompted_member and self.prompted_path is not None else "path"
+
     def check(self):
+        if self.prompts is not None:
+            if not self.prompts:
+                raise ConfigError("prompts: give at least one template (or null for the default)")
+            for i, template in enumerate(self.prompts):
+                if generators.CLASS_FIELD not in template:
+                    raise ConfigError(f"prompts[{i}]: template {template!r} has no {generators.CLASS_FIELD} "
+                                      f"(where the class name goes)")
+        if self.prompted_path is not None and (self.kind in generators.PROMPTED_KINDS or not self.kinds or
+                                               not any(k in generators.PROMPTED_KINDS for k in self.kinds)):
+            raise ConfigError("prompted_path: only for a prompted member of generator.kinds (sd-text beside "
+                              "another generator.kind); otherwise give generator.path")
         if self.kinds is not None:
             if self.kind not in self.kinds or len(set(self.kinds)) != len(self.kinds):
                 raise ConfigError(f"kinds: must list generator.kind {self.kind!r} (whose mixes stay in the job "
                                   f"folder) and each kind once, got {self.kinds}")
-            if sum(k in generators.DIFFUSION_KINDS for k in self.kinds) > 1:
-                raise ConfigError(f"kinds: at most one diffusion generator (they would share generator.path), "
-                                  f"got {self.kinds}")
+            on_path = [k for k in self.kinds if k in generators.DIFFUSION_KINDS and self.folder_key(k) == "path"]
+            if len(on_path) > 1:
+                raise ConfigError(f"kinds: at most one diffusion generator on generator.path (a prompted one "
+                                  f"may have generator.prompted_path), got {self.kinds}")
         for kind in self.kinds or [self.kind]:
-            if kind in generators.DIFFUSION_KINDS and self.path is None:
-                raise ConfigError(f"path: the {kind!r} generator needs a model folder")
-        require_file(self.path, "path")
-        check_weights_header(self.path, "path")
+            if kind in generators.DIFFUSION_KINDS and getattr(self, self.folder_key(kind)) is None:
+                raise ConfigError(f"{self.folder_key(kind)}: the {kind!r} generator needs a model folder")
+        for key in ("path", "prompted_path"):
+            require_file(getattr(self, key), key)
+            check_weights_header(getattr(self, key), key)
         if self.scheduler == "ldm-ddim-fork" and self.steps < 2:
             raise ConfigError("steps: ldm-ddim-fork drops the largest of its timesteps, so it needs at least 2")
 

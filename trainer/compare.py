@@ -52,9 +52,11 @@ RUNS = "runs"
 # beside each run folder (which stays an ordinary `tsd train` folder): its inputs, once started and once done
 STARTED, DONE = ".started.json", ".done.json"
 # the paper's order: the classical augmentations, then the diffusion generators
-KIND_ORDER = ("mixup", "cutmix", "image-mixer", "sd-image-variations", "unclip")
-KIND_LABELS = {"mixup": "KD + Mixup", "cutmix": "KD + CutMix", "image-mixer": "KD + SD-Mixup (ImageMixer)",
-               "sd-image-variations": "KD + SD image variations", "unclip": "KD + Stable unCLIP"}
+# (sd-text, the text-prompted baseline SD-Mixup answers, just before them)
+KIND_ORDER = ("mixup", "cutmix", "sd-text", "image-mixer", "sd-image-variations", "unclip")
+KIND_LABELS = {"mixup": "KD + Mixup", "cutmix": "KD + CutMix", "sd-text": "KD + SD text prompts (class names)",
+               "image-mixer": "KD + SD-Mixup (ImageMixer)", "sd-image-variations": "KD + SD image variations",
+               "unclip": "KD + Stable unCLIP"}
 BASE_ROWS = ("finetune", "kd")
 
 

@@ -18,6 +18,9 @@ M_FEATURES = "features.npy"        # float16 [K, D]: optional teacher features (
 NPY_MEMBERS = (M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS, M_FEATURES)
 
 
+OPTIONAL_KEYS = ("prompt_class", "prompt")   # json keys absent unless set
+
+
 @dataclass(frozen=True)
 class SampleMeta:
     """The `json` member of every sample."""
@@ -33,9 +36,14 @@ class SampleMeta:
     weight: float | None = None   # mixing weight of parents[0]
     generator: str | None = None
     topk_rest: list | None = None # per view: teacher probability mass outside the stored top-k
+    prompt_class: str | None = None  # prompted generators (sd-text): the class named in the prompt
+    prompt: str | None = None        # and the prompt itself (the label stays -1)
 
     def to_json(self) -> bytes:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for key in OPTIONAL_KEYS:   # written only when set: other samples' bytes stay as they were
+            if d[key] is None:
+                del d[key]
         d["parents"] = list(self.parents)
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 

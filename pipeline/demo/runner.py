@@ -88,12 +88,12 @@ def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: 
     import tempfile
 
     from .pretrain import pretrain_teacher
-    from ..testing.tiny import build_image_mixer, build_student, build_teacher
+    from ..testing.tiny import build_image_mixer, build_sd_text, build_student, build_teacher
 
     folder = Path(folder)
     paths = {"teacher": folder / "teacher" / "model.safetensors",
              "student": folder / "student" / "model.safetensors",
-             "image-mixer": folder / "image-mixer"}
+             "image-mixer": folder / "image-mixer", "sd-text": folder / "sd-text"}
 
     def build():
         teacher = build_teacher(folder, sizes, seed)
@@ -102,6 +102,7 @@ def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: 
                 pretrain_teacher(teacher, sizes, seed=seed, corpus_dir=Path(corpus), steps=pretrain_steps)
         build_student(folder, sizes, seed)
         build_image_mixer(folder, sizes, seed)
+        build_sd_text(folder, sizes, seed)
         plain_modes(folder)   # safetensors and diffusers write weight files 0600
         return description
 
@@ -170,6 +171,8 @@ def prepare_job(out: str | Path, size_name: str = "demo", timer: Timer | None = 
     config = job_config(models, str(ingest_dir / "index.parquet"), size)
     if kinds:
         config["generator"]["kinds"] = list(kinds)
+        if "sd-text" in kinds:   # the text-prompted baseline beside ImageMixer: its own folder
+            config["generator"]["prompted_path"] = models["sd-text"]
     job_path = dump(config, work / "job.yaml")
     return {"models": models, "job_path": str(job_path), "index": config["data"]["index"]}
 
@@ -200,7 +203,7 @@ def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dic
     return probe, manifest
 
 
-COMPARE_KINDS = ["image-mixer", "mixup", "cutmix"]
+COMPARE_KINDS = ["image-mixer", "mixup", "cutmix", "sd-text"]
 FINETUNED_DIR = "teacher-finetuned"   # the finetuned teacher's release, in the demo folder
 # The demo's finetuned teacher (the paper's counterpoint to probing): its last block, final norm and
 # head trained on the task; it labels the real images only (its row is KD on real images).
@@ -244,7 +247,7 @@ def compare_config(out: str | Path, models: dict, size: DemoSize, teachers: list
 
 
 def compare_teachers(out: str | Path) -> list[dict]:
-    """The demo compare's teachers: the probed one (the demo release and its mixup and cutmix
+    """The demo compare's teachers: the probed one (the demo release and its mixup, cutmix and sd-text
     releases), the finetuned one (out/teacher-finetuned, real images only)."""
     from ..stages.jobdir import GENERATORS_DIR
 
@@ -271,6 +274,7 @@ def build_vit_student_once(folder: Path) -> Path:
 @torch_threads(DEMO_THREADS)
 def run_compare_demo(out: str | Path, size_name: str = "demo") -> dict:
     """`tsd demo --compare`: the demo's release plus the same mixes made by mixup and cutmix, a
+    text-prompted pool (sd-text, the baseline SD-Mixup answers), a
     finetuned teacher's release of the real images, then `tsd compare` on them (finetune, KD,
     KD + each mix, SD-Mixup on half its pool, KD with the finetuned teacher; the tiny ViT-S/14
     student's finetune and KD; 3 seeds) into out/compare."""
@@ -426,7 +430,7 @@ def add_arguments(p) -> None:
                         "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: about 7 min on 2 idle CPU "
                         "cores, 9.5 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
     p.add_argument("--compare", action="store_true",
-                   help="also make mixup and cutmix mixes and a finetuned teacher's release, then `tsd compare` "
+                   help="also make mixup, cutmix and text-prompted (sd-text) mixes and a finetuned teacher's release, then `tsd compare` "
                         "every row (3 seeds) into OUT/compare")
 
 

@@ -153,6 +153,16 @@ def _diffusers_class(folder: Path):
     return getattr(diffusers, json.loads(config_file.read_text())["_class_name"])
 
 
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """CLIP text embeddings [B, L, D] (the last hidden state), tokenized as the stock Stable
+    Diffusion pipelines do: padded to the tokenizer's max length, truncated beyond it."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    mask = ids.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+
+
 class DiffusionGenerator:
     """Shared machinery of the image-conditioned diffusion generators: loading a diffusers folder,
     CLIP image embeddings, the batched CFG denoising loop (both branches in one UNet call), the
@@ -172,6 +182,8 @@ class DiffusionGenerator:
     per VAE decode call: the decoder's full-resolution activations dominate memory, about 1.7 GB
     per 128-channel map for 16 images at 640 px in fp16, several alive at once)."""
 
+    image_conditioned = True   # loads the folder's CLIP image encoder and its preprocessing
+
     def __init__(self, cfg: GeneratorConfig, device: torch.device, channels_last: bool = False):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -185,8 +197,9 @@ class DiffusionGenerator:
         self.root = Path(cfg.path)
         self.dtype = torch_dtype(cfg.dtype, device)
         # loaded straight into the working dtype (diffusers keeps its fp32-only modules fp32 then)
-        self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-            self.root / "image_encoder", dtype=self.dtype).to(device).eval()
+        if self.image_conditioned:
+            self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+                self.root / "image_encoder", dtype=self.dtype).to(device).eval()
         self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet", torch_dtype=self.dtype).to(device).eval()
         self.vae = AutoencoderKL.from_pretrained(self.root / "vae", torch_dtype=self.dtype).to(device).eval()
         # SDPA (flash / memory-efficient kernels on GPU): diffusers' default, stated so it stays so
@@ -194,7 +207,8 @@ class DiffusionGenerator:
         self.unet.set_attn_processor(attention())
         self.vae.set_attn_processor(attention())
         self.scheduler_config = json.loads((self.root / "scheduler" / "scheduler_config.json").read_text())
-        self._clip_preprocess_config()
+        if self.image_conditioned:
+            self._clip_preprocess_config()
         cuda_settings(device)
         if device.type == "cuda" and channels_last:
             self.unet.to(memory_format=torch.channels_last)
@@ -251,26 +265,30 @@ class DiffusionGenerator:
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
     def mix(self, parents_a, parents_b, weights, seeds):
+        return self.generate([parents_a, parents_b, weights], seeds, self.conditioning)
+
+    @torch.no_grad()
+    def generate(self, columns: list, seeds, conditioning):
+        """Images and failures for per-sample inputs (`columns`, each a list with one entry per
+        seed), in batches of exactly `cfg.batch_size` (a short one padded with its last sample, the
+        padding dropped): `conditioning(*batch_columns, generators)` states what the batch is
+        conditioned on; denoising and decoding are shared."""
         if not seeds:
             return torch.empty((0, 3, self.cfg.size, self.cfg.size), dtype=torch.uint8), []
         images, failures = [], []
         n = self.cfg.batch_size
         for i in range(0, len(seeds), n):
-            im, fails = self._mix_batch(parents_a[i:i + n], parents_b[i:i + n], weights[i:i + n], seeds[i:i + n])
-            images.append(im)
-            failures += fails
+            batch, batch_seeds = [list(c[i:i + n]) for c in columns], list(seeds[i:i + n])
+            real = len(batch_seeds)
+            pad = n - real
+            if pad:
+                batch = [c + [c[-1]] * pad for c in batch]
+                batch_seeds += [batch_seeds[-1]] * pad
+            generators = [torch.Generator().manual_seed(int(s)) for s in batch_seeds]
+            im, fails = self.decode(self.denoise(conditioning(*batch, generators), generators))
+            images.append(im[:real])
+            failures += fails[:real]
         return torch.cat(images), failures
-
-    def _mix_batch(self, parents_a, parents_b, weights, seeds):
-        real = len(seeds)
-        pad = self.cfg.batch_size - real
-        if pad:
-            parents_a, parents_b = list(parents_a) + [parents_a[-1]] * pad, list(parents_b) + [parents_b[-1]] * pad
-            weights, seeds = list(weights) + [weights[-1]] * pad, list(seeds) + [seeds[-1]] * pad
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        cond = self.conditioning(parents_a, parents_b, weights, generators)
-        images, failures = self.decode(self.denoise(cond, generators))
-        return images[:real], failures[:real]
 
     @property
     def latent_dtype(self) -> torch.dtype:
@@ -381,15 +399,9 @@ class UnCLIP(DiffusionGenerator):
         self.prompt_embeds = self._empty_prompt(CLIPTokenizer.from_pretrained(self.root / "tokenizer"),
                                                 CLIPTextModel.from_pretrained(self.root / "text_encoder"))
 
-    @torch.no_grad()
     def _empty_prompt(self, tokenizer, text_encoder) -> torch.Tensor:
-        """The text embedding of '' [1, L, D], tokenized as the stock pipeline does; the encoder is
-        only needed for this, so it is dropped afterwards."""
-        text_encoder = text_encoder.to(self.device, self.dtype).eval()
-        ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt")
-        mask = ids.attention_mask.to(self.device) if getattr(text_encoder.config, "use_attention_mask", False) else None
-        return text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
+        """The text embedding of '' [1, L, D]; the encoder is only needed for this, so it is dropped afterwards."""
+        return encode_prompts(tokenizer, text_encoder.to(self.device, self.dtype).eval(), [""], self.device)
 
     def noise_image_embeddings(self, embeds: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """StableUnCLIPImg2ImgPipeline.noise_image_embeddings with the noise given: scale, add noise

@@ -51,6 +51,8 @@ JSON_FIELDS = {
     "weight": {"dtype": "float64"},               # null for real samples
     "generator": {"dtype": "string"},             # null for real samples
     "topk_rest": {"list": "float64"},             # null unless teacher.logits is topk
+    "prompt_class": {"dtype": "string"},          # text-prompted mixes (sd-text) only: the prompted class
+    "prompt": {"dtype": "string"},                # and the prompt
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..config import JobConfig
 from ..contract.configlib import ConfigError
+from ..contract.generators import PROMPTED_KINDS
 from ..contract.ids import derive_seed, make_uid
 from ..contract.images import stored_size
 from ..contract.views import center_view, sample_views_many
@@ -41,13 +42,35 @@ def make_row(job: JobConfig, uid: str, split: str, kind: str, *, label: int, cla
              source: dict | None = None, parents: tuple = (), parent_paths: tuple = (),
              weight: float | None = None, shard: str = "") -> PlanRow:
     """One planned sample (regenerate rebuilds a released one with it): the seed from (seed, uid),
-    the stored size and views from `geometry`, as `write_plan` makes them for all at once."""
+    the stored size and views from `geometry`, a prompted mix's template from `prompt_index`, as
+    `write_plan` makes them for all at once."""
     seed = derive_seed(job.seed, uid)
     width, height, views = geometry(job, kind, split, seed, source)
+    prompt = prompt_index(job, uid) if kind == "mix" and prompted(job) else None
     return PlanRow(uid=uid, split=split, kind=kind, shard=shard, label=label, class_name=class_name,
                    path=source["path"] if kind == "real" else None, parents=list(parents),
                    parent_paths=list(parent_paths), weight=weight, seed=seed, width=width, height=height,
-                   views=views)
+                   views=views, prompt=prompt)
+
+
+def prompted(job: JobConfig) -> bool:
+    """Whether the job's mixes come from class-name prompts (sd-text) rather than parent pairs."""
+    return job.generator is not None and job.generator.kind in PROMPTED_KINDS
+
+
+def prompt_index(job: JobConfig, uid: str) -> int:
+    """The prompt template of a prompted sample: uniform over the templates, from (seed, uid)."""
+    return derive_seed(job.seed, uid, "prompt") % len(job.generator.templates)
+
+
+def draw_classes(job: JobConfig, train: list[dict], num_classes: int, count: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """The prompted class of each sample [count] by `plan.class_law`: uniform over the classes, or
+    in proportion to each class's train images."""
+    if job.plan.class_law == "uniform":
+        return rng.integers(num_classes, size=count)
+    freq = np.bincount([r["label"] for r in train], minlength=num_classes).astype(np.float64)
+    return rng.choice(num_classes, size=count, p=freq / freq.sum())
 
 
 def draw_pairs(job: JobConfig, train: list[dict], count: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,15 +154,18 @@ def real_part(job: JobConfig, rows: list[dict], split: str, classes: list[str]) 
         labels = [r["label"] for r in chunk]
         return {"uid": uids, "label": labels, "class_name": [classes[i] for i in labels],
                 "path": [r["path"] for r in chunk], "parents": [[]] * len(chunk), "parent_paths": [[]] * len(chunk),
-                "weight": [None] * len(chunk), "seed": seeds, "width": widths, "height": heights, "views": views}
+                "weight": [None] * len(chunk), "seed": seeds, "width": widths, "height": heights, "views": views,
+                "prompt": [None] * len(chunk)}
     return Part("real", split, len(rows), columns)
 
 
-def mix_part(job: JobConfig, train: list[dict]) -> Part:
+def mix_part(job: JobConfig, train: list[dict], classes: list[str]) -> Part:
     count = job.plan.resolve_pool(len(train))
     if count == 0:
         return Part("mix", "train", 0, None)
     rng = np.random.Generator(np.random.PCG64(job.seed))
+    if prompted(job):
+        return prompt_part(job, train, classes, count, rng)
     pairs = draw_pairs(job, train, count, rng)
     weights = draw_weights(job, rng, count)
 
@@ -153,5 +179,23 @@ def mix_part(job: JobConfig, train: list[dict]) -> Part:
         return {"uid": uids, "label": [-1] * n, "class_name": [None] * n, "path": [None] * n,
                 "parents": [list(p) for p in zip(ua, ub)],
                 "parent_paths": [[train[i]["path"], train[j]["path"]] for i, j in zip(a, b)],
-                "weight": weights[start:stop], "seed": seeds, "width": widths, "height": heights, "views": views}
+                "weight": weights[start:stop], "seed": seeds, "width": widths, "height": heights, "views": views,
+                "prompt": [None] * n}
+    return Part("mix", "train", count, columns)
+
+
+def prompt_part(job: JobConfig, train: list[dict], classes: list[str], count: int, rng: np.random.Generator) -> Part:
+    """A prompted generator's pool: no parents, a class drawn by the configured law and a template
+    per sample; label -1 like every generated image, `class_name` = the prompted class."""
+    drawn = draw_classes(job, train, len(classes), count, rng)
+
+    def columns(start, stop):
+        picked = drawn[start:stop].tolist()
+        uids = [make_uid("prompt", job.seed, classes[c], i) for i, c in enumerate(picked, start)]
+        seeds = [derive_seed(job.seed, u) for u in uids]
+        widths, heights, views = geometry_many(job, "mix", "train", seeds)
+        n = len(uids)
+        return {"uid": uids, "label": [-1] * n, "class_name": [classes[c] for c in picked], "path": [None] * n,
+                "parents": [[]] * n, "parent_paths": [[]] * n, "weight": [None] * n, "seed": seeds,
+                "width": widths, "height": heights, "views": views, "prompt": [prompt_index(job, u) for u in uids]}
     return Part("mix", "train", count, columns)

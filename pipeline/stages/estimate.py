@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import JobConfig
 from ..contract.configlib import ConfigError
-from ..contract.generators import DIFFUSION_KINDS
+from ..contract.generators import DIFFUSION_KINDS, PROMPTED_KINDS
 from ..contract.images import encode_image, stored_size
 from ..models.ldm_ddim import unet_steps
 
@@ -176,7 +176,8 @@ def mix_seconds(job: JobConfig) -> tuple[dict, list[str]]:
     stock_batch = 1 if gen.batch_size == 1 else 8   # the two measured stock settings
     stock = model_s / mix_seconds_model(REF_SIZE, REF_STEPS, True, stock_batch) / STOCK_IMG_S[stock_batch]
     target = model_s / mix_seconds_model(REF_SIZE, REF_STEPS, True, gen.batch_size) / FUSED_TARGET_IMG_S
-    clip = 2 / CLIP_L14_IMG_S                        # both parents embedded
+    prompted = gen.kind in PROMPTED_KINDS
+    clip = 0.0 if prompted else 2 / CLIP_L14_IMG_S   # both parents embedded (a prompt's text encoding: negligible)
     unet_batch, unet_tf = unet_tflops(gen.batch_size * (2 if guided else 1))
     notes = [
         f"compute model per mix: {steps} steps × {2 if guided else 1} (CFG) UNet passes × "
@@ -185,6 +186,7 @@ def mix_seconds(job: JobConfig) -> tuple[dict, list[str]]:
         f"stock diffusers pipeline: {STOCK_IMG_S[stock_batch]:.2f} img/s measured at 640 px, 30 steps, CFG, "
         f"{stock_batch} image(s) per call; scaled to these settings by the compute model",
         f"fused-worker target: {FUSED_TARGET_IMG_S:.0f} img/s at 640 px, 30 steps, CFG; scaled likewise",
+        "plus one CLIP text encoding per sample (not counted: a few GFLOP)" if prompted else
         f"plus 2 CLIP ViT-L/14 embeddings per mix at {CLIP_L14_IMG_S:.0f} img/s",
     ]
     if gen.kind == "unclip":

@@ -90,7 +90,8 @@ class JobFolder:
 
 def member_job(job: JobConfig, kind: str) -> JobConfig:
     g = job.generator
-    generator = replace(g, kind=kind, kinds=None, path=g.path if kind in DIFFUSION_KINDS else None)
+    path = getattr(g, g.folder_key(kind)) if kind in DIFFUSION_KINDS else None
+    generator = replace(g, kind=kind, kinds=None, path=path, prompted_path=None)
     return replace(job, generator=generator, release=replace(job.release, name=f"{job.release.name}-{kind}"))
 
 

@@ -16,6 +16,7 @@ from ..contract import storage
 from ..contract.configlib import files_optional, to_dict
 from ..contract.errors import UserError
 from ..contract.files import reuse
+from ..contract.generators import PROMPTED_KINDS
 from ..contract.ids import fingerprint
 from ..contract.layout import shard_name
 from ..sources.index import CLASSES_KEY, SourceIndex, index_sha256, read_source_index
@@ -26,10 +27,19 @@ from .planfile import FINGERPRINT_KEY, PLAN_FORMAT, SHARDS_KEY, Plan, plan_schem
 
 def plan_fingerprint(job: JobConfig) -> str:
     """What the plan depends on: a changed value means the plan (and its shards) must be redone."""
+    plan = to_dict(job.plan)
+    extra = {}
+    kinds = (job.generator.kinds or [job.generator.kind]) if job.generator else []
+    if any(k in PROMPTED_KINDS for k in kinds):
+        # what a prompted pool (the job's or a member's) also depends on; absent otherwise, so other
+        # plans keep their fingerprints
+        extra = {"prompts": job.generator.templates, "kind": job.generator.kind}
+    else:
+        plan.pop("class_law")
     return fingerprint({"seed": job.seed, "data": to_dict(job.data, paths=False), "views": to_dict(job.views),
-                        "plan": to_dict(job.plan), "shard_size": job.generate.shard_size,
+                        "plan": plan, "shard_size": job.generate.shard_size,
                         "gen_size": job.generator.size if job.generator else None,
-                        "index_sha256": index_sha256(job.data.index), "format": PLAN_FORMAT})
+                        "index_sha256": index_sha256(job.data.index), "format": PLAN_FORMAT, **extra})
 
 
 # -- writing the plan ---------------------------------------------------------------------------
@@ -61,7 +71,7 @@ def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: J
     train = index.split("train")  # sorted by uid: hashes, so shards mix the classes
     size = job.generate.shard_size
     parts = [real_part(job, train, "train", index.classes), real_part(job, index.split("val"), "val", index.classes),
-             mix_part(job, train)]
+             mix_part(job, train, index.classes)]
     if member is not None:
         parts = parts[2:]
     directory = [[shard_name(p.kind, p.split, i), min(size, p.count - i * size)]

@@ -33,6 +33,7 @@ class PlanRow:
     width: int = 0            # stored size
     height: int = 0
     views: list = field(default_factory=list)         # K × [x, y, w, h, flip]
+    prompt: int | None = None  # prompted mixes (sd-text): the template's index; class_name = the prompted class
 
 
 def plan_schema():
@@ -45,6 +46,7 @@ def plan_schema():
         ("weight", pa.float64()), ("seed", pa.int64()),
         ("width", pa.int32()), ("height", pa.int32()),      # stored size
         ("views", pa.list_(pa.list_(pa.float64()))),
+        ("prompt", pa.int32()),    # added later: a plan without it reads as prompt None
     ])
 
 

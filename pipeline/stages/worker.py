@@ -19,6 +19,7 @@ import torch
 from ..config import JobConfig
 from ..contract import storage
 from ..contract.device import resolve_device, to_device, torch_dtype
+from ..contract.generators import render_prompt
 from ..contract.images import decode_image, pil_to_tensor, store_image, tensor_to_pil
 from ..contract.layout import HEAD_FILE, shard_kind_split
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, encode_teacher, npy_bytes, teacher_summary
@@ -126,6 +127,13 @@ class ShardWorker:
             self._teach(posting.result(), results)
         return [results[row.uid] for row in rows]
 
+    def prompt_text(self, row: PlanRow) -> str:
+        """A prompted mix's prompt: its planned template with its planned class."""
+        templates = self.job.generator.templates
+        if row.prompt >= len(templates):
+            raise Failure(f"prompt template {row.prompt} planned, generator.prompts has {len(templates)}")
+        return render_prompt(templates[row.prompt], row.class_name)
+
     # -- stages ----------------------------------------------------------------------------------
     def _load(self, rows: list[PlanRow]) -> list[tuple[PlanRow, object]]:
         """CPU: the source image (real, PIL) or both parents (mix, uint8 tensors), or a Failure."""
@@ -133,9 +141,13 @@ class ShardWorker:
             try:
                 if row.kind == "real":
                     return row, open_rgb(row.path, **self.limits)
+                if row.prompt is not None:   # a prompted mix: nothing to load, its prompt is its input
+                    return row, self.prompt_text(row)
                 return row, tuple(pil_to_tensor(open_rgb(p, **self.limits)) for p in row.parent_paths)
             except ImageRejected as e:
                 return row, Failure(f"unreadable {'source' if row.kind == 'real' else 'parent'}: {e}")
+            except Failure as e:
+                return row, e
         return list(self.pool.map(load, rows))
 
     def _generate(self, loaded: list[tuple[PlanRow, object]], results: dict) -> list[tuple[PlanRow, object]]:
@@ -149,8 +161,11 @@ class ShardWorker:
         if not ok or ok[0][0].kind == "real":
             return ok
         rows = [r for r, _ in ok]
-        images, failures = self.generator.mix([p[0] for _, p in ok], [p[1] for _, p in ok],
-                                              [r.weight for r in rows], [r.seed for r in rows])
+        if rows[0].prompt is not None:
+            images, failures = self.generator.prompt([text for _, text in ok], [r.seed for r in rows])
+        else:
+            images, failures = self.generator.mix([p[0] for _, p in ok], [p[1] for _, p in ok],
+                                                  [r.weight for r in rows], [r.seed for r in rows])
         out = []
         for row, image, failure in zip(rows, images, failures):
             if failure:
@@ -217,7 +232,9 @@ class ShardWorker:
             uid=row.uid, split=row.split, kind=row.kind, label=int(row.label), seed=int(row.seed),
             views=[[*v[:4], int(v[4])] for v in row.views], width=int(row.width), height=int(row.height),
             parents=tuple(row.parents or ()), weight=row.weight,
-            generator=self.job.generator.kind if row.kind == "mix" else None, topk_rest=rest)
+            generator=self.job.generator.kind if row.kind == "mix" else None, topk_rest=rest,
+            prompt_class=row.class_name if row.prompt is not None else None,
+            prompt=self.prompt_text(row) if row.prompt is not None else None)
         members = {self.job.data.image_format: data, M_JSON: meta.to_json(), **teacher}
         if feats is not None:
             members[M_FEATURES] = npy_bytes(feats.numpy().astype(np.float16))

@@ -160,13 +160,9 @@ def build_unclip(folder: Path, sizes: TinySizes, seed: int = 0) -> Path:
     """A diffusers folder in the Stable unCLIP 2.1 img2img layout: the UNet takes the image
     embedding ‖ its noise-level embedding as `class_labels` (projection class embedding), the text
     encoder and tokenizer give the (empty) prompt, v-prediction DDIM as SD 2.1 unCLIP ships."""
-    import shutil
-    import tempfile
-
     from diffusers import DDPMScheduler, StableUnCLIPImg2ImgPipeline
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
     from diffusers.utils import logging as dlogging
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     dlogging.disable_progress_bar()
     torch.manual_seed(seed + 4)
@@ -177,6 +173,22 @@ def build_unclip(folder: Path, sizes: TinySizes, seed: int = 0) -> Path:
     with torch.no_grad():  # real statistics, not the identity, so scale/unscale are exercised
         normalizer.mean.normal_(0.0, 0.5)
         normalizer.std.uniform_(0.5, 2.0)
+    tokenizer, text_encoder = _tiny_clip_text(sizes)
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=clip_processor(sizes.clip_img), image_encoder=encoder, image_normalizer=normalizer,
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000),
+        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
+        scheduler=sd_ddim_scheduler(prediction_type="v_prediction"), vae=vae)
+    return _save_with_clip_tokenizer(pipe, folder / "unclip")
+
+
+def _tiny_clip_text(sizes: TinySizes):
+    """(tokenizer, CLIP text encoder): the tiny BPE tokenizer and a text encoder whose hidden size is
+    the UNet's cross-attention dim (the text embedding is the UNet's context)."""
+    import tempfile
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
@@ -184,17 +196,33 @@ def build_unclip(folder: Path, sizes: TinySizes, seed: int = 0) -> Path:
         vocab_size=len(tokenizer), hidden_size=sizes.clip_dim, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, hidden_act="gelu",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    pipe = StableUnCLIPImg2ImgPipeline(
-        feature_extractor=clip_processor(sizes.clip_img), image_encoder=encoder, image_normalizer=normalizer,
-        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000),
-        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
-        scheduler=sd_ddim_scheduler(prediction_type="v_prediction"), vae=vae)
-    path = folder / "unclip"
+    return tokenizer, text_encoder
+
+
+def _save_with_clip_tokenizer(pipe, path: Path) -> Path:
+    """save_pretrained, then the tokenizer as real folders have it (vocab.json + merges.txt), not
+    transformers' re-save."""
+    import shutil
+
     pipe.save_pretrained(path)
-    # the tokenizer as the real folder has it (vocab.json + merges.txt), not transformers' re-save
     shutil.rmtree(path / "tokenizer")
     write_clip_tokenizer(path / "tokenizer")
     return path
+
+
+def build_sd_text(folder: Path, sizes: TinySizes, seed: int = 0) -> Path:
+    """A diffusers folder in the StableDiffusionPipeline (text-to-image) layout: CLIP text encoder +
+    tokenizer, a UNet whose cross-attention dim is the encoder's hidden size, VAE, SD's DDIM config."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    dlogging.disable_progress_bar()
+    torch.manual_seed(seed + 6)
+    tokenizer, text_encoder = _tiny_clip_text(sizes)
+    pipe = StableDiffusionPipeline(vae=_tiny_vae(sizes), text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=_tiny_unet(sizes), scheduler=sd_ddim_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    return _save_with_clip_tokenizer(pipe, folder / "sd-text")
 
 
 def build_ldm_checkpoint(folder: Path, sizes: TinySizes = TinySizes(), seed: int = 0) -> dict:

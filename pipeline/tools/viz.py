@@ -60,9 +60,11 @@ def save(fig, out: str | Path) -> Path:
 
 # -- mixes --------------------------------------------------------------------------------------
 def pick_mixes(index: list[dict], count: int, seed: int, present: set | None = None) -> list[dict]:
-    """Up to `count` mixes whose parents are both `present` (default: in the release), sorted by mixing weight."""
+    """Up to `count` mixes whose parents are both `present` (default: in the release), sorted by mixing
+    weight (text-prompted mixes have no parents: none of them)."""
     present = {r["uid"] for r in index} if present is None else present
-    mixes = [r for r in index if r["kind"] == "mix" and all(p in present for p in r["parents"])]
+    mixes = [r for r in index if r["kind"] == "mix" and len(r["parents"] or []) == 2
+             and all(p in present for p in r["parents"])]
     if not mixes:
         return []
     rng = np.random.Generator(np.random.PCG64(seed))

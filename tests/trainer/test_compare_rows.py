@@ -137,3 +137,19 @@ def test_compare_with_a_vit_student_and_pool_rows(tmp_path, release, single_thre
     table = (tmp_path / "out" / compare.RESULTS_MD).read_text()
     assert "| KD + Mixup, 0.5× pool · resnet10t | probed (100.0) |" in table and "| 64 (0.5×) | — |" in table
     assert "| KD on real images · vit_small_patch14_dinov2 |" in table
+
+
+def test_a_text_prompted_release_is_a_row_of_its_own(tmp_path, release):
+    """A release of generator kind sd-text (a dash in the name) beside the mixup release: its own row,
+    reading only its mixes, in the paper's order (before the image-conditioned generators)."""
+    from trainer.synthetic import write_release
+
+    text = write_release(tmp_path / "text", classes=4, train_per_class=8, val_per_class=4, mixes=32, views=3,
+                         store_size=40, shard_size=32, generator="sd-text", real_shards=False)
+    rows, _ = plan(tmp_path, release, teachers=[{"name": "probed", "releases": [str(release), str(text)]}])
+    by_id = {r.id: r for r in rows}
+    assert [r.id for r in rows] == ["finetune", "kd", "kd+mixup", "kd+sd-text"]
+    row = by_id["kd+sd-text"]
+    assert row.label == "KD + SD text prompts (class names)" and row.config.data.generators == ["sd-text"]
+    assert [s.url for s in open_releases([str(release), str(text)]).mix_pool(["sd-text"], 1.0)] == \
+        [s.url for s in open_releases([str(text)]).shards("mix", "train")]
