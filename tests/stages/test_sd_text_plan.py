@@ -85,8 +85,7 @@ def test_sd_text_as_a_family_member_beside_image_mixer(small_job, text_job, tmp_
     pair kinds share the planned pairs, the sd-text member plans a prompted pool of the same size."""
     from pipeline.config import load_job
     from pipeline.contract.configlib import ConfigError
-    from pipeline.stages.family import GENERATORS_DIR, members
-    from pipeline.stages.jobdir import plan_path
+    from pipeline.stages.jobdir import GENERATORS_DIR, members, plan_path
     from pipeline.stages.plan import plan_stage
 
     kinds = {"kinds": ["image-mixer", "mixup", "sd-text"], "prompts": TEMPLATES}
