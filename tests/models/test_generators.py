@@ -72,15 +72,24 @@ def test_registry_covers_every_configurable_kind():
 @pytest.mark.parametrize("kind", DIFFUSION)
 def test_an_image_depends_on_its_seed_and_parents_only(generators, kind):
     """Right size and type; the same sample gives the same image alone, or in another batch at
-    another position (bit for bit, on the CPU); another seed gives another image."""
+    another position (within a level: see same_image); another seed gives another image."""
     gen = generators[kind]   # batch_size 2
     pair, failures = gen.mix(PARENTS_A[:2], PARENTS_B[:2], WEIGHTS[:2], SEEDS[:2])
     assert pair.shape == (2, 3, SIZE, SIZE) and pair.dtype == torch.uint8 and pair.device == CPU
     assert failures == [None, None]
     alone, _ = gen.mix(PARENTS_A[:1], PARENTS_B[:1], WEIGHTS[:1], SEEDS[:1])
     moved, _ = gen.mix(PARENTS_A[:1] * 2, PARENTS_B[:1] * 2, WEIGHTS[:1] * 2, [99, SEEDS[0]])
-    assert torch.equal(alone[0], pair[0]) and torch.equal(moved[1], pair[0])
-    assert not torch.equal(moved[0], pair[0])
+    assert same_image(alone[0], pair[0]) and same_image(moved[1], pair[0])
+    assert not same_image(moved[0], pair[0])
+    again, _ = gen.mix(PARENTS_A[:2], PARENTS_B[:2], WEIGHTS[:2], SEEDS[:2])
+    assert torch.equal(again, pair)   # the same call: bit for bit
+
+
+def same_image(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same sample in another batch or position: on AVX-512 bit for bit, but a CPU's matmul
+    kernels may block a batch differently by row (seen with AVX2 kernels: 1 level of 255), so within
+    one level. Another seed or parents differ by far more."""
+    return a.shape == b.shape and (a.int() - b.int()).abs().max().item() <= 1
 
 
 def test_more_samples_than_the_batch_are_split_and_the_last_batch_padded(folders):
@@ -91,7 +100,9 @@ def test_more_samples_than_the_batch_are_split_and_the_last_batch_padded(folders
     images, failures = gen.mix(PARENTS_A, PARENTS_B, WEIGHTS, SEEDS)
     assert images.shape == (4, 3, SIZE, SIZE) and failures == [None] * 4
     last, _ = gen.mix(PARENTS_A[2:4], PARENTS_B[2:4], WEIGHTS[2:4], SEEDS[2:4])
-    assert torch.equal(images[2:], last)
+    assert same_image(images[2:], last)
+    again, _ = gen.mix(PARENTS_A[2:4], PARENTS_B[2:4], WEIGHTS[2:4], SEEDS[2:4])
+    assert torch.equal(again, last)   # the same call: bit for bit
 
 
 # -- equivalence with the stock diffusers pipelines --------------------------------------------------
