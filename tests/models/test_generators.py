@@ -8,6 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from pixels import same_image  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.config import GeneratorConfig  # noqa: E402
@@ -84,12 +85,6 @@ def test_an_image_depends_on_its_seed_and_parents_only(generators, kind):
     again, _ = gen.mix(PARENTS_A[:2], PARENTS_B[:2], WEIGHTS[:2], SEEDS[:2])
     assert torch.equal(again, pair)   # the same call: bit for bit
 
-
-def same_image(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """The same sample in another batch or position: on AVX-512 bit for bit, but a CPU's matmul
-    kernels may block a batch differently by row (seen with AVX2 kernels: 1 level of 255), so within
-    one level. Another seed or parents differ by far more."""
-    return a.shape == b.shape and (a.int() - b.int()).abs().max().item() <= 1
 
 
 def test_more_samples_than_the_batch_are_split_and_the_last_batch_padded(folders):
