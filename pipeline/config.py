@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from .contract import generators, storage
-from .contract.configlib import (ConfigError, check_weights_header, load, parse_overrides, path_field, ranged,
-                                 require_file, require_weights)
+from .contract.configlib import (ConfigError, check_weights_header, documented, load, parse_overrides, path_field,
+                                 ranged, require_file, require_weights)
 from .contract.images import IMAGE_FORMATS
 from .contract.views import Views
 
@@ -22,11 +22,11 @@ DEFAULT_PROMPTS = ("a photo of a {class}.",)   # sd-text without generator.promp
 @dataclass
 class DataConfig:
     """The ingested images and how they are stored in the shards."""
-    index: str = path_field()                 # index.parquet written by `tsd ingest`
-    store_size: int = ranged(256, ge=8)       # short side of stored images (px); never upscaled
-    image_format: Literal["jpg", "webp", "png"] = "jpg"   # how stored images are encoded in the shards
-    quality: int = ranged(90, ge=1, le=100)   # encoder quality (jpg, webp)
-    classes: Optional[list[str]] = None       # restrict to these class names (must exist in the index)
+    index: str = path_field(doc="index.parquet written by `tsd ingest`")
+    store_size: int = ranged(256, ge=8, doc="short side of stored images (px); never upscaled")
+    image_format: Literal["jpg", "webp", "png"] = documented("jpg", doc="how stored images are encoded in the shards")
+    quality: int = ranged(90, ge=1, le=100, doc="encoder quality (jpg, webp)")
+    classes: Optional[list[str]] = documented(None, doc="restrict to these class names (must exist in the index)")
 
     def check(self):
         require_file(self.index, "index")
@@ -37,13 +37,14 @@ class DataConfig:
 @dataclass
 class TeacherConfig:
     """The teacher's frozen backbone (a timm model; DINOv2 ViT-g/14 in the paper)."""
-    arch: str = ranged("vit_giant_patch14_dinov2", allowed="a timm model name")  # the frozen backbone
-    weights: Optional[str] = path_field(default=None)  # safetensors/pth file or URL; null = random init
-    weights_sha256: Optional[str] = None      # required for a URL: each node downloads it once and checks it
-    img_size: int = ranged(224, ge=8)         # the teacher's input size (px)
-    model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
-    dtype: Dtype = "bf16"                     # on GPU; the CPU always runs fp32
-    batch_size: int = ranged(256, ge=1)       # views per forward pass (probe and generate)
+    arch: str = ranged("vit_giant_patch14_dinov2", allowed="a timm model name", doc="the frozen backbone")
+    weights: Optional[str] = path_field(default=None, doc="safetensors/pth file or URL; null = random init")
+    weights_sha256: Optional[str] = documented(None, doc=(
+            "required for a URL: each node downloads it once and checks it"))
+    img_size: int = ranged(224, ge=8, doc="the teacher's input size (px)")
+    model_kwargs: dict = documented(default_factory=dict, doc="extra timm.create_model arguments")
+    dtype: Dtype = documented("bf16", doc="on GPU; the CPU always runs fp32")
+    batch_size: int = ranged(256, ge=1, doc="views per forward pass (probe and generate)")
 
     def check(self):
         # `arch` is checked where the teacher is built (models.teacher.check_arch): timm's registry
@@ -57,18 +58,19 @@ class ProbeConfig:
     features. 'finetune' (the paper's counterpoint): the last `blocks` blocks (or all of them and the
     embeddings: blocks 'all') and the final norm trained with the head, on pixels, with layer-wise
     lr decay (see stages/probe.py `finetune`)."""
-    mode: Literal["probe", "finetune"] = "probe"   # probe: a head on frozen features; finetune: last blocks + head
-    head: Literal["linear", "mlp"] = "linear"  # the task head on CLS ‖ mean-patch features
-    views: int = ranged(1, ge=1)              # probe: augmented views per train image for the features
-    epochs: int = ranged(100, ge=1)           # probe: passes over the cached features; finetune: over the images
-    lr: float = ranged(1e-3, gt=0)            # the head's (finetune: and the final norm's) peak AdamW lr
-    weight_decay: float = ranged(1e-4, ge=0)  # AdamW weight decay
-    batch_size: int = ranged(1024, ge=1)      # features (finetune: images) per update
-    hidden: int = ranged(1024, ge=1)          # mlp head width
-    # finetune: the last N transformer blocks trained; 'all': every block and the embeddings (a full finetune)
-    blocks: Union[int, Literal["all"]] = ranged(2, ge=1, allowed="or 'all'")
-    layer_decay: float = ranged(0.75, gt=0, le=1)   # finetune: block k from the top (k = 1 the last) at lr · decay^k
-    warmup_epochs: float = ranged(1.0, ge=0, allowed="at most epochs")   # finetune: linear warmup, then cosine to 0
+    mode: Literal["probe", "finetune"] = documented("probe", doc=(
+            "probe: a head on frozen features; finetune: last blocks + head"))
+    head: Literal["linear", "mlp"] = documented("linear", doc="the task head on CLS ‖ mean-patch features")
+    views: int = ranged(1, ge=1, doc="probe: augmented views per train image for the features")
+    epochs: int = ranged(100, ge=1, doc="probe: passes over the cached features; finetune: over the images")
+    lr: float = ranged(1e-3, gt=0, doc="the head's (finetune: and the final norm's) peak AdamW lr")
+    weight_decay: float = ranged(1e-4, ge=0, doc="AdamW weight decay")
+    batch_size: int = ranged(1024, ge=1, doc="features (finetune: images) per update")
+    hidden: int = ranged(1024, ge=1, doc="mlp head width")
+    blocks: Union[int, Literal["all"]] = ranged(2, ge=1, allowed="or 'all'", doc=(
+            "finetune: the last N transformer blocks trained; 'all': every block and the embeddings (a full finetune)"))
+    layer_decay: float = ranged(0.75, gt=0, le=1, doc="finetune: block k from the top (k = 1 the last) at lr · decay^k")
+    warmup_epochs: float = ranged(1.0, ge=0, allowed="at most epochs", doc="finetune: linear warmup, then cosine to 0")
 
     def check(self):
         if self.warmup_epochs > self.epochs:
@@ -78,15 +80,17 @@ class ProbeConfig:
 @dataclass
 class MixPlanConfig:
     """Which pairs are mixed, with which weight (SD-Mixup is class-agnostic by default)."""
-    pool_size: Union[int, str] = ranged("1x", ge=0, allowed="or 'Nx' (N >= 0)")  # mixes: a count, or 'Nx' = N times the train set
-    pairing: Literal["any", "cross-class", "same-class"] = "any"  # which parents may be paired
-    weight_law: Literal["uniform", "beta", "fixed"] = "uniform"   # law of the mixing weight of the first parent
-    beta_a: float = ranged(1.0, gt=0)         # beta(a, a) when weight_law is 'beta'
-    weight: float = ranged(0.5, ge=0, le=1)   # when weight_law is 'fixed'
-    # prompted generators (sd-text): the law of each sample's class: 'uniform' over the classes, or
-    # 'frequency' = as often as the class is in the train split
-    class_law: Literal["uniform", "frequency"] = "uniform"
-    weight_range: tuple[float, float] = ranged((0.0, 1.0), ge=0, le=1, ordered=True)  # uniform law bounds
+    pool_size: Union[int, str] = ranged("1x", ge=0, allowed="or 'Nx' (N >= 0)", doc=(
+            "mixes: a count, or 'Nx' = N times the train set"))
+    pairing: Literal["any", "cross-class", "same-class"] = documented("any", doc="which parents may be paired")
+    weight_law: Literal["uniform", "beta", "fixed"] = documented("uniform", doc=(
+            "law of the mixing weight of the first parent"))
+    beta_a: float = ranged(1.0, gt=0, doc="beta(a, a) when weight_law is 'beta'")
+    weight: float = ranged(0.5, ge=0, le=1, doc="when weight_law is 'fixed'")
+    class_law: Literal["uniform", "frequency"] = documented("uniform", doc=(
+            "prompted generators (sd-text): the law of each sample's class: 'uniform' over the classes, or "
+            "'frequency' = as often as the class is in the train split"))
+    weight_range: tuple[float, float] = ranged((0.0, 1.0), ge=0, le=1, ordered=True, doc="uniform law bounds")
 
     def check(self):
         if isinstance(self.pool_size, str):
@@ -113,37 +117,41 @@ class MixPlanConfig:
 @dataclass
 class GeneratorConfig:
     """The SD-Mixup generator: which model makes the mixes, and how it samples."""
-    kind: Literal[generators.KINDS] = "image-mixer"   # the generator (see `tsd plan --help` and contract.generators)
-    # Several generators under one teacher: every kind listed (which must include `kind`) mixes the
-    # same planned pairs, weights and seeds; `kind`'s mixes are the job folder's own, each other
-    # kind's go to a release of its own, OUT/generators/<kind>/, labelled by the same teacher head
-    # (see stages/jobdir.py). They share the settings below: at most one diffusion kind.
-    kinds: Optional[list[Literal[generators.KINDS]]] = None  # several generators' mixes of one plan; null = `kind` only
-    path: Optional[str] = path_field(default=None)   # local diffusers-layout folder (or .ckpt)
-    size: int = ranged(640, ge=8, multiple_of=8)     # generated image side (px)
-    steps: int = ranged(30, ge=1)             # denoising steps
-    guidance: float = ranged(3.0, ge=0)       # classifier-free guidance scale (<= 1: no guidance)
-    # ddim/dpm/euler/pndm: diffusers' schedulers on the folder's scheduler config (ddim: 'leading' +
-    # steps_offset 1: S=30 runs 958 … 1); ldm-ddim: CompVis ldm's DDIM, 'uniform' (S=30 runs 31
-    # steps, 991 … 1); ldm-ddim-fork: the same without its largest timestep, as ImageMixer's own
-    # repo runs it (S=30: 958 … 1). See models.ldm_ddim.
-    scheduler: Literal["ddim", "dpm", "euler", "pndm", "ldm-ddim", "ldm-ddim-fork"] = "ddim"
-    dtype: Dtype = "fp16"                     # on GPU; the CPU always runs fp32
-    batch_size: int = ranged(8, ge=1)         # images per denoising batch (CFG doubles it)
-    tokens: int = ranged(5, ge=2)             # image-mixer: conditioning slots (2 live, the rest zeros), as trained
-    noise_level: int = ranged(0, ge=0, le=999)  # unclip only: noise added to the mixed embedding
-    interpolation: Literal["slerp", "lerp"] = "slerp"  # one-token generators (sd-image-variations, unclip)
-    # prompted generators (sd-text): the dataset's prompt templates, each with '{class}' (the class
-    # name); each sample draws one from (seed, uid). null = ['a photo of a {class}.']
-    prompts: Optional[list[str]] = None
-    # sd-text's folder when it is a member of generator.kinds beside an image-conditioned diffusion
-    # kind (whose folder is `path`); null = `path`
-    prompted_path: Optional[str] = path_field(default=None)
-    # speed switches (the output does not depend on them beyond float rounding):
-    compile: bool = False                     # torch.compile the UNet once per worker, fixed shapes (GPU)
-    cuda_graphs: bool = False                 # with compile: CUDA graphs over the UNet call (mode reduce-overhead)
-    attention: Literal["sdpa", "classic"] = "sdpa"   # SDPA (flash / memory-efficient kernels) or the plain math
-    vae_slice: int = ranged(8, ge=1)          # images per VAE decode call (its activations dominate memory)
+    kind: Literal[generators.KINDS] = documented("image-mixer", doc=(
+            "the generator (see `tsd plan --help` and contract.generators)"))
+    kinds: Optional[list[Literal[generators.KINDS]]] = documented(None, doc=(
+            "Several generators under one teacher: every kind listed (which must include `kind`) mixes the same "
+            "planned pairs, weights and seeds; `kind`'s mixes are the job folder's own, each other kind's go to a "
+            "release of its own, OUT/generators/<kind>/, labelled by the same teacher head (see stages/jobdir.py). "
+            "They share the settings below: at most one diffusion kind. null = `kind` only"))
+    path: Optional[str] = path_field(default=None, doc="local diffusers-layout folder (or .ckpt)")
+    size: int = ranged(640, ge=8, multiple_of=8, doc="generated image side (px)")
+    steps: int = ranged(30, ge=1, doc="denoising steps")
+    guidance: float = ranged(3.0, ge=0, doc="classifier-free guidance scale (<= 1: no guidance)")
+    scheduler: Literal["ddim", "dpm", "euler", "pndm", "ldm-ddim", "ldm-ddim-fork"] = documented("ddim", doc=(
+            "ddim/dpm/euler/pndm: diffusers' schedulers on the folder's scheduler config (ddim: 'leading' + "
+            "steps_offset 1: S=30 runs 958 … 1); ldm-ddim: CompVis ldm's DDIM, 'uniform' (S=30 runs 31 steps, 991 … "
+            "1); ldm-ddim-fork: the same without its largest timestep, as ImageMixer's own repo runs it (S=30: 958 … "
+            "1). See models.ldm_ddim."))
+    dtype: Dtype = documented("fp16", doc="on GPU; the CPU always runs fp32")
+    batch_size: int = ranged(8, ge=1, doc="images per denoising batch (CFG doubles it)")
+    tokens: int = ranged(5, ge=2, doc="image-mixer: conditioning slots (2 live, the rest zeros), as trained")
+    noise_level: int = ranged(0, ge=0, le=999, doc="unclip only: noise added to the mixed embedding")
+    interpolation: Literal["slerp", "lerp"] = documented("slerp", doc=(
+            "one-token generators (sd-image-variations, unclip)"))
+    prompts: Optional[list[str]] = documented(None, doc=(
+            "prompted generators (sd-text): the dataset's prompt templates, each with '{class}' (the class name); "
+            "each sample draws one from (seed, uid). null = ['a photo of a {class}.']"))
+    prompted_path: Optional[str] = path_field(default=None, doc=(
+            "sd-text's folder when it is a member of generator.kinds beside an image-conditioned diffusion kind "
+            "(whose folder is `path`); null = `path`"))
+    compile: bool = documented(False, doc=(
+            "speed switches (the output does not depend on them beyond float rounding): torch.compile the UNet once "
+            "per worker, fixed shapes (GPU)"))
+    cuda_graphs: bool = documented(False, doc="with compile: CUDA graphs over the UNet call (mode reduce-overhead)")
+    attention: Literal["sdpa", "classic"] = documented("sdpa", doc=(
+            "SDPA (flash / memory-efficient kernels) or the plain math"))
+    vae_slice: int = ranged(8, ge=1, doc="images per VAE decode call (its activations dominate memory)")
 
     @property
     def templates(self) -> list[str]:
@@ -188,36 +196,42 @@ class GeneratorConfig:
 @dataclass
 class GenerateConfig:
     """The distributed stage: shards, workers, what is stored per sample."""
-    shard_size: int = ranged(256, ge=1)       # samples per shard (one Ray task each)
-    workers: Optional[int] = ranged(None, ge=1)  # actors; default: one per GPU, else 1
-    cpus_per_worker: float = ranged(1.0, gt=0)   # Ray CPUs per actor (also its torch threads on the CPU)
-    logits: Literal["full", "topk"] = "full"  # teacher logits stored per view: all classes, or the top k
-    topk: int = ranged(20, ge=1)              # k when logits is 'topk' (the rest of the mass is stored too)
-    features: bool = False                    # store teacher features for feature distillation
-    max_retries: int = ranged(3, ge=0)        # per shard, after its worker died, stalled or raised
-    max_restarts: int = ranged(8, ge=0)       # worker replacements in the whole job (after a death, a stall or a failed start); one more ends the job
-    deadline_s: Optional[float] = ranged(None, gt=0)  # a shard running longer is cancelled (its worker killed) and redone elsewhere; null = derived
-    deadline_factor: float = ranged(4.0, gt=1)   # derived deadline: this multiple of the median shard time measured so far
-    deadline_floor_s: float = ranged(600.0, gt=0)  # derived deadline, never below: covers loading the models and a first shard
-    start_deadline_s: float = ranged(900.0, gt=0)  # a worker that has not loaded its models by then is killed and replaced
-    address: Optional[str] = None             # existing Ray cluster; null = start a local one
+    shard_size: int = ranged(256, ge=1, doc="samples per shard (one Ray task each)")
+    workers: Optional[int] = ranged(None, ge=1, doc="actors; default: one per GPU, else 1")
+    cpus_per_worker: float = ranged(1.0, gt=0, doc="Ray CPUs per actor (also its torch threads on the CPU)")
+    logits: Literal["full", "topk"] = documented("full", doc=(
+            "teacher logits stored per view: all classes, or the top k"))
+    topk: int = ranged(20, ge=1, doc="k when logits is 'topk' (the rest of the mass is stored too)")
+    features: bool = documented(False, doc="store teacher features for feature distillation")
+    max_retries: int = ranged(3, ge=0, doc="per shard, after its worker died, stalled or raised")
+    max_restarts: int = ranged(8, ge=0, doc=(
+            "worker replacements in the whole job (after a death, a stall or a failed start); one more ends the job"))
+    deadline_s: Optional[float] = ranged(None, gt=0, doc=(
+            "a shard running longer is cancelled (its worker killed) and redone elsewhere; null = derived"))
+    deadline_factor: float = ranged(4.0, gt=1, doc=(
+            "derived deadline: this multiple of the median shard time measured so far"))
+    deadline_floor_s: float = ranged(600.0, gt=0, doc=(
+            "derived deadline, never below: covers loading the models and a first shard"))
+    start_deadline_s: float = ranged(900.0, gt=0, doc=(
+            "a worker that has not loaded its models by then is killed and replaced"))
+    address: Optional[str] = documented(None, doc="existing Ray cluster; null = start a local one")
 
 
 @dataclass
 class ReleaseConfig:
     """What the dataset card says."""
-    name: str = "tsdistill-release"           # the dataset card's name
-    license: str = "other"                    # the source images' license decides
-    description: str = ""                     # a paragraph for the dataset card
+    name: str = documented("tsdistill-release", doc="the dataset card's name")
+    license: str = documented("other", doc="the source images' license decides")
+    description: str = documented("", doc="a paragraph for the dataset card")
 
 
 @dataclass
 class ExpectedCounts:
     """A dataset's published sizes, for `tsd plan --dry-run` before it is ingested (never used to
     plan: when data.index exists, its counts win)."""
-    train: int = ranged(ge=0)                 # training images
-    val: int = ranged(ge=0)                   # validation images
-    classes: int = ranged(ge=1)               # classes
+    train: int = ranged(ge=0, doc="training images")
+    val: int = ranged(ge=0, doc="validation images")
+    classes: int = ranged(ge=1, doc="classes")
 
 
 @dataclass
@@ -228,11 +242,12 @@ class JobConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     views: Views = field(default_factory=Views)
     plan: MixPlanConfig = field(default_factory=MixPlanConfig)
-    generator: Optional[GeneratorConfig] = None   # required unless plan.pool_size is 0
+    generator: Optional[GeneratorConfig] = documented(None, doc="required unless plan.pool_size is 0")
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
-    seed: int = ranged(0, ge=0)               # the global seed: every per-sample seed derives from it
-    expected_counts: Optional[ExpectedCounts] = None  # dataset sizes for `tsd plan --dry-run` before ingest
+    seed: int = ranged(0, ge=0, doc="the global seed: every per-sample seed derives from it")
+    expected_counts: Optional[ExpectedCounts] = documented(None, doc=(
+            "dataset sizes for `tsd plan --dry-run` before ingest"))
 
     def check(self):
         no_mixes = self.plan.pool_size in (0, "0x", "0.0x")

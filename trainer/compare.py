@@ -33,7 +33,7 @@ from typing import Optional
 
 import yaml
 
-from pipeline.contract.configlib import ConfigError, load, parse_overrides, path_field, ranged, to_dict
+from pipeline.contract.configlib import ConfigError, documented, load, parse_overrides, path_field, ranged, to_dict
 from pipeline.contract.errors import Interrupted
 from pipeline.contract.files import atomic_write, read_json, reuse, write_json
 from pipeline.contract.ids import fingerprint
@@ -86,14 +86,17 @@ class StudentRecipe:
 class CompareConfig(RunSettings):
     """The rows' shared training settings (a training config without releases) and the teachers'
     releases. `loss.mode` and `data.generators` are set per row; `runtime.seed` is the first seed."""
-    teachers: list[TeacherReleases] = field(default_factory=list)  # required: [{name, releases}], the first release of each holding its real shards
-    rows: Optional[list[str]] = None          # finetune, kd and generator kinds; null = all the releases allow
-    seeds: int = ranged(3, ge=1)              # runs per row: seeds runtime.seed, runtime.seed + 1, …
-    students: list[StudentRecipe] = field(default_factory=list)  # more students beside `student`: [{name, student, optim, rows}]
-    # the mix rows again on the first shards of each pool holding these fractions of its mixes (no
-    # new generation: the plan draws the pairs independently, so a pool's first shards are a smaller pool)
-    pool_fractions: list[float] = field(default_factory=lambda: [1.0])
-    pool_kinds: Optional[list[str]] = None    # the generator kinds whose rows get pool_fractions; null = all (others: 1.0)
+    teachers: list[TeacherReleases] = documented(default_factory=list, doc=(
+            "required: [{name, releases}], the first release of each holding its real shards"))
+    rows: Optional[list[str]] = documented(None, doc="finetune, kd and generator kinds; null = all the releases allow")
+    seeds: int = ranged(3, ge=1, doc="runs per row: seeds runtime.seed, runtime.seed + 1, …")
+    students: list[StudentRecipe] = documented(default_factory=list, doc=(
+            "more students beside `student`: [{name, student, optim, rows}]"))
+    pool_fractions: list[float] = documented(default_factory=lambda: [1.0], doc=(
+            "the mix rows again on the first shards of each pool holding these fractions of its mixes (no new "
+            "generation: the plan draws the pairs independently, so a pool's first shards are a smaller pool)"))
+    pool_kinds: Optional[list[str]] = documented(None, doc=(
+            "the generator kinds whose rows get pool_fractions; null = all (others: 1.0)"))
 
     def check(self):
         if not self.teachers:

@@ -74,11 +74,11 @@ def _num(x: float) -> str:
 
 
 def ranged(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None, multiple_of=None,
-           ordered: bool = False, allowed: str | None = None, path: bool = False) -> Any:
+           ordered: bool = False, allowed: str | None = None, path: bool = False, doc: str | None = None) -> Any:
     """A config field with its allowed range (see `Range`), checked by `build`. `allowed` describes,
     for the documentation, what a `check()` enforces beyond the range (e.g. 'a timm model name');
-    `path` marks a path field (see `path_field`)."""
-    metadata = {}
+    `path` marks a path field (see `path_field`); `doc` is the key's meaning (see `documented`)."""
+    metadata = {DOC: doc} if doc else {}
     if any(v is not None for v in (ge, gt, le, lt, multiple_of)) or ordered:
         metadata["range"] = Range(ge, gt, le, lt, multiple_of, ordered)
     if allowed:
@@ -86,6 +86,15 @@ def ranged(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=
     if path:
         metadata["path"] = True
     return dataclasses.field(default=default, metadata=metadata)
+
+
+DOC = "doc"   # the field metadata key of a config key's meaning, as docs/CONFIG.md prints it (contract.fielddoc)
+
+
+def documented(default: Any = dataclasses.MISSING, *, doc: str, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A plain config field with its meaning: the one place a key is explained (docs/CONFIG.md is
+    generated from it). `ranged` and `path_field` take the same `doc`."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={DOC: doc})
 
 
 def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
@@ -263,9 +272,10 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
-def path_field(**kw):
-    """A dataclass field holding a filesystem path, resolved relative to the YAML file."""
-    return dataclasses.field(metadata={"path": True}, **kw)
+def path_field(*, doc: str | None = None, **kw):
+    """A dataclass field holding a filesystem path, resolved relative to the YAML file; `doc` is its
+    meaning (see `documented`)."""
+    return dataclasses.field(metadata={"path": True, **({DOC: doc} if doc else {})}, **kw)
 
 
 def _resolve_any(value: Any, base: Path) -> Any:
@@ -356,6 +366,6 @@ def check_weights_header(path: str | None, key: str) -> None:
         raise ConfigError(f"{key}: {problem}")
 
 
-__all__ = ["UserError", "ConfigError", "Range", "build", "load", "load_yaml", "merge", "path_field", "ranged",
+__all__ = ["UserError", "ConfigError", "Range", "DOC", "build", "documented", "load", "load_yaml", "merge", "path_field", "ranged",
            "to_dict", "dump", "require_file", "require_weights", "check_weights_header", "files_optional",
            "parse_overrides"]

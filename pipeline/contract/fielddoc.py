@@ -1,16 +1,14 @@
-"""The keys of a config, described: type, default, allowed values and the explanation written beside
-each field, section by section. docs/CONFIG.md is generated from these (`tools.configdoc`); the
-loader (`configlib`) does not need them."""
+"""The keys of a config, described: type, default, allowed values and the meaning each field carries
+in its metadata (`doc`, see `configlib.documented`), section by section. docs/CONFIG.md is generated
+from these (`tools.configdoc`); the loader (`configlib`) does not need them."""
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
-import io
-import textwrap
-import tokenize
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from .configlib import DOC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +30,8 @@ class SectionDoc:
 
 def describe(cls: type, prefix: str = "", optional: bool = False) -> list[SectionDoc]:
     """Every key of config dataclass `cls` with its type, default, allowed values and meaning (the
-    comment written beside the field, or the comment lines just above it), section by section."""
+    field's metadata `doc`), section by section."""
     hints = get_type_hints(cls)
-    comments = field_comments(cls)
     rows, sections = [], []
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -45,34 +42,10 @@ def describe(cls: type, prefix: str = "", optional: bool = False) -> list[Sectio
         if dataclasses.is_dataclass(inner):
             sections += describe(inner, key, optional=inner is not tp)
             continue
-        rows.append(KeyDoc(key, _doc_type(tp), _doc_default(f), _doc_allowed(f, tp), comments.get(f.name, "")))
+        rows.append(KeyDoc(key, _doc_type(tp), _doc_default(f), _doc_allowed(f, tp), f.metadata.get(DOC, "")))
     doc = inspect.getdoc(cls) or ""
     summary = "" if doc.startswith(f"{cls.__name__}(") else " ".join(doc.split("\n\n")[0].split())
     return [SectionDoc(prefix, summary, optional, rows)] + sections
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """field name → its comment: the comment lines right above the field, then the `# …` on its own
-    lines. Read from the class's source, so the comment stays the one place a key is explained."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return {}
-    comments = {tok.start[0]: tok.string.lstrip("#").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
-    lines = source.splitlines()
-    out = {}
-    for node in ast.parse(source).body[0].body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            continue
-        own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
-        n = node.lineno - 1
-        while n >= 1 and n in comments and lines[n - 1].lstrip().startswith("#"):
-            own.insert(0, comments[n])
-            n -= 1
-        if own:
-            out[node.target.id] = " ".join(own)
-    return out
 
 
 def _strip_optional(tp: Any) -> Any:

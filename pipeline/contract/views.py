@@ -14,17 +14,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .configlib import ranged
+from .configlib import documented, ranged
 
 
 @dataclass(frozen=True)
 class Views:
     """How views are drawn (RandomResizedCrop-style boxes plus a horizontal flip), and how many."""
-    k: int = ranged(10, ge=1)                 # recorded views per train sample (real and mix)
-    scale: tuple[float, float] = ranged((0.25, 1.0), gt=0, le=1, ordered=True)  # area fraction of a crop
-    ratio: tuple[float, float] = ranged((3 / 4, 4 / 3), gt=0, ordered=True)  # aspect ratio range of a crop
-    flip: bool = True                         # flip half of the train views horizontally
-    eval_crop: float = ranged(0.875, gt=0, le=1)  # val: centred square of this fraction of the short side
+    k: int = ranged(10, ge=1, doc="recorded views per train sample (real and mix)")
+    scale: tuple[float, float] = ranged((0.25, 1.0), gt=0, le=1, ordered=True, doc="area fraction of a crop")
+    ratio: tuple[float, float] = ranged((3 / 4, 4 / 3), gt=0, ordered=True, doc="aspect ratio range of a crop")
+    flip: bool = documented(True, doc="flip half of the train views horizontally")
+    eval_crop: float = ranged(0.875, gt=0, le=1, doc="val: centred square of this fraction of the short side")
 
 
 def sample_views(seed: int, width: int, height: int, k: int, views: Views) -> list:

@@ -180,6 +180,7 @@ def prepare_job(out: str | Path, size_name: str = "demo", timer: Timer | None = 
 def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dict]:
     """probe → plan → generate → release → verify of one job folder (and its generator family);
     (probe metrics, manifest)."""
+    from ..contract.manifest import read_manifest
     from ..stages.distribute import generate_stage
     from ..stages.jobdir import members
     from ..stages.plan import plan_stage
@@ -192,8 +193,9 @@ def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dic
     timer.run(f"plan{label}", lambda: plan_stage(job, out),
               lambda r: f"{len(r[0])} samples, {len(r[0].shard_names())} shards" + (" (reused)" if r[1] else ""))
     timer.run(f"generate{label}", lambda: generate_stage(job, out, progress=True),
-              lambda s: f"{s['done']} shards made, {s['skipped']} reused")
-    manifest = timer.run(f"release{label}", lambda: release_stage(job, out))
+              lambda s: f"{s.done} shards made, {s.skipped} reused")
+    timer.run(f"release{label}", lambda: release_stage(job, out))
+    manifest = read_manifest(str(out))
     roots = [out] + [m.root for m in members(job, out)]
     problems = timer.run(f"verify{label}", lambda: [p for root in roots for p in verify_release(root)],
                          lambda p: ("OK" if not p else f"{len(p)} problems") + (f" ({len(roots)} releases)"

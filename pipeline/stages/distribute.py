@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ..config import GenerateConfig, JobConfig, add_device_argument, add_job_arguments, load_job_args
 from ..contract import storage
@@ -212,6 +212,24 @@ def check_reachable_paths(job: JobConfig) -> None:
 
 # -- the run --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class GenerateSummary:
+    """What `generate` did over every release of the job, with one pool of workers."""
+    shards: int                  # planned, in every release of the job
+    skipped: int                 # already done before this run (resumed, not made again)
+    done: int = 0                # shards made by this run
+    samples: int = 0             # samples in those shards
+    failures: int = 0            # samples that failed (their shard is published without them)
+    seconds: float = 0.0         # the pool's wall time
+    workers: int = 0             # workers started, replacements included
+    teacher_loads: int = 0       # over all workers: one each, however many generator kinds
+    workers_lost: int = 0        # died, stalled or failed to start
+    retries: int = 0             # shards given to another try
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Task:
     """One shard of one release of the job (`folder`: its place in the job's list of folders)."""
     folder: int
@@ -299,9 +317,9 @@ def describe(info: dict) -> str:
 
 
 def run_generate(folders: list[JobFolder], *, address: str | None = None, device: str = "auto",
-                 progress: bool = True) -> dict:
+                 progress: bool = True) -> GenerateSummary:
     """Generate every planned shard not yet done of every release in `folders` (the job folder and
-    its family's members) with one pool of workers in one Ray session. Returns a summary; raises
+    its family's members) with one pool of workers in one Ray session. Returns what it did; raises
     JobFailed when shards failed after all retries or workers kept failing (the finished shards
     stay published: a rerun does only the rest)."""
     import ray
@@ -314,8 +332,7 @@ def run_generate(folders: list[JobFolder], *, address: str | None = None, device
         remove_leftovers(folder.root, names)
         todo += [Task(i, n) for n in pending_shards(folder.root, names, plan.fingerprint)]
     total = sum(len(p.shard_names()) for p in plans)
-    summary = {"shards": total, "skipped": total - len(todo), "done": 0, "samples": 0, "failures": 0,
-               "seconds": 0.0, "workers": 0, "teacher_loads": 0, "workers_lost": 0, "retries": 0}
+    summary = GenerateSummary(shards=total, skipped=total - len(todo))
     if not todo:
         return summary
     check_reachable_paths(job)
@@ -329,7 +346,7 @@ def run_generate(folders: list[JobFolder], *, address: str | None = None, device
         busy = sorted({t.folder for t in todo})
         driver = Driver(lambda: actor_cls.remote(spec, "cuda" if gpu else device, busy), job.generate, asked, gpu,
                         progress)
-        summary.update(driver.run(todo, summary))
+        summary = driver.run(todo, summary)
     finally:
         if started:
             ray.shutdown()
@@ -354,6 +371,7 @@ class Driver:
         self.tries: dict[Task, int] = {}
         self.failed: dict[Task, str] = {}
         self.loads: list[int] = []           # teacher loads of workers gone
+        self.done = self.samples = self.failures = self.retries = 0   # shards made, their samples, …
         self.capacity, self._capacity_at = 0, -1e9
 
     # -- the pool --------------------------------------------------------------------------------
@@ -397,7 +415,8 @@ class Driver:
             queue.insert(0, task)   # next: its samples are needed as much as any
 
     # -- the loop --------------------------------------------------------------------------------
-    def run(self, todo: list[Task], summary: dict) -> dict:
+    def run(self, todo: list[Task], summary: GenerateSummary) -> GenerateSummary:
+        """Every task of `todo`; `summary` (what was planned and skipped) with what this run did."""
         import ray
 
         t0 = time.time()
@@ -427,15 +446,15 @@ class Driver:
                 if ready:
                     ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0)
                 for ref in ready:
-                    self._answer(waiting[ref], ref, queue, summary, bar)
-                self._late(queue, summary)
-                summary["workers_lost"] = self.lost
+                    self._answer(waiting[ref], ref, queue, bar)
+                self._late(queue)
                 self._name_stragglers(bar)
         finally:
             bar.close()
             self._shutdown()
-        summary["seconds"] = round(time.time() - t0, 2)
-        summary["teacher_loads"], summary["workers"] = sum(self.loads), self.started
+        summary = replace(summary, done=self.done, samples=self.samples, failures=self.failures,
+                          seconds=round(time.time() - t0, 2), workers=self.started, teacher_loads=sum(self.loads),
+                          workers_lost=self.lost, retries=self.retries)
         if self.failed:
             lines = "; ".join(f"{t.name if t.folder == 0 else f'{t.folder}:{t.name}'}: {why}"
                               for t, why in self.failed.items())
@@ -444,7 +463,7 @@ class Driver:
                             f"{len(self.failed)}` to release without them")
         return summary
 
-    def _answer(self, slot: Slot, ref, queue: list[Task], summary: dict, bar: Progress) -> None:
+    def _answer(self, slot: Slot, ref, queue: list[Task], bar: Progress) -> None:
         import ray
 
         if ref is slot.starting:
@@ -461,27 +480,27 @@ class Driver:
         try:
             stats = ray.get(ref)
         except ray.exceptions.RayActorError as e:   # the process died (killed, out of memory, its node lost)
-            summary["retries"] += 1
+            self.retries += 1
             self._retry(task, f"its worker died on {slot.where}: {first_line(e)}", queue)
             return self._drop(slot, f"a worker died on {slot.where} making {task.name}: {first_line(e)}")
         except ray.exceptions.RayError as e:        # the shard raised: the worker is fine
-            summary["retries"] += 1
+            self.retries += 1
             return self._retry(task, f"on {slot.where}: {first_line(getattr(e, 'cause', None) or e)}", queue)
         self.deadline.add(time.monotonic() - slot.since)
         slot.loads = stats["teacher_loads"]
-        summary["done"] += 1
-        summary["samples"] += stats["count"]
-        summary["failures"] += len(stats["failures"])
+        self.done += 1
+        self.samples += stats["count"]
+        self.failures += len(stats["failures"])
         bar.update(1, images=stats["count"])
 
-    def _late(self, queue: list[Task], summary: dict) -> None:
+    def _late(self, queue: list[Task]) -> None:
         """Kill the workers past their deadline (a shard's, or a start's); their shard goes to another."""
         now = time.monotonic()
         for slot in list(self.slots):
             if slot.task is not None and slot.starting is None and now - slot.since > self.deadline.shard():
                 task = slot.task
                 cause = f"{task.name} passed its deadline of {self.deadline.shard():.0f} s on {slot.where}"
-                summary["retries"] += 1
+                self.retries += 1
                 self._retry(task, cause, queue)
                 self._drop(slot, cause)
             elif slot.starting is not None and now - slot.born > self.deadline.start:
@@ -511,9 +530,9 @@ class Driver:
 
 
 def generate_stage(job: JobConfig, out, address: str | None = None, device: str = "auto",
-                   progress: bool = True) -> dict:
+                   progress: bool = True) -> GenerateSummary:
     """Every planned shard of the job folder `out` not yet done (the probe's head must exist), and
-    of each other generator's release (generator.kinds), by one pool of workers; the summary."""
+    of each other generator's release (generator.kinds), by one pool of workers; what it did."""
     out = storage.location(out)
     if not storage.isfile(storage.join(out, HEAD_FILE)):
         raise UserError(f"{storage.join(out, HEAD_FILE)}: no teacher head (run `tsd probe` first)")
@@ -534,7 +553,7 @@ def run(args) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     out = storage.location(args.out)
     s = generate_stage(load_job_args(args), out, address=address, device=args.device)
-    lost = f", {s['workers_lost']} worker(s) lost, {s['retries']} shard(s) retried" if s['workers_lost'] or s['retries'] else ""
-    print(f"generate: {s['done']} shards made, {s['skipped']} already done, {s['samples']} samples, "
-          f"{s['failures']} failed samples, {s['seconds']} s{lost}")
+    lost = f", {s.workers_lost} worker(s) lost, {s.retries} shard(s) retried" if s.workers_lost or s.retries else ""
+    print(f"generate: {s.done} shards made, {s.skipped} already done, {s.samples} samples, "
+          f"{s.failures} failed samples, {s.seconds} s{lost}")
     return 0

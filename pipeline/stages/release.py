@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import __version__
@@ -188,9 +189,32 @@ def release_folder(folder: JobFolder, job: JobConfig, teacher: dict | None = Non
                          allow_missing)
 
 
-def release_stage(job: JobConfig, out, allow_missing: int = 0) -> dict:
+@dataclass(frozen=True)
+class ReleaseSummary:
+    """What `release` wrote: the job folder's release (its manifest.json holds the rest) and the other
+    generators' releases beside it."""
+    root: str                    # the job folder
+    counts: dict                 # 'kind/split' → samples released, as in the manifest
+    shards: int                  # shards released
+    failed_samples: int          # samples that failed in generation (named in the manifest)
+    missing: tuple               # planned shards released without (--allow-missing)
+    missing_samples: int         # the samples planned in them
+    members: tuple               # (generator kind, root) of each other generator's release (generator.kinds)
+
+    @classmethod
+    def of(cls, root: str, manifest: dict, members: list[JobFolder]) -> "ReleaseSummary":
+        missing = manifest.get("missing", {"shards": [], "samples": 0})
+        return cls(root, dict(manifest["counts"]), len(manifest["shards"]), len(manifest["failures"]),
+                   tuple(s["name"] for s in missing["shards"]), missing["samples"],
+                   tuple((m.kind, m.root) for m in members))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def release_stage(job: JobConfig, out, allow_missing: int = 0) -> ReleaseSummary:
     """The release files of the job folder `out`, from its plan and generated shards, and those of
-    each other generator's release (generator.kinds); returns the job folder's manifest.
+    each other generator's release (generator.kinds); what was written.
     `allow_missing`: shards each release may lack (see `write_release`)."""
     job_folder, *others = family(job, out)
     # one teacher record for the family, made by the first release written: the members hold the
@@ -200,7 +224,8 @@ def release_stage(job: JobConfig, out, allow_missing: int = 0) -> dict:
     for member in others:
         share_teacher(job_folder.root, member)
         teacher = release_folder(member, job, teacher, allow_missing)["teacher"]
-    return release_folder(job_folder, job, teacher, allow_missing)
+    manifest = release_folder(job_folder, job, teacher, allow_missing)
+    return ReleaseSummary.of(job_folder.root, manifest, others)
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -215,13 +240,12 @@ def run(args) -> int:
     job, out = load_job_args(args), storage.location(args.out)
     if args.allow_missing < 0:
         raise UserError(f"--allow-missing: must be >= 0, got {args.allow_missing}")
-    m = release_stage(job, out, args.allow_missing)
-    counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
-    print(f"release: {args.out}: {counts}; {len(m['shards'])} shards, {len(m['failures'])} failed samples")
-    if "missing" in m:
-        print(f"release: {args.out}: MISSING {len(m['missing']['shards'])} shard(s), "
-              f"{m['missing']['samples']} planned samples: "
-              + ", ".join(s["name"] for s in m["missing"]["shards"]))
-    for member in family(job, out)[1:]:
-        print(f"release: {member.root}: the {member.kind} mixes, under the same teacher")
+    r = release_stage(job, out, args.allow_missing)
+    counts = ", ".join(f"{k} {v}" for k, v in r.counts.items())
+    print(f"release: {args.out}: {counts}; {r.shards} shards, {r.failed_samples} failed samples")
+    if r.missing:
+        print(f"release: {args.out}: MISSING {len(r.missing)} shard(s), {r.missing_samples} planned samples: "
+              + ", ".join(r.missing))
+    for kind, root in r.members:
+        print(f"release: {root}: the {kind} mixes, under the same teacher")
     return 0

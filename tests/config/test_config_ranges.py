@@ -206,10 +206,51 @@ def test_config_doc_lists_every_key_with_its_meaning():
     for cls in (JobConfig, TrainConfig):
         for section in describe(cls):
             for key in section.keys:
-                assert key.meaning, f"{key.key} has no comment to document it"
+                assert key.meaning, f"{key.key} has no doc= to document it"
                 assert f"`{key.key}`" in text
     for needle in ("`data.on_corrupt`", "`runtime.checkpoint_minutes`", "image-mixer, sd-image-variations"):
         assert needle in text
+
+
+def _config_keys(cls, seen=None) -> dict:
+    """Every key field (not a section) of `cls` and of each config dataclass `describe` walks from it
+    (its sections, their bases): {'Class.field': field}."""
+    import dataclasses
+    from typing import get_type_hints
+
+    from pipeline.contract.fielddoc import _strip_optional
+
+    seen = set() if seen is None else seen
+    keys = {}
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass) or klass in seen:
+            continue
+        seen.add(klass)
+        hints = get_type_hints(klass)
+        for f in dataclasses.fields(klass):
+            inner = _strip_optional(hints[f.name])
+            if dataclasses.is_dataclass(inner):
+                keys.update(_config_keys(inner, seen))
+            elif f.init:
+                keys[f"{klass.__name__}.{f.name}"] = f
+    return keys
+
+
+def test_every_config_key_declares_its_meaning_in_metadata():
+    """The meaning of a key is the `doc` its field declares, not a `#` comment the doc generator has to
+    parse: a new key without `doc=` fails here."""
+    from pipeline.contract.configlib import DOC
+    from trainer.compare import CompareConfig
+
+    keys = {}
+    for cls in (JobConfig, TrainConfig, CompareConfig):
+        keys.update(_config_keys(cls))
+    assert {"GeneratorConfig.kinds", "Views.k", "RuntimeConfig.loggers", "CompareConfig.seeds",
+            "ExpectedCounts.train"} <= set(keys)
+    missing = sorted(name for name, f in keys.items() if not f.metadata.get(DOC))
+    assert not missing, f"config keys without doc= in their field's metadata: {missing}"
+    generator = next(s for s in describe(JobConfig) if s.key == "generator")   # describe reads it from there
+    assert {k.key: k.meaning for k in generator.keys}["generator.steps"] == "denoising steps"
 
 
 def test_config_doc_command_prints_the_same(tmp_path):

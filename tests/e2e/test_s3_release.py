@@ -166,7 +166,7 @@ def test_sigkill_a_worker_mid_upload_leaves_no_partial_shard(small_release, s3_b
 
     def generate():
         try:
-            result.update(generate_stage(job, root, progress=False))
+            result["summary"] = generate_stage(job, root, progress=False)
         except Exception as e:  # surfaced below
             error.append(e)
 
@@ -183,10 +183,10 @@ def test_sigkill_a_worker_mid_upload_leaves_no_partial_shard(small_release, s3_b
     assert not storage.exists(f"s3://{key}"), "a partial shard object appeared"
     thread.join(timeout=300)
     assert not thread.is_alive() and not error, error
-    assert result["done"] == len(reference)
+    assert result["summary"].done == len(reference)
     assert bucket_hashes(root, reference) == reference
     objects = s3_objects(root)
     shard_objects = {k for k in objects if k.startswith(("real/", "mix/"))}
     assert shard_objects == {f"{n}{suffix}" for n in reference for suffix in (".tar", ".stats.json")}
     again = generate_stage(job, root, progress=False)
-    assert again["done"] == 0 and again["skipped"] == len(reference)
+    assert again.done == 0 and again.skipped == len(reference)

@@ -96,7 +96,7 @@ def test_sigkill_a_worker_mid_shard_gives_the_same_release(small_release, tmp_pa
 
     def generate():
         try:
-            result.update(generate_stage(job, root, progress=False))
+            result["summary"] = generate_stage(job, root, progress=False)
         except Exception as e:  # surfaced by the assertion below
             error.append(e)
 
@@ -108,7 +108,7 @@ def test_sigkill_a_worker_mid_shard_gives_the_same_release(small_release, tmp_pa
     thread.join(timeout=300)
     assert not thread.is_alive() and not error, error
     assert finished_before_kill < len(reference), "the kill came after the last shard: nothing was tested"
-    assert result["done"] == len(reference) - result["skipped"]
+    assert result["summary"].done == len(reference) - result["summary"].skipped
     assert produced_hashes(root, reference) == reference
     assert not list(root.rglob(".*.tmp-*")), "a partial shard was left behind"
 
@@ -119,7 +119,7 @@ def generate_in_thread(job, root):
 
     def generate():
         try:
-            result.update(generate_stage(job, root, progress=False))
+            result["summary"] = generate_stage(job, root, progress=False)
         except Exception as e:  # surfaced by the caller's assertions
             errors.append(e)
         times["returned"] = time.time()
@@ -158,7 +158,7 @@ def test_a_stopped_worker_is_killed_at_its_deadline_and_its_shard_redone(small_r
     finally:
         resume([victim])
     assert not thread.is_alive() and not errors, errors
-    assert result["retries"] >= 1 and result["workers_lost"] >= 1, result
+    assert result["summary"].retries >= 1 and result["summary"].workers_lost >= 1, result["summary"]
     assert produced_hashes(root, reference) == reference
     # the stalled shard waited its deadline, then a worker's start (a few s) and the shard itself
     assert times["returned"] - stopped_at < DEADLINE_S + 60, (times["returned"] - stopped_at, time.time() - t0)
@@ -256,7 +256,8 @@ def soak(small_release, root: Path, reference: dict, seed: int, faults: int, win
     assert controller.applied, "no fault landed on a running shard: nothing was tested"
     assert produced_hashes(root, reference) == reference
     planned = read_plan(stages.plan_path(root))
-    assert result["done"] == len(reference) and result["samples"] == len(planned) - result["failures"]
+    summary = result["summary"]
+    assert summary.done == len(reference) and summary.samples == len(planned) - summary.failures
     assert not list(root.rglob(".*.tmp-*")), "a partial shard was left behind"
     wall = times["returned"] - t0
     assert wall < bound_s, f"{wall:.0f} s with faults {controller.applied}"

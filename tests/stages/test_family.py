@@ -35,8 +35,8 @@ def family(small_release, tmp_path_factory):
     job = load_job(small_release["job_path"], {"generator": {"kinds": KINDS}})
     _, reused = plan_stage(job, out)
     summary = generate_stage(job, out, progress=False)
-    manifest = release_stage(job, out)
-    return job, out, manifest, reused, summary
+    released = release_stage(job, out)
+    return job, out, released, reused, summary
 
 
 def _manifest(root):
@@ -44,15 +44,18 @@ def _manifest(root):
 
 
 def test_members_hold_the_same_mixes_by_another_generator(family, small_release):
-    job, out, manifest, reused, summary = family
+    job, out, released, reused, summary = family
+    manifest = _manifest(out)
+    assert released.counts == manifest["counts"] and released.shards == len(manifest["shards"])
+    assert [kind for kind, _ in released.members] == KINDS[1:] and released.missing == ()
     base = small_release["manifest"]
     assert reused  # the job folder's plan is the same plan
     assert {s["name"]: s["sha256"] for s in manifest["shards"]} == {s["name"]: s["sha256"] for s in base["shards"]}
     n_mix = base["counts"]["mix/train"]
-    assert summary["done"] == 2 * sum(1 for s in base["shards"] if s["kind"] == "mix")  # only the members' shards
+    assert summary.done == 2 * sum(1 for s in base["shards"] if s["kind"] == "mix")  # only the members' shards
     # one pool for the whole family: each worker loaded the teacher once, not once per release
-    assert 1 <= summary["workers"] <= job.generate.workers
-    assert summary["teacher_loads"] == summary["workers"]
+    assert 1 <= summary.workers <= job.generate.workers
+    assert summary.teacher_loads == summary.workers
     mixes = pq.read_table(out / INDEX).to_pandas().query("kind == 'mix'").set_index("uid")
     for kind in KINDS[1:]:
         root = out / GENERATORS_DIR / kind
@@ -82,7 +85,7 @@ def test_members_hold_the_same_mixes_by_another_generator(family, small_release)
 def test_a_rerun_reuses_the_whole_family(family):
     job, out, _, _, _ = family
     assert plan_stage(job, out)[1] is True
-    assert generate_stage(job, out, progress=False)["done"] == 0
+    assert generate_stage(job, out, progress=False).done == 0
 
 
 def test_the_trainer_and_compare_pick_mixes_by_generator(family, tmp_path):
