@@ -144,7 +144,6 @@ def prepare_job(out: str | Path, size_name: str = "demo", timer: Timer | None = 
     what a plan, a config check or a storage test needs without the generation stages."""
     quiet_libraries()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
-    from ..config import load_job
     from ..sources.ingest import ingest
     from ..stages.jobdir import WORK
     from ..testing.toydata import write_toy_dataset

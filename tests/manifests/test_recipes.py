@@ -1,14 +1,12 @@
 """The manifests/ folder: every job and train manifest loads with the real loaders, the demo files
 equal what `tsd demo` runs, `tsd plan --dry-run` estimates each recipe, the RayJob is well formed."""
-import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
 from paths import MANIFESTS
-from recipes import localise, write_ingest_index, write_yaml
+from recipes import localise, write_yaml
 
 from pipeline import cli
 from pipeline.config import load_job

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import tomllib
-from pathlib import Path
 
 import pipeline
 from pipeline.cli import main

@@ -5,7 +5,6 @@ An EVA-02 teacher manifest validates and dry-runs."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch

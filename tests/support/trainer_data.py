@@ -124,3 +124,22 @@ def shard_samples(release_path: Path, kind: str, split: str) -> dict:
                 out[key] = (members, SampleMeta.from_json(members["json"]))
     return out
 
+
+def compare_dict(*releases, **over) -> dict:
+    """A small, fast `tsd compare` config on `releases`; `over` replaces whole top-level keys."""
+    config = {
+        "teachers": [{"name": "probed", "releases": [str(r) for r in releases]}],
+        "seeds": 2,
+        "student": {"arch": "resnet10t", "img_size": 32},
+        "loss": {"alpha": 0.5, "temperature": 2.0},
+        "data": {"mix_ratio": 0.5, "batch_size": 16, "workers": 0, "shuffle_buffer": 16},
+        "optim": {"name": "adamw", "lr": 0.003, "steps": 4, "warmup_epochs": 0.1},
+        "runtime": {"device": "cpu", "seed": 0, "checkpoint_every": 2, "log_every": 1},
+    }
+    config.update(over)
+    return config
+
+
+def write_compare(path: Path, *releases, **over) -> Path:
+    path.write_text(yaml.safe_dump(compare_dict(*releases, **over)))
+    return path

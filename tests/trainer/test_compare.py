@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from paths import MANIFESTS, REPO
-from trainer_data import config_dict, read_log, trainer_env
+from trainer_data import config_dict, read_log, trainer_env, write_compare
 
 from pipeline.contract.configlib import ConfigError, build
 from pipeline.contract.layout import MANIFEST
@@ -80,25 +80,6 @@ def test_budget_errors(tmp_path, release):
 
 
 # -- tsd compare --------------------------------------------------------------------------------
-def compare_dict(*releases, **over) -> dict:
-    config = {
-        "teachers": [{"name": "probed", "releases": [str(r) for r in releases]}],
-        "seeds": 2,
-        "student": {"arch": "resnet10t", "img_size": 32},
-        "loss": {"alpha": 0.5, "temperature": 2.0},
-        "data": {"mix_ratio": 0.5, "batch_size": 16, "workers": 0, "shuffle_buffer": 16},
-        "optim": {"name": "adamw", "lr": 0.003, "steps": 4, "warmup_epochs": 0.1},
-        "runtime": {"device": "cpu", "seed": 0, "checkpoint_every": 2, "log_every": 1},
-    }
-    config.update(over)
-    return config
-
-
-def write_compare(path, *releases, **over):
-    path.write_text(yaml.safe_dump(compare_dict(*releases, **over)))
-    return path
-
-
 ROWS = ["finetune", "kd", "kd+mixup", "kd+cutmix"]
 
 

@@ -7,8 +7,7 @@ import json
 import shutil
 
 import pytest
-import yaml
-from trainer_data import read_log
+from trainer_data import write_compare
 
 from pipeline.contract.configlib import ConfigError, build
 from pipeline.contract.layout import STATS_SUFFIX
@@ -24,24 +23,13 @@ VIT = {"arch": "vit_small_patch14_dinov2", "img_size": 28,
        "model_kwargs": {"img_size": 28, "depth": 1, "embed_dim": 32, "num_heads": 2}}
 
 
-def compare_dict(root, **over) -> dict:
-    config = {
-        "teachers": [{"name": "probed", "releases": [str(root)]}],
-        "seeds": 2,
-        "student": {"arch": "resnet10t", "img_size": 32},
-        "loss": {"alpha": 0.5, "temperature": 2.0},
-        "data": {"mix_ratio": 0.5, "batch_size": 16, "workers": 0, "shuffle_buffer": 16},
-        "optim": {"name": "adamw", "lr": 0.003, "steps": 2, "warmup_epochs": 0.01},
-        "runtime": {"device": "cpu", "seed": 0, "log_every": 1, "eval_every": 0},
-    }
-    config.update(over)
-    return config
+# two steps, no validation: the row tests look at the plan and the results' shape, not training
+FAST = {"optim": {"name": "adamw", "lr": 0.003, "steps": 2, "warmup_epochs": 0.01},
+        "runtime": {"device": "cpu", "seed": 0, "log_every": 1, "eval_every": 0}}
 
 
 def plan(tmp_path, root, **over):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(compare_dict(root, **over)))
-    return compare.row_plan(compare.load_compare(path))
+    return compare.row_plan(compare.load_compare(write_compare(tmp_path / "c.yaml", root, **{**FAST, **over})))
 
 
 def test_mix_pool_is_the_first_shards_holding_the_fraction(release):
@@ -118,10 +106,8 @@ def test_data_hours_from_recorded_shard_seconds(tmp_path, release):
 
 def test_compare_with_a_vit_student_and_pool_rows(tmp_path, release, single_thread):
     """Every row at one budget with both students; results carry pools, hours and the differences."""
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(compare_dict(
-        release, rows=["finetune", "kd", "mixup"], pool_fractions=[0.5, 1.0],
-        students=[{"name": "vits14", "student": VIT, "rows": ["finetune", "kd"]}])))
+    config = write_compare(tmp_path / "c.yaml", release, **FAST, rows=["finetune", "kd", "mixup"],
+                           pool_fractions=[0.5, 1.0], students=[{"name": "vits14", "student": VIT, "rows": ["finetune", "kd"]}])
     results = compare.run_compare(compare.load_compare(config), tmp_path / "out", log=lambda line: None)
     by_id = {r["id"]: r for r in results["rows"]}
     assert list(by_id) == ["finetune", "kd", "kd+mixup-0.5x", "kd+mixup", "finetune@vits14", "kd@vits14"]
