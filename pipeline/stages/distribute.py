@@ -28,8 +28,8 @@ from ..contract.errors import JobFailed, UserError, first_line, short_error
 from ..contract.layout import HEAD_FILE, SHARD_FOLDERS, SHARD_SUFFIX, shard_kind_split
 from ..contract.progress import Progress
 from ..contract.shards import IDENTITY_FIELDS, finished_shards, shard_identity, shard_url, stale_reason, stats_url
-from .jobdir import JobFolder, family, share_teacher
 from ..models.teacher_files import weights_sha256
+from .jobdir import JobFolder, family, share_teacher
 from .plan import read_plan
 
 
@@ -43,9 +43,8 @@ class ShardActor:
 
     def __init__(self, folders: list[tuple[JobConfig, str, str, dict]], device: str, busy: list[int]):
         """`folders`: (job, root, plan location, makers: `JobFolder.makers`) of every release of the
-        job; `busy`: those with shards
-        to make, whose models (the teacher, each one's generator) load now, under the start's
-        deadline rather than the first shard's."""
+        job; `busy`: those with shards to make, whose models (the teacher, each one's generator) load
+        now, under the start's deadline rather than the first shard's."""
         import ray
 
         self.folders, self.device = folders, device
