@@ -88,40 +88,43 @@ def phase_plan(folder: str) -> dict:
 
 def phase_fake_shards(folder: str) -> dict:
     """What the workers would leave: a small tar and the stats of every shard (not timed as a result)."""
-    from ..contract.shards import publish_shard
-    from ..stages.jobdir import plan_path
+    from ..contract.files import atomic_write
+    from ..contract.layout import HEAD_FILE
+    from ..contract.shards import publish_shard, shard_identity
+    from ..stages.jobdir import JobFolder, plan_path
     from ..stages.plan import read_plan
 
     plan = read_plan(plan_path(folder))
+    atomic_write(os.path.join(folder, HEAD_FILE), b"not read: the release records its sha256")
+    makers = JobFolder(load(folder), folder).makers(plan.fingerprint)
     for name in plan.shard_names():
         uids = plan.table(name, ["uid"]).column("uid").to_pylist()
         samples = [{"uid": u, "teacher_top1": i % 100, "teacher_entropy": 1.5} for i, u in enumerate(uids)]
         publish_shard(folder, name, b"\0" * 1024, {"kind": name.split("/")[0], "count": len(uids), "planned": len(uids),
-                                                  "failures": [], "samples": samples, "plan": plan.fingerprint,
-                                                  "seconds": 0.0, "device": "none"})
+                                                  "failures": [], "samples": samples, "seconds": 0.0, "device": "none",
+                                                  **shard_identity(name, **makers)})
     return {}
 
 
 def phase_bookkeeping(folder: str) -> dict:
     from ..stages.distribute import pending_shards, remove_leftovers
-    from ..stages.jobdir import plan_path
+    from ..stages.jobdir import JobFolder, plan_path
     from ..stages.plan import read_plan
 
     plan = read_plan(plan_path(folder))
     names = plan.shard_names()
-    todo = pending_shards(folder, names, plan.fingerprint)
+    todo, _ = pending_shards(folder, names, JobFolder(load(folder), folder).makers(plan.fingerprint))
     remove_leftovers(folder, names)
     return {"pending": len(todo), "shards": len(names)}
 
 
 def phase_release(folder: str) -> dict:
-    from ..contract.files import atomic_write, write_json
-    from ..contract.layout import HEAD_FILE, PROBE_METRICS
+    from ..contract.files import write_json
+    from ..contract.layout import PROBE_METRICS
     from ..stages.jobdir import plan_path
     from ..stages.plan import read_plan
     from ..stages.release import write_release
 
-    atomic_write(os.path.join(folder, HEAD_FILE), b"not read: the release records its sha256")
     write_json(os.path.join(folder, PROBE_METRICS), {"val_top1": 0.0})
     manifest = write_release(load(folder), folder, read_plan(plan_path(folder)))
     return {"indexed": sum(manifest["counts"].values())}

@@ -7,9 +7,9 @@ from typing import Iterable
 
 from . import storage
 from .files import json_bytes, parse_json, read_json
-from .ids import sha256_bytes
+from .ids import fingerprint, sha256_bytes
 from .images import IMAGE_FORMATS
-from .layout import SHARD_SUFFIX, STATS_SUFFIX
+from .layout import SHARD_SUFFIX, STATS_SUFFIX, shard_kind_split
 from .samples import M_JSON, group_members
 
 
@@ -89,25 +89,62 @@ def publish_shard(root, name: str, data: bytes, stats: dict) -> dict:
     return stats
 
 
-def _checked(stats, tar_bytes: int | None, plan: str | None) -> dict | None:
+# What made a shard, recorded in its stats: the fields and how a difference is named.
+IDENTITY_FIELDS = {"plan": "plan fingerprint differs", "head_sha256": "head sha256 differs",
+                   "teacher_weights": "teacher weights sha256 differs", "generator_weights": "generator weights differ"}
+NO_IDENTITY = "no identity recorded (made before shards recorded what made them)"
+
+
+def shard_identity(name: str, plan: str, head_sha256: str, teacher_weights: str | None,
+                   generator_files: dict | None) -> dict:
+    """The identity of shard `name`: the one definition generate, release and verify ask.
+    `plan`: the plan's fingerprint; `head_sha256`: the teacher head file's; `teacher_weights`: the
+    sha256 of the teacher's weight file (None: built from its config); `generator_files`: {file:
+    sha256} of the generator's weights (the manifest's generator.files). A real shard owes nothing
+    to the generator: only mixes record it."""
+    mix = shard_kind_split(name)[0] == "mix"
+    return {"plan": plan, "head_sha256": head_sha256, "teacher_weights": teacher_weights,
+            "generator_weights": fingerprint(generator_files) if mix and generator_files else None}
+
+
+def manifest_shard_identity(manifest: dict, name: str) -> dict:
+    """The identity shard `name` must carry to belong to the release `manifest` describes."""
+    teacher, generator = manifest.get("teacher") or {}, manifest.get("generator") or {}
+    return shard_identity(name, manifest.get("plan_fingerprint"), teacher.get("head_sha256"),
+                          (teacher.get("weights") or {}).get("sha256"), generator.get("files"))
+
+
+def stale_reason(stats: dict, identity: dict) -> str | None:
+    """What differs between the identity a shard's stats record and `identity`; None when they agree.
+    A shard that records none is stale: nothing says what made it."""
+    if any(key not in stats for key in IDENTITY_FIELDS):
+        return NO_IDENTITY
+    for key, what in IDENTITY_FIELDS.items():
+        if stats[key] != identity[key]:
+            return what
+    return None
+
+
+def _checked(stats, tar_bytes: int | None, identity: dict | None) -> dict | None:
     if not isinstance(stats, dict) or tar_bytes is None or stats.get("bytes") != tar_bytes:
         return None
-    if plan is not None and stats.get("plan") != plan:
+    if identity is not None and stale_reason(stats, identity) is not None:
         return None
     return stats
 
 
-def read_stats(root, name: str, plan: str | None = None) -> dict | None:
+def read_stats(root, name: str, identity: dict | None = None) -> dict | None:
     """The stats of a finished shard, or None when it is not done, its tar went missing, or it
-    was made for another plan (`plan` = the plan's fingerprint, when given)."""
-    return _checked(read_json(stats_url(root, name)), storage.size(shard_url(root, name)), plan)
+    was made by something else than `identity` (its `shard_identity`, when given)."""
+    return _checked(read_json(stats_url(root, name)), storage.size(shard_url(root, name)), identity)
 
 
-def iter_finished_shards(root, names: Iterable[str], plan: str | None = None, keep=lambda stats: stats):
+def iter_finished_shards(root, names: Iterable[str], identity=None, keep=lambda stats: stats):
     """(name, keep(stats)) of the finished shards among `names`, in their order: one listing per
     shard folder, then the stats files of the shards listed with a tar, read 256 at a time
     (concurrently from object storage). A consumer holds what it keeps of each batch only; `keep`
-    trims it further (the driver drops the per-sample records)."""
+    trims it further (the driver drops the per-sample records). `identity`: None (any maker), or a
+    function of the shard's name giving its `shard_identity`: shards made by another are left out."""
     names = list(names)
     listings: dict[str, dict[str, int]] = {}
     for name in names:
@@ -125,12 +162,12 @@ def iter_finished_shards(root, names: Iterable[str], plan: str | None = None, ke
         batch = candidates[start:start + 256]
         data = storage.read_many([stats_url(root, n) for n in batch])
         for name in batch:
-            stats = _checked(parse_json(data[stats_url(root, name)]), tar_size(name), plan)
+            stats = _checked(parse_json(data[stats_url(root, name)]), tar_size(name),
+                             identity(name) if identity is not None else None)
             if stats is not None:
                 yield name, keep(stats)
 
 
-def finished_shards(root, names: Iterable[str], plan: str | None = None,
-                    keep=lambda stats: stats) -> dict[str, dict]:
+def finished_shards(root, names: Iterable[str], identity=None, keep=lambda stats: stats) -> dict[str, dict]:
     """{name: keep(stats)} of the finished shards among `names` (see `iter_finished_shards`)."""
-    return dict(iter_finished_shards(root, names, plan, keep))
+    return dict(iter_finished_shards(root, names, identity, keep))

@@ -12,6 +12,7 @@ holds per-sample data. Ray stays in this module; the work itself is `worker.Shar
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import socket
@@ -26,7 +27,8 @@ from ..contract import storage
 from ..contract.errors import JobFailed, UserError, first_line, short_error
 from ..contract.layout import HEAD_FILE, SHARD_FOLDERS, SHARD_SUFFIX, shard_kind_split
 from ..contract.progress import Progress
-from ..contract.shards import finished_shards, shard_url, stats_url
+from ..contract.shards import IDENTITY_FIELDS, finished_shards, shard_identity, shard_url, stale_reason, stats_url
+from ..models.teacher_files import weights_sha256
 from .jobdir import JobFolder, family, share_teacher
 from .plan import read_plan
 
@@ -39,10 +41,10 @@ class ShardActor:
     memory) says why in `ready()`, with its node and host, so the driver ends the job in one line
     instead of Ray restarting it forever."""
 
-    def __init__(self, folders: list[tuple[JobConfig, str, str]], device: str, busy: list[int]):
-        """`folders`: (job, root, plan location) of every release of the job; `busy`: those with shards
-        to make, whose models (the teacher, each one's generator) load now, under the start's
-        deadline rather than the first shard's."""
+    def __init__(self, folders: list[tuple[JobConfig, str, str, dict]], device: str, busy: list[int]):
+        """`folders`: (job, root, plan location, makers: `JobFolder.makers`) of every release of the
+        job; `busy`: those with shards to make, whose models (the teacher, each one's generator) load
+        now, under the start's deadline rather than the first shard's."""
         import ray
 
         self.folders, self.device = folders, device
@@ -69,7 +71,7 @@ class ShardActor:
         from . import worker
 
         if folder not in self.workers:
-            job, root, _ = self.folders[folder]
+            job, root, _, _ = self.folders[folder]
             shared = next(iter(self.workers.values())).teacher if self.workers else None  # one head for all
             self.workers[folder] = worker.ShardWorker(job, root, device=self.device, origin={"node_id": self.node},
                                                       teacher=shared)
@@ -84,14 +86,20 @@ class ShardActor:
         from . import worker
 
         plan = self._plan(folder)
-        stats = self._worker(folder).run_shard(name, plan.rows(name), plan.fingerprint)
+        stats = self._worker(folder).run_shard(name, plan.rows(name), self.folders[folder][3])
         # the per-sample records are for the release step (it reads them from storage); keep replies small
         return {**{k: v for k, v in stats.items() if k != "samples"}, "teacher_loads": worker.TEACHER_LOADS}
 
 
-def pending_shards(release_dir, names: list[str], plan: str) -> list[str]:
-    done = finished_shards(release_dir, names, plan, keep=lambda stats: None)
-    return [n for n in names if n not in done]
+def pending_shards(release_dir, names: list[str], makers: dict) -> tuple[list[str], dict[str, str]]:
+    """(the shards to make, {stale shard: what differs}): a shard is done when it is finished and
+    its stats record the identity the shard would have now (`makers`: `JobFolder.makers`); one made
+    by another teacher head, weights, generator or plan, or one recording no identity, is stale and
+    redone (the stats are small: read them all, concurrently from object storage)."""
+    done = finished_shards(release_dir, names, keep=lambda stats: {k: stats[k] for k in IDENTITY_FIELDS if k in stats})
+    stale = {n: why for n in names if n in done
+             and (why := stale_reason(done[n], shard_identity(n, **makers))) is not None}
+    return [n for n in names if n not in done or n in stale], stale
 
 
 def remove_leftovers(release_dir, planned: list[str]) -> None:
@@ -216,6 +224,8 @@ class GenerateSummary:
     """What `generate` did over every release of the job, with one pool of workers."""
     shards: int                  # planned, in every release of the job
     skipped: int                 # already done before this run (resumed, not made again)
+    redone: int = 0              # found finished but stale (made by another head, weights, generator, plan): remade
+    stale_reasons: tuple = ()    # (what differs, how many shards) of those
     done: int = 0                # shards made by this run
     samples: int = 0             # samples in those shards
     failures: int = 0            # samples that failed (their shard is published without them)
@@ -317,22 +327,32 @@ def describe(info: dict) -> str:
 
 
 def run_generate(folders: list[JobFolder], *, address: str | None = None, device: str = "auto",
-                 progress: bool = True) -> GenerateSummary:
+                 progress: bool = True, keep_stale: bool = False) -> GenerateSummary:
     """Generate every planned shard not yet done of every release in `folders` (the job folder and
     its family's members) with one pool of workers in one Ray session. Returns what it did; raises
     JobFailed when shards failed after all retries or workers kept failing (the finished shards
-    stay published: a rerun does only the rest)."""
+    stay published: a rerun does only the rest). A finished shard made by another teacher head,
+    weights, generator or plan is redone; with `keep_stale`, refused in one line instead."""
     import ray
 
     job = folders[0].job
     plans = [read_plan(f.plan_path) for f in folders]
-    todo = []
+    teacher_weights = weights_sha256(job.teacher)   # once for the job: one teacher, GBs to hash
+    makers = [f.makers(p.fingerprint, teacher_weights) for f, p in zip(folders, plans)]
+    todo, stale = [], {}
     for i, (folder, plan) in enumerate(zip(folders, plans)):
         names = plan.shard_names()
         remove_leftovers(folder.root, names)
-        todo += [Task(i, n) for n in pending_shards(folder.root, names, plan.fingerprint)]
+        pending, found = pending_shards(folder.root, names, makers[i])
+        if found and keep_stale:
+            name, why = next(iter(found.items()))
+            raise UserError(f"{shard_url(folder.root, name)}: stale shard ({why}; {len(found)} stale in "
+                            f"{folder.root}) and --keep-stale given; rerun without it to redo them")
+        todo += [Task(i, n) for n in pending]
+        stale.update({(i, n): why for n, why in found.items()})
     total = sum(len(p.shard_names()) for p in plans)
-    summary = GenerateSummary(shards=total, skipped=total - len(todo))
+    reasons = tuple(sorted(collections.Counter(stale.values()).items()))
+    summary = GenerateSummary(shards=total, skipped=total - len(todo), redone=len(stale), stale_reasons=reasons)
     if not todo:
         return summary
     check_reachable_paths(job)
@@ -342,7 +362,7 @@ def run_generate(folders: list[JobFolder], *, address: str | None = None, device
         asked, _ = clamp_workers(job.generate, gpu)
         actor_cls = ray.remote(num_gpus=1 if gpu else 0, num_cpus=job.generate.cpus_per_worker,
                                max_restarts=0, max_task_retries=0)(ShardActor)  # the driver restarts and retries
-        spec = [(f.job, f.root, f.plan_path) for f in folders]
+        spec = [(f.job, f.root, f.plan_path, m) for f, m in zip(folders, makers)]
         busy = sorted({t.folder for t in todo})
         driver = Driver(lambda: actor_cls.remote(spec, "cuda" if gpu else device, busy), job.generate, asked, gpu,
                         progress)
@@ -530,7 +550,7 @@ class Driver:
 
 
 def generate_stage(job: JobConfig, out, address: str | None = None, device: str = "auto",
-                   progress: bool = True) -> GenerateSummary:
+                   progress: bool = True, keep_stale: bool = False) -> GenerateSummary:
     """Every planned shard of the job folder `out` not yet done (the probe's head must exist), and
     of each other generator's release (generator.kinds), by one pool of workers; what it did."""
     out = storage.location(out)
@@ -539,7 +559,7 @@ def generate_stage(job: JobConfig, out, address: str | None = None, device: str 
     folders = family(job, out)
     for member in folders[1:]:
         share_teacher(out, member)
-    return run_generate(folders, address=address, device=device, progress=progress)
+    return run_generate(folders, address=address, device=device, progress=progress, keep_stale=keep_stale)
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -547,13 +567,18 @@ def add_arguments(p) -> None:
     add_job_arguments(p)
     add_device_argument(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local cluster, or RAY_ADDRESS)")
+    p.add_argument("--keep-stale", action="store_true",
+                   help="refuse, naming the first, when finished shards were made by another teacher head, "
+                        "weights, generator or plan (default: redo them)")
 
 
 def run(args) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     out = storage.location(args.out)
-    s = generate_stage(load_job_args(args), out, address=address, device=args.device)
+    s = generate_stage(load_job_args(args), out, address=address, device=args.device, keep_stale=args.keep_stale)
     lost = f", {s.workers_lost} worker(s) lost, {s.retries} shard(s) retried" if s.workers_lost or s.retries else ""
-    print(f"generate: {s.done} shards made, {s.skipped} already done, {s.samples} samples, "
+    redone = (f", {s.redone} redone (stale: " + "; ".join(f"{why}: {n}" for why, n in s.stale_reasons) + ")"
+              if s.redone else "")
+    print(f"generate: {s.done} shards made, {s.skipped} already done{redone}, {s.samples} samples, "
           f"{s.failures} failed samples, {s.seconds} s{lost}")
     return 0

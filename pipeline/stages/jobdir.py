@@ -20,14 +20,16 @@ folder (its own work/ with the plan and the stage markers), so plan and release 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..config import JobConfig
 from ..contract import storage
 from ..contract.errors import UserError
 from ..contract.files import write_if_changed
-from ..contract.ids import fingerprint
+from ..contract.ids import fingerprint, sha256_file
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
 from ..contract.generators import DIFFUSION_KINDS
+from ..models.teacher_files import weights_sha256
 
 WORK = "work"
 GENERATORS_DIR = "generators"
@@ -68,6 +70,16 @@ class JobFolder:
     def marker(self, stage: str) -> str:
         return marker(self.root, stage)
 
+    def makers(self, plan_fingerprint: str, teacher_weights=None) -> dict:
+        """What makes this release's shards now: `contract.shards.shard_identity`'s arguments but the
+        shard's name. `teacher_weights`: the teacher weights' sha256 when the caller hashed them
+        already (once per job: they are GBs), else hashed here."""
+        if not storage.exists(self.head):
+            raise UserError(f"{self.head}: no teacher head (run `tsd probe` first)")
+        return {"plan": plan_fingerprint, "head_sha256": storage.sha256(self.head),
+                "teacher_weights": weights_sha256(self.job.teacher) if teacher_weights is None else teacher_weights,
+                "generator_files": generator_files(self.job)}
+
     def plan_fingerprint(self, job_fingerprint: str) -> str:
         """A member's plan is the job's mixes, for the member's generator; the job folder's is the job's."""
         return job_fingerprint if self.kind is None else fingerprint([job_fingerprint, "mixes only", self.kind])
@@ -86,6 +98,17 @@ class JobFolder:
             real = "../.."
         return {"real": real, "generators": where,
                 "teacher": "one teacher head for every release of the family (the same head_sha256)"}
+
+
+def generator_files(job: JobConfig) -> dict:
+    """{file: sha256} of the generator's weights and configs (the manifest's generator.files); {} for
+    a generator without a folder (the pixel mixes)."""
+    g = job.generator
+    if g is None or not g.path:
+        return {}
+    root = Path(g.path)
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".json")}
 
 
 def member_job(job: JobConfig, kind: str) -> JobConfig:

@@ -11,12 +11,11 @@ from ..contract import storage
 from ..contract.configlib import to_dict
 from ..contract.errors import UserError
 from ..contract.files import read_json, write_if_changed
-from ..contract.ids import sha256_file
 from ..contract.layout import CARD, HEAD_FILE, INDEX, INDEX_COLUMNS, PROBE_METRICS, shard_kind_split
 from ..contract.manifest import new_manifest, write_manifest
-from ..contract.shards import iter_finished_shards
+from ..contract.shards import iter_finished_shards, shard_identity, shard_url, stale_reason
 from ..models.teacher_files import weights_identity
-from .jobdir import JobFolder, family, share_teacher
+from .jobdir import JobFolder, family, generator_files, share_teacher
 from .plan import Plan, read_plan
 
 
@@ -64,18 +63,15 @@ def generator_record(job: JobConfig) -> dict | None:
     if g is None:
         return None
     rec = {k: v for k, v in to_dict(g).items() if k not in ("path", "compile", "batch_size")}
-    rec["files"] = {}
-    if g.path:
-        root = Path(g.path)
-        rec["files"] = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-                        if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".json")}
+    rec["files"] = generator_files(job)
     return rec
 
 
 def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
-                   family: dict | None = None, teacher: dict | None = None, missing: list[str] = ()) -> dict:
+                   family: dict | None = None, teacher: dict | None = None, missing: list[str] = (),
+                   generator: dict | None = None) -> dict:
     """The manifest from each shard's stats (their counts, bytes, sha256 and failures: no per-sample data);
-    `teacher`: its `teacher_record`, when the caller has it (None: made here); `missing`: planned
+    `teacher`, `generator`: their records, when the caller has them (None: made here); `missing`: planned
     shards released without (`--allow-missing`), recorded with their planned samples."""
     counts = {"real/train": 0, "real/val": 0, "mix/train": 0}
     shards, failures = [], []
@@ -97,7 +93,7 @@ def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
         "image": {"format": job.data.image_format, "quality": job.data.quality, "store_size": job.data.store_size},
         "views": to_dict(job.views),
         "teacher": teacher if teacher is not None else teacher_record(job, root),
-        "generator": generator_record(job),
+        "generator": generator if generator is not None else generator_record(job),
         "counts": counts,
         "shards": shards,
         "failures": failures,
@@ -161,10 +157,18 @@ def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None, 
     from .card import dataset_card
 
     root = str(root)
+    teacher = teacher if teacher is not None else teacher_record(job, root)
+    generator = generator_record(job)
     summaries, pending = {}, []
     with storage.publishing(storage.join(root, INDEX)) as local:
         with pq.ParquetWriter(local, index_schema(), compression="zstd") as writer:
-            for name, stats in iter_finished_shards(root, plan.shard_names(), plan.fingerprint):
+            for name, stats in iter_finished_shards(root, plan.shard_names()):
+                # the manifest's own records say what made its shards: one that disagrees is refused
+                identity = shard_identity(name, plan.fingerprint, teacher["head_sha256"],
+                                          teacher["weights"]["sha256"], (generator or {}).get("files"))
+                if (reason := stale_reason(stats, identity)) is not None:
+                    raise UserError(f"{shard_url(root, name)}: stale shard ({reason}): not made by what this "
+                                    f"release records; run `tsd generate` to redo it")
                 pending.append(shard_index(plan, name, stats))
                 summaries[name] = {k: v for k, v in stats.items() if k != "samples"}
                 if sum(len(t) for t in pending) >= ROW_GROUP:
@@ -178,7 +182,7 @@ def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None, 
                                 f"them with `tsd release --allow-missing {len(missing)}`")
             if pending or not summaries:
                 writer.write_table(pa.concat_tables(pending) if pending else index_schema().empty_table())
-    manifest = build_manifest(job, root, plan, summaries, family, teacher, missing)
+    manifest = build_manifest(job, root, plan, summaries, family, teacher, missing, generator)
     write_if_changed(storage.join(root, CARD), dataset_card(manifest).encode())
     return write_manifest(root, manifest)
 

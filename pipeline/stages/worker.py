@@ -23,7 +23,7 @@ from ..contract.generators import render_prompt
 from ..contract.images import decode_image, pil_to_tensor, store_image, tensor_to_pil
 from ..contract.layout import HEAD_FILE, shard_kind_split
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, encode_teacher, npy_bytes, teacher_summary
-from ..contract.shards import publish_shard, read_stats, tar_bytes
+from ..contract.shards import publish_shard, read_stats, shard_identity, tar_bytes
 from ..contract.views import normalize, views_batch
 from ..models.teacher import Teacher, load_teacher
 from ..runtime import quiet_libraries
@@ -87,9 +87,11 @@ class ShardWorker:
         return self._generator
 
     # -- one shard -------------------------------------------------------------------------------
-    def run_shard(self, name: str, rows: list[PlanRow], plan: str, skip_done: bool = True) -> dict:
-        """Make shard `name` from its planned rows; `plan` (the plan's fingerprint) goes in its stats."""
-        if skip_done and (stats := read_stats(self.root, name, plan)) is not None:
+    def run_shard(self, name: str, rows: list[PlanRow], makers: dict, skip_done: bool = True) -> dict:
+        """Make shard `name` from its planned rows; `makers` (`JobFolder.makers`: the plan's fingerprint,
+        the head's and weights' identities) give the shard identity its stats record."""
+        identity = shard_identity(name, **makers)
+        if skip_done and (stats := read_stats(self.root, name, identity)) is not None:
             return stats
         t0 = time.time()
         samples, records, failures = [], [], []
@@ -102,7 +104,7 @@ class ShardWorker:
         kind, split = shard_kind_split(name)
         stats = {"kind": kind, "split": split, "count": len(samples), "planned": len(rows),
                  "failures": failures, "samples": records, "seconds": round(time.time() - t0, 3),
-                 "device": str(self.device), "plan": plan, **self.origin}
+                 "device": str(self.device), **identity, **self.origin}
         return publish_shard(self.root, name, tar_bytes(samples), stats)
 
     def make_samples(self, rows: list[PlanRow]) -> list[Made]:

@@ -12,7 +12,8 @@ from ..contract.layout import INDEX, MANIFEST, SHARD_FOLDERS, SHARD_SUFFIX
 from ..contract.manifest import read_manifest
 from ..contract.progress import Progress
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, npy_load
-from ..contract.shards import read_shard, shard_url
+from ..contract.shards import IDENTITY_FIELDS, finished_shards, manifest_shard_identity, read_shard, shard_url, \
+    stale_reason
 
 
 def check_sample(key: str, members: dict, manifest: dict, split: str, where: str) -> str | None:
@@ -133,7 +134,26 @@ def verify_release(root, quick: bool = False, progress: bool = False) -> list[tu
             if name not in listed:
                 problems.append((name, "shard not listed in the manifest"))
     problems += check_index(root, manifest, shard_uids, quick)
+    problems += stale_shards(root, manifest)
     return problems
+
+
+STALE = "stale: "   # how a stale shard's problem starts (printed as `STALE <shard>: …`)
+
+
+def stale_shards(root, manifest: dict) -> list[tuple[str, str]]:
+    """[(shard, 'stale: <what differs>')] of the shards whose stats record another identity than the
+    manifest's (`contract.shards.manifest_shard_identity`): made by another teacher head, weights,
+    generator or plan. Quick mode too: the stats are small. A shard whose stats record no identity
+    (made before shards recorded one, or a release without stats) cannot be told: not reported."""
+    names = [s["name"] for s in manifest["shards"]]
+    stats = finished_shards(root, names, keep=lambda s: {k: s[k] for k in IDENTITY_FIELDS if k in s})
+    found = []
+    for name in names:
+        recorded = stats.get(name, {})
+        if len(recorded) == len(IDENTITY_FIELDS) and (why := stale_reason(recorded, manifest_shard_identity(manifest, name))):
+            found.append((name, STALE + why))
+    return found
 
 
 def missing_shards(root) -> list[tuple[str, str]]:
@@ -181,7 +201,7 @@ def run(args) -> int:
     for what, why in missing_shards(args.release):
         print(f"MISSING {what}: {why}")
     for what, why in problems:
-        print(f"BAD {what}: {why}")
+        print(f"STALE {what}: {why[len(STALE):]}" if why.startswith(STALE) else f"BAD {what}: {why}")
     if problems:
         print(f"verify: {args.release}: {len({w for w, _ in problems})} bad item(s)")
         return 1

@@ -8,7 +8,8 @@ import torch
 
 from pipeline.contract.ids import derive_seed, is_uid, make_uid, sha256_bytes
 from pipeline.contract.samples import SampleMeta, dense_logits, encode_teacher, npy_load
-from pipeline.contract.shards import publish_shard, read_shard, read_stats, tar_bytes
+from pipeline.contract.shards import NO_IDENTITY, publish_shard, read_shard, read_stats, shard_identity, \
+    stale_reason, tar_bytes
 from pipeline.contract.views import Views, center_view, sample_views, view_box, view_pixels
 
 
@@ -98,9 +99,12 @@ def test_reading_refuses_paths_and_links(tmp_path):
 
 def test_publish_then_stats_mark_the_shard_done(tmp_path):
     data = tar_bytes([(make_uid(1), {"json": b"{}"})])
-    publish_shard(tmp_path, "real/train-000000", data, {"count": 1, "plan": "p1"})
-    assert read_stats(tmp_path, "real/train-000000", "p1")["sha256"] == sha256_bytes(data)
-    assert read_stats(tmp_path, "real/train-000000", "p2") is None  # made for another plan
+    made_by = shard_identity("real/train-000000", "p1", "h" * 64, None, {"unet.safetensors": "f" * 64})
+    assert made_by["generator_weights"] is None   # a real shard owes nothing to the generator
+    publish_shard(tmp_path, "real/train-000000", data, {"count": 1, **made_by})
+    assert read_stats(tmp_path, "real/train-000000", made_by)["sha256"] == sha256_bytes(data)
+    for other in (dict(made_by, plan="p2"), dict(made_by, head_sha256="0" * 64), dict(made_by, teacher_weights="w")):
+        assert read_stats(tmp_path, "real/train-000000", other) is None  # made by another plan, head, teacher
     (tmp_path / "real/train-000000.tar").write_bytes(data[:-512])
     assert read_stats(tmp_path, "real/train-000000") is None        # truncated tar: not done
 
@@ -148,3 +152,12 @@ def test_vectorised_views_equal_drawing_them_one_call_at_a_time():
                 assert [[*v[:4], int(v[4])] for v in got[i].tolist()] == _views_one_call_at_a_time(s, w, h, spec.k, spec)
     seeds = [0, 1, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1] + [rnd.getrandbits(63) for _ in range(200)]
     assert (pcg64_raw(seeds, 20) == np.stack([np.random.PCG64(s).random_raw(20) for s in seeds])).all()
+
+
+def test_a_shard_identity_names_what_differs():
+    made_by = shard_identity("mix/mix-000000", "p1", "h" * 64, "w" * 64, {"unet.safetensors": "f" * 64})
+    assert stale_reason(made_by, made_by) is None
+    assert stale_reason(made_by, dict(made_by, head_sha256="0" * 64)) == "head sha256 differs"
+    other_unet = shard_identity("mix/mix-000000", "p1", "h" * 64, "w" * 64, {"unet.safetensors": "0" * 64})
+    assert stale_reason(made_by, other_unet) == "generator weights differ"
+    assert stale_reason({"plan": "p1"}, made_by) == NO_IDENTITY   # made before shards recorded their maker

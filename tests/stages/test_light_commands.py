@@ -15,7 +15,7 @@ import yaml
 from pipeline.contract.files import atomic_write, write_json
 from pipeline.contract.ids import make_uid
 from pipeline.contract.layout import HEAD_FILE, INDEX_COLUMNS, PROBE_METRICS
-from pipeline.contract.shards import publish_shard
+from pipeline.contract.shards import publish_shard, shard_identity
 from pipeline.sources.index import write_index
 from paths import REPO
 
@@ -45,7 +45,7 @@ def small_job_folder(folder: Path) -> Path:
     a model: 6 train and 2 val images, a mixup pool of 6."""
     from pipeline.config import JobConfig
     from pipeline.contract.configlib import build
-    from pipeline.stages.jobdir import plan_path
+    from pipeline.stages.jobdir import JobFolder, plan_path
     from pipeline.stages.plan import write_plan
 
     classes = ["a", "b"]
@@ -60,13 +60,14 @@ def small_job_folder(folder: Path) -> Path:
     job_file = folder / "job.yaml"
     job_file.write_text(yaml.safe_dump(doc))
     plan = write_plan(build(JobConfig, doc), plan_path(folder))
+    atomic_write(folder / HEAD_FILE, b"not read: the release records its sha256")
+    makers = JobFolder(build(JobConfig, doc), str(folder)).makers(plan.fingerprint)
     for name in plan.shard_names():
         uids = plan.table(name, ["uid"]).column("uid").to_pylist()
         samples = [{"uid": u, "teacher_top1": 0, "teacher_entropy": 0.5} for u in uids]
         publish_shard(str(folder), name, b"\0" * 1024,
                       {"kind": name.split("/")[0], "count": len(uids), "planned": len(uids), "failures": [],
-                       "samples": samples, "plan": plan.fingerprint, "seconds": 0.0, "device": "none"})
-    atomic_write(folder / HEAD_FILE, b"not read: the release records its sha256")
+                       "samples": samples, "seconds": 0.0, "device": "none", **shard_identity(name, **makers)})
     # what the probe records of its backbone (so the release need not build it)
     write_json(folder / PROBE_METRICS, {"val_top1": 0.5, "backbone": {"mean": [0.5] * 3, "std": [0.25] * 3,
                                                                       "feature_dim": 768}})

@@ -13,6 +13,7 @@ from pipeline.contract.samples import SampleMeta
 from pipeline.contract.shards import read_shard
 from pipeline.contract.layout import SHARD_SUFFIX
 from pipeline.stages.draws import draw_classes, make_row
+from pipeline.stages.jobdir import JobFolder
 from pipeline.stages.plan import write_plan
 from pipeline.stages.planfile import read_plan
 from pipeline.stages.probe import run_probe
@@ -46,7 +47,7 @@ def test_a_prompted_pool_goes_through_plan_and_worker_to_the_shard(text_job, tmp
 
     run_probe(text_job, tmp_path, device="cpu")
     worker = ShardWorker(text_job, tmp_path, device="cpu")
-    stats = worker.run_shard(mixes[0].shard, mixes, plan.fingerprint)
+    stats = worker.run_shard(mixes[0].shard, mixes, JobFolder(text_job, str(tmp_path)).makers(plan.fingerprint))
     worker.close()
     assert stats["count"] == 5 and not stats["failures"]
     samples = dict(read_shard(str(tmp_path / f"{mixes[0].shard}{SHARD_SUFFIX}")))

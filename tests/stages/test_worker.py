@@ -22,7 +22,8 @@ def test_worker_alone_reproduces_the_distributed_shards(small_release, tmp_path)
     manifest = json.loads((root / MANIFEST).read_text())
     picked = [s for s in manifest["shards"] if s["name"].startswith(("mix/", "real/val"))][:2]
     for shard in picked:
-        stats = worker.run_shard(shard["name"], plan.rows(shard["name"]), plan.fingerprint)
+        stats = worker.run_shard(shard["name"], plan.rows(shard["name"]),
+                                 stages.JobFolder(job, str(tmp_path)).makers(plan.fingerprint))
         assert stats["sha256"] == shard["sha256"], shard["name"]
     worker.close()
 
@@ -37,7 +38,7 @@ def test_bad_parents_and_nan_images_are_recorded_and_the_rest_goes_on(small_rele
     out = worker.make_samples(mixes)
     assert [m.failure is None for m in out] == [True, False, True]
     assert "unreadable parent" in out[1].failure and "file not found" in out[1].failure
-    stats = worker.run_shard("mix/mix-000000", mixes, "test")
+    stats = worker.run_shard("mix/mix-000000", mixes, stages.JobFolder(job, str(tmp_path)).makers("test"))
     assert stats["count"] == 2 and stats["planned"] == 3 and stats["failures"][0]["uid"] == mixes[1].uid
     worker.close()
 

@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.contract.layout import INDEX
-from pipeline.stages.jobdir import plan_path
+from pipeline.stages.jobdir import JobFolder, plan_path
 from pipeline.stages.plan import plan_fingerprint, write_plan
 from pipeline.stages.probe import run_probe
 from pipeline.stages.release import write_release
@@ -21,8 +21,9 @@ def test_a_prompted_sample_regenerates_byte_identical(small_job, tmp_path, monke
     plan = write_plan(job, plan_path(root), job_fingerprint=plan_fingerprint(job))
     run_probe(job, root, device="cpu")
     worker = ShardWorker(job, root, device="cpu")
+    makers = JobFolder(job, str(root)).makers(plan.fingerprint)
     for name in plan.shard_names():
-        worker.run_shard(name, plan.rows(name), plan.fingerprint)
+        worker.run_shard(name, plan.rows(name), makers)
     worker.close()
     write_release(job, root, plan)
     assert verify_release(root) == []

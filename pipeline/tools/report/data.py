@@ -57,7 +57,7 @@ def generation_stats(release: ReleaseReader) -> dict:
     names = [s["name"] for s in m["shards"]]
     per_node: dict[str, dict] = {}
     shards = []
-    for name, s in iter_finished_shards(release.root, names, m.get("plan_fingerprint"),
+    for name, s in iter_finished_shards(release.root, names,
                                         keep=lambda s: {k: v for k, v in s.items() if k != "samples"}):
         node = str(s.get("node") or s.get("node_id") or s.get("host") or "?")
         rec = per_node.setdefault(node, {"node": node, "host": s.get("host"), "shards": 0, "seconds": 0.0,
