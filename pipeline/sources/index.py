@@ -142,9 +142,11 @@ def read_table(path, columns: list[str] | None = None):
 
     # ParquetFile, not pq.read_table: read_table on a Python file object goes through the dataset
     # API, whose thread pool aborts the interpreter at exit now and then (pyarrow 26: "terminate
-    # called without an active exception", exit 134, after the command's work is done).
+    # called without an active exception", exit 134, after the command's work is done). Seen once
+    # more with ParquetFile's threaded read (pyarrow 25, `tsd verify` under load): one thread reads
+    # these small files as fast, and starts no pool to tear down at exit.
     with storage.open_read(path) as f:
-        return pq.ParquetFile(f).read(columns=columns)
+        return pq.ParquetFile(f).read(columns=columns, use_threads=False)
 
 
 def index_sha256(path) -> str:

@@ -99,7 +99,7 @@ class Plan:
 
     def table(self, name: str, columns: list[str] | None = None):
         """Shard `name`'s rows as an Arrow table (its row group)."""
-        return self._parquet().read_row_group(self._shards[name][0], columns=columns)
+        return self._parquet().read_row_group(self._shards[name][0], columns=columns, use_threads=False)  # see index.read_table
 
     def rows(self, name: str) -> list[PlanRow]:
         return [PlanRow(**r) for r in self.table(name).to_pylist()]
