@@ -157,12 +157,13 @@ def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None, 
     from .card import dataset_card
 
     root = str(root)
-    teacher = teacher if teacher is not None else teacher_record(job, root)
     generator = generator_record(job)
     summaries, pending = {}, []
     with storage.publishing(storage.join(root, INDEX)) as local:
         with pq.ParquetWriter(local, index_schema(), compression="zstd") as writer:
             for name, stats in iter_finished_shards(root, plan.shard_names()):
+                # made at the first shard: with none generated, "run tsd generate" is the one line to give
+                teacher = teacher if teacher is not None else teacher_record(job, root)
                 # the manifest's own records say what made its shards: one that disagrees is refused
                 identity = shard_identity(name, plan.fingerprint, teacher["head_sha256"],
                                           teacher["weights"]["sha256"], (generator or {}).get("files"))
@@ -182,6 +183,7 @@ def write_release(job: JobConfig, root, plan: Plan, family: dict | None = None, 
                                 f"them with `tsd release --allow-missing {len(missing)}`")
             if pending or not summaries:
                 writer.write_table(pa.concat_tables(pending) if pending else index_schema().empty_table())
+    teacher = teacher if teacher is not None else teacher_record(job, root)
     manifest = build_manifest(job, root, plan, summaries, family, teacher, missing, generator)
     write_if_changed(storage.join(root, CARD), dataset_card(manifest).encode())
     return write_manifest(root, manifest)
