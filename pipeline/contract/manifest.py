@@ -12,6 +12,7 @@ from . import storage
 from .errors import UserError
 from .files import write_if_changed
 from .layout import MANIFEST, SHARD_FOLDERS, shard_kind_split
+from .tasks import CLASSIFICATION, TASKS
 
 FORMAT_VERSION = 1
 
@@ -28,6 +29,8 @@ def check_manifest(manifest: dict, where: str) -> None:
         raise UserError(f"{where}: classes must be a non-empty list of names")
     if manifest.get("num_classes", len(classes)) != len(classes):
         raise UserError(f"{where}: num_classes {manifest['num_classes']} != {len(classes)} class names")
+    if manifest.get("task", CLASSIFICATION) not in TASKS:
+        raise UserError(f"{where}: task {manifest['task']!r} is not one of {', '.join(TASKS)}")
     for entry in manifest.get("shards") or ():
         try:
             name, kind, split = entry["name"], entry["kind"], entry["split"]
@@ -40,6 +43,11 @@ def check_manifest(manifest: dict, where: str) -> None:
             named = None
         if named != (kind, split):
             raise UserError(f"{where}: shard {name!r} is not a {kind}/{split} shard name of this format")
+
+
+def manifest_task(manifest: dict) -> str:
+    """What a release is for (`task`; releases made before segmentation are classification)."""
+    return manifest.get("task", CLASSIFICATION)
 
 
 def _next_step(root: str) -> str:

@@ -15,7 +15,15 @@ M_LOGITS = "logits.npy"            # float16 [K, C]: teacher logits on each reco
 M_TOPK_IDX = "topk_idx.npy"        # int32 [K, k]: top-k classes (instead of full logits)
 M_TOPK_LOGITS = "topk_logits.npy"  # float16 [K, k]: their logits; the rest mass is in json
 M_FEATURES = "features.npy"        # float16 [K, D]: optional teacher features (CLS ‖ mean patch)
-NPY_MEMBERS = (M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS, M_FEATURES)
+# segmentation (contract/tasks.py): the mask of a real sample, and dense teacher logits per view at
+# the teacher's patch grid [h, w] (full, or per location the top k plus the rest of the mass)
+M_MASK = "mask.png"                          # uint8 [H, W] PNG at the stored image size; real samples only
+M_DENSE_LOGITS = "dense_logits.npy"          # float16 [K, C, h, w]
+M_DENSE_TOPK_IDX = "dense_topk_idx.npy"      # uint8 (C <= 256, else int16) [K, k, h, w]
+M_DENSE_TOPK_LOGITS = "dense_topk_logits.npy"  # float16 [K, k, h, w]
+M_DENSE_REST = "dense_rest.npy"              # float16 [K, h, w]: probability mass outside the top k (T=1)
+DENSE_MEMBERS = (M_DENSE_LOGITS, M_DENSE_TOPK_IDX, M_DENSE_TOPK_LOGITS, M_DENSE_REST)
+NPY_MEMBERS = (M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS, M_FEATURES, *DENSE_MEMBERS)
 
 
 OPTIONAL_KEYS = ("prompt_class", "prompt")   # json keys absent unless set
@@ -103,6 +111,57 @@ def dense_logits(members: dict, meta: SampleMeta, num_classes: int, where: str =
     out = np.repeat(other[:, None], num_classes, axis=1).astype(np.float32)
     np.put_along_axis(out, idx, top, axis=1)
     return out
+
+
+def encode_dense(logits: np.ndarray, topk: int | None) -> dict:
+    """Members for dense teacher logits [K, C, h, w]: full float16, or per location the top k
+    (indices, float16 logits) and the float16 rest mass at T=1. The rest is a member, not json:
+    it has one value per location."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 4:
+        raise ValueError(f"dense logits are [K, C, h, w], got shape {logits.shape}")
+    k_views, classes, h, w = logits.shape
+    if not topk or topk >= classes:
+        return {M_DENSE_LOGITS: npy_bytes(logits.astype(np.float16))}
+    flat = logits.transpose(0, 2, 3, 1).reshape(-1, classes)      # [K·h·w, C]
+    idx = np.argsort(-flat, axis=1, kind="stable")[:, :topk]
+    top = np.take_along_axis(flat, idx, axis=1)
+    rest = np.clip(1.0 - np.exp(top - _logsumexp(flat)[:, None]).sum(1), 0.0, 1.0)
+
+    def grid(a):   # [K·h·w, k] → [K, k, h, w]
+        return a.reshape(k_views, h, w, -1).transpose(0, 3, 1, 2)
+    idx_type = np.uint8 if classes <= 256 else np.int16
+    return {M_DENSE_TOPK_IDX: npy_bytes(grid(idx).astype(idx_type)),
+            M_DENSE_TOPK_LOGITS: npy_bytes(grid(top).astype(np.float16)),
+            M_DENSE_REST: npy_bytes(rest.reshape(k_views, h, w).astype(np.float16))}
+
+
+def decode_dense(members: dict, num_classes: int, where: str = "") -> np.ndarray:
+    """Dense teacher logits [K, C, h, w] float32 from a sample's members (full, or top-k with the
+    rest spread evenly over the other classes, as `dense_logits` does for one logit vector)."""
+    if M_DENSE_LOGITS in members:
+        out = npy_load(members[M_DENSE_LOGITS], where).astype(np.float32)
+        if out.ndim != 4 or out.shape[1] != num_classes:
+            raise ValueError(f"{where}: dense logits shape {out.shape}, expected [K, {num_classes}, h, w]")
+        return out
+    if not {M_DENSE_TOPK_IDX, M_DENSE_TOPK_LOGITS, M_DENSE_REST} <= members.keys():
+        raise ValueError(f"{where}: sample has no dense teacher logits ({M_DENSE_LOGITS} or {M_DENSE_TOPK_IDX})")
+    idx = npy_load(members[M_DENSE_TOPK_IDX], where).astype(np.int64)
+    top = npy_load(members[M_DENSE_TOPK_LOGITS], where).astype(np.float32)
+    rest = npy_load(members[M_DENSE_REST], where).astype(np.float64)
+    if idx.ndim != 4 or idx.shape != top.shape or rest.shape != (idx.shape[0], *idx.shape[2:]):
+        raise ValueError(f"{where}: dense top-k shapes {idx.shape}, {top.shape}, {rest.shape} disagree")
+    if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
+        raise ValueError(f"{where}: dense top-k class index outside 0..{num_classes - 1}")
+    k_views, k, h, w = idx.shape
+    flat_idx = idx.transpose(0, 2, 3, 1).reshape(-1, k)
+    flat_top = top.transpose(0, 2, 3, 1).reshape(-1, k)
+    flat_rest = rest.reshape(-1)
+    lse = _logsumexp(flat_top) - np.log(np.clip(1.0 - flat_rest, 1e-12, None))
+    other = np.log(np.clip(flat_rest / max(num_classes - k, 1), 1e-30, None)) + lse
+    out = np.repeat(other[:, None], num_classes, axis=1).astype(np.float32)
+    np.put_along_axis(out, flat_idx, flat_top, axis=1)
+    return out.reshape(k_views, h, w, num_classes).transpose(0, 3, 1, 2).copy()
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

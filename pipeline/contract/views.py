@@ -259,6 +259,29 @@ def view_pixels(image, view: Sequence[float], size: int):
     return out
 
 
+def view_mask(mask, view: Sequence[float], size: int):
+    """One view of a mask (uint8 [H, W] tensor, class ids) → uint8 [size, size]: the same box and
+    flip as `view_pixels`, resized by nearest neighbour (pixel centres: `nearest-exact`), so labels
+    are never blended. The one definition, used by the trainer and by the probe; works on any device."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = mask.shape
+    x0, y0, x1, y1 = view_box(view, width, height)
+    crop = mask[y0:y1, x0:x1][None, None].float()
+    out = F.interpolate(crop, size=(size, size), mode="nearest-exact").squeeze(0).squeeze(0).to(torch.uint8)
+    if view[4]:
+        out = torch.flip(out, dims=[1])
+    return out
+
+
+def views_mask_batch(mask, views: Sequence[Sequence[float]], size: int):
+    """All recorded views of one mask: uint8 [K, size, size]."""
+    import torch
+
+    return torch.stack([view_mask(mask, v, size) for v in views])
+
+
 def views_batch(image, views: Sequence[Sequence[float]], size: int):
     """All recorded views of one image: float [K, 3, size, size] in [0, 1]."""
     import torch

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..contract import storage
 from ..contract.errors import ConfigError, first_line
 from ..contract.files import atomic_write
+from ..contract.tasks import CLASSIFICATION, SEGMENTATION, check_task
 
 INDEX_FILE = "index.parquet"
 REJECTS_FILE = "rejects.parquet"
@@ -19,18 +20,23 @@ CLASSES_FILE = "classes.json"
 CLASSES_KEY = b"tsdistill.classes"
 SETTINGS_KEY = b"tsdistill.ingest"   # the decoding limits and split settings the index was made with
 SOURCE_KEY = b"tsdistill.source"     # the source it was made from (absolute path), for `ingest`'s refusals
-# column → Arrow type name, in file order
+TASK_KEY = b"tsdistill.task"         # contract/tasks.py; absent in indexes made before segmentation: classification
+# column → Arrow type name, in file order. A segmentation index records each image's mask (path and
+# sha256); the label of a segmentation row is -1 (its classes are in its mask). Null for classification.
 COLUMNS = {"uid": "string", "path": "string", "relpath": "string", "label": "int32", "class_name": "string",
-           "split": "string", "sha256": "string", "width": "int32", "height": "int32", "source_mode": "string"}
+           "split": "string", "sha256": "string", "width": "int32", "height": "int32",
+           "mask_path": "string", "mask_sha256": "string", "source_mode": "string"}
 INDEX_COLUMNS = tuple(COLUMNS)
 READ_COLUMNS = INDEX_COLUMNS[:-1]    # what later stages use (source_mode is for the user)
+MASK_COLUMNS = ("mask_path", "mask_sha256")
 
 
-def index_schema(classes: list[str], settings: dict, source: str | None = None):
+def index_schema(classes: list[str], settings: dict, source: str | None = None, task: str = CLASSIFICATION):
     import pyarrow as pa
 
     metadata = {CLASSES_KEY: json.dumps(classes, ensure_ascii=False).encode(),
-                SETTINGS_KEY: json.dumps(settings, sort_keys=True).encode()}
+                SETTINGS_KEY: json.dumps(settings, sort_keys=True).encode(),
+                TASK_KEY: check_task(task).encode()}
     if source is not None:
         metadata[SOURCE_KEY] = source.encode()
     return pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS.items()], metadata=metadata)
@@ -45,11 +51,14 @@ def _write_table(path, table) -> None:
     atomic_write(path, sink.getvalue().to_pybytes())
 
 
-def write_index(path, rows: list[dict], classes: list[str], settings: dict, source: str | None = None) -> None:
+def write_index(path, rows: list[dict], classes: list[str], settings: dict, source: str | None = None,
+                task: str = CLASSIFICATION) -> None:
+    """Rows lacking the mask columns (classification) get nulls there."""
     import pyarrow as pa
 
-    table = pa.Table.from_pydict({name: [r[name] for r in rows] for name in INDEX_COLUMNS},
-                                 schema=index_schema(classes, settings, source))
+    table = pa.Table.from_pydict({name: [r.get(name) if name in MASK_COLUMNS else r[name] for r in rows]
+                                  for name in INDEX_COLUMNS},
+                                 schema=index_schema(classes, settings, source, task))
     _write_table(path, table)
 
 
@@ -77,6 +86,7 @@ class SourceIndex:
     classes: list[str]
     rows: list[dict]          # sorted by uid; labels index into `classes`
     limits: dict              # the decoding limits ingest used: later stages decode with the same
+    task: str = CLASSIFICATION
 
     def split(self, name: str) -> list[dict]:
         return [r for r in self.rows if r["split"] == name]
@@ -86,19 +96,37 @@ def read_source_index(data) -> SourceIndex:
     """Rows of the ingested index `data.index` (a path or a URL), restricted to `data.classes` when
     given (labels re-indexed); `data` is the job's DataConfig."""
     table = read_index_table(data.index)
-    missing = [c for c in READ_COLUMNS if c not in table.column_names]
+    meta = table.schema.metadata or {}
+    task = index_task_of(meta)
+    needed = [c for c in READ_COLUMNS if task == SEGMENTATION or c not in MASK_COLUMNS]
+    missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise ConfigError(f"{data.index}: not an ingest index (missing column {missing[0]!r})")
-    meta = table.schema.metadata or {}
     classes = json.loads(meta[CLASSES_KEY]) if CLASSES_KEY in meta \
         else sorted(set(table.column("class_name").to_pylist()))
-    rows = table.select(list(READ_COLUMNS)).to_pylist()
+    rows = table.select(needed).to_pylist()
     if data.classes:
         keep = {name: i for i, name in enumerate(data.classes)}
         rows = [dict(r, label=keep[r["class_name"]]) for r in rows if r["class_name"] in keep]
         classes = list(data.classes)
     rows.sort(key=lambda r: r["uid"])
-    return SourceIndex(classes, rows, _limits(meta))
+    return SourceIndex(classes, rows, _limits(meta), task)
+
+
+def index_task_of(meta: dict) -> str:
+    """The task recorded in an index's schema metadata (classification when none is)."""
+    return check_task(meta.get(TASK_KEY, CLASSIFICATION.encode()).decode(), "index task")
+
+
+def index_task(path) -> str:
+    """The task of an index (a path or a URL), from its schema metadata only."""
+    import pyarrow.parquet as pq
+
+    try:
+        with storage.open_read(path) as f:
+            return index_task_of(pq.read_schema(f).metadata or {})
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no index (run `tsd ingest` first)") from None
 
 
 def read_index_table(path, columns: list[str] | None = None):
