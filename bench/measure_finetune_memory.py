@@ -7,7 +7,7 @@ every parameter, layer-wise decay) at batch 1, 224 px, fp32 on the CPU, and prin
 memory it added, beside the arithmetic: fp32 weights + gradients + AdamW's two moments = 16 bytes
 per parameter, before activations. The parameter count comes from the model built on the meta
 device, so the arithmetic covers ViT-g/14 without building it. Default archs: ViT-S/14 and ViT-B/14
-(a ViT-g/14 step needs ~18 GB before activations: run it only on a machine that has the memory).
+(a ViT-g/14 step added 18.6 GiB on a 24 GiB machine: name it only on a machine that has the memory).
 """
 import json
 import resource
