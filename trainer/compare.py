@@ -38,6 +38,8 @@ from pipeline.contract.errors import Interrupted
 from pipeline.contract.files import atomic_write, read_json, reuse, write_json
 from pipeline.contract.ids import fingerprint
 from pipeline.contract.logs import get_logger
+from pipeline.contract.manifest import manifest_task
+from pipeline.contract.tasks import headline
 
 from .cost import ShardSeconds, row_hours
 from .config import DataConfig, OptimConfig, RunSettings, StudentConfig, TrainConfig, check_releases
@@ -245,16 +247,28 @@ def run_compare(config: CompareConfig, out: str | Path, log=print) -> dict:
     log(f"[compare] {len(rows)} rows × {config.seeds} seeds; each run: {budget.steps} steps, "
         f"{budget.real_per_step} real images per step (+ {budget.mix_per_step} mixes in the rows with mixes)")
     finished: dict[str, list[dict]] = {}
+    key, label = headline(task_of(rows))
     for row in rows:
         finished[row.id] = []
         for seed in seeds(config):
             metrics, reused = run_one(row, seed, out)
             finished[row.id].append(metrics)
-            log(f"[compare] {row.id} seed {seed}: val top-1 {metrics['val']['top1']:.4f}"
+            log(f"[compare] {row.id} seed {seed}: val {label} {metrics['val'][key]:.4f}"
                 f"{' (reused)' if reused else ''}")
     results = tabulate(config, rows, budget, finished, out)
     write_results(results, out)
     return results
+
+
+def task_of(rows: list[Row]) -> str:
+    """The compare's task: its releases' (the trainer refuses a release of another task than its config)."""
+    return manifest_task(rows[0].releases.releases[0].manifest)
+
+
+def metric_of(results: dict) -> tuple[str, str]:
+    """(key, label) of the metric a results.json ranks by (top-1 in results written before segmentation)."""
+    m = results.get("metric") or {"key": "top1", "label": "top-1"}
+    return m["key"], m["label"]
 
 
 def run_dir(out: Path, row: Row, seed: int) -> Path:
@@ -291,8 +305,10 @@ def run_one(row: Row, seed: int, out: Path) -> tuple[dict, bool]:
 
 # -- results ------------------------------------------------------------------------------------
 def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: dict, out: Path) -> dict:
-    """results.json's content: per row its seeds, budget, val top-1 per seed, mean, std and interval,
-    the pool it read and what its data cost; the paired differences between rows."""
+    """results.json's content: per row its seeds, budget, the task's headline metric per seed (val
+    top-1 or mIoU: `val_<key>`), mean, std and interval, the pool it read and what its data cost; the
+    paired differences between rows."""
+    key, label = headline(task_of(rows))
     table = []
     seconds = ShardSeconds()
     for row in rows:
@@ -302,13 +318,13 @@ def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: d
         if spent != {expected}:
             raise RuntimeError(f"row {row.id}: runs spent {sorted(spent)} (steps, real images), the budget is "
                                f"{expected}: not comparable")
-        top1 = [m["val"]["top1"] for m in runs]
-        stats = summary(top1)
+        values = [m["val"][key] for m in runs]
+        stats = summary(values)
         teacher = row.releases.releases[0].teacher if row.teacher else {}
         table.append({
             "id": row.id, "label": row.label, "teacher": row.teacher, "mode": row.mode, "generator": row.generator,
             "student": row.config.student.arch, "student_name": row.student,
-            "teacher_val_top1": teacher.get("val_top1"),
+            f"teacher_val_{key}": teacher.get(f"val_{key}"),
             "teacher_adaptation": (teacher.get("adaptation") or {}).get("mode", "probe") if row.teacher else None,
             "releases": [r.root for r in row.releases],
             "seeds": seeds(config),
@@ -319,14 +335,15 @@ def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: d
             "pool_mixes": sum(s.count for s in row.releases.mix_pool([row.generator], row.pool))
             if row.generator else 0,
             "data_cost": row_hours(seconds, row.releases, row.teacher is not None, row.generator, row.pool),
-            "val_top1": top1,
+            f"val_{key}": values,
             "mean": stats["mean"],
             "std": stats["std"],
             "interval": stats["interval"],
-            "agreement": [m["val"]["agreement"] for m in runs],
+            "agreement": [m["val"].get("agreement") for m in runs],
             "runs": [str(run_dir(out, row, s).relative_to(out)) for s in seeds(config)],
         })
     return {
+        "metric": {"key": key, "label": label},
         "budget": {"steps": budget.steps, "real_per_step": budget.real_per_step,
                    "mix_per_step": budget.mix_per_step, "real_images": budget.steps * budget.real_per_step,
                    "real_train": budget.real_train,
@@ -334,7 +351,7 @@ def tabulate(config: CompareConfig, rows: list[Row], budget: Budget, finished: d
         "std": "sample standard deviation over the seeds (n - 1)",
         "interval": f"two-sided {CONFIDENCE:.0%} Student-t interval of the mean over the seeds (null with one seed)",
         "confidence": CONFIDENCE,
-        "differences": differences(table),
+        "differences": differences(table, key),
         "student": config.student.arch,
         "students": [config.student.arch] + [s.student.arch for s in config.students],
         "classes": rows[0].releases.num_classes,
@@ -358,10 +375,10 @@ def comparisons(rows: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
-def differences(rows: list[dict]) -> list[dict]:
-    """Paired differences of val top-1, seed by seed (the same seed shares the data order)."""
+def differences(rows: list[dict], key: str = "top1") -> list[dict]:
+    """Paired differences of the headline metric, seed by seed (the same seed shares the data order)."""
     by_id = {r["id"]: r for r in rows}
-    return [{"row": a, "against": b, **paired(by_id[a]["val_top1"], by_id[b]["val_top1"])}
+    return [{"row": a, "against": b, **paired(by_id[a][f"val_{key}"], by_id[b][f"val_{key}"])}
             for a, b in comparisons(rows)]
 
 
@@ -383,6 +400,7 @@ def row_label(results: dict, row: dict) -> str:
 
 
 def markdown(results: dict) -> str:
+    key, label = metric_of(results)
     b = results["budget"]
     lines = [
         f"# tsd compare: {' and '.join(results['students'])} students, {results['classes']} classes",
@@ -390,28 +408,28 @@ def markdown(results: dict) -> str:
         f"Every run: {b['steps']:,} optimizer steps with {b['real_per_step']} real images each, so "
         f"{b['real_images']:,} real images seen ({b['epochs_of_real']:g} passes over the {b['real_train']:,} real "
         f"training images); the rows with mixes read {b['mix_per_step']} mixes per step on top. "
-        f"Val top-1 (%) is the mean ± {results['std']}; the interval is the {results['interval']}.",
+        f"Val {label} (%) is the mean ± {results['std']}; the interval is the {results['interval']}.",
         "",
-        f"| row | teacher | val top-1 (%) | {results['confidence']:.0%} interval | seeds | steps | real images "
+        f"| row | teacher | val {label} (%) | {results['confidence']:.0%} interval | seeds | steps | real images "
         f"| mix images | mix pool | data hours |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["rows"]:
         teacher = "—"
         if r["teacher"]:
-            teacher = r["teacher"] + (f" ({100 * r['teacher_val_top1']:.1f})" if r["teacher_val_top1"] is not None
-                                      else "")
+            own = r.get(f"teacher_val_{key}")
+            teacher = r["teacher"] + (f" ({100 * own:.1f})" if own is not None else "")
         lines.append(f"| {row_label(results, r)} | {teacher} | {100 * r['mean']:.1f} ± {100 * r['std']:.1f} "
                      f"| {_pct_interval(r['interval'])} | {len(r['seeds'])} "
                      f"| {r['steps']:,} | {r['real_images']:,} | {r['mix_images']:,} "
                      f"| {_pool_cell(r)} | {_hours_cell(r['data_cost'])} |")
-    lines += ["", "The teacher column gives the teacher's own val top-1 (%) in brackets. Mix pool: the mixes the "
+    lines += ["", f"The teacher column gives the teacher's own val {label} (%) in brackets. Mix pool: the mixes the "
                   "row's runs drew from (the first shards of the generator's pool, the fraction in brackets). "
                   "Data hours: the device hours that made what the row reads (the teacher's labels of the real "
                   "images, plus its share of the mix pool's), from the seconds each shard's stats recorded; "
                   "— where a shard recorded none (`tsd plan JOB --dry-run` estimates them)."]
     if results["differences"]:
-        lines += ["", f"Paired differences of val top-1 (points), row minus the row it is set against, seed by seed "
+        lines += ["", f"Paired differences of val {label} (points), row minus the row it is set against, seed by seed "
                       f"(the same seed shares the data order); **bold**: the {results['confidence']:.0%} interval "
                       f"excludes zero.", "",
                   f"| row | against | per seed | mean | {results['confidence']:.0%} interval |",
@@ -425,8 +443,8 @@ def markdown(results: dict) -> str:
 
 
 def chart(results: dict, path: Path) -> bool:
-    """Bars of the mean val top-1 with its t interval as error bars (dots: the seeds), and beside
-    them the paired differences with their intervals; False when matplotlib is absent."""
+    """Bars of the mean headline metric (val top-1 or mIoU) with its t interval as error bars (dots:
+    the seeds), and beside them the paired differences with their intervals; False when matplotlib is absent."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -435,6 +453,7 @@ def chart(results: dict, path: Path) -> bool:
     import io
     import textwrap
 
+    key, label = metric_of(results)
     rows, diffs = results["rows"], results["differences"]
     level = f"{results['confidence']:.0%}"
     # wrapped: side by side, long row names ("KD + SD-Mixup (ImageMixer)") ran into each other
@@ -451,16 +470,17 @@ def chart(results: dict, path: Path) -> bool:
 
     ax.bar(range(len(rows)), [100 * r["mean"] for r in rows], yerr=half_widths(rows), capsize=4, color=colours)
     for i, r in enumerate(rows):
-        ax.scatter([i] * len(r["val_top1"]), [100 * v for v in r["val_top1"]], s=10, color="black", zorder=3)
+        ax.scatter([i] * len(r[f"val_{key}"]), [100 * v for v in r[f"val_{key}"]], s=10, color="black", zorder=3)
         ax.annotate(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", (i, 0), xytext=(0, 4), textcoords="offset points",
                     ha="center", fontsize=7, color="white")
-    teachers = {r["teacher"]: r["teacher_val_top1"] for r in rows if r["teacher"] and r["teacher_val_top1"] is not None}
-    for (name, top1), style in zip(teachers.items(), ("--", ":", "-.", (0, (1, 3)))):   # what the students chase
-        ax.axhline(100 * top1, linestyle=style, linewidth=1, color="#d62728", label=f"{name} teacher ({100 * top1:.1f})")
+    teachers = {r["teacher"]: r[f"teacher_val_{key}"] for r in rows
+                if r["teacher"] and r.get(f"teacher_val_{key}") is not None}
+    for (name, value), style in zip(teachers.items(), ("--", ":", "-.", (0, (1, 3)))):   # what the students chase
+        ax.axhline(100 * value, linestyle=style, linewidth=1, color="#d62728", label=f"{name} teacher ({100 * value:.1f})")
     if teachers:
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("val top-1 (%)")
+    ax.set_ylabel(f"val {label} (%)")
     b = results["budget"]
     ax.set_title(f"{' and '.join(results['students'])}: {b['steps']} steps, {b['real_images']:,} real images per run; "
                  f"mean, {level} t interval over {len(rows[0]['seeds'])} seeds (dots: seeds)", fontsize=8)
@@ -472,7 +492,7 @@ def chart(results: dict, path: Path) -> bool:
                          ecolor="#d62728" if d["excludes_zero"] else "#7f7f7f")
         dax.axvline(0.0, color="#7f7f7f", linewidth=0.8, linestyle="--")
         dax.set_yticks(ys, [f"{d['row']}\n− {d['against']}" for d in diffs], fontsize=7)
-        dax.set_xlabel("paired difference of val top-1 (points)", fontsize=8)
+        dax.set_xlabel(f"paired difference of val {label} (points)", fontsize=8)
         dax.set_title(f"same seed paired, {level} interval (red: excludes 0)", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()

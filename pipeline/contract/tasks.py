@@ -22,3 +22,13 @@ def check_task(task: str, where: str = "task") -> str:
     if task not in TASKS:
         raise ValueError(f"{where}: {task!r} is not a task (expected one of {', '.join(TASKS)})")
     return task
+
+
+# The one number a task's runs are ranked by: its key in a run's metrics["val"] (and, prefixed with
+# "val_", in probe.json, the release's teacher record and a compare's rows) and how tables name it.
+HEADLINE = {CLASSIFICATION: ("top1", "top-1"), SEGMENTATION: ("miou", "mIoU")}
+
+
+def headline(task: str) -> tuple[str, str]:
+    """(metrics key, label) of the task's headline metric: ('top1', 'top-1') or ('miou', 'mIoU')."""
+    return HEADLINE[check_task(task)]
