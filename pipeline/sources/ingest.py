@@ -338,7 +338,8 @@ def run(args) -> int:
         rejected += f" ({_reasons_text(summary.reject_reasons)}; see {summary.rejects})"
     for warning in summary.warnings:
         print(f"ingest: warning: {warning}", file=sys.stderr)
-    print(f"ingest: kept {summary.kept}, {rejected}; {len(summary.classes)} classes; "
+    task = "segmentation, " if summary.task == SEGMENTATION else ""
+    print(f"ingest: kept {summary.kept}, {rejected}; {task}{len(summary.classes)} classes; "
           f"train {summary.splits['train']}, val {summary.splits['val']}"
           + _leak_note(summary.duplicates_across_splits) + _no_val_note(summary.splits["val"]))
     return 0

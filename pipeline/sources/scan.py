@@ -69,9 +69,10 @@ def _scan_folder(root: Path, out_dir: Path | None) -> Scan:
         entries = [e for e in entries if e not in folders]
     elif any(split_of.values()):
         named = sorted(n for n, s in split_of.items() if s)
-        scan.warnings.append(f"{root}: folders {', '.join(named)} look like split folders, but "
-                             f"{', '.join(sorted(n for n, s in split_of.items() if not s)[:3])} do not: all are read "
-                             "as classes (put every class inside train/ and val/ to keep that split)")
+        others = sorted(n for n, s in split_of.items() if not s)
+        scan.warnings.append(f"{root}: {'/, '.join(named)}/ named like split folders beside {others[0]}/"
+                             f"{' and others' if len(others) > 1 else ''}: all read as classes (put every class "
+                             "folder inside train/ and val/ to keep that split)")
     _scan_classes(root, root, skip_dir, scan, None, entries)
     return scan
 
