@@ -30,8 +30,14 @@ Outputs (in `--out DIR`)
   source_mode, sorted by uid. Schema metadata: the class list (`tsdistill.classes`), the
   settings it was made with (`tsdistill.ingest`: min_size, max_pixels, val_fraction, seed), so a
   later `open_rgb` of these files can use the same limits, and its source (`tsdistill.source`).
-- `classes.json`: the class list. Classes are the label names of the kept rows, sorted
-  (numerically when every name is an integer); a class with no kept image does not exist.
+- `classes.json`: the class list. By default the label names of the kept rows, sorted
+  (numerically when every name is an integer); a class with no kept image does not exist. A class
+  order given (`--classes FILE`) or the source's own (an ImageFolder's `classes.txt`, a ClassLabel's
+  names, a segmentation dataset's list) is kept as it is, classes without an image included (a
+  warning), and an image of a class it does not name is rejected.
+- segmentation sources (`sources.layouts`): the index's task is `segmentation`, each row has
+  label -1, class_name "", and its checked mask (`mask_path`, `mask_sha256`; `sources.masks`);
+  remapped masks are written to `masks/` beside the index.
 - `rejects.parquet`: path, reason (always written).
 
 Split: with no `split` column, each class's uids are sorted and a seeded permutation picks

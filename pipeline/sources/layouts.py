@@ -30,8 +30,24 @@ Layouts that carry image bytes instead of files:
   content-addressed, to `OUT/images/<sha256[:2]>/<sha256>.<ext>` beside the index (the index's
   `path` column points there, so every later stage reads plain files); the `relpath` that enters
   the uid is `<file>/<row or key>`, relative to SRC.
-- `imagefolder` (`SRC/<class>/…`) and `csv` (a .csv/.parquet list `path,label[,split]`): read by
-  `sources.ingest` itself.
+- `imagefolder` (`SRC/<class>/…`, or `SRC/<split>/<class>/…` when every top-level folder is a split
+  name; a `classes.txt` in SRC is the class order) and `csv` (a .csv/.parquet list
+  `path,label[,split]`): read by `sources.scan` and `sources.lists`.
+Segmentation layouts (each candidate carries the mask it should have and, where the dataset's values
+are not class ids, the `masks.LabelMap` to them; ingest checks and indexes the mask, `sources.masks`):
+- `ade20k`: `ADEChallengeData2016/images/{training,validation}/*.jpg` with
+  `annotations/<part>/<stem>.png`; training → train, validation → val; 0 ("other") → ignored,
+  1..150 → 0..149; names from `objectInfo150.txt`/`.csv` when present, else `classlists/ade20k.txt`;
+- `voc2012`: `VOC2012/` (or `VOCdevkit/VOC2012/`): `ImageSets/Segmentation/{train,val}.txt` name the
+  images `JPEGImages/<id>.jpg` with `SegmentationClass/<id>.png` (palette indices = class ids; 255 =
+  borders, ignored); 21 classes (`classlists/voc2012.txt`);
+- `cityscapes`: `leftImg8bit/{train,val}/<city>/*_leftImg8bit.png` with
+  `gtFine/<split>/<city>/*_gtFine_labelIds.png`, labelIds → the 19 train ids, the rest ignored;
+- `pairs`: `images/` and `masks/` with matching stems (optional top-level `train/`, `val/` in both),
+  classes from `classes.txt` or `--classes`, unlabelled value `--mask-ignore` (default 255);
+- `hf-parquet` with a mask column (see above): segmentation, classes as for `pairs`.
+A segmentation layout fixes the class list (`Scan.classes`: value i = class i); `--classes` renames
+the classes of the datasets' fixed ids (same count) and names those of `pairs` and `hf-parquet`.
 """
 from __future__ import annotations
 
