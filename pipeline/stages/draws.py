@@ -69,6 +69,9 @@ def draw_classes(job: JobConfig, train: list[dict], num_classes: int, count: int
     in proportion to each class's train images."""
     if job.plan.class_law == "uniform":
         return rng.integers(num_classes, size=count)
+    if any(r["label"] < 0 for r in train):   # a segmentation index: classes are in the masks, not the rows
+        raise ConfigError("plan.class_law: 'frequency' counts images per class; a segmentation index has no "
+                          "class per image (use 'uniform')")
     freq = np.bincount([r["label"] for r in train], minlength=num_classes).astype(np.float64)
     return rng.choice(num_classes, size=count, p=freq / freq.sum())
 
@@ -78,6 +81,8 @@ def draw_pairs(job: JobConfig, train: list[dict], count: int, rng: np.random.Gen
     labels = np.array([r["label"] for r in train])
     by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
     mode, n = job.plan.pairing, len(train)
+    if mode != "any" and (labels < 0).any():   # a segmentation index: no class per image to pair by
+        raise ConfigError(f"plan.pairing: {mode!r} pairs by image class; a segmentation index has none (use 'any')")
     if n < 2:
         raise ConfigError(f"plan: mixing needs at least 2 training images, the index has {n}")
     if mode == "cross-class" and len(by_class) < 2:
@@ -152,7 +157,7 @@ def real_part(job: JobConfig, rows: list[dict], split: str, classes: list[str]) 
         seeds = [derive_seed(job.seed, u) for u in uids]
         widths, heights, views = geometry_many(job, "real", split, seeds, chunk)
         labels = [r["label"] for r in chunk]
-        return {"uid": uids, "label": labels, "class_name": [classes[i] for i in labels],
+        return {"uid": uids, "label": labels, "class_name": [classes[i] if i >= 0 else None for i in labels],
                 "path": [r["path"] for r in chunk], "parents": [[]] * len(chunk), "parent_paths": [[]] * len(chunk),
                 "weight": [None] * len(chunk), "seed": seeds, "width": widths, "height": heights, "views": views,
                 "prompt": [None] * len(chunk)}
