@@ -176,6 +176,18 @@ def teacher_summary(logits: np.ndarray) -> tuple[int, float]:
     return int(mean.argmax()), entropy
 
 
+def dense_summary(logits: np.ndarray) -> tuple[int, float]:
+    """The index's teacher_top1 and teacher_entropy of a segmentation sample, from its dense logits
+    [K, C, h, w]: the class most locations of the first view's argmax map take (ties: the lowest
+    class), and the mean over those locations of the per-location entropy (nats) at T = 1."""
+    z = np.asarray(logits, dtype=np.float64)[0]                 # [C, h, w]
+    p = np.exp(z - z.max(0, keepdims=True))
+    p /= p.sum(0, keepdims=True)
+    entropy = float(-(p * np.log(np.clip(p, 1e-12, None))).sum(0).mean())
+    majority = int(np.bincount(z.argmax(0).reshape(-1), minlength=z.shape[0]).argmax())
+    return majority, entropy
+
+
 def teacher_mean_probs(logits: np.ndarray) -> np.ndarray:
     """The teacher's class probabilities averaged over the views: [C] from logits [K, C]."""
     z = np.asarray(logits, dtype=np.float64)

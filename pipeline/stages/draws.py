@@ -11,6 +11,7 @@ from ..config import JobConfig
 from ..contract.configlib import ConfigError
 from ..contract.generators import PROMPTED_KINDS
 from ..contract.ids import derive_seed, make_uid
+from ..contract.tasks import CLASSIFICATION, SEGMENTATION
 from ..contract.images import stored_size
 from ..contract.views import center_view, sample_views_many
 from .planfile import PlanRow
@@ -50,7 +51,7 @@ def make_row(job: JobConfig, uid: str, split: str, kind: str, *, label: int, cla
     return PlanRow(uid=uid, split=split, kind=kind, shard=shard, label=label, class_name=class_name,
                    path=source["path"] if kind == "real" else None, parents=list(parents),
                    parent_paths=list(parent_paths), weight=weight, seed=seed, width=width, height=height,
-                   views=views, prompt=prompt)
+                   views=views, prompt=prompt, mask_path=source.get("mask_path") if kind == "real" else None)
 
 
 def prompted(job: JobConfig) -> bool:
@@ -61,6 +62,17 @@ def prompted(job: JobConfig) -> bool:
 def prompt_index(job: JobConfig, uid: str) -> int:
     """The prompt template of a prompted sample: uniform over the templates, from (seed, uid)."""
     return derive_seed(job.seed, uid, "prompt") % len(job.generator.templates)
+
+
+def check_segmentation_mixes(job: JobConfig) -> None:
+    """A segmentation image has no one class: its mixes pair any two images ('any'), and a class-name
+    prompt (sd-text) has nothing to name."""
+    if job.plan.pairing != "any":
+        raise ConfigError(f"plan.pairing: {job.plan.pairing!r} needs image labels; a segmentation job pairs "
+                          "any two images (use 'any')")
+    if prompted(job):
+        raise ConfigError(f"generator.kind: {job.generator.kind!r} prompts with a class name; a segmentation "
+                          "image has no one class (use an image mixer)")
 
 
 def draw_classes(job: JobConfig, train: list[dict], num_classes: int, count: int,
@@ -152,17 +164,20 @@ def real_part(job: JobConfig, rows: list[dict], split: str, classes: list[str]) 
         seeds = [derive_seed(job.seed, u) for u in uids]
         widths, heights, views = geometry_many(job, "real", split, seeds, chunk)
         labels = [r["label"] for r in chunk]
-        return {"uid": uids, "label": labels, "class_name": [classes[i] for i in labels],
+        # a segmentation row's label is -1 (its classes are in its mask) and it has no class name
+        return {"uid": uids, "label": labels, "class_name": [classes[i] if i >= 0 else None for i in labels],
                 "path": [r["path"] for r in chunk], "parents": [[]] * len(chunk), "parent_paths": [[]] * len(chunk),
                 "weight": [None] * len(chunk), "seed": seeds, "width": widths, "height": heights, "views": views,
-                "prompt": [None] * len(chunk)}
+                "prompt": [None] * len(chunk), "mask_path": [r.get("mask_path") for r in chunk]}
     return Part("real", split, len(rows), columns)
 
 
-def mix_part(job: JobConfig, train: list[dict], classes: list[str]) -> Part:
+def mix_part(job: JobConfig, train: list[dict], classes: list[str], task: str = CLASSIFICATION) -> Part:
     count = job.plan.resolve_pool(len(train))
     if count == 0:
         return Part("mix", "train", 0, None)
+    if task == SEGMENTATION:
+        check_segmentation_mixes(job)
     rng = np.random.Generator(np.random.PCG64(job.seed))
     if prompted(job):
         return prompt_part(job, train, classes, count, rng)
@@ -180,7 +195,7 @@ def mix_part(job: JobConfig, train: list[dict], classes: list[str]) -> Part:
                 "parents": [list(p) for p in zip(ua, ub)],
                 "parent_paths": [[train[i]["path"], train[j]["path"]] for i, j in zip(a, b)],
                 "weight": weights[start:stop], "seed": seeds, "width": widths, "height": heights, "views": views,
-                "prompt": [None] * n}
+                "prompt": [None] * n, "mask_path": [None] * n}
     return Part("mix", "train", count, columns)
 
 
@@ -197,5 +212,6 @@ def prompt_part(job: JobConfig, train: list[dict], classes: list[str], count: in
         n = len(uids)
         return {"uid": uids, "label": [-1] * n, "class_name": [classes[c] for c in picked], "path": [None] * n,
                 "parents": [[]] * n, "parent_paths": [[]] * n, "weight": [None] * n, "seed": seeds,
-                "width": widths, "height": heights, "views": views, "prompt": [prompt_index(job, u) for u in uids]}
+                "width": widths, "height": heights, "views": views, "prompt": [prompt_index(job, u) for u in uids],
+                "mask_path": [None] * n}
     return Part("mix", "train", count, columns)

@@ -1,0 +1,210 @@
+"""Segmentation generation end to end at tiny size: probe (dense head on frozen patch tokens), plan,
+the shard worker (masks on real samples, dense teacher logits per view, mixes without masks), release,
+verify, regenerate, subset and the dataset card loaded by `datasets`."""
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.config import load_job
+from pipeline.contract.configlib import ConfigError
+from pipeline.contract.dense import upsample_logits
+from pipeline.contract.errors import UserError
+from pipeline.contract.layout import HEAD_FILE, INDEX, MANIFEST, PROBE_METRICS, TEACHER_DIR
+from pipeline.contract.masks import decode_mask
+from pipeline.contract.samples import (M_DENSE_LOGITS, M_DENSE_REST, M_DENSE_TOPK_IDX, M_JSON, M_MASK, SampleMeta,
+                                       decode_dense, dense_summary)
+from pipeline.contract.shards import read_shard
+from pipeline.contract.tasks import IGNORE_INDEX
+from pipeline.models.teacher import DENSE_LINEAR, load_teacher, read_adaptation
+from pipeline.stages.jobdir import JobFolder, plan_path
+from pipeline.stages.plan import plan_stage, read_plan, write_plan
+from pipeline.stages.probe import probe_stage
+from pipeline.stages.release import release_stage
+from pipeline.stages.worker import ShardWorker
+from pipeline.tools.regenerate import regenerate
+from pipeline.tools.subset import make_subset
+from pipeline.tools.verify import check_sample, verify_release
+from seg_data import SEG_CLASSES, seg_job, write_seg_index
+
+
+def generate(job, out: Path, plan=None) -> None:
+    """Every planned shard through the shard worker (what a Ray actor runs), on the CPU."""
+    plan = plan or read_plan(plan_path(out))
+    worker = ShardWorker(job, out, device="cpu")
+    try:
+        for name in plan.shard_names():
+            worker.run_shard(name, plan.rows(name), JobFolder(job, str(out)).makers(plan.fingerprint))
+    finally:
+        worker.close()
+
+
+@pytest.fixture(scope="module")
+def seg_release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    job_path = seg_job(root, write_seg_index(root))
+    job = load_job(job_path)
+    out = root / "release"
+    probe, _ = probe_stage(job, out, "cpu")
+    plan_stage(job, out)
+    generate(job, out)
+    release_stage(job, out)
+    return {"root": root, "out": out, "job": job, "job_path": job_path, "probe": probe}
+
+
+def samples(out: Path, shard: str) -> dict:
+    with open(out / f"{shard}.tar", "rb") as f:
+        return dict(read_shard(f))
+
+
+def test_probe_fits_a_dense_head_and_reports_miou(seg_release):
+    out, probe = seg_release["out"], seg_release["probe"]
+    assert json.loads((out / PROBE_METRICS).read_text()) == probe
+    assert probe["task"] == "segmentation" and probe["head"] == DENSE_LINEAR and probe["grid"] == [4, 4]
+    assert set(probe["val_per_class_iou"]) == set(SEG_CLASSES) and probe["num_classes"] == 3
+    assert 0 < probe["val_pixels"] and 0 <= probe["val_miou"] <= 1 and 0 <= probe["val_pixel_acc"] <= 1
+    # the scenes are flat colours: a linear head on even a random backbone's tokens beats chance
+    assert probe["train_pixel_acc"] > 0.6
+    _, meta, tuned = read_adaptation(out / HEAD_FILE)
+    assert meta["head"] == DENSE_LINEAR and meta["task"] == "segmentation" and meta["in_dim"] == 192 and not tuned
+    teacher = load_teacher(seg_release["job"].teacher, out / HEAD_FILE)
+    logits, feats = teacher(torch.zeros(2, 3, 56, 56))
+    assert teacher.dense and logits.shape == (2, 3, 4, 4) and feats.shape == (2, 384)
+    assert upsample_logits(logits, (56, 56)).shape == (2, 3, 56, 56)
+
+
+def test_the_release_holds_masks_and_dense_logits_and_verifies(seg_release):
+    out = seg_release["out"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["task"] == "segmentation" and manifest["ignore_index"] == IGNORE_INDEX
+    assert manifest["dense"] == {"grid": [4, 4], "logits": "full", "topk": None}
+    assert manifest["teacher"]["val_miou"] == seg_release["probe"]["val_miou"]
+    assert manifest["counts"] == {"real/train": 12, "real/val": 4, "mix/train": 6} and not manifest["failures"]
+    assert verify_release(out) == [] and verify_release(out, quick=True) == []
+
+    index = pq.read_table(out / INDEX).to_pylist()   # one row per sample
+    assert len(index) == 22 and len({r["uid"] for r in index}) == 22
+    assert all(r["label"] == -1 and 0 <= r["teacher_top1"] < 3 and r["teacher_entropy"] >= 0 for r in index)
+
+    real = samples(out, "real/train-000000")
+    key, members = next(iter(real.items()))
+    meta = SampleMeta.from_json(members[M_JSON])
+    mask = decode_mask(members[M_MASK])
+    assert mask.shape == (meta.height, meta.width) and set(np.unique(mask.numpy())) <= {0, 1, 2, IGNORE_INDEX}
+    logits = decode_dense(members, 3)
+    assert logits.shape == (2, 3, 4, 4) and M_DENSE_LOGITS in members
+    record = next(r for r in index if r["uid"] == key)
+    assert (record["teacher_top1"], pytest.approx(record["teacher_entropy"], abs=1e-5)) == dense_summary(logits)
+    val = next(iter(samples(out, "real/val-000000").values()))
+    assert decode_dense(val, 3).shape == (1, 3, 4, 4) and M_MASK in val
+    mix = next(iter(samples(out, "mix/mix-000000").values()))
+    assert M_MASK not in mix and decode_dense(mix, 3).shape == (2, 3, 4, 4)
+
+
+def test_verify_names_a_bad_mask_and_a_wrong_grid(seg_release):
+    from pipeline.contract.masks import store_mask
+
+    out = seg_release["out"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    key, members = next(iter(samples(out, "real/train-000000").items()))
+    meta = SampleMeta.from_json(members[M_JSON])
+    assert check_sample(key, members, manifest, "train", "x") is None
+    bad = np.full((meta.height, meta.width), 7, np.uint8)
+    assert "mask value 7 is not a class" in check_sample(key, {**members, M_MASK: store_mask(bad, 64)}, manifest,
+                                                          "train", "x")
+    small = np.zeros((meta.height // 2, meta.width // 2), np.uint8)
+    assert "mask" in check_sample(key, {**members, M_MASK: store_mask(small, 16)}, manifest, "train", "x")
+    without = {k: v for k, v in members.items() if k != M_MASK}
+    assert "no mask.png" in check_sample(key, without, manifest, "train", "x")
+    regrid = dict(manifest, dense=dict(manifest["dense"], grid=[8, 8]))
+    assert "grid 4x4, manifest says 8x8" in check_sample(key, members, regrid, "train", "x")
+
+
+def test_regenerate_rebuilds_a_real_and_a_mix_sample_identically(seg_release):
+    out = seg_release["out"]
+    index = pq.read_table(out / INDEX).to_pylist()
+    uids = [next(r["uid"] for r in index if r["kind"] == kind) for kind in ("real", "mix")]
+    results = regenerate(out, uids, device="cpu", warn=lambda m: None)
+    assert [r.status for r in results] == ["identical", "identical"], [r.line() for r in results]
+    assert M_MASK in results[0].identical and M_DENSE_LOGITS in results[1].identical
+
+
+def test_subset_keeps_masks_and_dense_members(seg_release, tmp_path):
+    out = seg_release["out"]
+    index = pq.read_table(out / INDEX).to_pylist()
+    uids = [index[0]["uid"], next(r["uid"] for r in index if r["kind"] == "mix")]
+    manifest = make_subset(out, uids, tmp_path / "subset")
+    assert manifest["task"] == "segmentation" and manifest["dense"]["grid"] == [4, 4]
+    assert verify_release(tmp_path / "subset") == []
+
+
+def test_datasets_loads_the_masks_and_dense_logits(seg_release, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    root, cache = str(seg_release["out"]), str(tmp_path / "hf-cache")
+    real = datasets.load_dataset(root, "real", cache_dir=cache)
+    mix = datasets.load_dataset(root, "mix", cache_dir=cache)
+    assert {s: real[s].num_rows for s in real} == {"train": 12, "validation": 4} and mix["train"].num_rows == 6
+    first = real["train"][0]
+    assert first["mask.png"].size == first["png"].size == (first["json"]["width"], first["json"]["height"])
+    assert set(np.unique(np.asarray(first["mask.png"]))) <= {0, 1, 2, IGNORE_INDEX}
+    dense = real["train"].with_format("numpy", columns=[M_DENSE_LOGITS], dtype="float16")[0][M_DENSE_LOGITS]
+    assert dense.shape == (2, 3, 4, 4)
+    assert "mask.png" not in mix["train"].features and M_DENSE_LOGITS in mix["train"].features
+
+
+def test_topk_dense_logits_per_location(seg_release, tmp_path):
+    """generate.logits: topk applies per location: the top k, their logits and the rest mass."""
+    job = replace(seg_release["job"], generate=replace(seg_release["job"].generate, logits="topk", topk=2))
+    shutil.copytree(seg_release["out"] / TEACHER_DIR, tmp_path / TEACHER_DIR)
+    rows = read_plan(plan_path(seg_release["out"])).rows("real/val-000000")[:2]
+    worker = ShardWorker(job, tmp_path, device="cpu")
+    made = worker.make_samples(rows)
+    worker.close()
+    stored = samples(seg_release["out"], "real/val-000000")
+    for m in made:
+        assert {M_DENSE_TOPK_IDX, M_DENSE_REST} <= m.members.keys() and M_DENSE_LOGITS not in m.members
+        full, decoded = decode_dense(stored[m.row.uid], 3), decode_dense(m.members, 3)
+        assert (decoded.argmax(1) == full.argmax(1)).all()
+        top2 = np.sort(full, axis=1)[:, 1:]
+        np.testing.assert_allclose(np.sort(decoded, axis=1)[:, 1:], top2, atol=2e-2)
+
+
+def test_worker_records_a_mask_of_another_size_as_a_failure(seg_release, tmp_path):
+    from PIL import Image
+
+    shutil.copytree(seg_release["out"] / TEACHER_DIR, tmp_path / TEACHER_DIR)
+    row = read_plan(plan_path(seg_release["out"])).rows("real/val-000000")[0]
+    small = tmp_path / "small-mask.png"
+    Image.fromarray(np.zeros((10, 12), np.uint8), mode="L").save(small)
+    worker = ShardWorker(seg_release["job"], tmp_path, device="cpu")
+    made = worker.make_samples([replace(row, mask_path=str(small)), replace(row, mask_path=None, uid="f" * 32)])
+    worker.close()
+    assert made[0].members is None and "mask stored at" in made[0].failure and "its image at" in made[0].failure
+    assert "no mask planned" in made[1].failure
+
+
+def test_a_classification_head_is_refused_for_a_segmentation_job(seg_release, tmp_path):
+    """The task is the index's: a head of the other task is refused in one line."""
+    from pipeline.models.teacher import make_head, save_head
+
+    save_head(make_head("linear", 384, 3), tmp_path / HEAD_FILE, {"head": "linear", "in_dim": 384, "num_classes": 3})
+    with pytest.raises(UserError, match="a classification head, but .* is a segmentation index"):
+        ShardWorker(seg_release["job"], tmp_path, device="cpu")
+
+
+def test_segmentation_mixes_pair_any_two_images(seg_release, tmp_path):
+    job = seg_release["job"]
+    for plan in (replace(job.plan, pairing="same-class"), replace(job.plan, pairing="cross-class")):
+        with pytest.raises(ConfigError, match="plan.pairing: .* a segmentation job pairs any two images"):
+            write_plan(replace(job, plan=plan), tmp_path / "plan.parquet")
+    rows = list(read_plan(plan_path(seg_release["out"])).iter_rows())
+    real = [r for r in rows if r.kind == "real"]
+    assert all(r.mask_path and r.label == -1 and r.class_name is None for r in real)
+    assert all(r.mask_path is None for r in rows if r.kind == "mix")
