@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from ..contract.tasks import CLASSIFICATION, SEGMENTATION, TASKS
+
 SIZES = (10_000, 100_000, 1_000_000)
 TARGET_S, TARGET_GIB = 60.0, 2.0
 
@@ -32,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", type=int, default=10, help="recorded views per train sample (default 10)")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed after)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--task", choices=TASKS, default=CLASSIFICATION,
+                   help="the synthetic index's task: segmentation rows carry their mask's path and sha256 "
+                        "(default classification)")
     p.add_argument("--phase", default=None, help=argparse.SUPPRESS)   # internal: one phase in this process
     p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -50,7 +55,9 @@ def job_dict(folder: str, total: int, shard_size: int, views: int) -> dict:
             "generate": {"shard_size": shard_size}, "release": {"name": f"bench-scale-{total}"}}
 
 
-def write_index(folder: str, total: int) -> None:
+def write_index(folder: str, total: int, task: str = CLASSIFICATION) -> None:
+    """A synthetic ingest index; a segmentation one as ingest writes it (label -1, no class name, each
+    row's mask path and sha256: the two columns that make its index larger), over 150 classes."""
     import numpy as np
 
     from ..contract.ids import make_uid
@@ -59,14 +66,19 @@ def write_index(folder: str, total: int) -> None:
     train, val = counts_for(total)
     n = train + val
     rng = np.random.default_rng(0)
-    classes = [f"class{c:03d}" for c in range(100)]
-    labels = rng.integers(0, len(classes), n).tolist()
+    segmentation = task == SEGMENTATION
+    classes = [f"class{c:03d}" for c in range(150 if segmentation else 100)]
+    labels = [-1] * n if segmentation else rng.integers(0, len(classes), n).tolist()
     widths, heights = rng.integers(300, 800, n).tolist(), rng.integers(300, 800, n).tolist()
     rows = [{"uid": make_uid("bench", i), "path": f"/data/bench/{i:07d}.jpg", "relpath": f"{i:07d}.jpg",
-             "label": labels[i], "class_name": classes[labels[i]], "split": "train" if i < train else "val",
-             "sha256": "0" * 64, "width": widths[i], "height": heights[i], "source_mode": "RGB"} for i in range(n)]
+             "label": labels[i], "class_name": "" if segmentation else classes[labels[i]],
+             "split": "train" if i < train else "val", "sha256": "0" * 64, "width": widths[i], "height": heights[i],
+             "source_mode": "RGB"} for i in range(n)]
+    if segmentation:
+        for i, row in enumerate(rows):
+            row["mask_path"], row["mask_sha256"] = f"/data/bench/masks/{i:07d}.png", f"{i:064x}"
     rows.sort(key=lambda r: r["uid"])
-    write(os.path.join(folder, "ingest", "index.parquet"), rows, classes, {"min_size": 16})
+    write(os.path.join(folder, "ingest", "index.parquet"), rows, classes, {"min_size": 16}, task=task)
 
 
 def load(folder: str):
@@ -177,8 +189,8 @@ def measure(args) -> list[dict]:
         with tempfile.TemporaryDirectory(dir=args.dir) as folder:
             with open(os.path.join(folder, "job.json"), "w") as f:
                 json.dump(job_dict(folder, total, args.shard_size, args.views), f)
-            write_index(folder, total)
-            row = {"size": total}
+            write_index(folder, total, args.task)
+            row = {"size": total, "task": args.task}
             for phase in ("plan", "fake-shards", "bookkeeping", "release"):
                 got = run_phase(folder, phase)
                 if phase != "fake-shards":

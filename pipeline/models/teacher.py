@@ -237,8 +237,12 @@ class Teacher(nn.Module):
             feats = backbone_features(self.backbone, x)
             return self.head(feats.float()), feats
         tokens = self.backbone.forward_features(x)
-        grid = tokens_grid(self.backbone, tokens, x.shape[-2], x.shape[-1])
-        return self.head(grid.float()), token_features(self.backbone, tokens)
+        grid = tokens_grid(self.backbone, tokens, x.shape[-2], x.shape[-1]).float()
+        # the head one view at a time: the 1×1 conv's CPU kernel changes with the batch size (by 1e-6,
+        # enough to flip float16 roundings), and a sample's logits must not depend on the samples
+        # sharing its batch (`tsd regenerate` rebuilds one alone); the head costs little beside the backbone
+        logits = torch.cat([self.head(view) for view in grid.split(1)]) if len(grid) else self.head(grid)
+        return logits, token_features(self.backbone, tokens)
 
 
 def data_config(backbone: nn.Module) -> tuple[tuple, tuple]:

@@ -105,6 +105,9 @@ def read_source_index(data) -> SourceIndex:
     classes = json.loads(meta[CLASSES_KEY]) if CLASSES_KEY in meta \
         else sorted(set(table.column("class_name").to_pylist()))
     rows = table.select(needed).to_pylist()
+    if data.classes and task == SEGMENTATION:   # its rows have no class: a filter would drop them all
+        raise ConfigError(f"data.classes: {data.index} is a segmentation index (its classes are mask values); "
+                          "leave data.classes empty")
     if data.classes:
         keep = {name: i for i, name in enumerate(data.classes)}
         rows = [dict(r, label=keep[r["class_name"]]) for r in rows if r["class_name"] in keep]

@@ -30,8 +30,14 @@ Outputs (in `--out DIR`)
   source_mode, sorted by uid. Schema metadata: the class list (`tsdistill.classes`), the
   settings it was made with (`tsdistill.ingest`: min_size, max_pixels, val_fraction, seed), so a
   later `open_rgb` of these files can use the same limits, and its source (`tsdistill.source`).
-- `classes.json`: the class list. Classes are the label names of the kept rows, sorted
-  (numerically when every name is an integer); a class with no kept image does not exist.
+- `classes.json`: the class list. By default the label names of the kept rows, sorted
+  (numerically when every name is an integer); a class with no kept image does not exist. A class
+  order given (`--classes FILE`) or the source's own (an ImageFolder's `classes.txt`, a ClassLabel's
+  names, a segmentation dataset's list) is kept as it is, classes without an image included (a
+  warning), and an image of a class it does not name is rejected.
+- segmentation sources (`sources.layouts`): the index's task is `segmentation`, each row has
+  label -1, class_name "", and its checked mask (`mask_path`, `mask_sha256`; `sources.masks`);
+  remapped masks are written to `masks/` beside the index.
 - `rejects.parquet`: path, reason (always written).
 
 Split: with no `split` column, each class's uids are sorted and a seeded permutation picks
@@ -47,7 +53,7 @@ import os
 import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ..contract import storage
 from ..contract.errors import UserError, short_error
@@ -56,10 +62,12 @@ from ..contract.ids import make_uid, sha256_bytes
 from ..contract.layout import SPLITS
 from ..contract.progress import Progress
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageRejected, decode_rgb, read_file
+from ..contract.tasks import CLASSIFICATION, IGNORE_INDEX, SEGMENTATION
 from .index import CLASSES_FILE, INDEX_FILE, REJECTS_FILE, index_origin, write_index, write_rejects
-from .layouts import Options
+from .layouts import Options, read_class_list
+from .masks import inspect_mask
 from .scan import scan_source
-from .split import label_and_split, shared_between_splits, sort_classes
+from .split import assign_missing_splits, label_and_split, shared_between_splits, sort_classes
 
 
 # -- candidates → decoded facts (runs in worker processes) -------------------------------------
@@ -73,24 +81,43 @@ def inspect_file(path: str, min_size: int, max_pixels: int) -> tuple:
     return ("ok", sha256_bytes(data), image.width, image.height, source_mode)
 
 
-def _inspect_all(paths: list[str], min_size: int, max_pixels: int, workers: int) -> list[tuple]:
-    """Results in the order of `paths`, whatever the number of workers."""
-    progress = Progress("ingest", len(paths))
-    workers = min(workers, len(paths))
+@dataclass(frozen=True)
+class Checks:
+    """What a worker checks every candidate with (picklable, sent once per chunk)."""
+    min_size: int
+    max_pixels: int
+    num_classes: int = 0          # segmentation: mask values must be below it (or the ignore value)
+    out: str | None = None        # segmentation: where remapped masks are written
+
+
+def inspect_candidate(candidate, checks: Checks) -> tuple:
+    """`inspect_file`, then for a segmentation candidate its mask (`masks.inspect_mask`): the image's
+    facts plus (mask_path, mask_sha256), or ('reject', reason)."""
+    result = inspect_file(candidate.path, checks.min_size, checks.max_pixels)
+    if result[0] == "reject" or checks.num_classes == 0:
+        return result + ((None, None) if result[0] == "ok" else ())
+    _, _, width, height, _ = result
+    mask = inspect_mask(candidate.mask, width, height, checks.num_classes, candidate.mask_map, checks.out)
+    return mask if mask[0] == "reject" else result + mask[1:]
+
+
+def _inspect_all(candidates: list, checks: Checks, workers: int) -> list[tuple]:
+    """Results in the order of `candidates`, whatever the number of workers."""
+    progress = Progress("ingest", len(candidates))
+    workers = min(workers, len(candidates))
     with progress:
         if workers <= 1:
             results = []
-            for path in paths:
-                results.append(inspect_file(path, min_size, max_pixels))
+            for candidate in candidates:
+                results.append(inspect_candidate(candidate, checks))
                 progress.update()
             return results
         # spawn: safe whatever the parent already loaded (threads of pyarrow, torch, ray...)
         context = multiprocessing.get_context("spawn")
-        chunk = max(1, min(32, len(paths) // (4 * workers)))
+        chunk = max(1, min(32, len(candidates) // (4 * workers)))
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             results = []
-            for result in pool.map(inspect_file, paths, [min_size] * len(paths),
-                                   [max_pixels] * len(paths), chunksize=chunk):
+            for result in pool.map(inspect_candidate, candidates, [checks] * len(candidates), chunksize=chunk):
                 results.append(result)
                 progress.update()
             return results
@@ -112,6 +139,8 @@ class IngestResult:
     splits: dict                     # split → kept rows
     index: str                       # the written index.parquet
     rejects: str                     # the written rejects.parquet
+    task: str = CLASSIFICATION       # contract/tasks.py: segmentation for the layouts with masks
+    warnings: list = field(default_factory=list)   # one line each (split folders, empty classes)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -136,21 +165,24 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
     source = storage.absolute(src)
     if not overwrite:
         _check_output(out_dir, source, settings)
-    scan = scan_source(src, out_dir if storage.is_local(out_dir) else None, layout,
-                       replace(options or Options(), seed=seed))
-    results = _inspect_all([c.path for c in scan.candidates], min_size, max_pixels,
-                           workers if workers is not None else (os.cpu_count() or 1))
+    options = replace(options or Options(), seed=seed)
+    scan = scan_source(src, out_dir if storage.is_local(out_dir) else None, layout, options)
+    segmentation = scan.task == SEGMENTATION
+    checks = Checks(min_size, max_pixels, len(scan.classes) if segmentation else 0,
+                    str(out_dir) if segmentation else None)
+    results = _inspect_all(scan.candidates, checks, workers if workers is not None else (os.cpu_count() or 1))
     rows, rejects = [], list(scan.rejects)
     for candidate, result in zip(scan.candidates, results):
         if result[0] == "reject":
             rejects.append((candidate.path, result[1]))
             continue
-        _, sha, width, height, source_mode = result
+        _, sha, width, height, source_mode, mask_path, mask_sha = result
         rows.append(dict(uid=make_uid("real", sha, candidate.relpath), path=candidate.path,
                          relpath=candidate.relpath, class_name=candidate.class_name,
                          split=candidate.split, sha256=sha, width=width, height=height,
-                         source_mode=source_mode))
+                         mask_path=mask_path, mask_sha256=mask_sha, source_mode=source_mode))
     rows = _drop_conflicting_copies(rows, rejects)
+    order = list(scan.classes) if segmentation else _class_order(options, scan, rows, rejects)
     rejects.sort()
     storage.make_folder(out_dir)
     write_rejects(storage.join(out_dir, REJECTS_FILE), rejects)
@@ -162,12 +194,22 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
             if rejects else ("no image found (expected SRC/<class>/<image files>)" if scan.layout == "imagefolder"
                              else "no rows" if scan.layout == "csv" else f"no image found in its {scan.layout} layout")
         raise UserError(f"{src}: no usable image ({found})")
-    classes = sort_classes(r["class_name"] for r in rows)
-    label_and_split(rows, classes, val_fraction, seed)
+    classes = order or sort_classes(r["class_name"] for r in rows)
+    warnings = list(scan.warnings)
+    if segmentation:
+        for row in rows:
+            row["label"] = -1                  # a segmentation sample's classes are in its mask
+        assign_missing_splits(rows, val_fraction, seed)
+    else:
+        label_and_split(rows, classes, val_fraction, seed)
+        empty = [c for c in classes if c not in {r["class_name"] for r in rows}]
+        if empty:
+            warnings.append(f"{len(empty)} class(es) of the class list have no image: "
+                            + ", ".join(map(repr, empty[:5])) + (", …" if len(empty) > 5 else ""))
     rows.sort(key=lambda r: r["uid"])
 
     atomic_write(storage.join(out_dir, CLASSES_FILE), (json.dumps(classes, ensure_ascii=False) + "\n").encode())
-    write_index(storage.join(out_dir, INDEX_FILE), rows, classes, settings, source)
+    write_index(storage.join(out_dir, INDEX_FILE), rows, classes, settings, source, task=scan.task)
     return IngestResult(
         layout=scan.layout,
         layout_detected=scan.detected,
@@ -181,7 +223,24 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
         splits={s: sum(r["split"] == s for r in rows) for s in SPLITS},
         index=storage.join(out_dir, INDEX_FILE),
         rejects=storage.join(out_dir, REJECTS_FILE),
+        task=scan.task,
+        warnings=warnings,
     )
+
+
+def _class_order(options: Options, scan, rows: list[dict], rejects: list) -> list[str] | None:
+    """The class order of a classification source: --classes, else the source's own (an
+    ImageFolder's classes.txt, a ClassLabel's names), else None (sorted names). With a list, a row of
+    a class it does not name is rejected (moved from `rows` to `rejects`)."""
+    order = list(options.classes) if options.classes else scan.classes
+    if order is None:
+        return None
+    known = set(order)
+    where = "--classes" if options.classes else "the source's class list"
+    for row in [r for r in rows if r["class_name"] not in known]:
+        rows.remove(row)
+        rejects.append((row["path"], f"class not in {where} ({row['class_name']!r})"))
+    return order
 
 
 def _check_output(out_dir: str, source: str, settings: dict) -> None:
@@ -251,6 +310,13 @@ def add_arguments(p) -> None:
     p.add_argument("--dtd-split", type=int, default=1, help="dtd: which of the 10 official splits (default 1)")
     p.add_argument("--caltech-train", type=int, default=30,
                    help="caltech101: training images per class, picked with --seed (default 30)")
+    p.add_argument("--classes", metavar="FILE", default=None,
+                   help="a class list, one name per line, line N = class id N: the class order (default: the "
+                        "dataset's own list where it has one, else names sorted); for pairs and hf-parquet masks "
+                        "the names of the mask values (default: SRC/classes.txt)")
+    p.add_argument("--mask-ignore", type=int, default=IGNORE_INDEX,
+                   help=f"pairs, hf-parquet masks: the mask value of unlabelled pixels (default {IGNORE_INDEX}); "
+                        f"it becomes {IGNORE_INDEX}, the index's ignore value")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="held-out share per class when SRC has no split (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the deterministic stratified split")
@@ -263,7 +329,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """`tsd ingest`: 0 when the index is written (rejected images are not errors)."""
-    options = Options(aircraft_label=args.aircraft_label, dtd_split=args.dtd_split, caltech_train=args.caltech_train)
+    if not 0 <= args.mask_ignore <= 255:
+        raise UserError(f"--mask-ignore: a mask value is 0..255, got {args.mask_ignore}")
+    classes = tuple(read_class_list(args.classes)) if args.classes else None
+    options = Options(aircraft_label=args.aircraft_label, dtd_split=args.dtd_split, caltech_train=args.caltech_train,
+                      classes=classes, mask_ignore=args.mask_ignore)
     summary = ingest(args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
                      min_size=args.min_size, workers=args.workers, layout=args.layout, options=options,
                      overwrite=args.overwrite)
@@ -272,7 +342,10 @@ def run(args) -> int:
     rejected = f"rejected {summary.rejected}"
     if summary.rejected:
         rejected += f" ({_reasons_text(summary.reject_reasons)}; see {summary.rejects})"
-    print(f"ingest: kept {summary.kept}, {rejected}; {len(summary.classes)} classes; "
+    for warning in summary.warnings:
+        print(f"ingest: warning: {warning}", file=sys.stderr)
+    task = "segmentation, " if summary.task == SEGMENTATION else ""
+    print(f"ingest: kept {summary.kept}, {rejected}; {task}{len(summary.classes)} classes; "
           f"train {summary.splits['train']}, val {summary.splits['val']}"
           + _leak_note(summary.duplicates_across_splits) + _no_val_note(summary.splits["val"]))
     return 0

@@ -30,8 +30,24 @@ Layouts that carry image bytes instead of files:
   content-addressed, to `OUT/images/<sha256[:2]>/<sha256>.<ext>` beside the index (the index's
   `path` column points there, so every later stage reads plain files); the `relpath` that enters
   the uid is `<file>/<row or key>`, relative to SRC.
-- `imagefolder` (`SRC/<class>/…`) and `csv` (a .csv/.parquet list `path,label[,split]`): read by
-  `sources.ingest` itself.
+- `imagefolder` (`SRC/<class>/…`, or `SRC/<split>/<class>/…` when every top-level folder is a split
+  name; a `classes.txt` in SRC is the class order) and `csv` (a .csv/.parquet list
+  `path,label[,split]`): read by `sources.scan` and `sources.lists`.
+Segmentation layouts (each candidate carries the mask it should have and, where the dataset's values
+are not class ids, the `masks.LabelMap` to them; ingest checks and indexes the mask, `sources.masks`):
+- `ade20k`: `ADEChallengeData2016/images/{training,validation}/*.jpg` with
+  `annotations/<part>/<stem>.png`; training → train, validation → val; 0 ("other") → ignored,
+  1..150 → 0..149; names from `objectInfo150.txt`/`.csv` when present, else `classlists/ade20k.txt`;
+- `voc2012`: `VOC2012/` (or `VOCdevkit/VOC2012/`): `ImageSets/Segmentation/{train,val}.txt` name the
+  images `JPEGImages/<id>.jpg` with `SegmentationClass/<id>.png` (palette indices = class ids; 255 =
+  borders, ignored); 21 classes (`classlists/voc2012.txt`);
+- `cityscapes`: `leftImg8bit/{train,val}/<city>/*_leftImg8bit.png` with
+  `gtFine/<split>/<city>/*_gtFine_labelIds.png`, labelIds → the 19 train ids, the rest ignored;
+- `pairs`: `images/` and `masks/` with matching stems (optional top-level `train/`, `val/` in both),
+  classes from `classes.txt` or `--classes`, unlabelled value `--mask-ignore` (default 255);
+- `hf-parquet` with a mask column (see above): segmentation, classes as for `pairs`.
+A segmentation layout fixes the class list (`Scan.classes`: value i = class i); `--classes` renames
+the classes of the datasets' fixed ids (same count) and names those of `pairs` and `hf-parquet`.
 """
 from __future__ import annotations
 
@@ -39,7 +55,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +63,8 @@ import numpy as np
 from ..contract.errors import UserError
 from ..contract.files import atomic_write
 from ..contract.ids import derive_seed, sha256_bytes
+from ..contract.tasks import CLASSIFICATION, IGNORE_INDEX, MAX_SEG_CLASSES, SEGMENTATION
+from .masks import ADE20K, CITYSCAPES, LabelMap, ignore_map, shipped_classes, write_mask_file
 
 EXTRACTED = "images"     # OUT/images/: image bytes of the byte-carrying layouts, content-addressed
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -56,8 +74,10 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 class Candidate:
     path: str            # absolute
     relpath: str         # POSIX, relative to the source root
-    class_name: str
+    class_name: str      # "" for a segmentation sample (its classes are in its mask)
     split: str | None    # from the source's split; None = assign
+    mask: str | None = None              # segmentation: the mask file it should have (may not exist)
+    mask_map: LabelMap | None = None     # segmentation: source value → class id, when not already ids
 
 
 @dataclass
@@ -67,6 +87,9 @@ class Scan:
     skipped_hidden: int = 0
     layout: str = ""     # the layout it was read in
     detected: bool = False
+    task: str = CLASSIFICATION
+    classes: list | None = None   # the source's own class order (index = class id); None: sorted names
+    warnings: list = field(default_factory=list)   # one line each, printed by `tsd ingest`
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,8 @@ class Options:
     dtd_split: int = 1
     caltech_train: int = 30
     seed: int = 0
+    classes: tuple | None = None     # --classes FILE, read: the class order (index = class id)
+    mask_ignore: int = IGNORE_INDEX  # --mask-ignore: the value of unlabelled pixels in pairs / hf-parquet masks
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,7 @@ class Layout:
     what: str                                        # one line for --help and the detection note
     find: Callable[[Path], Path | None]              # the layout's root for SRC, or None
     scan: Callable[[Path, Path, Options], Scan] | None = None   # None: scanned by sources.ingest
+    task: str = CLASSIFICATION                       # hf-parquet is either: its scan says (Scan.task)
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -231,6 +257,169 @@ def scan_caltech(root: Path, out: Path, options: Options) -> Scan:
     return scan
 
 
+# -- segmentation: shared -----------------------------------------------------------------------------
+CLASS_FILE = "classes.txt"   # a class list: one name per line, its line number (from 0) the class id
+
+
+def read_class_list(path) -> list[str]:
+    """A class list file (one name per line; blank lines and '#' lines skipped): the class order."""
+    names = _lines(Path(path))
+    if not names:
+        raise UserError(f"{path}: no class name in it (one name per line)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{path}: class {repeated[0]!r} listed twice")
+    return names
+
+
+def _class_file(src: Path) -> Path | None:
+    """A classes.txt in SRC (a folder) or beside it (a file)."""
+    path = (src if src.is_dir() else src.parent) / CLASS_FILE
+    return path if path.is_file() else None
+
+
+def _seg_classes(options: Options, default, layout: str, fixed: bool = False) -> list[str]:
+    """A segmentation layout's classes: --classes when given, else `default` (a list, or a class
+    list file); `fixed` layouts (the datasets' own ids) take only a list of the same length."""
+    if isinstance(default, Path) or default is None:
+        if default is None and not options.classes:
+            raise UserError(f"the {layout} layout needs its class names: a {CLASS_FILE} in SRC (one name per "
+                            "line, line N = class id N) or --classes FILE")
+        default = read_class_list(default) if default is not None else None
+    classes = list(options.classes) if options.classes else default
+    if fixed and len(classes) != len(default):
+        raise UserError(f"--classes: {len(classes)} names, the {layout} layout has {len(default)} classes")
+    if len(classes) > MAX_SEG_CLASSES:
+        raise UserError(f"{layout}: {len(classes)} classes, a segmentation mask holds at most {MAX_SEG_CLASSES} "
+                        f"(8-bit ids, {IGNORE_INDEX} = ignore)")
+    return classes
+
+
+def _seg_scan(candidates: list, classes: list[str], rejects: list | None = None) -> Scan:
+    return Scan(candidates, rejects or [], task=SEGMENTATION, classes=classes)
+
+
+def _visible(folder: Path) -> list[Path]:
+    """Files under `folder` (recursively), hidden ones left out, sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+# -- pairs: images/ + masks/ -------------------------------------------------------------------------
+def find_pairs(src: Path) -> Path | None:
+    return src if (src / "images").is_dir() and (src / "masks").is_dir() else None
+
+
+def scan_pairs(root: Path, out: Path, options: Options) -> Scan:
+    """images/<stem>.<jpg|png|webp> with masks/<stem>.png (stems may hold folders); top-level
+    train/ and val/ (or test/, validation/) subfolders in both are official splits."""
+    classes = _seg_classes(options, _class_file(root), "pairs")
+    mapping = ignore_map(options.mask_ignore)
+    images, masks = root / "images", root / "masks"
+    mask_of = {p.relative_to(masks).with_suffix("").as_posix(): p for p in _visible(masks)}
+    files = _visible(images)
+    rels = [p.relative_to(images).as_posix() for p in files]
+    tops = {r.split("/")[0]: SPLIT_WORDS.get(r.split("/")[0].lower()) if "/" in r else None for r in rels}
+    splits = format_splits(tops)
+    scan = _seg_scan([], classes)
+    paired = set()
+    for file, rel in zip(files, rels):
+        stem = rel.rsplit(".", 1)[0] if "." in rel.split("/")[-1] else rel
+        mask = mask_of.get(stem, masks / f"{stem}.png")
+        paired.add(stem)
+        scan.candidates.append(Candidate(str(file), f"images/{rel}", "", splits[rel.split("/")[0]], str(mask), mapping))
+    scan.rejects += [(str(p), "mask with no image") for stem, p in mask_of.items() if stem not in paired]
+    return scan
+
+
+# -- ade20k ------------------------------------------------------------------------------------------
+ADE_FOLDER = "ADEChallengeData2016"
+ADE_PARTS = (("training", "train"), ("validation", "val"))
+
+
+def find_ade20k(src: Path) -> Path | None:
+    return _first(*(d for d in (src, src / ADE_FOLDER)
+                    if (d / "images" / "training").is_dir() and (d / "annotations" / "training").is_dir()))
+
+
+def ade20k_classes(root: Path) -> list[str]:
+    """The 150 class names: objectInfo150.txt/.csv when the tree has one (first synonym of its Name
+    column: 'building, edifice' → building), else the shipped list (the same names, in the same order)."""
+    import csv
+
+    for folder in (root, root.parent):
+        for name in ("objectInfo150.csv", "objectInfo150.txt"):
+            path = folder / name
+            if not path.is_file():
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            rows = list(csv.DictReader(text.splitlines(), delimiter="," if name.endswith(".csv") else "\t"))
+            try:
+                names = [re.split(r"[,;]", r["Name"])[0].strip() for r in sorted(rows, key=lambda r: int(r["Idx"]))]
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{path}: expected columns Idx and Name") from None
+            if len(names) != 150:
+                raise UserError(f"{path}: {len(names)} classes, ADE20K's SceneParsing benchmark has 150")
+            return names
+    return shipped_classes("ade20k")
+
+
+def scan_ade20k(root: Path, out: Path, options: Options) -> Scan:
+    scan = _seg_scan([], _seg_classes(options, ade20k_classes(root), "ade20k", fixed=True))
+    for part, split in ADE_PARTS:
+        for file in _visible(root / "images" / part):
+            rel = file.relative_to(root).as_posix()
+            mask = root / "annotations" / part / file.relative_to(root / "images" / part).with_suffix(".png")
+            scan.candidates.append(Candidate(str(file), rel, "", split, str(mask), ADE20K))
+    return scan
+
+
+# -- voc2012 -----------------------------------------------------------------------------------------
+def find_voc(src: Path) -> Path | None:
+    return _first(*(d for d in (src, src / "VOC2012", src / "VOCdevkit" / "VOC2012")
+                    if (d / "ImageSets" / "Segmentation" / "train.txt").is_file()
+                    and (d / "SegmentationClass").is_dir()))
+
+
+def scan_voc(root: Path, out: Path, options: Options) -> Scan:
+    """The images ImageSets/Segmentation/{train,val}.txt list (the rest of JPEGImages has no mask);
+    palette PNG indices are the class ids, 255 (object borders) is the ignore value already."""
+    scan = _seg_scan([], _seg_classes(options, shipped_classes("voc2012"), "voc2012", fixed=True))
+    listed = {}
+    for part in ("train", "val"):
+        for image_id in _lines(_need(root / "ImageSets" / "Segmentation" / f"{part}.txt")):
+            _add(listed, image_id.split()[0], "", part)
+    for image_id, (_, split) in sorted(listed.items()):
+        scan.candidates.append(Candidate(str(root / "JPEGImages" / f"{image_id}.jpg"), f"JPEGImages/{image_id}.jpg",
+                                         "", split, str(root / "SegmentationClass" / f"{image_id}.png")))
+    return scan
+
+
+# -- cityscapes --------------------------------------------------------------------------------------
+CITYSCAPES_IMAGE, CITYSCAPES_MASK = "_leftImg8bit.png", "_gtFine_labelIds.png"
+
+
+def find_cityscapes(src: Path) -> Path | None:
+    return _first(*(d for d in (src, src / "cityscapes") if (d / "leftImg8bit").is_dir() and (d / "gtFine").is_dir()))
+
+
+def scan_cityscapes(root: Path, out: Path, options: Options) -> Scan:
+    """leftImg8bit/{train,val}/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelIds.png,
+    labelIds → the 19 train ids (the rest ignored); the test split has no public labels."""
+    scan = _seg_scan([], _seg_classes(options, shipped_classes("cityscapes"), "cityscapes", fixed=True))
+    for split in ("train", "val"):
+        folder = root / "leftImg8bit" / split
+        for file in _visible(folder):
+            if not file.name.endswith(CITYSCAPES_IMAGE):
+                continue
+            rel = file.relative_to(folder).as_posix()
+            mask = root / "gtFine" / split / (rel[: -len(CITYSCAPES_IMAGE)] + CITYSCAPES_MASK)
+            scan.candidates.append(Candidate(str(file), f"leftImg8bit/{split}/{rel}", "", split, str(mask), CITYSCAPES))
+    return scan
+
+
 # -- splits told by file names (hf-parquet, webdataset) ----------------------------------------------
 SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test",
                "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation"}
@@ -305,17 +494,30 @@ def _hf_features(schema) -> dict:
     return (info.get("info") or info).get("features") or {}
 
 
-def _image_column(schema) -> str | None:
+MASK_COLUMN_WORDS = ("mask", "annotation", "seg", "label", "gt")   # a mask column's name holds one of these
+
+
+def _image_columns(schema) -> list[str]:
+    """Columns holding images: the `Image` features, else the {bytes, path} structs, in file order."""
     import pyarrow as pa
 
     features = _hf_features(schema)
     named = [n for n, f in features.items() if isinstance(f, dict) and f.get("_type") == "Image"]
-    if named:
-        return named[0]
-    for field in schema:
-        if pa.types.is_struct(field.type) and {"bytes", "path"} <= {f.name for f in field.type}:
-            return field.name
-    return None
+    return named or [field.name for field in schema
+                     if pa.types.is_struct(field.type) and {"bytes", "path"} <= {f.name for f in field.type}]
+
+
+def _image_and_mask_columns(schema) -> tuple[str | None, str | None]:
+    """(image column, mask column or None): the mask is the image column whose name says so
+    (mask, annotation, segmentation, label, gt); the image is the first other one."""
+    columns = _image_columns(schema)
+    mask = next((c for c in columns if any(w in c.lower() for w in MASK_COLUMN_WORDS)), None) \
+        if len(columns) > 1 else None
+    return next((c for c in columns if c != mask), None), mask
+
+
+def _image_column(schema) -> str | None:
+    return _image_and_mask_columns(schema)[0]
 
 
 def find_hf_parquet(src: Path) -> Path | None:
@@ -330,39 +532,60 @@ def find_hf_parquet(src: Path) -> Path | None:
         return None
 
 
+def _row_file(out: Path, parquet_path: Path, cell, write) -> str | None:
+    """An image struct {bytes, path} → a file: its bytes written by `write`, or its path next to the
+    Parquet file; None when it has neither."""
+    if cell and cell.get("bytes"):
+        return write(cell)
+    if cell and cell.get("path"):
+        return str((parquet_path.parent / cell["path"]).resolve())
+    return None
+
+
 def scan_hf_parquet(src: Path, out: Path, options: Options) -> Scan:
+    """An image column and a ClassLabel (or plain) label column: classification; an image column and
+    a mask column (another image column named mask/annotation/segmentation/label): segmentation,
+    classes from --classes or a classes.txt beside the files (`datasets` features name no pixel classes)."""
     import pyarrow.parquet as pq
 
     scan = Scan([], [])
+    mapping = None
     for path, rel, split in split_files(src, ".parquet", out):
         try:
             parquet = pq.ParquetFile(path)
         except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
             raise UserError(f"{path}: cannot read Parquet ({e})") from None
-        image_col = _image_column(parquet.schema_arrow)
+        image_col, mask_col = _image_and_mask_columns(parquet.schema_arrow)
         features = _hf_features(parquet.schema_arrow)
-        label_col = next((n for n, f in features.items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"),
-                         "label" if "label" in parquet.schema_arrow.names else None)
+        label_col = mask_col or next(
+            (n for n, f in features.items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"),
+            "label" if "label" in parquet.schema_arrow.names else None)
         if image_col is None or label_col is None:
             raise UserError(f"{path}: expected an Image column ({{bytes, path}}) and a ClassLabel or 'label' "
-                            f"column (columns: {', '.join(parquet.schema_arrow.names)})")
+                            f"column, or a mask column (columns: {', '.join(parquet.schema_arrow.names)})")
+        if mask_col and scan.task != SEGMENTATION:
+            scan.task, mapping = SEGMENTATION, ignore_map(options.mask_ignore)
+            scan.classes = _seg_classes(options, _class_file(src), "hf-parquet")
         names = (features.get(label_col) or {}).get("names")
         row = 0
         for batch in parquet.iter_batches(batch_size=256, columns=[image_col, label_col]):
             for image, label in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
                 where = f"{rel}/{row}"
                 row += 1
+                file = _row_file(out, path, image, lambda c: extract(out, c["bytes"], c.get("path")))
+                if file is None:
+                    scan.rejects.append((f"{path}:row {row - 1}", "no image bytes or path"))
+                    continue
+                if mask_col:
+                    mask = _row_file(out, path, label, lambda c: write_mask_file(out, c["bytes"]))
+                    scan.candidates.append(Candidate(file, where, "", split, mask, mapping))
+                    continue
                 if label is None or isinstance(label, int) and label < 0:
                     scan.rejects.append((f"{path}:row {row - 1}", "no label"))
                     continue
                 class_name = names[label] if names and isinstance(label, int) and label < len(names) else str(label)
-                if image and image.get("bytes"):
-                    file = extract(out, image["bytes"], image.get("path"))
-                elif image and image.get("path"):   # a file next to the Parquet file
-                    file = str((path.parent / image["path"]).resolve())
-                else:
-                    scan.rejects.append((f"{path}:row {row - 1}", "no image bytes or path"))
-                    continue
+                if names and scan.classes is None:
+                    scan.classes = list(names)     # the dataset's own class order
                 scan.candidates.append(Candidate(file, where, class_name, split))
     return scan
 
@@ -421,6 +644,14 @@ def _is_table(src: Path) -> Path | None:
 
 
 LAYOUTS = {layout.name: layout for layout in (   # detection order: most specific first
+    Layout("ade20k", "ADE20K SceneParsing (ADEChallengeData2016/: images/, annotations/{training,validation})",
+           find_ade20k, scan_ade20k, SEGMENTATION),
+    Layout("voc2012", "Pascal VOC 2012 segmentation (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
+           find_voc, scan_voc, SEGMENTATION),
+    Layout("cityscapes", "Cityscapes (leftImg8bit/{train,val}/<city>/, gtFine/…_labelIds.png → 19 train ids)",
+           find_cityscapes, scan_cityscapes, SEGMENTATION),
+    Layout("pairs", "segmentation pairs: images/ and masks/ (matching stems, optional train/ val/), classes.txt",
+           find_pairs, scan_pairs, SEGMENTATION),
     Layout("cub200", "CUB-200-2011 (images.txt, image_class_labels.txt, train_test_split.txt, classes.txt)",
            find_cub, scan_cub),
     Layout("aircraft", "FGVC-Aircraft (data/images_<level>_{train,val,test}.txt)", find_aircraft, scan_aircraft),
@@ -429,7 +660,7 @@ LAYOUTS = {layout.name: layout for layout in (   # detection order: most specifi
     Layout("caltech101", "Caltech-101 (101_ObjectCategories/, BACKGROUND_Google left out)", find_caltech,
            scan_caltech),
     Layout("webdataset", "WebDataset tars (jpg/png/webp + cls or json)", find_webdataset, scan_webdataset),
-    Layout("hf-parquet", "Hugging Face datasets Parquet (Image column + ClassLabel)", find_hf_parquet,
+    Layout("hf-parquet", "Hugging Face datasets Parquet (Image column + ClassLabel, or + a mask column)", find_hf_parquet,
            scan_hf_parquet),
     Layout("csv", "a .csv or .parquet list with columns path,label[,split]", _is_table),
     Layout("imagefolder", "an ImageFolder tree SRC/<class>/…", lambda src: src if src.is_dir() else None),

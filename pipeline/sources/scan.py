@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..contract import storage
 from ..contract.errors import UserError
-from .layouts import Candidate, Options, Scan, resolve_layout, scan_layout
+from .layouts import (CLASS_FILE, Candidate, Options, Scan, SPLIT_WORDS, format_splits, read_class_list,
+                      resolve_layout, scan_layout)
 from .lists import read_csv, read_parquet, scan_table
 
 # Files operating systems drop into image folders: listed as rejects without trying to decode them.
@@ -53,26 +54,54 @@ def _is_junk(name: str) -> bool:
 
 
 def _scan_folder(root: Path, out_dir: Path | None) -> Scan:
+    """SRC/<class>/…, or SRC/<split>/<class>/… when every top-level folder is a split's name (train,
+    val, test, valid, validation); a classes.txt in SRC is the class order."""
     scan = Scan([], [])
     skip_dir = os.path.realpath(out_dir) if out_dir else None
+    entries = _entries(root)
+    folders = [e for e in entries if e.is_dir() and not e.name.startswith(".") and not _is_junk(e.name)
+               and os.path.realpath(e.path) != skip_dir]
+    split_of = {e.name: SPLIT_WORDS.get(e.name.lower()) for e in folders}   # the whole name, not a prefix
+    if folders and all(split_of.values()):
+        splits = format_splits(split_of)
+        for folder in folders:
+            _scan_classes(root, Path(folder.path), skip_dir, scan, splits[folder.name])
+        entries = [e for e in entries if e not in folders]
+    elif any(split_of.values()):
+        named = sorted(n for n, s in split_of.items() if s)
+        others = sorted(n for n, s in split_of.items() if not s)
+        scan.warnings.append(f"{root}: {'/, '.join(named)}/ named like split folders beside {others[0]}/"
+                             f"{' and others' if len(others) > 1 else ''}: all read as classes (put every class "
+                             "folder inside train/ and val/ to keep that split)")
+    _scan_classes(root, root, skip_dir, scan, None, entries)
+    return scan
+
+
+def _entries(folder: Path) -> list:
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        return sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
-        raise UserError(f"{root}: cannot list folder ({e.strerror or e})") from None
-    for entry in entries:
+        raise UserError(f"{folder}: cannot list folder ({e.strerror or e})") from None
+
+
+def _scan_classes(root: Path, folder: Path, skip_dir: str | None, scan: Scan, split: str | None,
+                  entries: list | None = None) -> None:
+    """The class folders of `folder` (SRC or one of its split folders)."""
+    for entry in _entries(folder) if entries is None else entries:
         if _is_junk(entry.name):
             scan.rejects.append((entry.path, "not an image (system file)"))
         elif entry.name.startswith("."):
             scan.skipped_hidden += 1
         elif entry.is_dir():
             if os.path.realpath(entry.path) != skip_dir:
-                _scan_class(root, entry, skip_dir, scan)
+                _scan_class(root, entry, skip_dir, scan, split)
+        elif folder == root and entry.name == CLASS_FILE:
+            scan.classes = read_class_list(entry.path)
         else:
             scan.rejects.append((entry.path, "not inside a class folder"))
-    return scan
 
 
-def _scan_class(root: Path, class_dir: os.DirEntry, skip_dir: str | None, scan: Scan) -> None:
+def _scan_class(root: Path, class_dir: os.DirEntry, skip_dir: str | None, scan: Scan, split: str | None) -> None:
     def unreadable(error: OSError) -> None:   # os.walk would otherwise skip it silently
         scan.rejects.append((error.filename, f"unreadable folder ({error.strerror or error})"))
 
@@ -89,6 +118,6 @@ def _scan_class(root: Path, class_dir: os.DirEntry, skip_dir: str | None, scan: 
                 scan.skipped_hidden += 1
             else:
                 relpath = Path(os.path.relpath(path, root)).as_posix()
-                scan.candidates.append(Candidate(path, relpath, class_dir.name, None))
+                scan.candidates.append(Candidate(path, relpath, class_dir.name, split))
 
 

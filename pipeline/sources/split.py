@@ -50,9 +50,16 @@ def shared_between_splits(rows: list[dict]) -> int:
 
 def label_and_split(rows: list[dict], classes: list[str], val_fraction: float, seed: int) -> None:
     label_of = {name: i for i, name in enumerate(classes)}
-    unassigned = {}
     for row in rows:
         row["label"] = label_of[row["class_name"]]
+    assign_missing_splits(rows, val_fraction, seed)
+
+
+def assign_missing_splits(rows: list[dict], val_fraction: float, seed: int) -> None:
+    """Rows without a split get one, stratified by class name (segmentation rows, whose class name is
+    "", form one group)."""
+    unassigned = {}
+    for row in rows:
         if row["split"] is None:
             unassigned.setdefault(row["class_name"], []).append(row["uid"])
     splits = assign_splits(unassigned, val_fraction, seed)

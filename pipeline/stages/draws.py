@@ -11,7 +11,6 @@ from ..config import JobConfig
 from ..contract.configlib import ConfigError
 from ..contract.generators import PROMPTED_KINDS
 from ..contract.ids import derive_seed, make_uid
-from ..contract.tasks import CLASSIFICATION, SEGMENTATION
 from ..contract.images import stored_size
 from ..contract.views import center_view, sample_views_many
 from .planfile import PlanRow
@@ -64,23 +63,15 @@ def prompt_index(job: JobConfig, uid: str) -> int:
     return derive_seed(job.seed, uid, "prompt") % len(job.generator.templates)
 
 
-def check_segmentation_mixes(job: JobConfig) -> None:
-    """A segmentation image has no one class: its mixes pair any two images ('any'), and a class-name
-    prompt (sd-text) has nothing to name."""
-    if job.plan.pairing != "any":
-        raise ConfigError(f"plan.pairing: {job.plan.pairing!r} needs image labels; a segmentation job pairs "
-                          "any two images (use 'any')")
-    if prompted(job):
-        raise ConfigError(f"generator.kind: {job.generator.kind!r} prompts with a class name; a segmentation "
-                          "image has no one class (use an image mixer)")
-
-
 def draw_classes(job: JobConfig, train: list[dict], num_classes: int, count: int,
                  rng: np.random.Generator) -> np.ndarray:
     """The prompted class of each sample [count] by `plan.class_law`: uniform over the classes, or
     in proportion to each class's train images."""
     if job.plan.class_law == "uniform":
         return rng.integers(num_classes, size=count)
+    if any(r["label"] < 0 for r in train):   # a segmentation index: classes are in the masks, not the rows
+        raise ConfigError("plan.class_law: 'frequency' counts images per class; a segmentation index has no "
+                          "class per image (use 'uniform')")
     freq = np.bincount([r["label"] for r in train], minlength=num_classes).astype(np.float64)
     return rng.choice(num_classes, size=count, p=freq / freq.sum())
 
@@ -90,6 +81,8 @@ def draw_pairs(job: JobConfig, train: list[dict], count: int, rng: np.random.Gen
     labels = np.array([r["label"] for r in train])
     by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
     mode, n = job.plan.pairing, len(train)
+    if mode != "any" and (labels < 0).any():   # a segmentation index: no class per image to pair by
+        raise ConfigError(f"plan.pairing: {mode!r} pairs by image class; a segmentation index has none (use 'any')")
     if n < 2:
         raise ConfigError(f"plan: mixing needs at least 2 training images, the index has {n}")
     if mode == "cross-class" and len(by_class) < 2:
@@ -172,12 +165,10 @@ def real_part(job: JobConfig, rows: list[dict], split: str, classes: list[str]) 
     return Part("real", split, len(rows), columns)
 
 
-def mix_part(job: JobConfig, train: list[dict], classes: list[str], task: str = CLASSIFICATION) -> Part:
+def mix_part(job: JobConfig, train: list[dict], classes: list[str]) -> Part:
     count = job.plan.resolve_pool(len(train))
     if count == 0:
         return Part("mix", "train", 0, None)
-    if task == SEGMENTATION:
-        check_segmentation_mixes(job)
     rng = np.random.Generator(np.random.PCG64(job.seed))
     if prompted(job):
         return prompt_part(job, train, classes, count, rng)

@@ -71,7 +71,7 @@ def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: J
     train = index.split("train")  # sorted by uid: hashes, so shards mix the classes
     size = job.generate.shard_size
     parts = [real_part(job, train, "train", index.classes), real_part(job, index.split("val"), "val", index.classes),
-             mix_part(job, train, index.classes, index.task)]
+             mix_part(job, train, index.classes)]
     if member is not None:
         parts = parts[2:]
     directory = [[shard_name(p.kind, p.split, i), min(size, p.count - i * size)]

@@ -11,6 +11,7 @@ from ..contract.images import stored_size
 from ..contract.masks import decode_mask, store_mask
 from ..contract.tasks import SEGMENTATION
 from ..sources.index import index_task
+from ..sources.masks import read_source_mask
 
 
 @functools.lru_cache(maxsize=64)
@@ -25,18 +26,6 @@ def job_task(job: JobConfig) -> str:
 
 def is_segmentation(job: JobConfig) -> bool:
     return job_task(job) == SEGMENTATION
-
-
-def read_source_mask(path) -> np.ndarray:
-    """A source mask file → uint8 [H, W] class ids, as ingest checked it."""
-    # TODO(segsrc): replaced by the ingest side's reader once merged
-    from PIL import Image
-
-    from ..sources.decode import read_file
-    import io
-
-    with Image.open(io.BytesIO(read_file(path))) as im:
-        return np.asarray(im, dtype=np.uint8).copy()
 
 
 def stored_mask(job: JobConfig, path, width: int, height: int) -> tuple[bytes, object]:

@@ -8,6 +8,10 @@ About 10% of the files are PNG, the rest JPEG quality 92, so ingest sees both.
 
 Every image has its own random stream derived from (seed, class, index): the tree is byte-identical
 on rerun and an image does not change when `num_classes` or `per_class` does.
+
+`write_toy_segmentation` draws the segmentation counterpart: scenes of 1-3 shapes (circle, square,
+triangle, ring), each with its own colour or texture, over a textured background, with the mask of
+what was drawn, in the pairs layout `tsd ingest` reads (images/, masks/, classes.txt).
 """
 from __future__ import annotations
 
@@ -145,25 +149,98 @@ def write_toy_dataset(root, *, num_classes: int = 10, per_class: int = 60, seed:
     params = {"version": VERSION, "num_classes": num_classes, "per_class": per_class, "seed": seed,
               "size_range": [lo, hi]}
     names = list(CLASS_ORDER[:num_classes])
+
+    def fill(partial: Path) -> None:
+        for class_index, name in enumerate(names):
+            (partial / name).mkdir(parents=True)
+            for i in range(per_class):
+                rng = np.random.Generator(np.random.PCG64([seed, class_index, i]))
+                width, height = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+                image = render(name, width, height, rng)
+                ext = "png" if rng.random() < PNG_SHARE else "jpg"
+                (partial / name / f"{i:04d}.{ext}").write_bytes(encode_image(image, ext, JPEG_QUALITY))
+
+    _build_tree(Path(root), params, fill)
+    return sorted(names)
+
+
+def _build_tree(root: Path, params: dict, fill) -> None:
+    """Write a toy tree with `fill(folder)` unless `root/.complete` records the same parameters. A
+    previous toy tree with other parameters is replaced; a non-empty folder that is not a toy tree is
+    refused (never deleted). Built beside the target and swapped in, so an interrupted run never
+    leaves a half tree at root."""
     if done(root / MARKER, fingerprint(params)) is not None:
-        return sorted(names)
+        return
     if root.exists() and any(root.iterdir()) and read_json(root / MARKER) is None:
         raise FileExistsError(f"{root}: exists, is not empty and is not a toy dataset; refusing to overwrite")
-
-    # Build beside the target and swap it in, so an interrupted run never leaves a half tree at root.
     partial = root.with_name(f".{root.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    for class_index, name in enumerate(CLASS_ORDER[:num_classes]):
-        (partial / name).mkdir(parents=True)
-        for i in range(per_class):
-            rng = np.random.Generator(np.random.PCG64([seed, class_index, i]))
-            width, height = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-            image = render(name, width, height, rng)
-            ext = "png" if rng.random() < PNG_SHARE else "jpg"
-            (partial / name / f"{i:04d}.{ext}").write_bytes(encode_image(image, ext, JPEG_QUALITY))
+    partial.mkdir(parents=True)
+    fill(partial)
     mark_done(partial / MARKER, fingerprint(params), params)
     if root.exists():
         shutil.rmtree(root)
     partial.rename(root)
-    return sorted(names)
 
+
+# -- segmentation scenes ------------------------------------------------------------------------
+# Class 0 is the background; the others are shapes, each filled with its own colour or two-colour
+# texture over a textured background, so a pixel's class is told by the shape it belongs to.
+SEG_CLASSES = ("background", "circle", "square", "triangle", "ring")
+SEG_VERSION = 1
+TEXTURES = ("hstripes", "vstripes", "diagonal", "checkerboard", "dots")
+
+
+def _texture(width: int, height: int, rng: np.random.Generator, contrast: float) -> np.ndarray:
+    """Pixels [H, W, 3]: a flat colour, or a random texture between it and a second colour."""
+    base, other = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    pixels = np.broadcast_to(base, (height, width, 3)).astype(np.float32)
+    if rng.random() < 0.6:
+        pattern = _texture_mask(TEXTURES[int(rng.integers(len(TEXTURES)))], width, height, rng)[..., None]
+        pixels = pixels * (1 - contrast * pattern) + other * contrast * pattern
+    return pixels
+
+
+def render_scene(size: int, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
+    """One RGB scene [size, size] of 1-3 shapes (later ones on top) and its mask: uint8 class ids
+    (indices into SEG_CLASSES) of what each pixel shows."""
+    pixels = _texture(size, size, rng, contrast=0.35)
+    if rng.random() < 0.5:   # graded background, as the classification toy data
+        ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[None, :, None]
+        pixels = pixels * (1 - 0.35 * ramp) + rng.uniform(0, 255, 3) * 0.35 * ramp
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        class_id = int(rng.integers(1, len(SEG_CLASSES)))
+        region = _shape_mask(SEG_CLASSES[class_id], size, size, rng) > 0.5
+        fill = _texture(size, size, rng, contrast=0.6)
+        pixels[region] = fill[region]
+        mask[region] = class_id
+    pixels = pixels + rng.normal(0.0, rng.uniform(2, 6), pixels.shape)
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)), mask
+
+
+def write_toy_segmentation(root, *, train: int = 48, val: int = 16, seed: int = 0, size: int = 64) -> list[str]:
+    """Write scenes in the pairs layout `tsd ingest` reads: `root/images/{train,val}/<NNNN>.jpg|png`,
+    `root/masks/{train,val}/<NNNN>.png` (8-bit class ids) and `root/classes.txt`; return the class
+    names (index = class id). Each scene has its own random stream from (seed, split, index): the tree
+    is byte-identical on rerun. Reuse and refusal as `write_toy_dataset`."""
+    if train < 1 or val < 0:
+        raise ValueError(f"train must be at least 1 and val at least 0, got {train}, {val}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16, got {size}")
+    params = {"version": SEG_VERSION, "kind": "segmentation", "train": train, "val": val, "seed": seed, "size": size}
+
+    def fill(partial: Path) -> None:
+        (partial / "classes.txt").write_text("".join(f"{name}\n" for name in SEG_CLASSES))
+        for split_index, (split, count) in enumerate((("train", train), ("val", val))):
+            for folder in ("images", "masks"):
+                (partial / folder / split).mkdir(parents=True)
+            for i in range(count):
+                rng = np.random.Generator(np.random.PCG64([seed, 1000 + split_index, i]))
+                image, mask = render_scene(size, rng)
+                ext = "png" if rng.random() < PNG_SHARE else "jpg"
+                (partial / "images" / split / f"{i:04d}.{ext}").write_bytes(encode_image(image, ext, JPEG_QUALITY))
+                Image.fromarray(mask, mode="L").save(partial / "masks" / split / f"{i:04d}.png", compress_level=6)
+
+    _build_tree(Path(root), params, fill)
+    return list(SEG_CLASSES)

@@ -114,16 +114,20 @@ def test_config_checks_urls_before_any_model_loads(small_job, tmp_path):
         load_job(path)
 
 
-def test_bench_scale_phases_run_and_report(tmp_path):
-    """`tsd bench scale` at a tiny size, its phases in this process: a plan, shards, the driver's look, a release."""
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_bench_scale_phases_run_and_report(tmp_path, task):
+    """`tsd bench scale` at a tiny size, its phases in this process: a plan, shards, the driver's look, a
+    release; of a segmentation index too (its mask columns)."""
     import json
 
     from pipeline.contract.manifest import read_manifest
     from pipeline.bench import scale as bench_scale
+    from pipeline.sources.index import index_task
 
     folder = str(tmp_path)
     (tmp_path / "job.json").write_text(json.dumps(bench_scale.job_dict(folder, 1900, 64, 3)))
-    bench_scale.write_index(folder, 1900)
+    bench_scale.write_index(folder, 1900, task)
+    assert index_task(tmp_path / "ingest" / "index.parquet") == task
     planned = bench_scale.phase_plan(folder)
     assert planned["samples"] == 1900 and planned["shards"] == 32
     bench_scale.phase_fake_shards(folder)

@@ -109,3 +109,36 @@ def test_default_dataset_is_fast_and_fully_ingestible(tmp_path):
     summary = ingest(tmp_path / "toy", tmp_path / "out", workers=1)
     assert summary.kept == 600 and summary.rejected == 0 and summary.classes == names
     assert summary.splits == {"train": 540, "val": 60}
+
+
+# -- segmentation scenes ----------------------------------------------------------------------------
+def test_segmentation_scenes_deterministic_with_their_masks(tmp_path):
+    from pipeline.testing.toydata import SEG_CLASSES, write_toy_segmentation
+
+    start = time.perf_counter()
+    names = write_toy_segmentation(tmp_path / "a", train=24, val=8, seed=3, size=48)
+    assert time.perf_counter() - start < 5
+    assert names == list(SEG_CLASSES) and (tmp_path / "a" / "classes.txt").read_text().split("\n")[:5] == names
+    write_toy_segmentation(tmp_path / "b", train=24, val=8, seed=3, size=48)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    write_toy_segmentation(tmp_path / "c", train=24, val=8, seed=4, size=48)
+    assert _files(tmp_path / "c") != _files(tmp_path / "a")
+    seen, edge, inside = set(), [], []
+    for mask_path in sorted((tmp_path / "a" / "masks").rglob("*.png")):
+        stem = mask_path.relative_to(tmp_path / "a" / "masks").with_suffix("")
+        image_path = next((tmp_path / "a" / "images").glob(f"{stem}.*"))
+        with Image.open(mask_path) as m:
+            assert m.mode == "L" and m.size == (48, 48)
+            mask = np.asarray(m)
+        pixels = np.asarray(Image.open(image_path).convert("RGB"), np.float32)
+        seen |= set(np.unique(mask).tolist())
+        # the mask is what was drawn: colour jumps where the class changes far more than inside a region
+        jump = np.abs(np.diff(pixels, axis=1)).sum(-1)
+        boundary = np.diff(mask.astype(np.int16), axis=1) != 0
+        edge += jump[boundary].tolist()
+        inside += jump[~boundary].tolist()
+    assert seen == set(range(len(SEG_CLASSES)))
+    assert np.mean(edge) > 2 * np.mean(inside)
+    summary = ingest(tmp_path / "a", tmp_path / "out", workers=1)
+    assert summary.task == "segmentation" and summary.classes == names
+    assert summary.splits == {"train": 24, "val": 8} and summary.rejected == 0

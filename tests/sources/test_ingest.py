@@ -50,6 +50,7 @@ from pipeline.testing.toydata import write_toy_dataset
 from pipeline.sources.decode import ImageRejected, open_rgb  # noqa: E402
 from pipeline.sources.index import INDEX_COLUMNS  # noqa: E402
 from pipeline.sources.ingest import ingest  # noqa: E402
+from pipeline.sources.layouts import Options
 from pipeline.sources.split import assign_splits, sort_classes  # noqa: E402
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -548,3 +549,63 @@ def test_reading_an_index_exits_cleanly_every_time(tmp_path):
     # one at a time: the abort is a race at exit that a loaded machine hides
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, check=False) for _ in range(20)]
     assert [(r.returncode, r.stderr.decode()[-200:]) for r in runs if r.returncode] == []
+
+
+# -- class order and split folders (issue 22) -----------------------------------------------------
+def test_class_order_alphabetical_by_default_or_from_a_class_list(tmp_path, capsys):
+    for cls in ("dog", "ant", "cat"):
+        _images(tmp_path / "src" / cls, ["0.png", "1.png"])
+    assert main(tmp_path / "src", tmp_path / "out") == 0
+    assert json.loads((tmp_path / "out/classes.json").read_text()) == ["ant", "cat", "dog"]
+    _write(tmp_path / "order.txt", b"dog\ncat\n# a comment line\nant\nbee\n")
+    assert cli.main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out2"), "--workers", "1",
+                     "--classes", str(tmp_path / "order.txt")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "1 class(es) of the class list have no image: 'bee'" in err
+    table = pq.read_table(tmp_path / "out2/index.parquet")
+    assert json.loads(table.schema.metadata[b"tsdistill.classes"]) == ["dog", "cat", "ant", "bee"]
+    assert {(r["class_name"], r["label"]) for r in table.to_pylist()} == {("dog", 0), ("cat", 1), ("ant", 2)}
+    # a class the list does not name: its images are rejects, with the reason
+    _write(tmp_path / "two.txt", b"cat\ndog\n")
+    summary = ingest(tmp_path / "src", tmp_path / "out3", workers=1,
+                     options=Options(classes=("cat", "dog")))
+    assert summary.classes == ["cat", "dog"] and summary.kept == 4
+    assert summary.reject_reasons == {"class not in --classes": 2}
+    # an ImageFolder's own classes.txt is its order (not a file outside a class folder)
+    _write(tmp_path / "src/classes.txt", b"cat\nant\ndog\n")
+    summary = ingest(tmp_path / "src", tmp_path / "out4", workers=1)
+    assert summary.classes == ["cat", "ant", "dog"] and summary.rejected == 0
+    _write(tmp_path / "twice.txt", b"cat\ncat\n")
+    assert cli.main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out5"),
+                     "--classes", str(tmp_path / "twice.txt")]) == 2
+    assert "class 'cat' listed twice" in capsys.readouterr().err
+
+
+def test_split_folders_are_splits_not_classes(tmp_path, capsys):
+    for split, n in (("train", 3), ("val", 2)):
+        for cls in ("cat", "dog"):
+            _images(tmp_path / "src" / split / cls, [f"{i}.png" for i in range(n)])
+    _write(tmp_path / "src/train/stray.jpg", b"x")
+    assert main(tmp_path / "src", tmp_path / "out") == 0
+    assert "warning" not in capsys.readouterr().err
+    rows = pq.read_table(tmp_path / "out/index.parquet").to_pylist()
+    assert json.loads((tmp_path / "out/classes.json").read_text()) == ["cat", "dog"]
+    assert sorted((r["relpath"].split("/")[0], r["split"]) for r in rows) == [("train", "train")] * 6 + [("val", "val")] * 4
+    assert all(r["class_name"] == r["relpath"].split("/")[1] for r in rows)
+    reasons = pq.read_table(tmp_path / "out/rejects.parquet").column("reason").to_pylist()
+    assert reasons == ["not inside a class folder"]
+    # test/ beside train/ and validation/: test → val, validation → train (the paper's protocol)
+    _images(tmp_path / "src3/train/cat", ["0.png"])
+    _images(tmp_path / "src3/validation/cat", ["1.png"])
+    _images(tmp_path / "src3/test/cat", ["2.png"])
+    ingest(tmp_path / "src3", tmp_path / "out3", workers=1)
+    rows = pq.read_table(tmp_path / "out3/index.parquet").to_pylist()
+    assert {r["relpath"].split("/")[0]: r["split"] for r in rows} == {"train": "train", "validation": "train",
+                                                                     "test": "val"}
+    # ambiguous: one split folder beside class folders is read as a class, with one warning line
+    _images(tmp_path / "src2/train/cat", ["0.png", "1.png"])
+    _images(tmp_path / "src2/dog", ["0.png", "1.png"])
+    assert main(tmp_path / "src2", tmp_path / "out2") == 0
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "src2: train/ named like split folders beside dog/: all read as classes" in err
+    assert json.loads((tmp_path / "out2/classes.json").read_text()) == ["dog", "train"]

@@ -217,3 +217,14 @@ def test_split_names_from_file_names():
     assert named_split("valid_000.tar") == "validation" and named_split("shard-000.tar") is None
     assert format_splits({"a": "train", "b": "validation"}) == {"a": "train", "b": "val"}
     assert format_splits({"a": "train", "b": "validation", "c": "test"}) == {"a": "train", "b": "train", "c": "val"}
+
+
+def test_hf_parquet_keeps_the_class_label_order(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    names = ["T-shirt/top", "Trouser", "Bag"]     # the dataset's own order, not alphabetical
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    rows = {"image": [{"bytes": jpeg(80 + s), "path": None} for s in range(4)], "label": [2, 0, 2, 0]}
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "hf" / "train.parquet"))
+    summary = ingest(tmp_path / "hf", tmp_path / "out", workers=1)
+    assert summary.classes == names and summary.warnings == ["1 class(es) of the class list have no image: 'Trouser'"]
+    assert {(r["class_name"], r["label"]) for r in index_rows(tmp_path / "out")} == {("Bag", 2), ("T-shirt/top", 0)}

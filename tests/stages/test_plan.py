@@ -82,3 +82,20 @@ def test_block_draws_equal_the_one_call_at_a_time_loop():
         assert _any_pairs(rng, n, count).tolist() == [list(p) for p in pairs]
         assert rng.uniform(0, 1, size=5).tolist() == [ref.uniform(0, 1) for _ in range(5)]
         assert rng.beta(0.2, 0.2, size=5).tolist() == [ref.beta(0.2, 0.2) for _ in range(5)]
+
+
+def test_a_segmentation_index_plans_class_agnostic_mixes_and_refuses_class_pairing(small_job, tmp_path):
+    import pytest
+
+    from pipeline.contract.configlib import ConfigError
+    from pipeline.sources.ingest import ingest
+    from pipeline.testing.toydata import write_toy_segmentation
+
+    write_toy_segmentation(tmp_path / "scenes", train=6, val=2, size=32)
+    index = ingest(tmp_path / "scenes", tmp_path / "ingest", workers=1).index
+    rows = plan_for(small_job, tmp_path, data={"index": index, "classes": []})
+    assert sum(r.kind == "mix" for r in rows) > 0
+    assert {(r.label, r.class_name) for r in rows if r.kind == "real"} == {(-1, None)}
+    for overrides in ({"pairing": "same-class"}, {"pairing": "cross-class"}):
+        with pytest.raises(ConfigError, match="a segmentation index has none"):
+            plan_for(small_job, tmp_path, data={"index": index, "classes": []}, plan=overrides)
