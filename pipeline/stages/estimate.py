@@ -26,6 +26,7 @@ from ..contract.generators import DIFFUSION_KINDS, PROMPTED_KINDS
 from ..contract.images import encode_image, stored_size
 from ..contract.tasks import CLASSIFICATION, SEGMENTATION
 from ..models.ldm_ddim import unet_steps
+from .segmentation import dense_topk
 
 # Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from anchors-h100-2026-11-27.json,
 # which anchors_gpu.py made: both live in the team's shared bench folder (../shared/bench/ beside the
@@ -135,9 +136,9 @@ def dense_bytes(job: JobConfig, views: int, classes: int, grid: tuple) -> int:
     """The dense teacher members of one sample: full float16 [K, C, h, w], or per location the top k
     (uint8 indices, float16 logits) and the float16 rest (contract.samples.encode_dense)."""
     locations = views * grid[0] * grid[1]
-    if job.generate.logits == "topk" and job.generate.topk < classes:
+    if (k := dense_topk(job, classes)) is not None:
         index_bytes = 1 if classes <= 256 else 2
-        return 3 * (NPY_HEADER + TAR_MEMBER) + locations * (job.generate.topk * (index_bytes + 2) + 2)
+        return 3 * (NPY_HEADER + TAR_MEMBER) + locations * (k * (index_bytes + 2) + 2)
     return NPY_HEADER + TAR_MEMBER + locations * classes * 2
 
 
@@ -289,10 +290,10 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
         "not counted: CPU decoding/encoding, model loading, Ray start-up, student training",
     ]
     if grid is not None:
-        topk = job.generate.logits == "topk" and job.generate.topk < counts.classes
+        top = dense_topk(job, counts.classes)
         assumptions.append(
             f"segmentation: dense teacher logits at the {grid[0]}×{grid[1]} patch grid per view, "
-            + (f"top-{job.generate.topk} per location + the rest mass" if topk else "all classes, float16")
+            + (f"top-{top} per location + the rest mass" if top else "all classes, float16")
             + f" ({human_bytes(dense_bytes(job, k, counts.classes, grid))} per train sample); a mask per real "
             "sample, measured on a test mask of 12 random regions")
     return {

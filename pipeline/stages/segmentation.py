@@ -2,10 +2,6 @@
 a source mask read and stored as the release stores it, and the dense encoding the job uses."""
 from __future__ import annotations
 
-import functools
-
-import numpy as np
-
 from ..config import JobConfig
 from ..contract.images import stored_size
 from ..contract.masks import decode_mask, store_mask
@@ -14,14 +10,10 @@ from ..sources.index import index_task
 from ..sources.masks import read_source_mask
 
 
-@functools.lru_cache(maxsize=64)
-def _task_of(path: str) -> str:
-    return index_task(path)
-
-
 def job_task(job: JobConfig) -> str:
-    """The task of a job: its index's (`tsd ingest --task`), never a setting of its own."""
-    return _task_of(str(job.data.index))
+    """The task of a job: its index's (`tsd ingest --task`), never a setting of its own (read from the
+    index's schema metadata only)."""
+    return index_task(job.data.index)
 
 
 def is_segmentation(job: JobConfig) -> bool:

@@ -230,3 +230,16 @@ def test_dry_run_estimates_the_dense_outputs_and_masks(seg_release, tmp_path):
     assert full["bytes_per_sample"]["mix/train"] - topk["bytes_per_sample"]["mix/train"] == \
         10 * 16 * (150 * 2 - (10 * 3 + 2)) - 2 * (NPY_HEADER + TAR_MEMBER)
     assert full["task"] == "segmentation" and "dense teacher logits at the 4×4 patch grid" in format_estimate(ade, full)
+
+
+def test_ray_generation_makes_the_same_shards(seg_release, ray_cluster, tmp_path):
+    """`tsd generate`'s Ray pool runs the same worker: the same shard bytes as the worker alone."""
+    from pipeline.stages.distribute import generate_stage
+
+    job, out = seg_release["job"], seg_release["out"]
+    shutil.copytree(out / TEACHER_DIR, tmp_path / TEACHER_DIR)
+    plan, _ = plan_stage(job, tmp_path)
+    summary = generate_stage(job, tmp_path, device="cpu", progress=False)
+    assert summary.done == len(plan.shard_names())
+    for name in plan.shard_names():
+        assert (tmp_path / f"{name}.tar").read_bytes() == (out / f"{name}.tar").read_bytes(), name
