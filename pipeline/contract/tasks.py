@@ -1,9 +1,9 @@
 """The tasks a release can be for, and the one constant of segmentation masks.
 
 Classification is what the paper studies first; semantic segmentation is its second task. A task is
-chosen once, at ingest (`tsd ingest --task`), recorded in the index and the manifest, and every later
-stage asks it here: the probe fits a dense head, the worker stores masks and dense teacher logits, the
-trainer refuses a config for the other task.
+chosen once, at ingest (by the source: a layout with masks is segmentation), recorded in the index
+and the manifest, and every later stage asks it here: the probe fits a dense head, the worker stores
+masks and dense teacher logits, the trainer refuses a config for the other task.
 """
 from __future__ import annotations
 

@@ -106,8 +106,7 @@ def read_source_index(data) -> SourceIndex:
         else sorted(set(table.column("class_name").to_pylist()))
     rows = table.select(needed).to_pylist()
     if data.classes and task == SEGMENTATION:   # its rows have no class: a filter would drop them all
-        raise ConfigError(f"data.classes: {data.index} is a segmentation index (its classes are mask values); "
-                          "leave data.classes empty")
+        raise _no_class_filter(data.index)
     if data.classes:
         keep = {name: i for i, name in enumerate(data.classes)}
         rows = [dict(r, label=keep[r["class_name"]]) for r in rows if r["class_name"] in keep]
@@ -145,9 +144,18 @@ def read_index_table(path, columns: list[str] | None = None):
         raise ConfigError(f"{path}: not a readable index ({first_line(e)})") from None
 
 
+def _no_class_filter(path) -> ConfigError:
+    return ConfigError(f"data.classes: {path} is a segmentation index (its classes are mask values, every "
+                       "image has several); leave data.classes empty")
+
+
 def index_classes(path: str) -> set[str]:
-    """The class names of an index (its class column only)."""
-    return set(read_index_table(path, ["class_name"]).column(0).to_pylist())
+    """The class names of an index (its class column only); a segmentation index has no class per
+    image to select by (ConfigError)."""
+    table = read_index_table(path, ["class_name"])
+    if index_task_of(table.schema.metadata or {}) == SEGMENTATION:
+        raise _no_class_filter(path)
+    return set(table.column(0).to_pylist())
 
 
 def _limits(meta: dict) -> dict:

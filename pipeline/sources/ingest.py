@@ -202,7 +202,8 @@ def ingest(src, out_dir, *, val_fraction: float = 0.1, seed: int = 0, min_size: 
         assign_missing_splits(rows, val_fraction, seed)
     else:
         label_and_split(rows, classes, val_fraction, seed)
-        empty = [c for c in classes if c not in {r["class_name"] for r in rows}]
+        present = {r["class_name"] for r in rows}
+        empty = [c for c in classes if c not in present]
         if empty:
             warnings.append(f"{len(empty)} class(es) of the class list have no image: "
                             + ", ".join(map(repr, empty[:5])) + (", …" if len(empty) > 5 else ""))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline.contract.tasks import IGNORE_INDEX
-from pipeline.sources.index import index_task
+from pipeline.sources.index import index_classes, index_task
 from pipeline.sources.layouts import Options
 from pipeline.sources.masks import CITYSCAPES_TRAIN_IDS, read_source_mask, shipped_classes
 from pipeline.sources.ingest import ingest
@@ -288,3 +288,5 @@ def test_a_segmentation_index_is_read_whole_and_refuses_a_class_filter(tmp_path,
     assert all(r["mask_path"] and r["label"] == -1 for r in index.rows)
     with pytest.raises(ConfigError, match="is a segmentation index"):
         read_source_index(SimpleNamespace(index=str(tmp_path / "out" / "index.parquet"), classes=["sky"]))
+    with pytest.raises(ConfigError, match="is a segmentation index"):
+        index_classes(str(tmp_path / "out" / "index.parquet"))     # what the job's class check reads
