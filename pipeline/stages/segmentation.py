@@ -11,8 +11,8 @@ from ..sources.masks import read_source_mask
 
 
 def job_task(job: JobConfig) -> str:
-    """The task of a job: its index's (`tsd ingest --task`), never a setting of its own (read from the
-    index's schema metadata only)."""
+    """The task of a job: its index's (set by the source's layout at ingest), never a setting of its
+    own; read from the index's schema metadata only."""
     return index_task(job.data.index)
 
 

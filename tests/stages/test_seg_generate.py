@@ -1,17 +1,16 @@
-"""Segmentation generation end to end at tiny size: probe (dense head on frozen patch tokens), plan,
-the shard worker (masks on real samples, dense teacher logits per view, mixes without masks), release,
-verify, regenerate, subset and the dataset card loaded by `datasets`."""
+"""Segmentation generation end to end at tiny size: ingest of the procedural scenes, probe (dense head
+on frozen patch tokens), plan, the shard worker and the Ray pool (masks on real samples, dense teacher
+logits per view, mixes without masks), release, verify, the dry run, and the dataset card loaded by
+`datasets`. The release tools on a segmentation release: tests/tools/test_seg_release_tools.py."""
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.config import load_job
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.dense import upsample_logits
 from pipeline.contract.errors import UserError
@@ -19,47 +18,18 @@ from pipeline.contract.layout import HEAD_FILE, INDEX, MANIFEST, PROBE_METRICS, 
 from pipeline.contract.masks import decode_mask
 from pipeline.contract.samples import (M_DENSE_LOGITS, M_DENSE_REST, M_DENSE_TOPK_IDX, M_JSON, M_MASK, SampleMeta,
                                        decode_dense, dense_summary)
-from pipeline.contract.shards import read_shard
 from pipeline.contract.tasks import IGNORE_INDEX
 from pipeline.models.teacher import DENSE_LINEAR, load_teacher, read_adaptation
-from pipeline.stages.jobdir import JobFolder, plan_path
+from pipeline.stages.jobdir import plan_path
 from pipeline.stages.plan import plan_stage, read_plan, write_plan
-from pipeline.stages.probe import probe_stage
-from pipeline.stages.release import release_stage
 from pipeline.stages.worker import ShardWorker
-from pipeline.tools.regenerate import regenerate
-from pipeline.tools.subset import make_subset
-from pipeline.tools.verify import check_sample, verify_release
-from seg_data import SEG_CLASSES, SEG_NUM_CLASSES, seg_job, write_seg_index
-
-
-def generate(job, out: Path, plan=None) -> None:
-    """Every planned shard through the shard worker (what a Ray actor runs), on the CPU."""
-    plan = plan or read_plan(plan_path(out))
-    worker = ShardWorker(job, out, device="cpu")
-    try:
-        for name in plan.shard_names():
-            worker.run_shard(name, plan.rows(name), JobFolder(job, str(out)).makers(plan.fingerprint))
-    finally:
-        worker.close()
+from pipeline.tools.verify import verify_release
+from seg_data import SEG_CLASSES, SEG_NUM_CLASSES, build_seg_release, shard_samples as samples
 
 
 @pytest.fixture(scope="module")
 def seg_release(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seg")
-    job_path = seg_job(root, write_seg_index(root))
-    job = load_job(job_path)
-    out = root / "release"
-    probe, _ = probe_stage(job, out, "cpu")
-    plan_stage(job, out)
-    generate(job, out)
-    release_stage(job, out)
-    return {"root": root, "out": out, "job": job, "job_path": job_path, "probe": probe}
-
-
-def samples(out: Path, shard: str) -> dict:
-    with open(out / f"{shard}.tar", "rb") as f:
-        return dict(read_shard(f))
+    return build_seg_release(tmp_path_factory.mktemp("seg"))
 
 
 def test_probe_fits_a_dense_head_and_reports_miou(seg_release):
@@ -104,43 +74,6 @@ def test_the_release_holds_masks_and_dense_logits_and_verifies(seg_release):
     assert decode_dense(val, SEG_NUM_CLASSES).shape == (1, SEG_NUM_CLASSES, 4, 4) and M_MASK in val
     mix = next(iter(samples(out, "mix/mix-000000").values()))
     assert M_MASK not in mix and decode_dense(mix, SEG_NUM_CLASSES).shape == (2, SEG_NUM_CLASSES, 4, 4)
-
-
-def test_verify_names_a_bad_mask_and_a_wrong_grid(seg_release):
-    from pipeline.contract.masks import store_mask
-
-    out = seg_release["out"]
-    manifest = json.loads((out / MANIFEST).read_text())
-    key, members = next(iter(samples(out, "real/train-000000").items()))
-    meta = SampleMeta.from_json(members[M_JSON])
-    assert check_sample(key, members, manifest, "train", "x") is None
-    bad = np.full((meta.height, meta.width), 7, np.uint8)
-    assert "mask value 7 is not a class" in check_sample(key, {**members, M_MASK: store_mask(bad, 64)}, manifest,
-                                                          "train", "x")
-    small = np.zeros((meta.height // 2, meta.width // 2), np.uint8)
-    assert "mask" in check_sample(key, {**members, M_MASK: store_mask(small, 16)}, manifest, "train", "x")
-    without = {k: v for k, v in members.items() if k != M_MASK}
-    assert "no mask.png" in check_sample(key, without, manifest, "train", "x")
-    regrid = dict(manifest, dense=dict(manifest["dense"], grid=[8, 8]))
-    assert "grid 4x4, manifest says 8x8" in check_sample(key, members, regrid, "train", "x")
-
-
-def test_regenerate_rebuilds_a_real_and_a_mix_sample_identically(seg_release):
-    out = seg_release["out"]
-    index = pq.read_table(out / INDEX).to_pylist()
-    uids = [next(r["uid"] for r in index if r["kind"] == kind) for kind in ("real", "mix")]
-    results = regenerate(out, uids, device="cpu", warn=lambda m: None)
-    assert [r.status for r in results] == ["identical", "identical"], [r.line() for r in results]
-    assert M_MASK in results[0].identical and M_DENSE_LOGITS in results[1].identical
-
-
-def test_subset_keeps_masks_and_dense_members(seg_release, tmp_path):
-    out = seg_release["out"]
-    index = pq.read_table(out / INDEX).to_pylist()
-    uids = [index[0]["uid"], next(r["uid"] for r in index if r["kind"] == "mix")]
-    manifest = make_subset(out, uids, tmp_path / "subset")
-    assert manifest["task"] == "segmentation" and manifest["dense"]["grid"] == [4, 4]
-    assert verify_release(tmp_path / "subset") == []
 
 
 def test_datasets_loads_the_masks_and_dense_logits(seg_release, tmp_path, monkeypatch):

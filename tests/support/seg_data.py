@@ -36,3 +36,43 @@ def seg_job(root: Path, index: Path, **overrides) -> Path:
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return dump(config, root / "job.yaml")
+
+
+def generate_shards(job, out: Path, plan=None) -> None:
+    """Every planned shard through the shard worker (what a Ray actor runs), on the CPU."""
+    from pipeline.stages.jobdir import JobFolder, plan_path
+    from pipeline.stages.plan import read_plan
+    from pipeline.stages.worker import ShardWorker
+
+    plan = plan or read_plan(plan_path(out))
+    worker = ShardWorker(job, out, device="cpu")
+    try:
+        for name in plan.shard_names():
+            worker.run_shard(name, plan.rows(name), JobFolder(job, str(out)).makers(plan.fingerprint))
+    finally:
+        worker.close()
+
+
+def build_seg_release(root: Path) -> dict:
+    """ingest → probe → plan → generate (the worker) → release of the tiny segmentation job in root."""
+    from pipeline.config import load_job
+    from pipeline.stages.plan import plan_stage
+    from pipeline.stages.probe import probe_stage
+    from pipeline.stages.release import release_stage
+
+    job_path = seg_job(root, write_seg_index(root))
+    job = load_job(job_path)
+    out = root / "release"
+    probe, _ = probe_stage(job, out, "cpu")
+    plan_stage(job, out)
+    generate_shards(job, out)
+    release_stage(job, out)
+    return {"root": root, "out": out, "job": job, "job_path": job_path, "probe": probe}
+
+
+def shard_samples(out: Path, shard: str) -> dict:
+    """{uid: members} of one shard of a release."""
+    from pipeline.contract.shards import read_shard
+
+    with open(out / f"{shard}.tar", "rb") as f:
+        return dict(read_shard(f))
