@@ -10,14 +10,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.dense import upsample_logits
 from pipeline.contract.errors import UserError
-from pipeline.contract.layout import HEAD_FILE, INDEX, MANIFEST, PROBE_METRICS, TEACHER_DIR
+from pipeline.contract.layout import CARD, HEAD_FILE, INDEX, MANIFEST, PROBE_METRICS, TEACHER_DIR
 from pipeline.contract.masks import decode_mask
-from pipeline.contract.samples import (M_DENSE_LOGITS, M_DENSE_REST, M_DENSE_TOPK_IDX, M_JSON, M_MASK, SampleMeta,
-                                       decode_dense, dense_summary)
+from pipeline.contract.samples import (M_DENSE_LOGITS, M_DENSE_REST, M_DENSE_TOPK_IDX, M_FEATURES, M_JSON, M_MASK,
+                                       SampleMeta, decode_dense, dense_summary, npy_load)
 from pipeline.contract.tasks import IGNORE_INDEX
 from pipeline.models.teacher import DENSE_LINEAR, load_teacher, read_adaptation
 from pipeline.stages.jobdir import plan_path
@@ -81,6 +82,8 @@ def test_datasets_loads_the_masks_and_dense_logits(seg_release, tmp_path, monkey
     datasets.disable_progress_bars()
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     root, cache = str(seg_release["out"]), str(tmp_path / "hf-cache")
+    card = yaml.safe_load((seg_release["out"] / CARD).read_text().split("---\n")[1])
+    assert card["task_categories"] == ["image-segmentation"]
     real = datasets.load_dataset(root, "real", cache_dir=cache)
     mix = datasets.load_dataset(root, "mix", cache_dir=cache)
     assert {s: real[s].num_rows for s in real} == {"train": 12, "validation": 4} and mix["train"].num_rows == 6
@@ -93,8 +96,10 @@ def test_datasets_loads_the_masks_and_dense_logits(seg_release, tmp_path, monkey
 
 
 def test_topk_dense_logits_per_location(seg_release, tmp_path):
-    """generate.logits: topk applies per location: the top k, their logits and the rest mass."""
-    job = replace(seg_release["job"], generate=replace(seg_release["job"].generate, logits="topk", topk=2))
+    """generate.logits: topk applies per location: the top k, their logits and the rest mass
+    (and generate.features stores CLS ‖ mean-patch per view, as for classification)."""
+    job = replace(seg_release["job"], generate=replace(seg_release["job"].generate, logits="topk", topk=2,
+                                                       features=True))
     shutil.copytree(seg_release["out"] / TEACHER_DIR, tmp_path / TEACHER_DIR)
     rows = read_plan(plan_path(seg_release["out"])).rows("real/val-000000")[:2]
     worker = ShardWorker(job, tmp_path, device="cpu")
@@ -103,6 +108,7 @@ def test_topk_dense_logits_per_location(seg_release, tmp_path):
     stored = samples(seg_release["out"], "real/val-000000")
     for m in made:
         assert {M_DENSE_TOPK_IDX, M_DENSE_REST} <= m.members.keys() and M_DENSE_LOGITS not in m.members
+        assert npy_load(m.members[M_FEATURES]).shape == (1, 384)
         full, decoded = decode_dense(stored[m.row.uid], SEG_NUM_CLASSES), decode_dense(m.members, SEG_NUM_CLASSES)
         assert (decoded.argmax(1) == full.argmax(1)).all()
         np.testing.assert_allclose(np.sort(decoded, axis=1)[:, -2:], np.sort(full, axis=1)[:, -2:], atol=1e-3)
@@ -176,3 +182,17 @@ def test_ray_generation_makes_the_same_shards(seg_release, ray_cluster, tmp_path
     assert summary.done == len(plan.shard_names())
     for name in plan.shard_names():
         assert (tmp_path / f"{name}.tar").read_bytes() == (out / f"{name}.tar").read_bytes(), name
+
+
+def test_probe_command_and_its_refusals(seg_release, tmp_path, capsys):
+    from pipeline import cli
+    from pipeline.stages.probe import run_probe
+
+    out = seg_release["out"]
+    assert cli.main(["probe", str(seg_release["job_path"]), "--out", str(out), "--device", "cpu"]) == 0
+    assert "probe: teacher val mIoU" in capsys.readouterr().out   # reused: the same inputs
+    job = seg_release["job"]
+    with pytest.raises(UserError, match="probe.mode: 'finetune' is not available for segmentation"):
+        run_probe(replace(job, probe=replace(job.probe, mode="finetune")), tmp_path, "cpu")
+    with pytest.raises(UserError, match="probe.head: 'mlp' has no segmentation form"):
+        run_probe(replace(job, probe=replace(job.probe, head="mlp")), tmp_path, "cpu")
