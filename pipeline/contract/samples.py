@@ -164,6 +164,16 @@ def decode_dense(members: dict, num_classes: int, where: str = "") -> np.ndarray
     return out.reshape(k_views, h, w, num_classes).transpose(0, 3, 1, 2).copy()
 
 
+def segmentation_sample(members: dict, num_classes: int, where: str = "") -> tuple:
+    """(mask, dense logits) of a segmentation sample's members: the mask as a uint8 [H, W] tensor of
+    class ids (`masks.decode_mask`; None for a mix, which has none) and the teacher's logits float32
+    [K, C, h, w] at its patch grid (`decode_dense`). What a reader of a segmentation release calls."""
+    from .masks import decode_mask
+
+    mask = decode_mask(members[M_MASK], where) if M_MASK in members else None
+    return mask, decode_dense(members, num_classes, where)
+
+
 def _logsumexp(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=1)
     return m + np.log(np.exp(x - m[:, None]).sum(axis=1))

@@ -12,9 +12,8 @@ from ..contract.layout import INDEX, MANIFEST, SHARD_FOLDERS, SHARD_SUFFIX
 from ..contract.manifest import read_manifest
 from ..contract.progress import Progress
 from ..contract.manifest import manifest_task
-from ..contract.masks import decode_mask
-from ..contract.samples import (M_DENSE_LOGITS, M_FEATURES, M_JSON, M_MASK, SampleMeta, decode_dense, dense_logits,
-                                npy_load)
+from ..contract.samples import (M_DENSE_LOGITS, M_FEATURES, M_JSON, M_MASK, SampleMeta, dense_logits, npy_load,
+                                segmentation_sample)
 from ..contract.tasks import IGNORE_INDEX, SEGMENTATION
 from ..contract.shards import IDENTITY_FIELDS, finished_shards, manifest_shard_identity, read_shard, shard_url, \
     stale_reason
@@ -60,18 +59,18 @@ def check_segmentation(key: str, members: dict, meta: SampleMeta, manifest: dict
     ids or the ignore value; mixes: absent) and dense logits [K, C, h, w] at the manifest's grid.
     Returns the decoded logits, or what is wrong (a str)."""
     classes, ignore = manifest["num_classes"], manifest.get("ignore_index", IGNORE_INDEX)
+    mask, logits = segmentation_sample(members, classes, where)
     if meta.kind == "real":
-        if M_MASK not in members:
+        if mask is None:
             return f"sample {key}: no {M_MASK}"
-        mask = decode_mask(members[M_MASK], where).numpy()
+        mask = mask.numpy()
         if mask.shape != (meta.height, meta.width):
             return f"sample {key}: mask {mask.shape[1]}x{mask.shape[0]}, image {meta.width}x{meta.height}"
         bad = np.unique(mask[(mask >= classes) & (mask != ignore)])
         if bad.size:
             return f"sample {key}: mask value {int(bad[0])} is not a class (0..{classes - 1}) nor {ignore}"
-    elif M_MASK in members:
+    elif mask is not None:
         return f"sample {key}: a {meta.kind} sample with a mask"
-    logits = decode_dense(members, classes, where)
     grid = tuple(manifest["dense"]["grid"])
     if logits.shape[2:] != grid:
         return f"sample {key}: dense logits grid {logits.shape[2]}x{logits.shape[3]}, manifest says {grid[0]}x{grid[1]}"

@@ -196,3 +196,15 @@ def test_probe_command_and_its_refusals(seg_release, tmp_path, capsys):
         run_probe(replace(job, probe=replace(job.probe, mode="finetune")), tmp_path, "cpu")
     with pytest.raises(UserError, match="probe.head: 'mlp' has no segmentation form"):
         run_probe(replace(job, probe=replace(job.probe, head="mlp")), tmp_path, "cpu")
+
+
+def test_a_reader_gets_mask_and_dense_logits_in_one_call(seg_release):
+    from pipeline.contract.samples import segmentation_sample
+
+    out = seg_release["out"]
+    real = next(iter(samples(out, "real/train-000000").values()))
+    mask, logits = segmentation_sample(real, SEG_NUM_CLASSES)
+    assert mask.dtype == torch.uint8 and tuple(mask.shape) == tuple(decode_mask(real[M_MASK]).shape)
+    assert logits.shape == (2, SEG_NUM_CLASSES, 4, 4)
+    mask, logits = segmentation_sample(next(iter(samples(out, "mix/mix-000000").values())), SEG_NUM_CLASSES)
+    assert mask is None and logits.shape == (2, SEG_NUM_CLASSES, 4, 4)
