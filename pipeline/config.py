@@ -13,6 +13,7 @@ from .contract import generators, storage
 from .contract.configlib import (ConfigError, check_weights_header, documented, load, parse_overrides, path_field,
                                  ranged, require_file, require_weights)
 from .contract.images import IMAGE_FORMATS
+from .contract.tasks import CLASSIFICATION, TASKS
 from .contract.views import Views
 
 Dtype = Literal["fp32", "bf16", "fp16"]
@@ -232,6 +233,9 @@ class ExpectedCounts:
     train: int = ranged(ge=0, doc="training images")
     val: int = ranged(ge=0, doc="validation images")
     classes: int = ranged(ge=1, doc="classes")
+    task: Literal[TASKS] = documented(CLASSIFICATION, doc=(
+            "what the dataset is for (the index says it once ingested): segmentation adds masks and dense "
+            "teacher logits to the estimate"))
 
 
 @dataclass

@@ -11,15 +11,20 @@ from __future__ import annotations
 def patch_grid(backbone, x):
     """A timm ViT's last-layer patch tokens as a feature map [N, D, h, w] (prefix tokens, i.e. CLS
     and registers, dropped); h, w = the input size over the patch size."""
-    tokens = backbone.forward_features(x)
+    return tokens_grid(backbone, backbone.forward_features(x), x.shape[-2], x.shape[-1])
+
+
+def tokens_grid(backbone, tokens, height: int, width: int):
+    """`patch_grid` from the tokens `forward_features` already gave for an input of height×width
+    (a caller that also needs the CLS token runs the backbone once)."""
     if tokens.ndim == 4:               # a CNN's feature map is one already (timm: [N, C, h, w])
         return tokens
     prefix = getattr(backbone, "num_prefix_tokens", 0) or 0
     patches = tokens[:, prefix:]
-    h, w = grid_size(backbone, x.shape[-2], x.shape[-1])
+    h, w = grid_size(backbone, height, width)
     if patches.shape[1] != h * w:
         raise ValueError(f"{type(backbone).__name__}: {patches.shape[1]} patch tokens for a {h}x{w} grid")
-    return patches.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+    return patches.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
 
 def grid_size(backbone, height: int, width: int) -> tuple[int, int]:

@@ -164,6 +164,16 @@ def decode_dense(members: dict, num_classes: int, where: str = "") -> np.ndarray
     return out.reshape(k_views, h, w, num_classes).transpose(0, 3, 1, 2).copy()
 
 
+def segmentation_sample(members: dict, num_classes: int, where: str = "") -> tuple:
+    """(mask, dense logits) of a segmentation sample's members: the mask as a uint8 [H, W] tensor of
+    class ids (`masks.decode_mask`; None for a mix, which has none) and the teacher's logits float32
+    [K, C, h, w] at its patch grid (`decode_dense`). What a reader of a segmentation release calls."""
+    from .masks import decode_mask
+
+    mask = decode_mask(members[M_MASK], where) if M_MASK in members else None
+    return mask, decode_dense(members, num_classes, where)
+
+
 def _logsumexp(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=1)
     return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
@@ -174,6 +184,18 @@ def teacher_summary(logits: np.ndarray) -> tuple[int, float]:
     mean = teacher_mean_probs(logits)
     entropy = float(-(mean * np.log(np.clip(mean, 1e-12, None))).sum())
     return int(mean.argmax()), entropy
+
+
+def dense_summary(logits: np.ndarray) -> tuple[int, float]:
+    """The index's teacher_top1 and teacher_entropy of a segmentation sample, from its dense logits
+    [K, C, h, w]: the class most locations of the first view's argmax map take (ties: the lowest
+    class), and the mean over those locations of the per-location entropy (nats) at T = 1."""
+    z = np.asarray(logits, dtype=np.float64)[0]                 # [C, h, w]
+    p = np.exp(z - z.max(0, keepdims=True))
+    p /= p.sum(0, keepdims=True)
+    entropy = float(-(p * np.log(np.clip(p, 1e-12, None))).sum(0).mean())
+    majority = int(np.bincount(z.argmax(0).reshape(-1), minlength=z.shape[0]).argmax())
+    return majority, entropy
 
 
 def teacher_mean_probs(logits: np.ndarray) -> np.ndarray:

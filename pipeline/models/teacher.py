@@ -5,6 +5,10 @@ The adaptation is one file, teacher/head.safetensors: the head (linear, or a sma
 trained part when probing (the paper's choice), plus, for a finetuned teacher (`probe.mode:
 finetune`, the paper's counterpoint), the weights of the last blocks and final norm it trained,
 stored under `backbone.` and laid over the pretrained weights when the teacher loads.
+
+For segmentation (the index's task) the head is DINOv2's linear segmentation head
+(`contract.dense.make_dense_head`: BatchNorm + 1×1 conv) on the last layer's patch-token grid, of
+kind `dense-linear` in the file's metadata; the Teacher then returns dense logits [N, C, h, w].
 """
 from __future__ import annotations
 
@@ -15,11 +19,31 @@ from torch import nn
 
 from ..config import TeacherConfig
 from ..contract import storage
+from ..contract.dense import make_dense_head, tokens_grid
 from ..contract.errors import ConfigError, UserError
+from ..contract.tasks import SEGMENTATION
 from .teacher_files import local_weights
 
 
 BACKBONE_PREFIX = "backbone."  # keys of the finetuned backbone weights in the adaptation file
+DENSE_LINEAR = "dense-linear"  # the segmentation head's kind: BatchNorm + 1×1 conv on the patch grid
+DENSE_HEADS = (DENSE_LINEAR,)
+
+
+def is_dense(head_kind: str) -> bool:
+    """Whether a head kind (head.safetensors' metadata `head`) labels pixels rather than images."""
+    return head_kind in DENSE_HEADS
+
+
+def head_kind(task: str, probe_head: str) -> str:
+    """The head the probe fits for a task: `probe.head` for classification; for segmentation the
+    dense linear head (`probe.head: linear`, the default, names it; an MLP has no dense form here)."""
+    if task != SEGMENTATION:
+        return probe_head
+    if probe_head != "linear":
+        raise UserError(f"probe.head: {probe_head!r} has no segmentation form; use 'linear' (DINOv2's BN + 1x1 "
+                        "linear head on the patch tokens)")
+    return DENSE_LINEAR
 
 
 def check_arch(cfg: TeacherConfig) -> None:
@@ -130,7 +154,11 @@ def apply_tuned(backbone: nn.Module, tuned: dict, where) -> None:
 def backbone_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """CLS ‖ mean(patch tokens) for ViTs (prefix tokens, e.g. registers, excluded from the mean);
     the pooled feature for any other timm model."""
-    tokens = backbone.forward_features(x)
+    return token_features(backbone, backbone.forward_features(x))
+
+
+def token_features(backbone: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`backbone_features` from the tokens `forward_features` gave."""
     prefix = getattr(backbone, "num_prefix_tokens", None)
     if tokens.ndim == 3 and prefix:
         return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], dim=1)
@@ -143,6 +171,10 @@ def feature_dim(backbone: nn.Module) -> int:
 
 
 def make_head(kind: str, in_dim: int, num_classes: int, hidden: int = 1024) -> nn.Module:
+    """The head of a kind: `linear`/`mlp` on pooled features [N, in_dim], `dense-linear` on a patch
+    grid [N, in_dim, h, w] (in_dim: the backbone's token width)."""
+    if is_dense(kind):
+        return make_dense_head(in_dim, num_classes)
     if kind == "linear":
         return nn.Linear(in_dim, num_classes)
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
@@ -189,17 +221,28 @@ def safetensors_metadata(data: bytes) -> dict:
 
 
 class Teacher(nn.Module):
-    """Backbone + head: normalised pixels in, (logits, features) out."""
+    """Backbone + head: normalised pixels in, (logits, features) out.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, mean, std):
+    Classification: logits [N, C]. A dense head (`dense`): logits [N, C, h, w] at the patch grid
+    (fp32, not upsampled). Features are CLS ‖ mean-patch [N, D'] for both, from the same backbone pass."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean, std, dense: bool = False):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.dense = backbone, head, dense
         self.mean, self.std = tuple(mean), tuple(std)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = backbone_features(self.backbone, x)
-        return self.head(feats.float()), feats
+        if not self.dense:
+            feats = backbone_features(self.backbone, x)
+            return self.head(feats.float()), feats
+        tokens = self.backbone.forward_features(x)
+        grid = tokens_grid(self.backbone, tokens, x.shape[-2], x.shape[-1]).float()
+        # the head one view at a time: the 1×1 conv's CPU kernel changes with the batch size (by 1e-6,
+        # enough to flip float16 roundings), and a sample's logits must not depend on the samples
+        # sharing its batch (`tsd regenerate` rebuilds one alone); the head costs little beside the backbone
+        logits = torch.cat([self.head(view) for view in grid.split(1)]) if len(grid) else self.head(grid)
+        return logits, token_features(self.backbone, tokens)
 
 
 def data_config(backbone: nn.Module) -> tuple[tuple, tuple]:
@@ -212,21 +255,33 @@ def data_config(backbone: nn.Module) -> tuple[tuple, tuple]:
 def describe_backbone(cfg: TeacherConfig) -> dict:
     """Mean, std and feature size of the configured backbone, built on the meta device: no weights
     are read or allocated (a ViT-g would cost gigabytes just to say how wide it is)."""
+    backbone = meta_backbone(cfg)
+    mean, std = data_config(backbone)
+    return {"mean": list(mean), "std": list(std), "feature_dim": feature_dim(backbone)}
+
+
+def meta_backbone(cfg: TeacherConfig) -> nn.Module:
+    """The configured backbone built on the meta device: its shapes, no weights."""
     import timm
 
     check_arch(cfg)
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("img_size", cfg.img_size)
     with torch.device("meta"):
-        backbone = timm.create_model(cfg.arch, pretrained=False, num_classes=0, **kwargs)
-    mean, std = data_config(backbone)
-    return {"mean": list(mean), "std": list(std), "feature_dim": feature_dim(backbone)}
+        return timm.create_model(cfg.arch, pretrained=False, num_classes=0, **kwargs)
+
+
+def teacher_grid(cfg: TeacherConfig) -> list[int]:
+    """The patch grid [h, w] of the teacher's dense logits at its input size (no weights read)."""
+    from ..contract.dense import grid_size
+
+    return list(grid_size(meta_backbone(cfg), cfg.img_size, cfg.img_size))
 
 
 def load_teacher(cfg: TeacherConfig, head_path) -> Teacher:
     """Backbone (with a finetuned teacher's trained blocks laid over it) and head, from the head file."""
-    head, _, tuned = read_adaptation(head_path)
+    head, meta, tuned = read_adaptation(head_path)
     backbone = load_backbone(cfg)
     apply_tuned(backbone, tuned, head_path)
     mean, std = data_config(backbone)
-    return Teacher(backbone, head, mean, std).eval()
+    return Teacher(backbone, head, mean, std, dense=is_dense(meta["head"])).eval()

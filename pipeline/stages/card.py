@@ -21,7 +21,10 @@ import yaml
 
 from ..contract.generators import DIFFUSION_KINDS
 from ..contract.layout import SHARD_PREFIX, SHARD_SUFFIX
-from ..contract.samples import M_FEATURES, M_JSON, M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS
+from ..contract.manifest import manifest_task
+from ..contract.samples import (M_DENSE_LOGITS, M_DENSE_REST, M_DENSE_TOPK_IDX, M_DENSE_TOPK_LOGITS, M_FEATURES,
+                                M_JSON, M_LOGITS, M_MASK, M_TOPK_IDX, M_TOPK_LOGITS)
+from ..contract.tasks import SEGMENTATION
 from ..models.ldm_ddim import unet_steps
 
 
@@ -65,10 +68,17 @@ def size_category(n: int) -> str:
     return "n>100M"
 
 
-def card_features(manifest: dict) -> list[dict]:
-    """The columns a config yields, in the `datasets` YAML form (the same for every config).
+def _nested(depth: int, dtype: str) -> dict:
+    """A `datasets` nested list of `depth` levels of `dtype`."""
+    return {"list": dtype if depth == 1 else _nested(depth - 1, dtype)}
 
-    npy members are lists of lists ([K, ·]; K is 1 for val, K for train, so never a fixed shape)."""
+
+def card_features(manifest: dict, config: str = DEFAULT_CONFIG) -> list[dict]:
+    """The columns a config yields, in the `datasets` YAML form.
+
+    npy members are lists of lists ([K, ·]; K is 1 for val, K for train, so never a fixed shape).
+    Segmentation: the `real` config also yields the mask (an image: 8-bit grey PNG of class ids), and
+    the teacher's members are dense, [K, C, h, w] (full) or [K, k, h, w] and [K, h, w] (top-k)."""
     label = {"class_label": {"names": {str(i): name for i, name in enumerate(manifest["classes"])}}}
     meta = [{"name": name, **(spec or {"dtype": label})} for name, spec in JSON_FIELDS.items()]
     teacher = manifest["teacher"]
@@ -76,7 +86,16 @@ def card_features(manifest: dict) -> list[dict]:
                 {"name": "__url__", "dtype": "string"},   # the tar (declared: datasets 3.x streaming needs it)
                 {"name": manifest["image"]["format"], "dtype": "image"},
                 {"name": M_JSON, "struct": meta}]
-    if teacher["logits"] == "topk":
+    if manifest_task(manifest) == SEGMENTATION:
+        if config == "real":
+            features.append({"name": M_MASK, "dtype": "image"})
+        if manifest["dense"]["logits"] == "topk":
+            features += [{"name": M_DENSE_TOPK_IDX, **_nested(4, "uint8" if manifest["num_classes"] <= 256 else "int16")},
+                         {"name": M_DENSE_TOPK_LOGITS, **_nested(4, "float16")},
+                         {"name": M_DENSE_REST, **_nested(3, "float16")}]
+        else:
+            features.append({"name": M_DENSE_LOGITS, **_nested(4, "float16")})
+    elif teacher["logits"] == "topk":
         features += [{"name": M_TOPK_IDX, "list": {"list": "int32"}},
                      {"name": M_TOPK_LOGITS, "list": {"list": "float16"}}]
     else:
@@ -92,9 +111,9 @@ def card_configs(manifest: dict) -> tuple[list[dict], list[dict]]:
     A config with no shard at all (no mixes, or a subset) is left out, since its glob would match
     nothing and `load_dataset` would fail on it; a split with no shard likewise. The default is
     `real`, or the first config left."""
-    features = card_features(manifest)
     configs, infos = [], []
     for name, parts in CARD_CONFIGS.items():
+        features = card_features(manifest, name)
         files, splits = [], []
         for kind, split in parts:
             shards = [s for s in manifest["shards"] if (s["kind"], s["split"]) == (kind, split)]
@@ -141,13 +160,29 @@ shards, the counts above nor `index.parquet`. `manifest.json` lists them under `
 """
 
 
+def segmentation_section(manifest: dict) -> str:
+    """What a segmentation release adds: masks on real samples, dense teacher logits per view."""
+    dense = manifest["dense"]
+    h, w = dense["grid"]
+    stored = (f"per location the top {dense['topk']} classes (`{M_DENSE_TOPK_IDX}`, `{M_DENSE_TOPK_LOGITS}`) "
+              f"and the rest of the probability mass (`{M_DENSE_REST}`)" if dense["logits"] == "topk"
+              else f"all classes, float16 (`{M_DENSE_LOGITS}`, [K, C, {h}, {w}])")
+    return f"""
+**Semantic segmentation.** Each real image carries its mask (`{M_MASK}`: 8-bit grey PNG at the stored
+image's size, pixel values the class ids 0..{manifest['num_classes'] - 1}, {manifest['ignore_index']} = no label);
+SD-Mixup images carry none. The teacher's outputs are dense: for each recorded view, logits at its
+{h}×{w} patch grid, {stored}; cut the mask with the view's box and flip (nearest) to compare them.
+"""
+
+
 def dataset_card(manifest: dict) -> str:
     counts = manifest["counts"]
     total = sum(counts.values())
+    seg = manifest_task(manifest) == SEGMENTATION
     configs, infos = card_configs(manifest)
     front = {
         "license": manifest["config"]["release"]["license"],
-        "task_categories": ["image-classification"],
+        "task_categories": ["image-segmentation" if seg else "image-classification"],
         "size_categories": [size_category(total)],
         "tags": ["knowledge-distillation", "sd-mixup", "synthetic", "webdataset", "tsdistill"],
         "configs": configs,
@@ -160,8 +195,14 @@ def dataset_card(manifest: dict) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in counts.items())
     names = ", ".join(f"`{c['config_name']}`" for c in configs)
     npy = ", ".join(f"`{f['name']}`" for f in card_features(manifest) if f["name"].endswith(".npy"))
-    logits_member = M_TOPK_LOGITS if t["logits"] == "topk" else M_LOGITS
+    if seg:
+        logits_member = M_DENSE_TOPK_LOGITS if manifest["dense"]["logits"] == "topk" else M_DENSE_LOGITS
+        score = f"validation mIoU {t['val_miou']:.3f}" if t.get("val_miou") is not None else "validation mIoU not measured"
+    else:
+        logits_member = M_TOPK_LOGITS if t["logits"] == "topk" else M_LOGITS
+        score = f"validation top-1 {t['val_top1']:.3f}"
     missing = missing_section(manifest)
+    seg_section = segmentation_section(manifest) if seg else ""
     return f"""---
 {yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
 ---
@@ -174,7 +215,7 @@ Real images of {manifest['num_classes']} classes and SD-Mixup images (two real t
 by an image-variation diffusion model, class-agnostic and prompt-free, after Marrie et al., TMLR 2024),
 each with the outputs of a probed teacher on {manifest['views']['k']} recorded views (crop box + flip),
 so a student can be distilled from them without running the teacher.
-
+{seg_section}
 ## Contents
 
 | kind/split | samples |
@@ -208,7 +249,7 @@ x = real["train"].with_format("numpy", columns=["{logits_member}"], dtype="float
 ## How it was generated
 
 - code: {manifest['code_version']}; global seed {manifest['seed']}
-- teacher: `{t['arch']}` at {t['img_size']} px, {adaptation(t)} (validation top-1 {t['val_top1']:.3f});
+- teacher: `{t['arch']}` at {t['img_size']} px, {adaptation(t)} ({score});
   weights sha256 `{t['weights']['sha256']}`, head sha256 `{t['head_sha256']}`
 - generator: {gen_line}
 - stored images: {manifest['image']['format']} q{manifest['image']['quality']}, short side at most {manifest['image']['store_size']} px

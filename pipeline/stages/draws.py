@@ -50,7 +50,7 @@ def make_row(job: JobConfig, uid: str, split: str, kind: str, *, label: int, cla
     return PlanRow(uid=uid, split=split, kind=kind, shard=shard, label=label, class_name=class_name,
                    path=source["path"] if kind == "real" else None, parents=list(parents),
                    parent_paths=list(parent_paths), weight=weight, seed=seed, width=width, height=height,
-                   views=views, prompt=prompt)
+                   views=views, prompt=prompt, mask_path=source.get("mask_path") if kind == "real" else None)
 
 
 def prompted(job: JobConfig) -> bool:
@@ -157,10 +157,11 @@ def real_part(job: JobConfig, rows: list[dict], split: str, classes: list[str]) 
         seeds = [derive_seed(job.seed, u) for u in uids]
         widths, heights, views = geometry_many(job, "real", split, seeds, chunk)
         labels = [r["label"] for r in chunk]
+        # a segmentation row's label is -1 (its classes are in its mask) and it has no class name
         return {"uid": uids, "label": labels, "class_name": [classes[i] if i >= 0 else None for i in labels],
                 "path": [r["path"] for r in chunk], "parents": [[]] * len(chunk), "parent_paths": [[]] * len(chunk),
                 "weight": [None] * len(chunk), "seed": seeds, "width": widths, "height": heights, "views": views,
-                "prompt": [None] * len(chunk)}
+                "prompt": [None] * len(chunk), "mask_path": [r.get("mask_path") for r in chunk]}
     return Part("real", split, len(rows), columns)
 
 
@@ -185,7 +186,7 @@ def mix_part(job: JobConfig, train: list[dict], classes: list[str]) -> Part:
                 "parents": [list(p) for p in zip(ua, ub)],
                 "parent_paths": [[train[i]["path"], train[j]["path"]] for i, j in zip(a, b)],
                 "weight": weights[start:stop], "seed": seeds, "width": widths, "height": heights, "views": views,
-                "prompt": [None] * n}
+                "prompt": [None] * n, "mask_path": [None] * n}
     return Part("mix", "train", count, columns)
 
 
@@ -202,5 +203,6 @@ def prompt_part(job: JobConfig, train: list[dict], classes: list[str], count: in
         n = len(uids)
         return {"uid": uids, "label": [-1] * n, "class_name": [classes[c] for c in picked], "path": [None] * n,
                 "parents": [[]] * n, "parent_paths": [[]] * n, "weight": [None] * n, "seed": seeds,
-                "width": widths, "height": heights, "views": views, "prompt": [prompt_index(job, u) for u in uids]}
+                "width": widths, "height": heights, "views": views, "prompt": [prompt_index(job, u) for u in uids],
+                "mask_path": [None] * n}
     return Part("mix", "train", count, columns)

@@ -3,7 +3,10 @@
 Sample and shard counts come from the ingested index when it exists, else from the job's
 `expected_counts` (a dataset's published sizes, for a recipe whose data is not downloaded yet).
 Disk size: the stored image (measured by encoding a natural-looking test image at the stored size
-with the release's encoder settings) plus the teacher's outputs and the tar overhead.
+with the release's encoder settings) plus the teacher's outputs and the tar overhead. Segmentation:
+the teacher's outputs are dense, K × (C or the top k + rest) × the patch grid (`generate.logits` and
+`generate.topk` per location, as the worker stores them), and each real sample has its mask (a PNG
+measured on a test mask of random regions at the stored size).
 GPU time: from speeds measured on one H100 (ANCHORS below), scaled to the job's settings by a
 compute model (UNet passes × FLOPs at the measured UNet throughput + VAE decode, ∝ (size/640)²),
 at two speeds: the stock diffusers pipeline, and the fused worker's target.
@@ -21,7 +24,9 @@ from ..config import JobConfig
 from ..contract.configlib import ConfigError
 from ..contract.generators import DIFFUSION_KINDS, PROMPTED_KINDS
 from ..contract.images import encode_image, stored_size
+from ..contract.tasks import CLASSIFICATION, SEGMENTATION
 from ..models.ldm_ddim import unet_steps
+from .segmentation import dense_topk
 
 # Measured on one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130), copied from anchors-h100-2026-11-27.json,
 # which anchors_gpu.py made: both live in the team's shared bench folder (../shared/bench/ beside the
@@ -55,6 +60,7 @@ class Counts:
     classes: int
     source: str           # where the counts come from, for the printout
     real_size: tuple      # a typical stored real image (width, height)
+    task: str = CLASSIFICATION
 
 
 def source_counts(job: JobConfig, n_train: int | None = None, n_val: int | None = None) -> Counts:
@@ -69,20 +75,21 @@ def source_counts(job: JobConfig, n_train: int | None = None, n_val: int | None 
         train = index.split("train")
         size = stored_size(int(np.median([r["width"] for r in train])), int(np.median([r["height"] for r in train])),
                                store) if train else assumed_size
-        counts = Counts(len(train), len(index.split("val")), len(index.classes), f"index {job.data.index}", size)
+        counts = Counts(len(train), len(index.split("val")), len(index.classes), f"index {job.data.index}", size,
+                        index.task)
     elif job.expected_counts is not None:
         hint = job.expected_counts
         classes = len(job.data.classes) if job.data.classes else hint.classes
         note = " (all classes; data.classes restricts them)" if job.data.classes else ""
         counts = Counts(hint.train, hint.val, classes,
-                        f"expected_counts{note} (index not found: {job.data.index})", assumed_size)
+                        f"expected_counts{note} (index not found: {job.data.index})", assumed_size, hint.task)
     else:
         raise ConfigError(f"data.index: index not found: {job.data.index}: give counts (expected_counts: "
                           "{train: N, val: M, classes: C}) or run `tsd ingest` first")
     if n_train is None and n_val is None:
         return counts
     return Counts(counts.train if n_train is None else n_train, counts.val if n_val is None else n_val,
-                  counts.classes, f"arguments (classes from {counts.source})", counts.real_size)
+                  counts.classes, f"arguments (classes from {counts.source})", counts.real_size, counts.task)
 
 
 # -- disk ---------------------------------------------------------------------------------------
@@ -125,10 +132,42 @@ def teacher_bytes(job: JobConfig, views: int, classes: int, feature_dim: int | N
     return out
 
 
-def sample_bytes(job: JobConfig, size: tuple, views: int, classes: int, feature_dim: int | None) -> int:
+def dense_bytes(job: JobConfig, views: int, classes: int, grid: tuple) -> int:
+    """The dense teacher members of one sample: full float16 [K, C, h, w], or per location the top k
+    (uint8 indices, float16 logits) and the float16 rest (contract.samples.encode_dense)."""
+    locations = views * grid[0] * grid[1]
+    if (k := dense_topk(job, classes)) is not None:
+        index_bytes = 1 if classes <= 256 else 2
+        return 3 * (NPY_HEADER + TAR_MEMBER) + locations * (k * (index_bytes + 2) + 2)
+    return NPY_HEADER + TAR_MEMBER + locations * classes * 2
+
+
+@lru_cache(maxsize=64)
+def mask_bytes(width: int, height: int, regions: int = 12, seed: int = 0) -> int:
+    """Bytes of a stored mask at that size: a test mask of `regions` random rectangles of random
+    classes over a background, as `contract.masks.store_mask` encodes it."""
+    from ..contract.masks import store_mask
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(regions):
+        x0, y0 = rng.integers(width), rng.integers(height)
+        w, h = rng.integers(1, max(2, width // 3)), rng.integers(1, max(2, height // 3))
+        mask[y0:y0 + h, x0:x0 + w] = rng.integers(1, 150)
+    return len(store_mask(mask, max(width, height))) + TAR_MEMBER
+
+
+def sample_bytes(job: JobConfig, size: tuple, views: int, classes: int, feature_dim: int | None,
+                 grid: tuple | None = None, mask: bool = False) -> int:
+    """One sample's bytes; `grid`: a segmentation job's patch grid (dense teacher members), `mask`: a
+    real segmentation sample (its mask member)."""
     image = image_bytes(size[0], size[1], job.data.image_format, job.data.quality) + TAR_MEMBER
     meta = JSON_BASE + JSON_PER_VIEW * views + TAR_MEMBER
-    return image + meta + teacher_bytes(job, views, classes, feature_dim)
+    if grid is None:
+        return image + meta + teacher_bytes(job, views, classes, feature_dim)
+    features = NPY_HEADER + TAR_MEMBER + views * feature_dim * 2 if feature_dim else 0
+    return (image + meta + dense_bytes(job, views, classes, grid) + features
+            + (mask_bytes(size[0], size[1]) if mask else 0))
 
 
 def teacher_feature_dim(job: JobConfig) -> int:
@@ -212,7 +251,13 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
     gen = job.generator
     mix_size = stored_size(gen.size, gen.size, job.data.store_size) if gen else (0, 0)
     sizes = {"real/train": counts.real_size, "real/val": counts.real_size, "mix/train": mix_size}
-    per_sample = {key: sample_bytes(job, sizes[key], views[key], counts.classes, feature_dim)
+    grid = None
+    if counts.task == SEGMENTATION:
+        from ..models.teacher import teacher_grid
+
+        grid = tuple(teacher_grid(job.teacher))
+    per_sample = {key: sample_bytes(job, sizes[key], views[key], counts.classes, feature_dim, grid,
+                                    mask=grid is not None and key.startswith("real"))
                   for key in rows if rows[key]}
     disk = {key: per_sample[key] * rows[key] for key in per_sample}
 
@@ -244,9 +289,18 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
         f"{counts.real_size[0]}×{counts.real_size[1]} after storing",
         "not counted: CPU decoding/encoding, model loading, Ray start-up, student training",
     ]
+    if grid is not None:
+        top = dense_topk(job, counts.classes)
+        assumptions.append(
+            f"segmentation: dense teacher logits at the {grid[0]}×{grid[1]} patch grid per view, "
+            + (f"top-{top} per location + the rest mass" if top else "all classes, float16")
+            + f" ({human_bytes(dense_bytes(job, k, counts.classes, grid))} per train sample); a mask per real "
+            "sample, measured on a test mask of 12 random regions")
     return {
         "counts_from": counts.source,
         "num_classes": counts.classes,
+        "task": counts.task,
+        **({"dense_grid": list(grid)} if grid is not None else {}),
         "counts": rows,
         "shards": shards,
         "views": views,
@@ -271,7 +325,7 @@ def human_bytes(n: float) -> str:
 
 def format_estimate(job: JobConfig, est: dict) -> str:
     lines = [f"dry run: {job.release.name} — nothing is written",
-             f"counts from {est['counts_from']}; {est['num_classes']} classes",
+             f"counts from {est['counts_from']}; {est['num_classes']} classes" + (f"; {est['task']}" if est['task'] != CLASSIFICATION else ""),
              "",
              f"{'kind/split':<12}{'samples':>9}{'shards':>8}{'views':>7}{'per sample':>12}{'disk':>11}"]
     for key, n in est["counts"].items():

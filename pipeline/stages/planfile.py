@@ -34,6 +34,7 @@ class PlanRow:
     height: int = 0
     views: list = field(default_factory=list)         # K × [x, y, w, h, flip]
     prompt: int | None = None  # prompted mixes (sd-text): the template's index; class_name = the prompted class
+    mask_path: str | None = None  # segmentation: the source mask of a real sample (label -1, class_name None)
 
 
 def plan_schema():
@@ -47,6 +48,7 @@ def plan_schema():
         ("width", pa.int32()), ("height", pa.int32()),      # stored size
         ("views", pa.list_(pa.list_(pa.float64()))),
         ("prompt", pa.int32()),    # added later: a plan without it reads as prompt None
+        ("mask_path", pa.string()),  # added later (segmentation); a plan without it reads as None
     ])
 
 

@@ -29,88 +29,21 @@ import torch.nn.functional as F
 from ..config import JobConfig, add_device_argument, add_job_arguments, load_job_args
 from ..contract import storage
 from ..contract.configlib import to_dict
-from ..contract.device import autocast, resolve_device, torch_dtype
+from ..contract.device import autocast, resolve_device
 from ..contract.errors import UserError
 from ..contract.files import reuse, write_json
 from ..contract.ids import derive_seed, fingerprint
-from ..contract.images import decode_image, store_image
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
 from ..contract.progress import Progress
+from ..contract.tasks import SEGMENTATION
 from ..contract.views import center_view, normalize, sample_views, views_batch
 from ..models.teacher import (backbone_features, data_config, describe_backbone, feature_dim, load_backbone,
                               make_head, save_head, tuned_parts)
 from ..models.teacher_files import weights_sha256
-from ..sources.decode import open_rgb
 from ..sources.index import index_sha256, read_source_index
 from .jobdir import marker
-
-
-def probe_views(job: JobConfig, row: dict, width: int, height: int, train: bool) -> list:
-    views = center_view(width, height, job.views)
-    if train and job.probe.views > 1:
-        seed = derive_seed(job.seed, row["uid"], "probe")
-        views += sample_views(seed, width, height, job.probe.views - 1, job.views)
-    return views
-
-
-def _stored_image(job: JobConfig, row: dict, limits: dict) -> torch.Tensor:
-    """The image as the release will store it (source → stored bytes → decoded), uint8 CHW."""
-    data = job.data
-    return decode_image(store_image(open_rgb(row["path"], **limits), data.store_size, data.image_format, data.quality))
-
-
-def _load_views(job: JobConfig, row: dict, train: bool, limits: dict) -> torch.Tensor:
-    image = _stored_image(job, row, limits)
-    views = probe_views(job, row, image.shape[2], image.shape[1], train)
-    return views_batch(image, views, job.teacher.img_size)
-
-
-@torch.no_grad()
-def extract_features(job: JobConfig, rows: list[dict], train: bool, device, desc: str,
-                     limits: dict | None = None) -> torch.Tensor:
-    """Teacher features [N × views, D] in the order of `rows` (views of a row are consecutive)."""
-    backbone = load_backbone(job.teacher).to(device)
-    mean, std = data_config(backbone)
-    dtype = torch_dtype(job.teacher.dtype, device)
-    backbone = backbone.to(dtype)
-    out, batch, bs = [], [], job.teacher.batch_size
-    with ThreadPoolExecutor(max_workers=4) as pool, Progress(desc, len(rows)) as bar:
-        # decoding runs ahead in threads (PIL and torch resize release the GIL)
-        for views in pool.map(lambda r: _load_views(job, r, train, limits or {}), rows):
-            batch.append(views)
-            bar.update(1)
-            if sum(len(b) for b in batch) >= bs:
-                out.append(_forward(backbone, batch, mean, std, device, dtype))
-                batch = []
-        if batch:
-            out.append(_forward(backbone, batch, mean, std, device, dtype))
-    return torch.cat(out) if out else torch.zeros(0, feature_dim(backbone))
-
-
-def _forward(backbone, batch, mean, std, device, dtype):
-    x = normalize(torch.cat(batch).to(device), mean, std).to(dtype)
-    return backbone_features(backbone, x).float().cpu()
-
-
-def fit_head(job: JobConfig, feats: torch.Tensor, labels: torch.Tensor, num_classes: int):
-    """AdamW on cached features, cosine schedule; seeded, so reruns give the same head."""
-    p = job.probe
-    torch.manual_seed(job.seed)
-    head = make_head(p.head, feats.shape[1], num_classes, p.hidden)
-    opt = torch.optim.AdamW(head.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    steps_per_epoch = max(1, -(-len(feats) // p.batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, p.epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(job.seed)
-    for _ in range(p.epochs):
-        order = torch.randperm(len(feats), generator=gen)
-        for i in range(0, len(feats), p.batch_size):
-            idx = order[i:i + p.batch_size]
-            loss = F.cross_entropy(head(feats[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return head.eval()
+from .probe_dense import run_dense_probe
+from .probe_features import _stored_image, extract_features, fit_head, probe_views  # noqa: F401 - the probe's API
 
 
 @torch.no_grad()
@@ -126,6 +59,8 @@ def run_probe(job: JobConfig, out_dir, device: str = "auto") -> dict:
     train, val = index.split("train"), index.split("val")
     if not train:
         raise UserError(f"{job.data.index}: no training images to probe on")
+    if index.task == SEGMENTATION:
+        return run_dense_probe(job, out_dir, dev, index, t0)
     if job.probe.mode == "finetune":
         return run_finetune(job, out_dir, dev, index, t0)
     f_train = extract_features(job, train, True, dev, "probe: train features", index.limits)
@@ -291,6 +226,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     metrics, reused = probe_stage(load_job_args(args), args.out, args.device, args.force)
+    if metrics.get("task") == SEGMENTATION:
+        print(f"probe: teacher val mIoU {metrics['val_miou']:.3f}, pixel accuracy {metrics['val_pixel_acc']:.3f} "
+              f"(train mIoU {metrics['train_miou']:.3f}, {metrics['n_train']} train / {metrics['n_val']} val images)"
+              f"{' [reused]' if reused else ''}")
+        return 0
     what = "finetuned teacher" if metrics.get("mode") == "finetune" else "teacher"
     print(f"probe: {what} val top-1 {metrics['val_top1']:.3f} (train {metrics['train_top1']:.3f}, "
           f"{metrics['n_train']} train / {metrics['n_val']} val images){' [reused]' if reused else ''}")

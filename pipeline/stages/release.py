@@ -17,6 +17,7 @@ from ..contract.shards import iter_finished_shards, shard_identity, shard_url, s
 from ..models.teacher_files import weights_identity
 from .jobdir import JobFolder, family, generator_files, share_teacher
 from .plan import Plan, read_plan
+from .segmentation import dense_topk, job_task
 
 
 def code_version() -> str:
@@ -44,8 +45,9 @@ def teacher_record(job: JobConfig, root) -> dict:
             **backbone,
             "logits": job.generate.logits, "topk": job.generate.topk if job.generate.logits == "topk" else None,
             "features": job.generate.features, "weights": weights_identity(job.teacher),
-            "head_sha256": storage.sha256(storage.join(root, HEAD_FILE)), "head": job.probe.head,
-            "val_top1": probe.get("val_top1"), "adaptation": adaptation_record(job, probe)}
+            "head_sha256": storage.sha256(storage.join(root, HEAD_FILE)), "head": probe.get("head", job.probe.head),
+            "val_top1": probe.get("val_top1"), "adaptation": adaptation_record(job, probe),
+            **({"val_miou": probe["val_miou"], "val_pixel_acc": probe.get("val_pixel_acc")} if "val_miou" in probe else {})}
 
 
 def adaptation_record(job: JobConfig, probe: dict) -> dict:
@@ -56,6 +58,24 @@ def adaptation_record(job: JobConfig, probe: dict) -> dict:
         for key in ("blocks", "layer_decay", "warmup_epochs"):
             recipe.pop(key)
     return {"mode": job.probe.mode, "tuned": probe.get("tuned", []), "recipe": recipe}
+
+
+def task_record(job: JobConfig, root, num_classes: int) -> dict:
+    """The manifest's `task`, and for segmentation its `ignore_index` and `dense`: the teacher's grid
+    [h, w] (what the probe measured, else the architecture's) and the encoding of its dense logits."""
+    from ..contract.tasks import IGNORE_INDEX, SEGMENTATION
+
+    task = job_task(job)
+    if task != SEGMENTATION:
+        return {"task": task}
+    grid = (read_json(storage.join(root, PROBE_METRICS)) or {}).get("grid")
+    if grid is None:
+        from ..models.teacher import teacher_grid
+
+        grid = teacher_grid(job.teacher)
+    topk = dense_topk(job, num_classes)
+    return {"task": task, "ignore_index": IGNORE_INDEX,
+            "dense": {"grid": list(grid), "logits": "topk" if topk else "full", "topk": topk}}
 
 
 def generator_record(job: JobConfig) -> dict | None:
@@ -88,6 +108,7 @@ def build_manifest(job: JobConfig, root, plan: Plan, stats: dict[str, dict],
         "seed": job.seed,
         "plan_fingerprint": plan.fingerprint,
         "config": to_dict(job),
+        **task_record(job, root, len(plan.classes)),
         "classes": plan.classes,
         "num_classes": len(plan.classes),
         "image": {"format": job.data.image_format, "quality": job.data.quality, "store_size": job.data.store_size},

@@ -22,7 +22,9 @@ from ..contract.device import resolve_device, to_device, torch_dtype
 from ..contract.generators import render_prompt
 from ..contract.images import decode_image, pil_to_tensor, store_image, tensor_to_pil
 from ..contract.layout import HEAD_FILE, shard_kind_split
-from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, encode_teacher, npy_bytes, teacher_summary
+from ..contract.errors import UserError
+from ..contract.samples import (M_FEATURES, M_JSON, M_MASK, SampleMeta, dense_summary, encode_dense, encode_teacher,
+                                npy_bytes, teacher_summary)
 from ..contract.shards import publish_shard, read_stats, shard_identity, tar_bytes
 from ..contract.views import normalize, views_batch
 from ..models.teacher import Teacher, load_teacher
@@ -30,6 +32,7 @@ from ..runtime import quiet_libraries
 from ..sources.decode import ImageRejected, open_rgb
 from ..sources.index import decode_limits
 from .planfile import PlanRow
+from .segmentation import is_segmentation, stored_mask
 
 
 @dataclass
@@ -63,6 +66,12 @@ class ShardWorker:
             # CPU kernels split reductions by thread count: fixing it keeps reruns byte-identical
             torch.set_num_threads(max(1, int(job.generate.cpus_per_worker)))
         self.teacher: Teacher = teacher if teacher is not None else self._load_teacher()
+        # the task is the index's; the head must be of it (a stale head from another ingest is refused)
+        self.dense = is_segmentation(job)
+        if self.teacher.dense != self.dense:
+            raise UserError(f"{storage.join(self.root, HEAD_FILE)}: a {'dense' if self.teacher.dense else 'classification'} "
+                            f"head, but {job.data.index} is a {'segmentation' if self.dense else 'classification'} "
+                            "index: run `tsd probe` again")
         self.limits = decode_limits(job.data.index)
         self._generator = None
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tsd-cpu")
@@ -176,8 +185,10 @@ class ShardWorker:
                 out.append((row, image))
         return out
 
-    def _post(self, generated: list[tuple[PlanRow, object]], results: dict) -> list[tuple[PlanRow, bytes, torch.Tensor]]:
-        """CPU: encode the stored bytes, decode them back (what the student will see), cut the views."""
+    def _post(self, generated: list[tuple[PlanRow, object]], results: dict) -> list[tuple]:
+        """CPU: encode the stored bytes, decode them back (what the student will see), cut the views;
+        a real segmentation sample's mask stored at the stored image's size. Items: (row, image bytes,
+        views, extra members)."""
         data_cfg = self.job.data
 
         def post(item):
@@ -188,7 +199,13 @@ class ShardWorker:
             if (pixels.shape[2], pixels.shape[1]) != (row.width, row.height):
                 return row, Failure(f"stored size {pixels.shape[2]}x{pixels.shape[1]} differs from the plan's "
                                     f"{row.width}x{row.height} (source changed since ingest?)")
-            return row, (data, views_batch(pixels, row.views, self.job.teacher.img_size))
+            extra = {}
+            if self.dense and row.kind == "real":   # mixes carry no mask
+                try:
+                    extra[M_MASK], _ = stored_mask(self.job, row.mask_path, row.width, row.height)
+                except (OSError, ValueError, TypeError) as e:
+                    return row, Failure(f"mask: {e}" if row.mask_path else "no mask planned for a segmentation sample")
+            return row, (data, views_batch(pixels, row.views, self.job.teacher.img_size), extra)
         out = []
         for row, item in self.pool.map(post, generated):
             if isinstance(item, Failure):
@@ -197,16 +214,17 @@ class ShardWorker:
                 out.append((row, *item))
         return out
 
-    def _teach(self, posted: list[tuple[PlanRow, bytes, torch.Tensor]], results: dict) -> None:
+    def _teach(self, posted: list[tuple], results: dict) -> None:
         """Device: the teacher on every view of the batch; the samples' members assembled."""
-        logits, feats = self._teacher([views for _, _, views in posted])
-        for i, (row, data, _) in enumerate(posted):
-            members, record = self._members(row, data, logits[i], feats[i] if feats is not None else None)
+        logits, feats = self._teacher([views for _, _, views, _ in posted])
+        for i, (row, data, _, extra) in enumerate(posted):
+            members, record = self._members(row, data, logits[i], feats[i] if feats is not None else None, extra)
             results[row.uid] = Made(row, members, record)
 
     @torch.no_grad()
     def _teacher(self, views: list[torch.Tensor]) -> tuple[list, list | None]:
-        """Teacher logits [K, C] (and features [K, D]) per sample, views batched across samples."""
+        """Teacher logits [K, C] (dense: [K, C, h, w]) and features [K, D] per sample, views batched
+        across samples."""
         if not views:
             return [], None
         x = torch.cat(views)
@@ -226,10 +244,15 @@ class ShardWorker:
         feats = list(torch.cat(feats).cpu().split(counts)) if features else None
         return logits, feats
 
-    def _members(self, row: PlanRow, data: bytes, logits: torch.Tensor, feats: torch.Tensor | None):
+    def _members(self, row: PlanRow, data: bytes, logits: torch.Tensor, feats: torch.Tensor | None,
+                 extra: dict | None = None):
         gen = self.job.generate
         logits = logits.numpy()
-        teacher, rest = encode_teacher(logits, gen.topk if gen.logits == "topk" else None)
+        topk = gen.topk if gen.logits == "topk" else None
+        if self.dense:   # per location, the rest mass a member of its own (contract.samples.encode_dense)
+            teacher, rest = encode_dense(logits, topk), None
+        else:
+            teacher, rest = encode_teacher(logits, topk)
         meta = SampleMeta(
             uid=row.uid, split=row.split, kind=row.kind, label=int(row.label), seed=int(row.seed),
             views=[[*v[:4], int(v[4])] for v in row.views], width=int(row.width), height=int(row.height),
@@ -237,10 +260,10 @@ class ShardWorker:
             generator=self.job.generator.kind if row.kind == "mix" else None, topk_rest=rest,
             prompt_class=row.class_name if row.prompt is not None else None,
             prompt=self.prompt_text(row) if row.prompt is not None else None)
-        members = {self.job.data.image_format: data, M_JSON: meta.to_json(), **teacher}
+        members = {self.job.data.image_format: data, M_JSON: meta.to_json(), **(extra or {}), **teacher}
         if feats is not None:
             members[M_FEATURES] = npy_bytes(feats.numpy().astype(np.float16))
-        top1, entropy = teacher_summary(logits)
+        top1, entropy = (dense_summary if self.dense else teacher_summary)(logits)
         return members, {"uid": row.uid, "teacher_top1": top1, "teacher_entropy": round(entropy, 6)}
 
     def close(self):

@@ -24,8 +24,9 @@ from ..contract.errors import UserError
 from ..contract.ids import derive_seed
 from ..contract.images import decode_image
 from ..contract.layout import HEAD_FILE, INDEX, KINDS, MANIFEST
-from ..contract.samples import (M_FEATURES, M_JSON, M_LOGITS, M_TOPK_IDX, M_TOPK_LOGITS, SampleMeta, dense_logits,
-                                image_member, npy_load)
+from ..contract.masks import decode_mask
+from ..contract.samples import (DENSE_MEMBERS, M_FEATURES, M_JSON, M_LOGITS, M_MASK, M_TOPK_IDX, M_TOPK_LOGITS,
+                                SampleMeta, decode_dense, dense_logits, image_member, npy_load)
 from ..stages.draws import make_row
 from ..stages.planfile import PlanRow
 from .reader import ReleaseReader
@@ -134,6 +135,15 @@ def compare(row: PlanRow, stored: dict, rebuilt: dict, num_classes: int,
         a = dense_logits(stored, SampleMeta.from_json(stored[M_JSON]), num_classes, "stored")
         b = dense_logits(rebuilt, SampleMeta.from_json(rebuilt[M_JSON]), num_classes, "rebuilt")
         _max_diff(result, "logits", a, b, logit_tol)
+    dense = set(DENSE_MEMBERS) & (set(stored) | set(rebuilt))
+    if dense - set(result.identical):
+        _max_diff(result, "dense logits", decode_dense(stored, num_classes, "stored"),
+                  decode_dense(rebuilt, num_classes, "rebuilt"), logit_tol)
+    if M_MASK in stored and M_MASK in rebuilt and M_MASK not in result.identical:
+        # a mask follows from the source file alone (no float kernel): any difference is a problem
+        a, b = decode_mask(stored[M_MASK]), decode_mask(rebuilt[M_MASK])
+        result.problems.append(f"{M_MASK} size {tuple(b.shape)} vs stored {tuple(a.shape)}" if a.shape != b.shape
+                               else f"{M_MASK} differs in {int((a != b).sum())} pixels")
     if M_FEATURES in stored and M_FEATURES in rebuilt and M_FEATURES not in result.identical:
         _max_diff(result, "features", npy_load(stored[M_FEATURES]), npy_load(rebuilt[M_FEATURES]),
                   logit_tol)

@@ -11,7 +11,10 @@ from ..contract.errors import UserError
 from ..contract.layout import INDEX, MANIFEST, SHARD_FOLDERS, SHARD_SUFFIX
 from ..contract.manifest import read_manifest
 from ..contract.progress import Progress
-from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, npy_load
+from ..contract.manifest import manifest_task
+from ..contract.samples import (M_DENSE_LOGITS, M_FEATURES, M_JSON, M_MASK, SampleMeta, dense_logits, npy_load,
+                                segmentation_sample)
+from ..contract.tasks import IGNORE_INDEX, SEGMENTATION
 from ..contract.shards import IDENTITY_FIELDS, finished_shards, manifest_shard_identity, read_shard, shard_url, \
     stale_reason
 
@@ -30,7 +33,12 @@ def check_sample(key: str, members: dict, manifest: dict, split: str, where: str
             return f"sample {key}: json uid {meta.uid!r} differs from the key"
         if len(meta.views) != k:
             return f"sample {key}: {len(meta.views)} views, expected {k}"
-        logits = dense_logits(members, meta, manifest["num_classes"], f"{where}: sample {key}")
+        if manifest_task(manifest) == SEGMENTATION:
+            logits = check_segmentation(key, members, meta, manifest, k, f"{where}: sample {key}")
+            if isinstance(logits, str):
+                return logits
+        else:
+            logits = dense_logits(members, meta, manifest["num_classes"], f"{where}: sample {key}")
         if logits.shape[0] != k:
             return f"sample {key}: logits for {logits.shape[0]} views, expected {k}"
         if not np.isfinite(logits).all():
@@ -44,6 +52,32 @@ def check_sample(key: str, members: dict, manifest: dict, split: str, where: str
     except ValueError as e:
         return str(e).split(": ", 1)[-1]
     return None
+
+
+def check_segmentation(key: str, members: dict, meta: SampleMeta, manifest: dict, k: int, where: str):
+    """A segmentation sample's mask (real samples: present, at the stored image's size, values class
+    ids or the ignore value; mixes: absent) and dense logits [K, C, h, w] at the manifest's grid.
+    Returns the decoded logits, or what is wrong (a str)."""
+    classes, ignore = manifest["num_classes"], manifest.get("ignore_index", IGNORE_INDEX)
+    mask, logits = segmentation_sample(members, classes, where)
+    if meta.kind == "real":
+        if mask is None:
+            return f"sample {key}: no {M_MASK}"
+        mask = mask.numpy()
+        if mask.shape != (meta.height, meta.width):
+            return f"sample {key}: mask {mask.shape[1]}x{mask.shape[0]}, image {meta.width}x{meta.height}"
+        bad = np.unique(mask[(mask >= classes) & (mask != ignore)])
+        if bad.size:
+            return f"sample {key}: mask value {int(bad[0])} is not a class (0..{classes - 1}) nor {ignore}"
+    elif mask is not None:
+        return f"sample {key}: a {meta.kind} sample with a mask"
+    grid = tuple(manifest["dense"]["grid"])
+    if logits.shape[2:] != grid:
+        return f"sample {key}: dense logits grid {logits.shape[2]}x{logits.shape[3]}, manifest says {grid[0]}x{grid[1]}"
+    expected = manifest["dense"]["logits"]
+    if (expected == "full") != (M_DENSE_LOGITS in members):
+        return f"sample {key}: dense logits not stored as the manifest's {expected!r}"
+    return logits
 
 
 class _Hashing:
@@ -98,9 +132,13 @@ VERIFY_FIELDS = {"image.format": str, "views.k": int, "teacher": dict, "num_clas
 SHARD_FIELDS = {"bytes": int, "sha256": str}
 
 
+SEGMENTATION_FIELDS = {"dense.grid": list, "dense.logits": str, "ignore_index": int}
+
+
 def check_verify_fields(manifest: dict, where: str) -> None:
     """UserError naming the first field verify needs that is missing or of the wrong type."""
-    for dotted, kind in VERIFY_FIELDS.items():
+    needed = {**VERIFY_FIELDS, **(SEGMENTATION_FIELDS if manifest_task(manifest) == SEGMENTATION else {})}
+    for dotted, kind in needed.items():
         value = manifest
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
