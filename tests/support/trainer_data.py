@@ -150,7 +150,7 @@ SEG_STUDENTS = {
     "vit-linear": {"arch": "vit_small_patch14_dinov2", "img_size": 28, "decoder": "linear",
                    "model_kwargs": {"img_size": 28, "depth": 1, "embed_dim": 48, "num_heads": 2}},
     "smp-fpn": {"arch": "resnet10t", "img_size": 32, "decoder": "FPN",
-                "model_kwargs": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}},
+                "model_kwargs": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 64}},  # 2 channels a group
 }
 
 
