@@ -27,6 +27,9 @@ import yaml
 from pipeline.contract.errors import UserError
 from pipeline.contract.files import atomic_write
 
+from pipeline.contract.tasks import SEGMENTATION
+
+from .export_seg import export_segmentation
 from .runfiles import METRICS, STUDENT_INFO
 from .students import INTERPOLATION, init_weights, load_student, preprocessing, release_eval_crop
 
@@ -258,6 +261,13 @@ def export(run, out, *, onnx: bool = False, torchscript: bool = False, base: str
     metrics = read_metrics(run)
     model, info = load_student(run)
     model.eval()
+    if info.get("task") == SEGMENTATION:
+        if torchscript:
+            raise UserError("--torchscript: a segmentation student exports as its library's folder and ONNX "
+                            "(--onnx); TorchScript is for classification students")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise UserError(f"{out}: exists and is not a folder")
+        return export_segmentation(model, info, metrics, Path(out), onnx=onnx)
     manifests = release_manifests(info)
     prep = student_preprocessing(info, manifests)
     config = timm_config(model, info, prep)
