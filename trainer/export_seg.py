@@ -56,30 +56,30 @@ def size_multiple(model: torch.nn.Module) -> int:
     return int(model.encoder.output_stride)
 
 
-def export_segmentation(model, info: dict, metrics: dict | None, out: Path, onnx: bool = False) -> dict:
-    """Write the export folder of a segmentation student; returns {files, checks}."""
+def export_segmentation(model, info: dict, metrics: dict | None, out: Path, *, prep: dict,
+                        backbone_config: dict | None, weights_name: str, onnx: bool = False) -> dict:
+    """Write the export folder of a segmentation student; returns {files, checks}. `prep`: its
+    preprocessing (`export.student_preprocessing`); `backbone_config`: a linear student's backbone as
+    timm's config.json has it (`export.timm_config`, num_classes 0); `weights_name`: timm's weight file name."""
     from safetensors.torch import save
-
-    from .export import WEIGHTS, student_preprocessing, timm_config
 
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    prep = student_preprocessing(info, [])
     step = size_multiple(model)
     if isinstance(model, LinearSegmenter):
         backbone = model.backbone
-        config = timm_config(backbone, dict(info, num_classes=0), prep)
+        config = dict(backbone_config)
         config["model_args"] = dict(info.get("model_kwargs") or {})
         if getattr(backbone, "dynamic_img_size", False):
             config["model_args"]["dynamic_img_size"] = True
         config.pop("label_names", None)
         atomic_write(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-        atomic_write(out / WEIGHTS, save({k: v.contiguous() for k, v in backbone.state_dict().items()}))
+        atomic_write(out / weights_name, save({k: v.contiguous() for k, v in backbone.state_dict().items()}))
         atomic_write(out / HEAD, save({k: v.contiguous() for k, v in model.head.state_dict().items()}))
-        files = ["config.json", WEIGHTS, HEAD]
+        files = ["config.json", weights_name, HEAD]
     else:
         model.save_pretrained(str(out))
-        files = sorted(p.name for p in out.iterdir() if p.name in ("config.json", WEIGHTS, "README.md"))
+        files = sorted(p.name for p in out.iterdir() if p.name in ("config.json", weights_name, "README.md"))
     summary = {"task": "segmentation", "arch": info["arch"], "decoder": info.get("decoder", "linear"),
                "num_classes": info["num_classes"], "classes": info["classes"], "size_multiple": step,
                "input_size": prep["input_size"], "mean": prep["mean"], "std": prep["std"],
