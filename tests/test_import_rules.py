@@ -1,7 +1,8 @@
 """The house rules, read statically from every module's imports (AST: an import inside a function
 counts as much as one at the top):
 - the contract imports nothing else of the project and nothing heavy;
-- from `pipeline`, the trainer imports only `pipeline.contract`, and nothing heavy at all;
+- from `pipeline`, the trainer imports only `pipeline.contract`, and nothing heavy at all (timm, webdataset and
+  segmentation_models_pytorch are its libraries; importing smp does not bring transformers in);
 - no import cycles between the project's modules;
 - every import inside `pipeline/` points down one declared order of layers (`LAYERS`);
 - `pipeline/` shows the flow: a handful of top-level modules, the rest in its subpackages.
@@ -9,6 +10,7 @@ counts as much as one at the top):
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from pathlib import Path
 from paths import REPO
@@ -104,6 +106,26 @@ def test_the_trainer_enters_pipeline_only_through_the_contract():
             if top(imported) in {"ray", "diffusers", "transformers", "accelerate"}:
                 bad.append(f"{name} imports {imported}")
     assert not bad, bad
+
+
+# the trainer's own libraries: it imports these and nothing of the generation side
+TRAINER_LIBRARIES = {"torch", "timm", "webdataset", "segmentation_models_pytorch"}
+
+
+def test_the_trainer_may_use_smp_and_smp_brings_nothing_heavy():
+    """segmentation_models_pytorch builds the trainer's CNN segmentation students: the trainer imports it,
+    and importing it (with the trainer's segmentation modules) loads no ray, diffusers or transformers."""
+    import subprocess
+
+    users = [name for name, path in modules().items() if top(name) == "trainer"
+             and any(top(i) == "segmentation_models_pytorch" for i in imports(name, path))]
+    assert users, "the trainer no longer imports segmentation_models_pytorch (update TRAINER_LIBRARIES)"
+    code = ("import sys, segmentation_models_pytorch, trainer.students, trainer.export_seg, trainer.evaluate\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'diffusers', 'transformers', 'accelerate'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_no_import_cycles():

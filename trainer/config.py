@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from pipeline.contract.configlib import ConfigError, documented, load, path_field, ranged, require_weights
+from pipeline.contract.tasks import CLASSIFICATION, SEGMENTATION
 
 from .release import ReleaseError, ReleaseSet, open_releases
 
@@ -26,6 +27,12 @@ class StudentConfig:
     img_size: int = ranged(224, ge=8, doc="the student's input size; views are replayed at it")
     model_kwargs: dict = documented(default_factory=dict, doc="extra timm.create_model arguments (ViTs: img_size)")
     drop_path: float = ranged(0.0, ge=0, lt=1, doc="stochastic depth rate (timm drop_path_rate)")
+    decoder: Optional[str] = documented(None, doc=(
+            "segmentation only: 'linear' (the default there) = BatchNorm + 1x1 conv on the last layer's patch tokens "
+            "of a timm ViT `arch` (DINOv2's linear head, the teacher's shape); or a segmentation_models_pytorch "
+            "architecture (FPN, DeepLabV3Plus, Unet, ...) on the timm encoder `arch` (smp's tu-<arch>); then "
+            "model_kwargs are smp.create_model arguments and weights is an smp save_pretrained folder or a timm "
+            "checkpoint of the encoder"))
 
     def check(self):
         import timm  # the registry only: no model is built here
@@ -33,6 +40,13 @@ class StudentConfig:
         if not timm.is_model(self.arch):
             raise ConfigError(f"arch: unknown timm model {self.arch!r}")
         require_weights(self.weights, self.weights_sha256)
+        if self.decoder not in (None, "linear"):
+            from .students import check_decoder   # imports smp: only for an smp decoder
+
+            try:
+                check_decoder(self.decoder)
+            except ConfigError as e:
+                raise ConfigError(str(e).removeprefix("student.")) from None
 
 
 @dataclass
@@ -120,6 +134,8 @@ class RuntimeConfig:
 @dataclass
 class RunSettings:
     """How a student is trained, releases aside: a `tsd train` config, and every run of `tsd compare`."""
+    task: Literal["classification", "segmentation"] = documented(CLASSIFICATION, doc=(
+            "what the student is trained for; must be the releases' task (their manifest's `task`)"))
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -136,9 +152,19 @@ class TrainConfig(RunSettings):
     def check(self):
         if not self.releases:
             raise ConfigError("releases: at least one release is needed")
+        check_task_settings(self)
 
     def uses_mixes(self) -> bool:
         return self.loss.mode == "distill" and self.data.mix_ratio > 0
+
+
+def check_task_settings(config: RunSettings) -> None:
+    """What only one task takes: a decoder and no feature loss for segmentation, no decoder for classification."""
+    if config.task == CLASSIFICATION and config.student.decoder is not None:
+        raise ConfigError(f"student.decoder: {config.student.decoder!r} is for task: segmentation (this config's task "
+                          "is classification)")
+    if config.task == SEGMENTATION and config.loss.feature_weight > 0:
+        raise ConfigError("loss.feature_weight: the feature loss is for classification; set it to 0 for segmentation")
 
 
 def load_config(path, overrides: dict | None = None) -> tuple[TrainConfig, ReleaseSet]:
@@ -159,6 +185,10 @@ def check_releases(config: TrainConfig, releases: ReleaseSet | None = None) -> R
             releases = open_releases(config.releases)
         except ReleaseError as e:
             raise ConfigError(f"releases[{e.index}]: {e}") from None
+    for release in releases:
+        if release.task != config.task:
+            raise ConfigError(f"task: {release.root} is a {release.task} release, the config's task is "
+                              f"{config.task} (set task: {release.task} or use a {config.task} release)")
     if releases.count("real", "train") == 0:
         raise ConfigError("releases: no real training samples in any release")
     if releases.count("real", "val") == 0:

@@ -15,12 +15,15 @@ import numpy as np
 import torch
 
 from pipeline.contract.configlib import ConfigError
-from pipeline.contract.device import autocast, resolve_device
+from pipeline.contract.device import resolve_device
 
-from .data import batches, model_inputs, val_loader
+from pipeline.contract.tasks import SEGMENTATION
+
+from .data import batches, val_loader
+from .evaluate_seg import evaluate_segmentation, probe_metrics, sum_over_ranks, val_outputs, write_per_class_iou
 from .release import ReleaseSet, open_releases
 from .runfiles import EVAL
-from .samples import DataError, Replay, add_counts
+from .samples import DataError, Replay
 from .students import load_student
 
 TEACHER = "teacher"           # `tsd eval teacher RELEASE`: the stored teacher logits instead of a student
@@ -30,10 +33,15 @@ TEACHER_DECODE_SIZE = 8       # the val loader decodes a view; the teacher's met
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, std, *, batch_size: int = 256,
              workers: int = 2, device="cpu", precision: str = "fp32", channels_last: bool = False,
-             on_corrupt: str = "error", predictions: bool = False, rank: int = 0, world: int = 1) -> dict:
+             on_corrupt: str = "error", predictions: bool = False, rank: int = 0, world: int = 1,
+             task: str | None = None) -> dict:
     """Metrics of `model` on the val shards: {n, top1, top5 (None when C < 5), agreement,
     teacher_top1, skipped (corrupt samples), skipped_shards (the same per shard)[, predictions: per-sample
-    dicts of this rank]}."""
+    dicts of this rank]}. A segmentation release (or `task`): `evaluate_seg.evaluate_segmentation`'s metrics."""
+    if (task or releases.task) == SEGMENTATION:
+        return evaluate_segmentation(model, releases, img_size, mean, std, batch_size=batch_size, workers=workers,
+                                     device=device, precision=precision, channels_last=channels_last,
+                                     on_corrupt=on_corrupt, rank=rank, world=world)
     device = torch.device(device)
     num_classes = releases.num_classes
     replay = Replay(num_classes, img_size, seed=0, on_corrupt=on_corrupt)
@@ -43,13 +51,8 @@ def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, 
     # n, top-1 hits, top-5 hits, agreement with the teacher, teacher top-1 hits
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     rows, lost = [], {}   # lost: corrupt samples per shard (a batch's "skipped" is their sum)
-    for batch in batches(loader):
-        add_counts(lost, batch.get("skipped_shards", {}))
-        if "logits" not in batch:
-            continue
-        x = model_inputs(batch, device, img_size, mean, std, channels_last)
-        with autocast(device, precision):
-            out = model(x)
+    for batch, out in val_outputs(model, loader, lost, "logits", device, img_size, mean, std, precision,
+                                  channels_last):
         out = out.float()
         labels = batch["label"].to(device)
         teacher = batch["logits"].to(device).argmax(1)
@@ -62,13 +65,7 @@ def evaluate(model: torch.nn.Module, releases: ReleaseSet, img_size: int, mean, 
         if predictions:
             rows += [{"uid": u, "label": int(l), "pred": int(p), "teacher": int(t)}
                      for u, l, p, t in zip(batch["uid"], labels.tolist(), top[:, 0].tolist(), teacher.tolist())]
-    if world > 1:
-        torch.distributed.all_reduce(sums)
-        parts = [None] * world
-        torch.distributed.all_gather_object(parts, lost)
-        lost = {}
-        for part in parts:
-            add_counts(lost, part)
+    lost = sum_over_ranks([sums], lost, world)
     model.train(was_training)
     n, top1, top5, agree, teacher_top1 = sums.tolist()
     if n == 0:
@@ -225,11 +222,36 @@ def evaluate_checkpoint(ckpt, release: str, *, batch_size: int = 256, workers: i
     releases = open_releases([release])
     if releases.classes != info["classes"]:
         raise ConfigError(f"{release}: classes differ from the student's ({ckpt})")
+    task = info.get("task", "classification")
+    if releases.task != task:
+        raise ConfigError(f"{release}: a {releases.task} release, the student ({ckpt}) is for {task}")
+    if task == SEGMENTATION:
+        predictions = False    # per-sample rows are classification's (a pixel map per view is not a row)
     device = resolve_device(device)
     model.to(device)
     metrics = evaluate(model, releases, info["img_size"], info["mean"], info["std"], batch_size=batch_size,
                        workers=workers, device=device, precision=precision, predictions=predictions)
     return metrics, info
+
+
+def report_segmentation(args: argparse.Namespace, metrics: dict, info: dict) -> int:
+    """`tsd eval` of a segmentation student: one line, per_class_iou.csv (the student's IoU beside the
+    stored teacher's and the probe's), the metrics JSON when asked."""
+    probe = probe_metrics(args.release)
+    said = f"probe mIoU {probe['val_miou']:.4f}" if probe and "val_miou" in probe else "no teacher/probe.json"
+    print(f"{info['arch']} ({info.get('decoder', 'linear')}) on {args.release}: mIoU {metrics['miou']:.4f}  pixel "
+          f"accuracy {metrics['pixel_acc']:.4f}  agreement {metrics['agreement']:.4f}  (teacher on the same views: "
+          f"mIoU {metrics['teacher_miou']:.4f}; {said}; n={metrics['n']} images)")
+    ckpt = Path(args.ckpt)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / EVAL
+    csv_path = write_per_class_iou(metrics, info["classes"], probe, out)
+    print(f"per-class IoU: {csv_path}")
+    if args.predictions:
+        print("note: --predictions is for classification students; not written")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(metrics, probe=probe, ckpt=str(args.ckpt), release=args.release),
+                                              indent=1))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     metrics, info = evaluate_checkpoint(args.ckpt, args.release, batch_size=args.batch_size,
                                         workers=args.workers, device=args.device, precision=args.precision,
                                         predictions=True)
+    if info.get("task") == SEGMENTATION:
+        return report_segmentation(args, metrics, info)
     rows = metrics.pop("predictions")
     top5 = "-" if metrics["top5"] is None else f"{metrics['top5']:.4f}"
     print(f"{info['arch']} on {args.release}: top1 {metrics['top1']:.4f}  top5 {top5}  "

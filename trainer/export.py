@@ -27,8 +27,11 @@ import yaml
 from pipeline.contract.errors import UserError
 from pipeline.contract.files import atomic_write
 
+from pipeline.contract.tasks import SEGMENTATION
+
+from .export_seg import export_segmentation
 from .runfiles import METRICS, STUDENT_INFO
-from .students import INTERPOLATION, init_weights, load_student, preprocessing, release_eval_crop
+from .students import INTERPOLATION, LinearSegmenter, init_weights, load_student, preprocessing, release_eval_crop
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -258,6 +261,17 @@ def export(run, out, *, onnx: bool = False, torchscript: bool = False, base: str
     metrics = read_metrics(run)
     model, info = load_student(run)
     model.eval()
+    if info.get("task") == SEGMENTATION:
+        if torchscript:
+            raise UserError("--torchscript: a segmentation student exports as its library's folder and ONNX "
+                            "(--onnx); TorchScript is for classification students")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise UserError(f"{out}: exists and is not a folder")
+        prep = student_preprocessing(info, [])
+        backbone = timm_config(model.backbone, dict(info, num_classes=0), prep) \
+            if isinstance(model, LinearSegmenter) else None
+        return export_segmentation(model, info, metrics, Path(out), prep=prep, backbone_config=backbone,
+                                   weights_name=WEIGHTS, onnx=onnx)
     manifests = release_manifests(info)
     prep = student_preprocessing(info, manifests)
     config = timm_config(model, info, prep)

@@ -24,20 +24,21 @@ import torch
 from pipeline.contract.configlib import ConfigError, dump, to_dict
 from pipeline.contract.device import autocast
 from pipeline.contract.logs import get_logger
+from pipeline.contract.tasks import SEGMENTATION
 
 from .checkpoints import Resumed, checkpoint_path, prune, resume, save_checkpoint, training_state
 from .config import TrainConfig
 from .data import TrainPlan, batches, model_inputs, train_loader, train_plan
 from .evaluate import evaluate
-from .losses import distill_loss, feature_loss
+from .losses import distill_loss, feature_loss, seg_distill_loss
 from .processes import Processes, rng_state, seed_everything, set_rng_state
 from .release import ReleaseSet
 from .runfiles import CONFIG, METRICS
 from .runlog import LossWindow, RunLog
 from .samples import Replay, add_counts
 from .stopping import Cadence, Stopped, StopSignals
-from .students import (STUDENT_INFO, STUDENT_WEIGHTS, Distillable, build_student, init_weights, mean_std, preprocessing,
-                       release_eval_crop, save_student)
+from .students import (STUDENT_INFO, STUDENT_WEIGHTS, Distillable, build_seg_student, build_student, init_weights,
+                       mean_std, preprocessing, release_eval_crop, save_student)
 from .trackers import open_run_trackers
 
 log = get_logger(__name__)
@@ -65,12 +66,15 @@ def make_optimizer(net: torch.nn.Module, optim) -> torch.optim.Optimizer:
 def train_step(model, optimizer, x: torch.Tensor, batch: dict, device, *, alpha: float, temperature: float,
                feature_weight: float, precision: str, clip_grad: float) -> torch.Tensor:
     """One update; returns [loss, ce, kd, feat] (detached, on the device: no host sync here)."""
-    teacher = batch["logits"].to(device, non_blocking=True)
-    labels = batch["label"].to(device, non_blocking=True)
     is_real = batch["is_real"].to(device, non_blocking=True)
     with autocast(device, precision):
         logits, projected = model(x)
-    loss, ce, kd = distill_loss(logits, teacher, labels, is_real, alpha, temperature)
+    if "mask" in batch:   # segmentation: dense teacher logits and the view's mask
+        loss, ce, kd = seg_distill_loss(logits, batch["teacher"].to(device, non_blocking=True),
+                                        batch["mask"].to(device, non_blocking=True), is_real, alpha, temperature)
+    else:
+        loss, ce, kd = distill_loss(logits, batch["logits"].to(device, non_blocking=True),
+                                    batch["label"].to(device, non_blocking=True), is_real, alpha, temperature)
     if projected is not None:
         feat = feature_loss(projected, batch["features"].to(device, non_blocking=True))
         loss = loss + feature_weight * feat
@@ -107,12 +111,16 @@ def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
     if rt.gpu_decode and not cuda and procs.main:
         log.warning("runtime.gpu_decode needs CUDA; decoding on the CPU")
     replay = Replay(releases.num_classes, config.student.img_size, rt.seed, feature_dim,
-                    rt.gpu_decode and cuda, config.data.on_corrupt)
+                    rt.gpu_decode and cuda, config.data.on_corrupt, config.task)
     plan = train_plan(releases, config, procs.world, replay)
 
-    student = build_student(config.student.arch, releases.num_classes, config.student.weights,
-                            config.student.drop_path, config.student.model_kwargs, config.student.img_size,
-                            config.student.weights_sha256)
+    st = config.student
+    if config.task == SEGMENTATION:
+        student = build_seg_student(st.arch, releases.num_classes, st.decoder, st.weights, st.drop_path,
+                                    st.model_kwargs, st.img_size, st.weights_sha256)
+    else:
+        student = build_student(st.arch, releases.num_classes, st.weights, st.drop_path, st.model_kwargs,
+                                st.img_size, st.weights_sha256)
     mean, std = mean_std(student)
     net = Distillable(student, feature_dim).to(procs.device)
     channels_last = cuda and rt.channels_last
@@ -123,6 +131,13 @@ def setup(config: TrainConfig, releases: ReleaseSet, procs: Processes) -> Setup:
     total_steps, warmup_steps = budget_steps(optim, spe)
     return Setup(plan, net, optimizer, mean, std, feature_dim, channels_last, total_steps=total_steps,
                  warmup_steps=warmup_steps, alpha=0.0 if loss_cfg.mode == "finetune" else loss_cfg.alpha)
+
+
+def seg_info(config: TrainConfig) -> dict:
+    """student.json's segmentation keys: the task and the decoder (what `load_student` rebuilds)."""
+    if config.task != SEGMENTATION:
+        return {}
+    return {"task": SEGMENTATION, "decoder": config.student.decoder or "linear"}
 
 
 def budget_steps(optim, steps_per_epoch: int) -> tuple[int, int]:
@@ -149,7 +164,7 @@ def validate(config: TrainConfig, s: Setup, releases: ReleaseSet, procs: Process
         return evaluate(s.net.student, releases, config.student.img_size, s.mean, s.std,
                         batch_size=max(1, config.data.batch_size // procs.world), workers=config.data.workers,
                         device=procs.device, precision=config.runtime.precision, channels_last=s.channels_last,
-                        on_corrupt=config.data.on_corrupt, rank=procs.rank, world=procs.world)
+                        on_corrupt=config.data.on_corrupt, rank=procs.rank, world=procs.world, task=config.task)
     finally:
         set_rng_state(state)
 
@@ -284,7 +299,8 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: StepsD
                          "steps_per_epoch": s.plan.steps_per_epoch, "global_batch": config.data.batch_size,
                          "mode": config.loss.mode, **progress.to_json(), "world": procs.world,
                          "budget": run_budget(s.plan, s.total_steps, procs.world)},
-               "student": {"arch": config.student.arch, "img_size": config.student.img_size},
+               "student": {"arch": config.student.arch, "img_size": config.student.img_size, "task": config.task,
+                           **({"decoder": config.student.decoder or "linear"} if config.task == SEGMENTATION else {})},
                "releases": [r.root for r in releases]}
     if procs.main:
         log.record_val(val_entry(s.total_steps, s, config, val))
@@ -296,6 +312,7 @@ def finish(config: TrainConfig, releases: ReleaseSet, s: Setup, progress: StepsD
                                           **preprocessing(config.student.img_size, s.mean, s.std, eval_crop),
                                           "classes": releases.classes,
                                           "model_kwargs": config.student.model_kwargs,
+                                          **seg_info(config),
                                           "init_weights": init_weights(config.student.weights,
                                                                        config.student.weights_sha256),
                                           "config": to_dict(config)})

@@ -12,7 +12,7 @@ from pipeline.contract import storage
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.errors import UserError
 from pipeline.contract.layout import MANIFEST, SHARD_SUFFIX
-from pipeline.contract.manifest import read_manifest
+from pipeline.contract.manifest import manifest_task, read_manifest
 from pipeline.contract.shards import shard_url
 
 
@@ -44,6 +44,7 @@ class Release:
         where = storage.join(root, MANIFEST)
         classes = manifest["classes"]
         self.classes: list[str] = classes
+        self.task: str = manifest_task(manifest)    # classification | segmentation
         self.teacher: dict = manifest.get("teacher") or {}
         self.image_format: str = (manifest.get("image") or {}).get("format", "jpg")
         self._shards = [self._shard(entry) for entry in manifest.get("shards") or ()]
@@ -99,6 +100,11 @@ class ReleaseSet:
                                    f"({len(other.classes)} vs {len(first.classes)} classes, first difference at "
                                    f"index {diff}); releases trained together need identical classes", i)
         self.classes = first.classes
+        for i, other in enumerate(releases[1:], 1):
+            if other.task != first.task:
+                raise ReleaseError(f"{other.root}: a {other.task} release, {first.root} a {first.task} one; releases "
+                                   "trained together are for one task", i)
+        self.task = first.task
 
     def __iter__(self):
         return iter(self.releases)

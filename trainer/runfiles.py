@@ -4,6 +4,7 @@ from __future__ import annotations
 
 LOG = "log.jsonl"              # one line per logged step
 VAL_LOG = "val.jsonl"          # one line per validation: {step, epoch, images_seen, top1, top5, agreement, ...}
+                               # (segmentation: miou, pixel_acc, per_class_iou, agreement, teacher_miou, ...)
 CONFIG = "config.yaml"         # the resolved train config
 CHECKPOINTS = "checkpoints"    # checkpoints/step-N/ (see trainer.checkpoints)
 METRICS = "metrics.json"       # the run's final metrics, written last

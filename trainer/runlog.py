@@ -56,6 +56,14 @@ class LossWindow:
         return {"sums": self.sums.cpu(), "steps": self.steps}
 
 
+def val_headline(val: dict) -> str:
+    """A validation in a few words: top-1 (classification) or mIoU and pixel accuracy (segmentation),
+    and the agreement with the teacher."""
+    score = f"mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_acc']:.4f}" if "miou" in val \
+        else f"top-1 {val['top1']:.4f}"
+    return f"{score}, agreement with the teacher {val['agreement']:.4f}"
+
+
 class RunLog:
     """log.jsonl, TensorBoard and a progress line, written by rank 0 only."""
 
@@ -107,8 +115,7 @@ class RunLog:
         with open(self.val_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
         self.scalars("val", {k: v for k, v in entry.items() if k not in ("step", "epoch")}, entry["step"])
-        self.say(f"val at epoch {entry['epoch']:.4g} (step {entry['step']}): top-1 {entry['top1']:.4f}, agreement "
-                 f"with the teacher {entry['agreement']:.4f}")
+        self.say(f"val at epoch {entry['epoch']:.4g} (step {entry['step']}): {val_headline(entry)}")
 
     def say(self, text: str) -> None:
         """A line of its own on the progress line's stream (above the line redrawn on a terminal)."""

@@ -18,8 +18,11 @@ from pipeline.contract.errors import UserError
 from pipeline.contract.ids import derive_seed
 from pipeline.contract.images import IMAGE_FORMATS, decode_image
 from pipeline.contract.logs import get_logger
-from pipeline.contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, image_member, npy_load
-from pipeline.contract.views import view_pixels
+from pipeline.contract.masks import decode_mask
+from pipeline.contract.samples import (M_FEATURES, M_JSON, M_MASK, SampleMeta, decode_dense, dense_logits, image_member,
+                                       npy_load)
+from pipeline.contract.tasks import IGNORE_INDEX, SEGMENTATION
+from pipeline.contract.views import view_mask, view_pixels
 
 log = get_logger(__name__)
 
@@ -46,6 +49,11 @@ class Replay:
     feature_dim: int | None = None   # read teacher features of this size (feature loss on)
     gpu_decode: bool = False         # hand the JPEG bytes on: decode on the device
     on_corrupt: str = "error"        # 'error' | 'skip'
+    task: str = "classification"     # segmentation: the view's mask and dense teacher logits instead of a label
+
+    @property
+    def dense(self) -> bool:
+        return self.task == SEGMENTATION
 
 
 def add_counts(total: dict, part: dict) -> dict:
@@ -111,18 +119,27 @@ def _parse(sample: dict, kind: str, replay: Replay, epoch: int | None, where: st
     if meta.kind != kind:
         raise Corrupt(f"{where}: a {meta.kind!r} sample in a {kind} shard")
     real = kind == "real"
-    if real and not 0 <= meta.label < replay.num_classes or not real and meta.label != -1:
+    # segmentation samples carry their labels in the mask: json's label is -1 for every kind
+    labelled = real and not replay.dense
+    if labelled and not 0 <= meta.label < replay.num_classes or not labelled and meta.label != -1:
         raise Corrupt(f"{where}: label {meta.label} invalid for a {kind} sample of {replay.num_classes} classes")
     k = len(meta.views)
     if k == 0:
         raise Corrupt(f"{where}: no views")
-    logits = dense_logits(sample, meta, replay.num_classes, where)
+    if replay.dense:
+        logits = decode_dense(sample, replay.num_classes, where)          # [K, C, h, w]
+    else:
+        logits = dense_logits(sample, meta, replay.num_classes, where)    # [K, C]
     if logits.shape[0] != k or not np.isfinite(logits).all():
         raise Corrupt(f"{where}: teacher logits {logits.shape} not finite or not one row per view ({k})")
     v = 0 if epoch is None else choose_view(replay.seed, epoch, meta.uid, k)
     view = list(meta.views[v])
     item = {"uid": meta.uid, "url": sample["__url__"], "view_index": v, "view": view,
-            "label": meta.label, "is_real": real, "logits": torch.from_numpy(logits[v].copy())}
+            "label": meta.label, "is_real": real}
+    # a segmentation sample's dense teacher logits [C, h, w] are `teacher`, a classification one's [C] `logits`
+    item["teacher" if replay.dense else "logits"] = torch.from_numpy(logits[v].copy())
+    if replay.dense:
+        item["mask"] = _view_mask(sample, meta, view, replay, real, where)
     if replay.feature_dim:
         if M_FEATURES not in sample:
             raise Corrupt(f"{where}: no {M_FEATURES} member")
@@ -142,6 +159,21 @@ def _parse(sample: dict, kind: str, replay: Replay, epoch: int | None, where: st
             raise Corrupt(f"{where}: image is {image.shape[2]}x{image.shape[1]}, json says {meta.width}x{meta.height}")
         item["pixels"] = view_pixels(image, view, replay.img_size)
     return item
+
+
+def _view_mask(sample: dict, meta: SampleMeta, view: list, replay: Replay, real: bool, where: str) -> torch.Tensor:
+    """The view's mask, uint8 [S, S] (`contract.views.view_mask`, the same box and flip as the pixels), made
+    here on the CPU whichever device decodes the image (nearest-neighbour on a PNG: cheap). A mix has no
+    mask: all IGNORE_INDEX, so it never reaches the cross-entropy."""
+    size = replay.img_size
+    if not real:
+        return torch.full((size, size), IGNORE_INDEX, dtype=torch.uint8)
+    if M_MASK not in sample:
+        raise Corrupt(f"{where}: a real segmentation sample with no {M_MASK}")
+    mask = decode_mask(sample[M_MASK], where)
+    if tuple(mask.shape) != (meta.height, meta.width):
+        raise Corrupt(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]}, json says {meta.width}x{meta.height}")
+    return view_mask(mask, view, size)
 
 
 def _checked_jpeg(data: bytes, meta: SampleMeta, ext: str, where: str) -> torch.Tensor:
@@ -165,10 +197,12 @@ def collate(items: list[dict], skipped: dict[str, int]) -> dict:
         "view_index": torch.tensor([it["view_index"] for it in items], dtype=torch.int64),
         "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
         "is_real": torch.tensor([it["is_real"] for it in items], dtype=torch.bool),
-        "logits": torch.stack([it["logits"] for it in items]),
         "skipped": sum(skipped.values()),
         "skipped_shards": skipped,
     }
+    for key in ("logits", "teacher", "mask"):    # logits: classification; teacher and mask: segmentation
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
     if "features" in items[0]:
         batch["features"] = torch.stack([it["features"] for it in items])
     if "jpeg" in items[0]:

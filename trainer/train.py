@@ -26,6 +26,7 @@ from .processes import Processes
 from .release import ReleaseSet
 from .runconfig import SAVED, note_ignored, resume_command, saved_config
 from .runfolder import claim
+from .runlog import val_headline
 from .stopping import Stopped
 
 
@@ -108,6 +109,6 @@ def run(args: argparse.Namespace) -> int:
               f"this run, {train['steps']} in all", flush=True)
     if main:
         skipped = f"; skipped {train['skipped']} corrupt sample(s), see metrics.json" if train["skipped"] else ""
-        print(f"trained {config.student.arch} for {train['steps']} steps ({train['mode']}): val top1 "
-              f"{val['top1']:.4f}, agreement with the teacher {val['agreement']:.4f} → {args.out}{skipped}", flush=True)
+        print(f"trained {config.student.arch} for {train['steps']} steps ({train['mode']}): val "
+              f"{val_headline(val)} → {args.out}{skipped}", flush=True)
     return 0

@@ -143,3 +143,24 @@ def compare_dict(*releases, **over) -> dict:
 def write_compare(path: Path, *releases, **over) -> Path:
     path.write_text(yaml.safe_dump(compare_dict(*releases, **over)))
     return path
+
+
+# tiny segmentation students: a 1-block DINOv2-shaped ViT (patch 14) with the linear head, and smp FPN on resnet10t
+SEG_STUDENTS = {
+    "vit-linear": {"arch": "vit_small_patch14_dinov2", "img_size": 28, "decoder": "linear",
+                   "model_kwargs": {"img_size": 28, "depth": 1, "embed_dim": 48, "num_heads": 2}},
+    "smp-fpn": {"arch": "resnet10t", "img_size": 32, "decoder": "FPN",
+                "model_kwargs": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 64}},  # 2 channels a group
+}
+
+
+def seg_config_dict(release_path, student: str = "vit-linear", **sections) -> dict:
+    """A small, fast segmentation config on `release_path` (a `write_seg_release`)."""
+    config = config_dict(release_path, student=SEG_STUDENTS[student], **sections)
+    config["task"] = "segmentation"
+    return config
+
+
+def write_seg_config(path: Path, release_path, student: str = "vit-linear", **sections) -> Path:
+    path.write_text(yaml.safe_dump(seg_config_dict(release_path, student, **sections)))
+    return path

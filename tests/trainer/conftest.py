@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from trainer.synthetic import write_release
+from trainer.synthetic import write_release, write_seg_release
 
 _built: dict = {}
 
 
-def _release(tmp_path_factory, name: str, **kw) -> Path:
+def _release(tmp_path_factory, name: str, writer=write_release, **kw) -> Path:
     """Build each kind of release once per session (the test modules share this module)."""
     if name not in _built:
-        _built[name] = write_release(tmp_path_factory.mktemp(name), **kw)
+        _built[name] = writer(tmp_path_factory.mktemp(name), **kw)
     return _built[name]
 
 
@@ -34,6 +34,15 @@ def rich_release(tmp_path_factory) -> Path:
     """Top-k teacher logits and teacher features, 5 classes (so top-5 is defined)."""
     return _release(tmp_path_factory, "rich", classes=5, train_per_class=16, val_per_class=8, mixes=32,
                     shard_size=16, features=True, topk=3)
+
+
+@pytest.fixture(scope="session")
+def seg_release(tmp_path_factory) -> Path:
+    """Segmentation (task in the manifest): 3 classes of shapes, 48 train (6 shards), 16 val (2 shards), 16
+    mixes (2 shards), K=2, 40-60 px, masks with 5% ignored pixels, full dense teacher logits on an 8x8 grid,
+    teacher/probe.json."""
+    return _release(tmp_path_factory, "seg", write_seg_release, classes=3, train=48, val=16, mixes=16, views=2,
+                    store_size=40, shard_size=8)
 
 
 @pytest.fixture
