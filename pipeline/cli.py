@@ -54,6 +54,15 @@ COMMANDS = {
     "verify": Command("pipeline.tools.verify", "check a release against its manifest",
                       "Check every shard's size, sha256, sample count and schema, and the index, against the "
                       "manifest. Exits 0 when all is well; otherwise names each bad shard and exits 1."),
+    "run": Command("pipeline.tools.runall", "every generation stage of a job in order, reusing what is done",
+                   "ingest (when the job names data.source) → probe → plan → generate → release → verify into "
+                   "OUT, each reused when its inputs did not change; one line per stage says why it ran or was "
+                   "reused. The first failing stage ends the run with its error and the command that continues."),
+    "status": Command("pipeline.tools.status", "each stage of a job folder: done, stale (what changed) or to do",
+                      "For the job folder DIR (the job `tsd run` recorded there, or --job), each stage of ingest, "
+                      "probe, plan, generate, release and verify as done, stale (and what changed: a config "
+                      "section, the index, the teacher head or weights) or to do, with shards done/planned. "
+                      "Loads no model and no Ray."),
     "train": Command("trainer.train", "distil (or finetune) a student from releases; no teacher, no Ray",
                      "Train a timm student on one or more releases: KD against the stored teacher logits on real and "
                      "mix samples plus CE on real labels, or a baseline (finetune, kd-real). Checkpoints atomically; "

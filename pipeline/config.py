@@ -15,6 +15,7 @@ from .contract.configlib import (ConfigError, check_weights_header, documented, 
 from .contract.images import IMAGE_FORMATS
 from .contract.tasks import CLASSIFICATION, TASKS
 from .contract.views import Views
+from .sources.index import INDEX_FILE
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 DEFAULT_PROMPTS = ("a photo of a {class}.",)   # sd-text without generator.prompts (CLIP's plain template)
@@ -28,9 +29,18 @@ class DataConfig:
     image_format: Literal["jpg", "webp", "png"] = documented("jpg", doc="how stored images are encoded in the shards")
     quality: int = ranged(90, ge=1, le=100, doc="encoder quality (jpg, webp)")
     classes: Optional[list[str]] = documented(None, doc="restrict to these class names (must exist in the index)")
+    source: Optional[str] = path_field(default=None, doc=(
+            "the dataset `tsd run` ingests into data.index (as `tsd ingest SOURCE --out <data.index's folder>`, "
+            "the layout detected); null = data.index is made by `tsd ingest` beforehand"))
 
     def check(self):
-        require_file(self.index, "index")
+        if self.source is None:
+            require_file(self.index, "index")
+        else:   # `tsd run` makes the index: it need not exist yet
+            require_file(self.source, "source")
+            if storage.basename(self.index) != INDEX_FILE:
+                raise ConfigError(f"index: {self.index}: with data.source, the index `tsd ingest` writes, "
+                                  f"<folder>/{INDEX_FILE}")
         if self.image_format not in IMAGE_FORMATS:   # the Literal above and the contract's encoders must agree
             raise ConfigError(f"image_format: {self.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
 

@@ -443,15 +443,28 @@ def markdown(results: dict) -> str:
 
 
 def chart(results: dict, path: Path) -> bool:
-    """Bars of the mean headline metric (val top-1 or mIoU) with its t interval as error bars (dots:
-    the seeds), and beside them the paired differences with their intervals; False when matplotlib is absent."""
+    """results.png (`results_figure`) at `path`; False when matplotlib is absent."""
+    import io
+
     try:
-        from matplotlib.figure import Figure
+        fig = results_figure(results)
     except ImportError:
         log.warning("matplotlib is not installed (pip install 'tsdistill[viz]'): no results.png")
         return False
-    import io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write(path, buffer.getvalue())
+    return True
+
+
+def results_figure(results: dict):
+    """Bars of the mean headline metric (val top-1, or mIoU for segmentation) with its t interval as
+    error bars (dots: the seeds), a line per teacher at its own value (what the students chase), and
+    beside them the paired differences with their intervals: a matplotlib Figure (ImportError without
+    matplotlib)."""
     import textwrap
+
+    from matplotlib.figure import Figure
 
     key, label = metric_of(results)
     rows, diffs = results["rows"], results["differences"]
@@ -495,10 +508,7 @@ def chart(results: dict, path: Path) -> bool:
         dax.set_xlabel(f"paired difference of val {label} (points)", fontsize=8)
         dax.set_title(f"same seed paired, {level} interval (red: excludes 0)", fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write(path, buffer.getvalue())
-    return True
+    return fig
 
 
 def write_results(results: dict, out: Path) -> None:

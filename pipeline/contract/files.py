@@ -90,16 +90,27 @@ def done(marker: str | os.PathLike, fingerprint: str, outputs=()) -> dict | None
     return None
 
 
-def mark_done(marker: str | os.PathLike, fingerprint: str, result=None) -> None:
-    write_json(marker, {"fingerprint": fingerprint, "result": result})
+def mark_done(marker: str | os.PathLike, fingerprint: str, result=None, inputs: dict | None = None) -> None:
+    write_json(marker, {"fingerprint": fingerprint, "result": result, **({"inputs": inputs} if inputs else {})})
 
 
 def reuse(marker: str | os.PathLike, fingerprint: str, work: Callable[[], object], outputs=(),
-          force: bool = False) -> tuple[object, bool]:
+          force: bool = False, inputs: dict | None = None) -> tuple[object, bool]:
     """(result, reused): the recorded result of finished work with these inputs, else `work()`'s,
-    recorded (it must be JSON-able)."""
+    recorded (it must be JSON-able). `inputs`: {name: fingerprint} of each input the fingerprint
+    covers, recorded beside it, so that `changed_inputs` can later say which one changed."""
     if not force and (record := done(marker, fingerprint, outputs)) is not None:
         return record["result"], True
     result = work()
-    mark_done(marker, fingerprint, result)
+    mark_done(marker, fingerprint, result, inputs)
     return result, False
+
+
+def changed_inputs(marker: str | os.PathLike, inputs: dict) -> list[str] | None:
+    """The names of `inputs` ({name: fingerprint}) whose fingerprint differs from the one `marker`
+    recorded (a name it did not record counts as changed); None when the marker recorded none."""
+    record = read_json(marker)
+    recorded = record.get("inputs") if isinstance(record, dict) else None
+    if not isinstance(recorded, dict):
+        return None
+    return [name for name, value in inputs.items() if recorded.get(name) != value]

@@ -32,7 +32,11 @@ def every_seconds() -> float:
         return DEFAULT_EVERY_S
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A duration as every command prints it: '4.2s' under 10 s, '51s', '9m08s', '2h05m' (the one
+    place durations are rounded: never '51.459999999999994 s')."""
+    if seconds < 9.95:
+        return f"{max(seconds, 0.0):.1f}s"
     seconds = int(round(seconds))
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -54,6 +58,7 @@ class Progress:
         self.enabled = enabled
         self.done, self.images, self.initial = initial, 0, initial
         self.fields: dict = {}
+        self.eta_s: float | None = None   # set_eta: the caller's own estimate of the time left
         self.start = self._last = time.monotonic()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.every = REDRAW_S if self.tty else every_seconds()
@@ -68,6 +73,11 @@ class Progress:
         if self.enabled and now - self._last >= self.every:
             self._last = now
             self._emit()
+
+    def set_eta(self, seconds: float | None) -> None:
+        """The time left as the caller estimates it (e.g. per kind of work, from the finished ones of
+        that kind); None: from the overall rate, as by default."""
+        self.eta_s = seconds
 
     def set(self, **fields) -> None:
         """Extra figures shown after the standard ones (e.g. the loss)."""
@@ -85,9 +95,11 @@ class Progress:
             parts.append(f"{self.images / elapsed:.1f} images/s")
         else:
             parts.append(f"{(done - self.initial) / elapsed:.2f} {self.unit}/s")
-        if self.total and done - self.initial > 0 and done < self.total:
+        if self.total and done < self.total and self.eta_s is not None:
+            parts.append(f"ETA {duration(self.eta_s)}")
+        elif self.total and done - self.initial > 0 and done < self.total:
             rate = (done - self.initial) / elapsed
-            parts.append(f"ETA {_duration((self.total - done) / rate)}")
+            parts.append(f"ETA {duration((self.total - done) / rate)}")
         parts += [f"{k} {v}" for k, v in self.fields.items()]
         return f"{self.desc}: " + ", ".join(parts)
 
@@ -103,7 +115,7 @@ class Progress:
         if self.enabled:
             elapsed = time.monotonic() - self.start
             if self.tty or self._drawn or elapsed >= 1.0:  # a quick loop off a terminal stays silent
-                self.set(elapsed=_duration(elapsed))
+                self.set(elapsed=duration(elapsed))
                 self._emit(final=True)
             self.enabled = False
         _OPEN.discard(self)

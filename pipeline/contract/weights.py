@@ -57,6 +57,30 @@ def _safetensors_problem(path: str, f, size: int) -> str | None:
     return None
 
 
+def safetensors_parameters(path: str) -> int | None:
+    """The number of parameters a safetensors file (or a folder's safetensors files) holds, read from
+    the header alone; None when there is none or a header is unreadable."""
+    files = [path] if not os.path.isdir(path) else \
+        sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names if n.endswith(SAFETENSORS_SUFFIX))
+    total = 0
+    try:
+        for name in files:
+            with open(name, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                if n > _MAX_HEADER:
+                    return None
+                header = json.loads(f.read(n))
+            for key, entry in header.items():
+                if key != "__metadata__":
+                    count = 1
+                    for dim in entry["shape"]:
+                        count *= dim
+                    total += count
+    except (OSError, ValueError, TypeError, KeyError, struct.error):
+        return None
+    return total if files else None
+
+
 def _torch_problem(path: str, f, size: int) -> str | None:
     if zipfile.is_zipfile(f):
         try:

@@ -26,7 +26,7 @@ from ..config import GenerateConfig, JobConfig, add_device_argument, add_job_arg
 from ..contract import storage
 from ..contract.errors import JobFailed, UserError, first_line, short_error
 from ..contract.layout import HEAD_FILE, SHARD_FOLDERS, SHARD_SUFFIX, shard_kind_split
-from ..contract.progress import Progress
+from ..contract.progress import Progress, duration
 from ..contract.shards import IDENTITY_FIELDS, finished_shards, shard_identity, shard_url, stale_reason, stats_url
 from ..models.teacher_files import weights_sha256
 from .jobdir import JobFolder, family, share_teacher
@@ -373,6 +373,22 @@ def run_generate(folders: list[JobFolder], *, address: str | None = None, device
     return summary
 
 
+def eta_by_kind(times: dict[str, list[float]], queued: dict[str, int], running: list[tuple[str, float]],
+                workers: int) -> float | None:
+    """Seconds left, per kind of shard: real shards (the teacher only) are much faster than mix
+    shards (the generator too), so each kind's shards left count at the mean time of that kind's
+    finished shards; a kind none of whose shards has finished counts at the slowest kind's mean.
+    `queued`: kind → shards waiting; `running`: (kind, seconds it has run) of each running shard;
+    the work is shared by `workers`. None before any shard has finished."""
+    means = {kind: sum(t) / len(t) for kind, t in times.items() if t}
+    if not means:
+        return None
+    slowest = max(means.values())
+    work = sum(n * means.get(kind, slowest) for kind, n in queued.items())
+    work += sum(max(0.0, means.get(kind, slowest) - ran) for kind, ran in running)
+    return work / max(1, workers)
+
+
 class Driver:
     """Keeps every worker busy with one shard at a time, and nothing waiting forever: a shard past
     its deadline has its worker killed and goes to another, a worker that died or could not start
@@ -393,6 +409,7 @@ class Driver:
         self.loads: list[int] = []           # teacher loads of workers gone
         self.done = self.samples = self.failures = self.retries = 0   # shards made, their samples, …
         self.capacity, self._capacity_at = 0, -1e9
+        self.times: dict[str, list[float]] = collections.defaultdict(list)   # shard kind → finished shards' seconds
 
     # -- the pool --------------------------------------------------------------------------------
     def _capacity(self) -> int:
@@ -469,6 +486,7 @@ class Driver:
                     self._answer(waiting[ref], ref, queue, bar)
                 self._late(queue)
                 self._name_stragglers(bar)
+                self._eta(queue, bar)
         finally:
             bar.close()
             self._shutdown()
@@ -507,6 +525,7 @@ class Driver:
             self.retries += 1
             return self._retry(task, f"on {slot.where}: {first_line(getattr(e, 'cause', None) or e)}", queue)
         self.deadline.add(time.monotonic() - slot.since)
+        self.times[shard_kind_split(task.name)[0]].append(time.monotonic() - slot.since)
         slot.loads = stats["teacher_loads"]
         self.done += 1
         self.samples += stats["count"]
@@ -526,6 +545,15 @@ class Driver:
             elif slot.starting is not None and now - slot.born > self.deadline.start:
                 self._drop(slot, f"a worker did not start within {self.deadline.start:.0f} s "
                                  f"(generate.start_deadline_s) on {slot.where}", queue)
+
+    def _eta(self, queue: list[Task], bar: Progress) -> None:
+        """The progress line's ETA, per kind of shard (`eta_by_kind`)."""
+        now = time.monotonic()
+        running = [(shard_kind_split(s.task.name)[0], now - s.since) for s in self.slots
+                   if s.task is not None and s.starting is None]
+        queued = collections.Counter(shard_kind_split(t.name)[0] for t in queue)
+        queued.update(shard_kind_split(s.task.name)[0] for s in self.slots if s.task is not None and s.starting is not None)
+        bar.set_eta(eta_by_kind(self.times, queued, running, len(self.slots)))
 
     def _name_stragglers(self, bar: Progress) -> None:
         """The progress line names the shards running late (the three latest, and how many more)."""
@@ -572,13 +600,18 @@ def add_arguments(p) -> None:
                         "weights, generator or plan (default: redo them)")
 
 
+def summary_text(s: GenerateSummary) -> str:
+    """What generate did, in one line (`tsd generate`, `tsd run`), its time rounded (`duration`)."""
+    lost = f", {s.workers_lost} worker(s) lost, {s.retries} shard(s) retried" if s.workers_lost or s.retries else ""
+    redone = (f", {s.redone} redone (stale: " + "; ".join(f"{why}: {n}" for why, n in s.stale_reasons) + ")"
+              if s.redone else "")
+    return (f"{s.done} shards made, {s.skipped} already done{redone}, {s.samples} samples, "
+            f"{s.failures} failed samples, {duration(s.seconds)}{lost}")
+
+
 def run(args) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     out = storage.location(args.out)
     s = generate_stage(load_job_args(args), out, address=address, device=args.device, keep_stale=args.keep_stale)
-    lost = f", {s.workers_lost} worker(s) lost, {s.retries} shard(s) retried" if s.workers_lost or s.retries else ""
-    redone = (f", {s.redone} redone (stale: " + "; ".join(f"{why}: {n}" for why, n in s.stale_reasons) + ")"
-              if s.redone else "")
-    print(f"generate: {s.done} shards made, {s.skipped} already done{redone}, {s.samples} samples, "
-          f"{s.failures} failed samples, {s.seconds} s{lost}")
+    print(f"generate: {summary_text(s)}")
     return 0

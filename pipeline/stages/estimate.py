@@ -10,11 +10,22 @@ measured on a test mask of random regions at the stored size).
 GPU time: from speeds measured on one H100 (ANCHORS below), scaled to the job's settings by a
 compute model (UNet passes × FLOPs at the measured UNet throughput + VAE decode, ∝ (size/640)²),
 at two speeds: the stock diffusers pipeline, and the fused worker's target.
+
+This machine: its device is found without loading torch (an NVIDIA GPU named by nvidia-smi or the
+driver's /proc files, else the CPU). A GPU's time is the H100's scaled by the ratio of peak dense
+bf16 TFLOP/s (GPU_PEAK_TFLOPS, the vendors' data sheets; extrapolated). A CPU's time is the job's
+FLOPs (the same compute model: UNet passes, VAE decode, CLIP and teacher forwards) at the fp32
+matmul speed measured here for a fraction of a second with numpy: a measured speed, an extrapolated
+time, and a lower bound (convolutions, attention and memory traffic run below a large matmul's rate).
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
+import shutil
+import subprocess
+import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -24,6 +35,7 @@ from ..config import JobConfig
 from ..contract.configlib import ConfigError
 from ..contract.generators import DIFFUSION_KINDS, PROMPTED_KINDS
 from ..contract.images import encode_image, stored_size
+from ..contract.progress import duration
 from ..contract.tasks import CLASSIFICATION, SEGMENTATION
 from ..models.ldm_ddim import unet_steps
 from .segmentation import dense_topk
@@ -233,8 +245,145 @@ def mix_seconds(job: JobConfig) -> tuple[dict, list[str]]:
     return {"stock": stock + clip, "target": target + clip}, notes
 
 
-def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = None) -> dict:
-    """Counts, shards, disk bytes and GPU-seconds of a job (see the module doc for the model)."""
+# -- this machine ---------------------------------------------------------------------------------
+# Peak dense bf16 (fp16 where the card has no bf16) tensor TFLOP/s without sparsity, from the vendors'
+# data sheets: a GPU of this list gets the H100 estimate scaled by 989 / its peak (matched by name).
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "L40": 181.0,
+                   "A10": 125.0, "L4": 121.0, "V100": 125.0, "T4": 65.0, "RTX 4090": 165.0, "A6000": 155.0}
+H100_PEAK_TFLOPS = 989.0
+CLIP_L14_TFLOP = 0.156           # CLIP ViT-L/14 vision at 224 px: 2 × 304 M parameters × 257 tokens
+VIT_SIZES = {"giant": (1536, 40), "large": (1024, 24), "base": (768, 12), "small": (384, 12), "tiny": (192, 12)}
+
+
+def teacher_tflop(job: JobConfig) -> tuple[float, str]:
+    """TFLOP of one teacher forward at the configured size: a ViT's 2 × 12·depth·dim² per token plus
+    attention, with the width and depth from model_kwargs or the arch's name; a model that is not a
+    ViT of that naming is assumed a ViT-g/14."""
+    import re
+
+    arch, kwargs = job.teacher.arch, job.teacher.model_kwargs or {}
+    size = next((name for name in VIT_SIZES if f"_{name}_" in arch), None)
+    patch = re.search(r"patch(\d+)", arch)
+    if not arch.startswith("vit") or patch is None or (size is None and "embed_dim" not in kwargs):
+        dim, depth, patch_px, note = 1536, 40, 14, f"{arch}: not a ViT known here, assumed a ViT-g/14"
+    else:
+        dim, depth = VIT_SIZES.get(size, (kwargs.get("embed_dim"), kwargs.get("depth", 12)))
+        dim, depth = kwargs.get("embed_dim", dim), kwargs.get("depth", depth)
+        patch_px, note = int(patch.group(1)), f"{arch}: dim {dim}, depth {depth}"
+    tokens = (job.teacher.img_size // patch_px) ** 2 + 1
+    flop = 2 * depth * 12 * dim * dim * tokens + 4 * depth * tokens * tokens * dim
+    return flop / 1e12, f"{note}, {tokens} tokens: {flop / 1e9:.3g} GFLOP per view"
+
+
+# Parameters of the published models the compute model's FLOPs are of (SD-1.x UNet, its VAE, CLIP ViT-L/14's
+# vision tower): a generator folder whose weights hold fewer (the demo's tiny ones) scales its FLOPs down.
+PUBLISHED_PARAMETERS = {"unet": 859.52e6, "vae": 83.65e6, "image_encoder": 303.97e6}
+
+
+def generator_scales(job: JobConfig) -> tuple[dict, str]:
+    """{part: its parameters / the published model's} of the configured generator folder's weights
+    (read from the safetensors headers; 1 for a part not found), and a note."""
+    from ..contract.weights import safetensors_parameters
+
+    gen, scales = job.generator, {part: 1.0 for part in PUBLISHED_PARAMETERS}
+    if gen is None or not gen.path or not os.path.isdir(gen.path):
+        return scales, "the published models' sizes (no generator folder here)"
+    found = {}
+    for part, published in PUBLISHED_PARAMETERS.items():
+        n = safetensors_parameters(os.path.join(gen.path, part))
+        if n:
+            scales[part], found[part] = n / published, n
+    if not found:
+        return scales, "the published models' sizes (no safetensors weights in the generator folder)"
+    return scales, "the generator folder's parameters against the published models': " + ", ".join(
+        f"{part} {n / 1e6:.3g} M / {PUBLISHED_PARAMETERS[part] / 1e6:.0f} M" for part, n in found.items())
+
+
+def mix_tflop(job: JobConfig, scales: dict | None = None) -> float:
+    """TFLOP of one mix by the compute model (0 for the pixel-space mixes); `scales`
+    (`generator_scales`): each part's FLOPs scaled by its parameters against the published model's."""
+    gen = job.generator
+    if gen is None or gen.kind not in DIFFUSION_KINDS:
+        return 0.0
+    scales = scales or {}
+    guided = gen.guidance > 1.0
+    area = (gen.size / REF_SIZE) ** 2
+    passes = unet_steps(gen.scheduler, gen.steps) * (2 if guided else 1)
+    clip = 0.0 if gen.kind in PROMPTED_KINDS else 2 * CLIP_L14_TFLOP * scales.get("image_encoder", 1.0)
+    return (passes * UNET640_TFLOP * scales.get("unet", 1.0) + VAE640_DECODE_TFLOP * scales.get("vae", 1.0)) * area \
+        + clip
+
+
+def local_gpu() -> str | None:
+    """The name of this machine's first NVIDIA GPU, found without torch (nvidia-smi, else the
+    driver's /proc files); None without one (or with CUDA_VISIBLE_DEVICES empty)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return None
+    if shutil.which("nvidia-smi"):
+        try:
+            done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                  text=True, timeout=10)
+            names = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+            if done.returncode == 0 and names:
+                return names[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        with open(info) as f:
+            for line in f:
+                if line.startswith("Model:"):
+                    return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def measure_matmul_gflops(seconds: float = 0.3, n: int = 512) -> float:
+    """The fp32 matmul speed of this CPU (numpy's BLAS, its threads), measured for about `seconds`."""
+    rng = np.random.Generator(np.random.PCG64(0))
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    a @ b   # warm up the BLAS threads
+    count, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds or count < 2:
+        a @ b
+        count += 1
+    return 2 * n ** 3 * count / elapsed / 1e9
+
+
+def this_machine(job: JobConfig, gpu_seconds_h100: dict, mix_flop: float, teacher_flop: float,
+                 gpu: str | None, gflops: float | None = None) -> dict:
+    """The estimate for this machine: `gpu` (local_gpu()) scales the H100's seconds by peak TFLOP/s;
+    without one, the job's TFLOP (`mix_flop`, `teacher_flop`) at this CPU's measured matmul speed
+    (`gflops`, measured here when None). Each number says whether it was measured or extrapolated."""
+    if gpu is not None:
+        key = next((k for k in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True) if k in gpu.upper()), None)
+        if key is None:
+            return {"device": gpu, "kind": "gpu", "seconds": None,
+                    "notes": [f"{gpu}: not in the table of peak TFLOP/s (estimate.GPU_PEAK_TFLOPS): no estimate; "
+                              "`tsd bench generate` measures this GPU"]}
+        scale = H100_PEAK_TFLOPS / GPU_PEAK_TFLOPS[key]
+        seconds = {part: s * scale for part, s in gpu_seconds_h100.items()}
+        return {"device": gpu, "kind": "gpu", "seconds": seconds,
+                "notes": [f"extrapolated: the H100 estimate (fused-worker target) × {H100_PEAK_TFLOPS:.0f} / "
+                          f"{GPU_PEAK_TFLOPS[key]:.0f} peak bf16 TFLOP/s ({key}, data sheet)"]}
+    measured = gflops is None
+    gflops = measure_matmul_gflops() if gflops is None else gflops
+    seconds = {"mix": mix_flop * 1e3 / gflops, "teacher": teacher_flop * 1e3 / gflops}
+    return {"device": f"CPU, {cpu_cores()} cores", "kind": "cpu", "seconds": seconds, "gflops": gflops,
+            "notes": [f"{'measured here' if measured else 'given'}: {gflops:.1f} GFLOP/s, numpy fp32 matmul on "
+                      "this CPU",
+                      f"extrapolated: the job's {mix_flop + teacher_flop:.3g} TFLOP (mixes {mix_flop:.3g}, "
+                      f"teacher {teacher_flop:.3g}) at that speed; a lower bound: convolutions, attention and "
+                      "memory traffic run below a large matmul's rate, and the CPU runs fp32"]}
+
+
+def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = None, here: bool = True,
+             gpu: str | None = None, gflops: float | None = None) -> dict:
+    """Counts, shards, disk bytes and GPU-seconds of a job (see the module doc for the model), and,
+    with `here`, the time on this machine (`this_machine`; `gpu`, `gflops`: given instead of found
+    and measured, for tests)."""
     counts = source_counts(job, n_train, n_val)
     k = job.views.k
     # generator.kinds: every generator makes the planned pool (the others in releases of their own)
@@ -279,6 +428,18 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
         probe_note = f"probe: {job.probe.views} view(s) per train image + val"
     teacher_s = (teacher_passes + probe_passes) / teacher_rate
     gpu_seconds = {speed: {"mix": mixes * per_mix[speed], "teacher": teacher_s} for speed in per_mix}
+    if here:
+        member_jobs = [job if kind == job.generator.kind else replace(job, generator=replace(job.generator, kind=kind))
+                       for kind in kinds]
+        scales, scale_note = generator_scales(job)
+        mixes_tflop = pool * sum(mix_tflop(j, scales) for j in member_jobs)
+        per_view, teacher_note_here = teacher_tflop(job)
+        machine = this_machine(job, gpu_seconds["target"], mixes_tflop, (teacher_passes + probe_passes) * per_view,
+                               local_gpu() if gpu is None else (gpu or None), gflops)
+        if machine["kind"] == "cpu":
+            machine["notes"].append(f"teacher FLOPs: {teacher_note_here}")
+            if mixes_tflop:
+                machine["notes"].append(f"mix FLOPs: the compute model above, scaled by {scale_note}")
     assumptions = [
         f"speeds measured on one H100: {ANCHORS_SOURCE}",
         *mix_notes,
@@ -311,6 +472,7 @@ def estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = Non
         "gpu_seconds": gpu_seconds,
         "gpu_hours": {speed: sum(parts.values()) / 3600 for speed, parts in gpu_seconds.items()},
         "assumptions": assumptions,
+        **({"here": machine} if here else {}),
     }
 
 
@@ -343,8 +505,23 @@ def format_estimate(job: JobConfig, est: dict) -> str:
         rates = {s: 1 / est["seconds_per_mix"][s] for s in ("stock", "target")}
         lines.append(f"(one mix: {est['seconds_per_mix']['stock']:.3f} s stock = {rates['stock']:.2f} img/s; "
                      f"{est['seconds_per_mix']['target']:.3f} s target = {rates['target']:.2f} img/s)")
+    lines += format_here(est.get("here"))
     lines += ["", "assumptions:"] + [f"  - {a}" for a in est["assumptions"]]
     return "\n".join(lines)
+
+
+def format_here(here: dict | None) -> list[str]:
+    """The estimate for this machine: its time per part (rounded by `duration`) and how each number
+    was had (measured or extrapolated)."""
+    if here is None:
+        return []
+    lines = ["", f"{'this machine: ' + here['device']:<30}{'mixes':>11}{'teacher':>11}{'total':>11}"]
+    if here["seconds"] is not None:
+        s = here["seconds"]
+        label = "extrapolated time" + (" (at least)" if here["kind"] == "cpu" else "")
+        lines.append(f"{label:<30}{duration(s['mix']):>11}{duration(s['teacher']):>11}"
+                     f"{duration(s['mix'] + s['teacher']):>11}")
+    return lines + [f"  - {note}" for note in here["notes"]]
 
 
 def print_estimate(job: JobConfig, n_train: int | None = None, n_val: int | None = None) -> dict:

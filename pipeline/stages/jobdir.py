@@ -24,12 +24,14 @@ from pathlib import Path
 
 from ..config import JobConfig
 from ..contract import storage
+from ..contract.configlib import to_dict
 from ..contract.errors import UserError
 from ..contract.files import write_if_changed
 from ..contract.ids import fingerprint, sha256_file
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
 from ..contract.generators import DIFFUSION_KINDS
 from ..models.teacher_files import weights_sha256
+from ..sources.index import index_sha256
 
 WORK = "work"
 GENERATORS_DIR = "generators"
@@ -84,6 +86,12 @@ class JobFolder:
         """A member's plan is the job's mixes, for the member's generator; the job folder's is the job's."""
         return job_fingerprint if self.kind is None else fingerprint([job_fingerprint, "mixes only", self.kind])
 
+    def plan_input_fingerprints(self, job_inputs: dict) -> dict:
+        """{name: fingerprint} of what this release's plan depends on (`stages.plan.plan_inputs` of
+        the job), recorded in its plan marker; a member's plan also depends on its generator kind."""
+        named = input_fingerprints(job_inputs)
+        return named if self.kind is None else {**named, "generator kind": fingerprint(self.kind)}
+
     def family_record(self, job: JobConfig) -> dict | None:
         """The manifest's `family` of this release (`job`: the whole job): every kind's release and
         the release with the real shards, relative to this one; None without generator.kinds."""
@@ -98,6 +106,25 @@ class JobFolder:
             real = "../.."
         return {"real": real, "generators": where,
                 "teacher": "one teacher head for every release of the family (the same head_sha256)"}
+
+
+def probe_inputs(job: JobConfig) -> dict:
+    """What the teacher head depends on, by name (`tsd status` names the ones that changed); the
+    probe's fingerprint is that of the values, in this order."""
+    return {"teacher.*": to_dict(job.teacher, paths=False), "probe.*": to_dict(job.probe),
+            "data.*": to_dict(job.data, paths=False), "views.*": to_dict(job.views), "seed": job.seed,
+            "data.index (its sha256)": index_sha256(job.data.index),
+            "teacher.weights (their sha256)": weights_sha256(job.teacher)}
+
+
+def probe_fingerprint(inputs: dict) -> str:
+    """The probe marker's fingerprint of `probe_inputs(job)`."""
+    return fingerprint(list(inputs.values()))
+
+
+def input_fingerprints(inputs: dict) -> dict:
+    """{name: fingerprint} of each named input: what a stage marker records beside its fingerprint."""
+    return {name: fingerprint(value) for name, value in inputs.items()}
 
 
 def generator_files(job: JobConfig) -> dict:

@@ -25,8 +25,9 @@ from .jobdir import JobFolder, family, members
 from .planfile import FINGERPRINT_KEY, PLAN_FORMAT, SHARDS_KEY, Plan, plan_schema, read_plan, views_array
 
 
-def plan_fingerprint(job: JobConfig) -> str:
-    """What the plan depends on: a changed value means the plan (and its shards) must be redone."""
+def plan_inputs(job: JobConfig) -> dict:
+    """What the plan depends on, by name (`tsd status` names the ones that changed): a changed value
+    means the plan (and its shards) must be redone. The plan's fingerprint is that of this dict."""
     plan = to_dict(job.plan)
     extra = {}
     kinds = (job.generator.kinds or [job.generator.kind]) if job.generator else []
@@ -36,10 +37,15 @@ def plan_fingerprint(job: JobConfig) -> str:
         extra = {"prompts": job.generator.templates, "kind": job.generator.kind}
     else:
         plan.pop("class_law")
-    return fingerprint({"seed": job.seed, "data": to_dict(job.data, paths=False), "views": to_dict(job.views),
-                        "plan": plan, "shard_size": job.generate.shard_size,
-                        "gen_size": job.generator.size if job.generator else None,
-                        "index_sha256": index_sha256(job.data.index), "format": PLAN_FORMAT, **extra})
+    return {"seed": job.seed, "data": to_dict(job.data, paths=False), "views": to_dict(job.views),
+            "plan": plan, "shard_size": job.generate.shard_size,
+            "gen_size": job.generator.size if job.generator else None,
+            "index_sha256": index_sha256(job.data.index), "format": PLAN_FORMAT, **extra}
+
+
+def plan_fingerprint(job: JobConfig) -> str:
+    """The fingerprint of `plan_inputs(job)`."""
+    return fingerprint(plan_inputs(job))
 
 
 # -- writing the plan ---------------------------------------------------------------------------
@@ -96,31 +102,33 @@ def write_plan(job: JobConfig, path, index: SourceIndex | None = None, member: J
 def plan_stage(job: JobConfig, out, force: bool = False) -> tuple[Plan, bool]:
     """(plan, reused) of the job folder `out`; plan.parquet is rewritten only when its fingerprint
     changed. With generator.kinds, each other generator's release is planned too (`plan_folder`)."""
-    fp = plan_fingerprint(job)   # a member's job has the same: they differ in the generator only
+    inputs = plan_inputs(job)   # a member's job has the same: they differ in the generator only
     index = functools.cache(lambda: read_source_index(job.data))   # read once, when a plan is written
-    planned = [plan_folder(folder, force, fp, index) for folder in family(job, out)]
+    planned = [plan_folder(folder, force, inputs, index) for folder in family(job, out)]
     return planned[0]
 
 
-def plan_folder(folder: JobFolder, force: bool = False, job_fingerprint: str | None = None,
+def plan_folder(folder: JobFolder, force: bool = False, inputs: dict | None = None,
                 index=None) -> tuple[Plan, bool]:
     """(plan, reused) of one release of the job: the job folder's every sample, or a member's the
-    job's mixes only (the same rows), for the member's generator. `job_fingerprint`, `index` (a
-    callable giving the SourceIndex): the job's, when the caller has them."""
-    job_fingerprint = job_fingerprint or plan_fingerprint(folder.job)
+    job's mixes only (the same rows), for the member's generator. `inputs` (`plan_inputs`), `index`
+    (a callable giving the SourceIndex): the job's, when the caller has them."""
+    inputs = inputs if inputs is not None else plan_inputs(folder.job)
+    job_fingerprint = fingerprint(inputs)
     member = folder if folder.is_member else None
 
     def write():
         return write_plan(folder.job, folder.plan_path, index() if index else None, member, job_fingerprint).counts()
 
-    fp = folder.plan_fingerprint(job_fingerprint)
-    _, reused = reuse(folder.marker("plan"), fp, write, outputs=[folder.plan_path], force=force)
+    fp, named = folder.plan_fingerprint(job_fingerprint), folder.plan_input_fingerprints(inputs)
+    _, reused = reuse(folder.marker("plan"), fp, write, outputs=[folder.plan_path], force=force, inputs=named)
     try:
         return read_plan(folder.plan_path), reused
     except UserError:
         if not reused:
             raise
-    reuse(folder.marker("plan"), fp, write, outputs=[folder.plan_path], force=True)  # a damaged plan: make it again
+    # a damaged plan: make it again
+    reuse(folder.marker("plan"), fp, write, outputs=[folder.plan_path], force=True, inputs=named)
     return read_plan(folder.plan_path), False
 
 

@@ -28,20 +28,18 @@ import torch.nn.functional as F
 
 from ..config import JobConfig, add_device_argument, add_job_arguments, load_job_args
 from ..contract import storage
-from ..contract.configlib import to_dict
 from ..contract.device import autocast, resolve_device
 from ..contract.errors import UserError
 from ..contract.files import reuse, write_json
-from ..contract.ids import derive_seed, fingerprint
+from ..contract.ids import derive_seed
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
 from ..contract.progress import Progress
 from ..contract.tasks import SEGMENTATION
 from ..contract.views import center_view, normalize, sample_views, views_batch
 from ..models.teacher import (backbone_features, data_config, describe_backbone, feature_dim, load_backbone,
                               make_head, save_head, tuned_parts)
-from ..models.teacher_files import weights_sha256
-from ..sources.index import index_sha256, read_source_index
-from .jobdir import marker
+from ..sources.index import read_source_index
+from .jobdir import input_fingerprints, marker, probe_fingerprint, probe_inputs
 from .probe_dense import run_dense_probe
 from .probe_features import _stored_image, extract_features, fit_head, probe_views  # noqa: F401 - the probe's API
 
@@ -211,10 +209,9 @@ def run_finetune(job: JobConfig, out_dir, device, index, t0: float) -> dict:
 def probe_stage(job: JobConfig, out, device: str = "auto", force: bool = False) -> tuple[dict, bool]:
     """(metrics, reused) — the teacher head is refit only when its inputs changed."""
     out = storage.location(out)
-    fp = fingerprint([to_dict(job.teacher, paths=False), to_dict(job.probe), to_dict(job.data, paths=False),
-                      to_dict(job.views), job.seed, index_sha256(job.data.index), weights_sha256(job.teacher)])
-    return reuse(marker(out, "probe"), fp, lambda: run_probe(job, out, device),
-                 outputs=[storage.join(out, HEAD_FILE)], force=force)
+    inputs = probe_inputs(job)
+    return reuse(marker(out, "probe"), probe_fingerprint(inputs), lambda: run_probe(job, out, device),
+                 outputs=[storage.join(out, HEAD_FILE)], force=force, inputs=input_fingerprints(inputs))
 
 
 # -- CLI ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,23 @@ def job_from_manifest(root, manifest: dict) -> JobConfig:
         return build(JobConfig, manifest["config"], "config")
     except ConfigError as e:
         raise UserError(f"{storage.join(root, MANIFEST)}: {e}") from None
+
+
+def expected_plan_fingerprint(job: JobConfig, manifest: dict) -> str:
+    """The plan fingerprint the release's job makes now. A member of a generator family
+    (OUT/generators/<kind>, its manifest's family naming the real shards' release elsewhere) has its
+    own (`JobFolder.plan_fingerprint`), derived from the whole job's: the member's job with the
+    family's generator kinds and the job folder's kind (what a prompted pool's plan depends on)."""
+    from ..stages.jobdir import JobFolder
+    from ..stages.plan import plan_fingerprint
+
+    family = manifest.get("family") or {}
+    if family.get("real", ".") == "." or job.generator is None:
+        return plan_fingerprint(job)
+    where = family.get("generators") or {}
+    kind = next((k for k, w in where.items() if w == family["real"]), job.generator.kind)
+    whole = replace(job, generator=replace(job.generator, kind=kind, kinds=list(where)))
+    return JobFolder(job, "", job.generator.kind).plan_fingerprint(plan_fingerprint(whole))
 
 
 def check_models(root, job: JobConfig, manifest: dict, need_generator: bool) -> None:
@@ -166,7 +183,6 @@ def regenerate(root, uids: list[str], device: str = "auto", pixel_tol: int = 0,
                logit_tol: float = 0.0, warn=print) -> list[Comparison]:
     """Rebuild `uids` from the release at `root` and compare each with its stored sample."""
     from ..sources.index import read_source_index
-    from ..stages.plan import plan_fingerprint
     from ..stages.worker import ShardWorker
 
     release = ReleaseReader(root)
@@ -179,7 +195,7 @@ def regenerate(root, uids: list[str], device: str = "auto", pixel_tol: int = 0,
     samples = [index[u] for u in dict.fromkeys(uids)]
     job = job_from_manifest(root, manifest)
     check_models(root, job, manifest, need_generator=any(s["kind"] == "mix" for s in samples))
-    if plan_fingerprint(job) != manifest.get("plan_fingerprint"):
+    if expected_plan_fingerprint(job, manifest) != manifest.get("plan_fingerprint"):
         warn(f"warning: {job.data.index} or the plan settings changed since the release was made "
              "(plan fingerprint differs): rebuilt samples may differ")
     sources = {r["uid"]: r for r in read_source_index(job.data).rows}

@@ -32,3 +32,22 @@ def test_on_a_terminal_the_line_is_redrawn():
     with Progress("ingest", 3, stream=out) as bar:
         bar.update(3)
     assert out.getvalue().startswith("\r") and out.getvalue().endswith("\n") and "3/3 images" in out.getvalue()
+
+
+def test_durations_are_rounded_in_one_place():
+    from pipeline.contract.progress import duration
+
+    assert duration(51.459999999999994) == "51s"
+    assert [duration(s) for s in (0.04, 4.25, 9.96, 59.6, 61, 548, 7500)] == \
+        ["0.0s", "4.2s", "10s", "1m00s", "1m01s", "9m08s", "2h05m"]
+
+
+def test_a_callers_eta_replaces_the_rate_one():
+    out = io.StringIO()
+    bar = Progress("generate", 10, unit="shards", stream=out)
+    bar.update(1)
+    assert "ETA" in bar.line()
+    bar.set_eta(125.0)
+    assert "ETA 2m05s" in bar.line()
+    bar.update(9)
+    assert "ETA" not in bar.line()   # finished: no ETA

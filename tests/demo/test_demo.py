@@ -6,6 +6,7 @@ with different OMP_NUM_THREADS, print the identical table (the demo fixes its ow
 the table stays within one validation image of SMALL_DEMO_TABLE. The pin is not exact: another CPU's
 float kernels (AVX2 against AVX-512/AMX, other oneDNN and BLAS paths) end training on slightly
 different weights, which can move one of the 16 validation images."""
+import json
 import os
 import re
 import shutil
@@ -60,6 +61,16 @@ def test_demo_runs_every_stage_then_reuses_them(small_release, tmp_path):
                  "student, distilled", "train (distill)", "eval", "pictures"):
         assert line in first, line
     assert "0 shards made" in first and "(reused)" in first
+    # two teacher lines, each saying which figure it is: the probe's own measure, and the release's
+    # stored logits (what the students learn from and metrics.json's teacher_top1)
+    probed = re.search(r"^teacher \(probed\)\s+(\d\.\d{3})\s+\(the probe's own measure, teacher/probe.json\)",
+                       first, re.M)
+    stored = re.search(r"^teacher \(release\)\s+(\d\.\d{3})\s+\(its logits stored in the release: what the "
+                       r"students learn from, and metrics.json's teacher_top1\)", first, re.M)
+    assert probed and stored, first
+    assert probed.group(1) == f"{json.loads((out / 'teacher' / 'probe.json').read_text())['val_top1']:.3f}"
+    stored_top1 = json.loads((out / "runs" / "distill" / "metrics.json").read_text())["val"]["teacher_top1"]
+    assert stored.group(1) == f"{stored_top1:.3f}"
     for png in ("mixes.png", "pca.png", "curves.png"):
         assert (out / "pictures" / png).stat().st_size > 10_000
     for mode in ("finetune", "distill"):

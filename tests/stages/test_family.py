@@ -88,6 +88,20 @@ def test_a_rerun_reuses_the_whole_family(family):
     assert generate_stage(job, out, progress=False).done == 0
 
 
+def test_a_member_regenerates_without_a_plan_warning(family):
+    """A member's plan fingerprint is its own (the job's mixes, for its generator): regenerate
+    compares it with the member's, not the job folder's, and the rebuilt mix is the stored one."""
+    from pipeline.tools.regenerate import regenerate
+
+    _, out, _, _, _ = family
+    root = out / GENERATORS_DIR / "mixup"
+    uid = pq.read_table(root / INDEX, columns=["uid"]).column("uid")[0].as_py()
+    warnings = []
+    results = regenerate(root, [uid], device="cpu", warn=warnings.append)
+    assert warnings == []
+    assert [(r.uid, r.status) for r in results] == [(uid, "identical")]
+
+
 def test_the_trainer_and_compare_pick_mixes_by_generator(family, tmp_path):
     job, out, _, _, _ = family
     roots = [str(out)] + [str(out / GENERATORS_DIR / k) for k in KINDS[1:]]

@@ -1,4 +1,4 @@
-"""`tsd plan --dry-run` and `tsd release` load no model: they import no torch (about 5 s and 840 MiB
+"""`tsd plan --dry-run`, `tsd release` and `tsd status` load no model: they import no torch (about 5 s and 840 MiB
 against 0.24 s and 48 MiB). Each runs as a user runs it, in its own interpreter, which then reports
 what it imported."""
 from __future__ import annotations
@@ -90,3 +90,11 @@ def test_release_imports_no_torch(tmp_path):
         [(name, kind.replace("float64", "double")) for name, kind in INDEX_COLUMNS]
     assert pq.read_table(tmp_path / "index.parquet").num_rows == manifest["counts"]["real/train"] + \
         manifest["counts"]["real/val"] + manifest["counts"]["mix/train"]
+
+
+def test_status_imports_no_torch(tmp_path):
+    """`tsd status` reads markers, shard stats and manifests: no model, no Ray."""
+    job_file = small_job_folder(tmp_path)
+    code, heavy, out = tsd_imports("status", str(tmp_path), "--job", str(job_file))
+    assert code == 0 and heavy == []
+    assert "  probe    to do  not run yet" in out and "status: to run: probe, plan, generate, release, verify" in out

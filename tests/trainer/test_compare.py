@@ -129,6 +129,12 @@ def test_compare_runs_every_row_at_one_budget(compared):
     assert "95% interval" in table and "| kd+cutmix | kd |" in table
     assert table.strip() in stdout
     assert (out / compare.RESULTS_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the chart: a bar per row at its mean, and the teacher's line at its own val top-1
+    bars = compare.results_figure(results).axes[0]
+    assert [p.get_height() for p in bars.patches] == pytest.approx([100 * r["mean"] for r in results["rows"]])
+    teacher = by_id["kd"]["teacher_val_top1"]
+    lines = [(line.get_label(), list(line.get_ydata())) for line in bars.get_lines() if "teacher" in line.get_label()]
+    assert lines == [(f"probed teacher ({100 * teacher:.1f})", [pytest.approx(100 * teacher)] * 2)]
 
 
 def test_compare_reuses_finished_runs(compared, tmp_path, capsys, single_thread):
