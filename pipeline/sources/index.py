@@ -177,15 +177,15 @@ def decode_limits(index_path: str) -> dict:
 
 def read_table(path, columns: list[str] | None = None):
     """A Parquet file (local or a URL) as an Arrow table."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # ParquetFile, not pq.read_table: read_table on a Python file object goes through the dataset
-    # API, whose thread pool aborts the interpreter at exit now and then (pyarrow 26: "terminate
-    # called without an active exception", exit 134, after the command's work is done). Seen once
-    # more with ParquetFile's threaded read (pyarrow 25, `tsd verify` under load): one thread reads
-    # these small files as fast, and starts no pool to tear down at exit.
-    with storage.open_read(path) as f:
-        return pq.ParquetFile(f).read(columns=columns, use_threads=False)
+    # From the file's bytes in memory, single-threaded: Arrow reading a Python file object (or even a
+    # native file with ParquetFile.read) starts a pool thread, and that pool now and then aborts the
+    # interpreter at exit ("terminate called without an active exception", exit 134, after the work is
+    # done: apache/arrow#34314; seen with pq.read_table, then with ParquetFile(file).read, under load).
+    # From a buffer no thread is started at all. Indexes are small: 1 M rows are tens of MB.
+    return pq.ParquetFile(pa.BufferReader(storage.read_bytes(path))).read(columns=columns, use_threads=False)
 
 
 def index_sha256(path) -> str:

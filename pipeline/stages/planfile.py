@@ -77,10 +77,15 @@ class Plan:
         return dict(self.__dict__, _file=None)
 
     def _parquet(self):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self._file is None:
-            self._file = pq.ParquetFile(storage.open_read(self.path))
+            # a local plan memory-mapped: Arrow reads its row groups without a Python file object, so
+            # without the pool thread that can abort at exit (see sources.index.read_table)
+            source = pa.memory_map(storage.local_path(self.path)) if storage.is_local(self.path) \
+                else storage.open_read(self.path)
+            self._file = pq.ParquetFile(source)
         return self._file
 
     def shard_names(self) -> list[str]:
