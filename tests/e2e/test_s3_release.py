@@ -114,7 +114,7 @@ def test_a_student_trains_and_is_evaluated_from_the_bucket(small_release, bucket
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     # shards streamed from the bucket by a DataLoader worker process
     code, out, err = tsd("train", tmp_path / "train.yaml", "--out", tmp_path / "run")
-    assert code == 0 and "val top1" in out, err[-3000:]
+    assert code == 0 and "val top-1" in out, err[-3000:]
     code, out, err = tsd("eval", tmp_path / "run", rel, "--workers", "0")
     assert code == 0 and "top1" in out, err[-3000:]
 
