@@ -22,7 +22,6 @@ import numpy as np
 
 from trainer.runfiles import CONFIG, LOG, METRICS, STUDENT_INFO, VAL_LOG
 
-from ..config import add_device_argument
 from ..contract import storage
 from ..contract.errors import UserError
 from ..contract.files import atomic_write
@@ -76,17 +75,9 @@ def plot_mixes(root: str | Path, out: str | Path, rows: int = 8, seed: int = 0) 
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    if rows < 1:
-        raise UserError(f"--rows: must be at least 1, got {rows}")
     release = ReleaseReader(root)
     root, manifest = release.root, release.manifest
-    index = release.index()
-    parents = real_release(release)
-    by_uid = {r["uid"]: r for r in (index if parents is release else index + parents.index())}
-    mixes = pick_mixes(index, rows, seed, present={r["uid"] for r in by_uid.values() if r["kind"] == "real"})
-    if not mixes:
-        raise UserError(f"{root}: no mix with both parents in the release (no mixes, or a subset without their parents)")
-    samples = {**release.samples(mixes), **parents.samples([by_uid[p] for m in mixes for p in m["parents"]])}
+    mixes, by_uid, samples = mixes_with_parents(release, rows, seed)
     classes = manifest["classes"]
 
     fig = Figure(figsize=(7.2, 2.35 * len(mixes) + 0.9), dpi=110)
@@ -123,6 +114,22 @@ def plot_mixes(root: str | Path, out: str | Path, rows: int = 8, seed: int = 0) 
     legend_height = 0.5 / fig.get_figheight()
     fig.tight_layout(rect=(0, legend_height, 1, 0.985))
     return save(fig, out)
+
+
+def mixes_with_parents(release: ReleaseReader, rows: int, seed: int) -> tuple[list[dict], dict, dict]:
+    """Up to `rows` mixes whose parents are both at hand (`pick_mixes`), the index rows by uid (the
+    parents' release included) and the members of every mix and parent: what a contact sheet draws."""
+    if rows < 1:
+        raise UserError(f"--rows: must be at least 1, got {rows}")
+    index = release.index()
+    parents = real_release(release)
+    by_uid = {r["uid"]: r for r in (index if parents is release else index + parents.index())}
+    mixes = pick_mixes(index, rows, seed, present={r["uid"] for r in by_uid.values() if r["kind"] == "real"})
+    if not mixes:
+        raise UserError(f"{release.root}: no mix with both parents in the release (no mixes, or a subset without "
+                        "their parents)")
+    samples = {**release.samples(mixes), **parents.samples([by_uid[p] for m in mixes for p in m["parents"]])}
+    return mixes, by_uid, samples
 
 
 def real_release(release: ReleaseReader) -> ReleaseReader:
@@ -466,38 +473,3 @@ def plot_curves(runs: list[str | Path], out: str | Path, x_axis: str = "epochs")
     fig.suptitle("Training curves: " + ", ".join(c.label() for c in curves), fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     return save(fig, out)
-
-
-def add_arguments(p) -> None:
-    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    mixes = sub.add_parser("mixes", help="contact sheet of SD-Mixup samples with their parents")
-    mixes.add_argument("release", help="release folder")
-    mixes.add_argument("--out", required=True, help="PNG file to write")
-    mixes.add_argument("--rows", type=int, default=8, help="mixes shown (default 8)")
-    mixes.add_argument("--seed", type=int, default=0, help="which mixes are picked")
-    pca = sub.add_parser("pca", help="PCA of teacher and student features, mixes in grey")
-    pca.add_argument("release", help="release folder")
-    pca.add_argument("--runs", nargs="+", default=[], metavar="RUN_DIR",
-                     help="student run folders (student.safetensors + student.json), e.g. distilled and finetuned")
-    pca.add_argument("--out", required=True, help="PNG file to write")
-    pca.add_argument("--per-class", type=int, default=20, help="real train images per class (default 20)")
-    pca.add_argument("--mixes", type=int, default=300, help="mixes shown (default 300)")
-    pca.add_argument("--seed", type=int, default=0, help="which images are picked")
-    add_device_argument(pca)
-    curves = sub.add_parser("curves", help="training curves from run folders' log.jsonl and val.jsonl")
-    curves.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
-    curves.add_argument("--out", required=True, help="PNG file to write")
-    curves.add_argument("--x", default="epochs", choices=("epochs", "images"), dest="x_axis",
-                        help="x axis: epochs over the real train set (default; runs line up) or images seen")
-
-
-def run(args) -> int:
-    """`tsd viz mixes|pca|curves ...`."""
-    if args.what == "mixes":
-        out = plot_mixes(args.release, args.out, args.rows, args.seed)
-    elif args.what == "pca":
-        out = plot_pca(args.release, args.runs, args.out, args.per_class, args.mixes, args.device, args.seed)
-    else:
-        out = plot_curves(args.runs, args.out, args.x_axis)
-    print(f"viz {args.what}: wrote {out}")
-    return 0

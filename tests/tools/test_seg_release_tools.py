@@ -96,3 +96,35 @@ def test_regenerate_names_a_changed_mask(seg_release, tmp_path):
     assert result.status == "differs" and any(p.startswith(f"{M_MASK} differs in ") for p in result.problems)
     # verify: the shard's bytes no longer match the manifest's sha256
     assert [w for w, _ in verify_release(root)] == ["real/train-000000"]
+
+
+def test_viz_overlays_and_dense_mixes_draw_a_segmentation_release(seg_release, tmp_path):
+    """`tsd viz overlays` (image, mask, the teacher's stored labels) and `tsd viz dense-mixes` (mixes with
+    the teacher's labels over them) on the release; a classification-only picture names the task."""
+    from PIL import Image
+
+    from pipeline.tools import segviz
+
+    out = seg_release["out"]
+    for what, extra in (("overlays", ["--count", "3"]), ("dense-mixes", ["--rows", "2"])):
+        png = tmp_path / f"{what}.png"
+        assert cli.main(["viz", what, str(out), "--out", str(png), *extra]) == 0
+        with Image.open(png) as im:
+            assert im.width > 300 and im.height > 200
+    # the overlay keeps ignored pixels as they were and colours the others
+    image = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 255], [1, 255]], np.uint8)
+    drawn = segviz.overlay(image, labels, segviz.palette(2))
+    assert (drawn[:, 1] == 100).all() and (drawn[0, 0] != 100).any() and (drawn[0, 0] != drawn[1, 0]).any()
+    # the teacher's labels: the argmax of the stored logits, upsampled to the view
+    logits = np.zeros((2, 2, 2), np.float32)
+    logits[0, :, 0], logits[1, :, 1] = 5.0, 5.0
+    assert segviz.dense_labels(logits, 4).tolist() == [[0, 0, 1, 1]] * 4
+
+
+def test_viz_overlays_refuses_a_classification_release(small_release, tmp_path):
+    from pipeline.contract.errors import UserError
+    from pipeline.tools.segviz import plot_overlays
+
+    with pytest.raises(UserError, match="a classification release; these pictures are for segmentation"):
+        plot_overlays(small_release["root"], [], tmp_path / "x.png")
