@@ -146,8 +146,9 @@ def row_plan(config: CompareConfig) -> tuple[list[Row], Budget]:
     problem is one ConfigError line naming the key."""
     from .data import batch_split, steps_per_epoch
 
-    base = TrainConfig(releases=list(config.teachers[0].releases[:1]), student=config.student, loss=config.loss,
-                       data=replace(config.data, generators=None), optim=config.optim, runtime=config.runtime)
+    base = TrainConfig(task=config.task, releases=list(config.teachers[0].releases[:1]), student=config.student,
+                       loss=config.loss, data=replace(config.data, generators=None), optim=config.optim,
+                       runtime=config.runtime)
     n_real, n_mix = batch_split(replace(base, loss=replace(config.loss, mode="distill")))
     teachers = [_teacher_releases(config, i) for i in range(len(config.teachers))]
     real_train = teachers[0].count("real", "train")
@@ -218,7 +219,7 @@ def _first(releases: ReleaseSet) -> ReleaseSet:
 def _teacher_releases(config: CompareConfig, index: int) -> ReleaseSet:
     """One teacher's releases, opened and checked to be labelled by that one teacher."""
     spec = config.teachers[index]
-    probe = TrainConfig(releases=list(spec.releases), data=DataConfig(mix_ratio=0.0))
+    probe = TrainConfig(task=config.task, releases=list(spec.releases), data=DataConfig(mix_ratio=0.0))
     try:
         releases = check_releases(probe)
     except ConfigError as e:
