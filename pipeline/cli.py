@@ -90,7 +90,7 @@ COMMANDS = {
                       "pretrained=True) loads with the trained classifier and preprocessing, and OUT/README.md, a "
                       "Hugging Face model card. --onnx adds model.onnx (dynamic batch) and --torchscript "
                       "model.torchscript.pt, each checked against torch at export (max difference 1e-4)."),
-    "demo": Command("pipeline.demo.runner", "run every stage end to end on embedded defaults",
+    "demo": Command("pipeline.demo.command", "run every stage end to end on embedded defaults",
                     "Write a procedural image dataset and tiny random-weight models of the real architectures, then "
                     "run ingest → probe → plan → generate (local Ray) → release → verify → train (finetune baseline "
                     "and distillation) → eval, and print a summary. Rerun on the same folder reuses finished work."),
@@ -106,7 +106,7 @@ COMMANDS = {
                       "names, whole shards are copied, partial ones rewritten with their samples' members byte for "
                       "byte; teacher/ copied, index filtered, a new manifest (with subset_of naming the parent) and "
                       "card. `tsd verify` passes on it."),
-    "viz": Command("pipeline.tools.viz", "pictures: SD-Mixup contact sheet, PCA of features, training curves",
+    "viz": Command("pipeline.tools.vizcommand", "pictures: SD-Mixup contact sheet, PCA of features, training curves",
                    "mixes: parents, mixing weight, result and the teacher's top-1 per row. pca: the paper's figure, "
                    "2-D PCA of the features of real images (up to 30 classes) and mixes (grey) for the teacher and "
                    "each student run. curves: loss, its CE/KD terms and the learning rate from each run's log.jsonl."),

@@ -39,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -127,6 +128,62 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
+def _optimise(params: list, steps: int, lr: float, weight_decay: float, warmup: int, what: str, budget_s: float,
+              batch) -> tuple[list[float], int, int]:
+    """AdamW (no decay on biases and norms), warmup then cosine, gradients clipped at 1: `steps` calls
+    of `batch(step) -> (loss, correct, counted)`; (losses, correct and counted over the last 50 steps)."""
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
+    losses, correct, seen = [], 0, 0
+    # a line now and one every TSD_PROGRESS_EVERY s (redrawn on a terminal): a slow machine is not a hang
+    print(f"[demo] pretraining the tiny {what}: {steps} steps, about {budget_s:.0f} s on an idle 2-core "
+          "machine, longer on a busy one", file=sys.stderr, flush=True)
+    bar = Progress("teacher pretraining", steps, unit="steps")
+    for step in range(steps):
+        loss, right, counted = batch(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        bar.update(1)
+        losses.append(float(loss.detach()))
+        if step >= steps - 50:
+            correct += int(right)
+            seen += int(counted)
+    bar.close()
+    return losses, correct, seen
+
+
+def _save_in_place(weights_path: Path, model, before: dict, meta: dict) -> None:
+    """The pretrained backbone over its own file: the same keys and shapes, `meta` in its metadata."""
+    from safetensors.torch import save
+
+    from ..contract.files import atomic_write
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if "pos_embed" in state and state["pos_embed"].shape != before["pos_embed"].shape:
+        # trained at another input size: the position embeddings back to the file's grid (timm
+        # resamples them again for any teacher img_size when the teacher loads)
+        from timm.layers import resample_abs_pos_embed
+
+        side = int(round((before["pos_embed"].shape[1] - model.num_prefix_tokens) ** 0.5))
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], (side, side),
+                                                    num_prefix_tokens=model.num_prefix_tokens).contiguous()
+    if state.keys() != before.keys() or any(state[k].shape != before[k].shape for k in state):
+        raise RuntimeError(f"{weights_path}: pretraining changed the checkpoint's keys or shapes")
+    atomic_write(weights_path, save(state, metadata={"tsdistill_pretrain": json.dumps(meta, sort_keys=True)}))
+
+
+def _note_time(t0: float, budget_s: float) -> float:
+    seconds = time.time() - t0
+    if seconds > budget_s:  # a note, not a failure: the weights are the same however long it took
+        print(f"note: the tiny teacher's pretraining took {seconds:.0f} s (about {budget_s:.0f} s on an idle 2-core "
+              "machine; a busy or slower one takes longer, with the same result)", file=sys.stderr, flush=True)
+    return seconds
+
+
 def pretrain_teacher(weights_path: str | Path, sizes: TinySizes = TinySizes(), *, seed: int = 0,
                      corpus_dir: str | Path, budget_s: float = 40.0, steps: int = 600,
                      batch_size: int = 48, lr: float = 5e-4, weight_decay: float = 0.05,
@@ -136,9 +193,8 @@ def pretrain_teacher(weights_path: str | Path, sizes: TinySizes = TinySizes(), *
     `corpus_dir` receives the procedural corpus (reused when already there with the same
     parameters). Exactly `steps` optimisation steps are taken on any machine; `budget_s` only
     triggers a warning when the run took longer. Returns the run's metrics."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
-    from ..contract.files import atomic_write
     from ..models.teacher import data_config, feature_dim
 
     t0 = time.time()
@@ -160,45 +216,20 @@ def pretrain_teacher(weights_path: str | Path, sizes: TinySizes = TinySizes(), *
         head = torch.nn.Linear(feature_dim(model), len(classes))
         torch.nn.init.xavier_uniform_(head.weight)
         model.train()
-        params = list(model.parameters()) + list(head.parameters())
-        opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                                 {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
-        losses, correct, seen = [], 0, 0
-        # a line now and one every TSD_PROGRESS_EVERY s (redrawn on a terminal): a slow machine is not a hang
-        print(f"[demo] pretraining the tiny teacher: {steps} steps, about {budget_s:.0f} s on an idle 2-core "
-              "machine, longer on a busy one", file=sys.stderr, flush=True)
-        bar = Progress("teacher pretraining", steps, unit="steps")
-        for step in range(steps):
+
+        def batch(step):
             idx, seeds = _draw(gen, len(images), batch_size)
             x, y = _views(images, idx, seeds, sizes.teacher_img, mean, std), labels[idx]
             tokens = model.forward_features(x)
             prefix = model.num_prefix_tokens
             logits = head(torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], dim=1))  # = backbone_features
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            bar.update(1)
-            losses.append(float(loss.detach()))
-            if step >= steps - 50:
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
+            return F.cross_entropy(logits, y), (logits.argmax(1) == y).sum(), len(y)
 
-    bar.close()
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if state.keys() != before.keys() or any(state[k].shape != before[k].shape for k in state):
-        raise RuntimeError(f"{weights_path}: pretraining changed the checkpoint's keys or shapes")
-    atomic_write(weights_path, save(state, metadata={"tsdistill_pretrain": json.dumps(
-        {"seed": seed, "corpus_seed": corpus_seed, "steps": steps, "batch_size": batch_size,
-         "classes": classes}, sort_keys=True)}))
-
-    seconds = time.time() - t0
-    if seconds > budget_s:  # a note, not a failure: the weights are the same however long it took
-        print(f"note: the tiny teacher's pretraining took {seconds:.0f} s (about {budget_s:.0f} s on an idle 2-core "
-              "machine; a busy or slower one takes longer, with the same result)", file=sys.stderr, flush=True)
+        losses, correct, seen = _optimise(list(model.parameters()) + list(head.parameters()), steps, lr,
+                                          weight_decay, warmup, "teacher", budget_s, batch)
+    _save_in_place(weights_path, model, before, {"seed": seed, "corpus_seed": corpus_seed, "steps": steps,
+                                                 "batch_size": batch_size, "classes": classes})
+    seconds = _note_time(t0, budget_s)
     tail = losses[-50:]
     return {"steps": steps, "batch_size": batch_size, "corpus_images": len(images),
             "corpus_classes": len(classes), "corpus_seed": corpus_seed,
@@ -206,3 +237,95 @@ def pretrain_teacher(weights_path: str | Path, sizes: TinySizes = TinySizes(), *
             "loss_last50": round(sum(tail) / len(tail), 4) if tail else None,
             "train_top1_last50": round(correct / seen, 4) if seen else None,
             "data_s": round(t_data, 2), "seconds": round(seconds, 2), "budget_s": budget_s}
+
+
+# -- segmentation ---------------------------------------------------------------------------------
+# The segmentation demo's teacher is pretrained the same way, with a dense objective: its probe fits
+# a linear head on the patch tokens, so they, not CLS ‖ mean-patch, must carry what each place shows.
+# Measured at the demo's sizes: a teacher pretrained for classification gives a dense probe of
+# val mIoU ~0.20 on the scenes (its patch tokens describe the image, not the place).
+DENSE_CORPUS_IMAGES = 1200
+DENSE_CORPUS_SIZE = 96
+
+
+def load_dense_corpus(root: str | Path, store_size: int = STORE_SIZE) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every scene of a toy segmentation tree as the demo stores it (image: short side ≤ store_size,
+    JPEG q90; mask: nearest to the same size), as uint8 CHW images and [H, W] masks."""
+    from PIL import Image
+
+    from ..contract.images import store_image
+    from ..contract.masks import decode_mask, store_mask
+
+    root = Path(root)
+    images, masks = [], []
+    for path in sorted((root / "images" / "train").iterdir()):
+        with Image.open(path) as im:
+            images.append(decode_image(store_image(im.convert("RGB"), store_size, "jpg", STORE_QUALITY)))
+        with Image.open(root / "masks" / "train" / f"{path.stem}.png") as m:
+            masks.append(decode_mask(store_mask(np.asarray(m, dtype=np.uint8), store_size)))
+    return images, masks
+
+
+def _dense_views(images, masks, idx, seeds, img_size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..contract.views import view_mask
+
+    xs, ys = [], []
+    for i, s in zip(idx.tolist(), seeds.tolist()):
+        view = sample_views(int(s), images[i].shape[2], images[i].shape[1], 1, VIEW_SPEC)[0]
+        xs.append(view_pixels(images[i], view, img_size))
+        ys.append(view_mask(masks[i], view, img_size))
+    return normalize(torch.stack(xs), mean, std), torch.stack(ys).long()
+
+
+def pretrain_dense_teacher(weights_path: str | Path, sizes: TinySizes = TinySizes(), *, seed: int = 0,
+                           corpus_dir: str | Path, img_size: int, budget_s: float = 60.0, steps: int = 500,
+                           batch_size: int = 32, lr: float = 5e-4, weight_decay: float = 0.05,
+                           warmup: int = 30, threads: int = 2) -> dict:
+    """`pretrain_teacher` with a dense objective: pixel cross-entropy of a linear head on the patch
+    tokens (`contract.dense`), at `img_size`, on procedural scenes disjoint from the demo's (another
+    seed). The head is thrown away; the backbone is saved in place. Deterministic as `pretrain_teacher`."""
+    import timm
+    from safetensors.torch import load_file
+
+    from ..contract.dense import make_dense_head, patch_grid, upsample_logits
+    from ..contract.tasks import IGNORE_INDEX
+    from ..models.teacher import data_config
+    from ..testing.toydata import write_toy_segmentation
+
+    t0 = time.time()
+    weights_path = Path(weights_path)
+    corpus_seed = seed + CORPUS_SEED_OFFSET
+    classes = write_toy_segmentation(corpus_dir, train=DENSE_CORPUS_IMAGES, val=0, seed=corpus_seed,
+                                     size=DENSE_CORPUS_SIZE)
+    images, masks = load_dense_corpus(corpus_dir)
+    before = load_file(str(weights_path))
+    with torch_threads(threads):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = timm.create_model(sizes.teacher_arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights_path)),
+                                  num_classes=0, img_size=img_size, **sizes.teacher_kwargs)
+        mean, std = data_config(model)
+        idx, seeds = _draw(gen, len(images), PCA_SAMPLES)
+        _init_for_pretraining(model, _dense_views(images, masks, idx, seeds, img_size, mean, std)[0])
+        head = make_dense_head(model.num_features, len(classes))
+        model.train(), head.train()
+
+        def batch(step):
+            idx, seeds = _draw(gen, len(images), batch_size)
+            x, y = _dense_views(images, masks, idx, seeds, img_size, mean, std)
+            logits = upsample_logits(head(patch_grid(model, x)), y.shape[-2:])
+            keep = y != IGNORE_INDEX
+            return (F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX),
+                    (logits.argmax(1)[keep] == y[keep]).sum(), keep.sum())
+
+        losses, correct, seen = _optimise(list(model.parameters()) + list(head.parameters()), steps, lr,
+                                          weight_decay, warmup, "segmentation teacher", budget_s, batch)
+    _save_in_place(weights_path, model, before, {"seed": seed, "corpus_seed": corpus_seed, "steps": steps,
+                                                 "batch_size": batch_size, "objective": "dense",
+                                                 "img_size": img_size, "classes": classes})
+    seconds = _note_time(t0, budget_s)
+    tail = losses[-50:]
+    return {"steps": steps, "batch_size": batch_size, "corpus_images": len(images), "corpus_seed": corpus_seed,
+            "loss_first": round(losses[0], 4) if losses else None,
+            "loss_last50": round(sum(tail) / len(tail), 4) if tail else None,
+            "train_pixel_acc_last50": round(correct / seen, 4) if seen else None, "seconds": round(seconds, 2)}

@@ -19,6 +19,7 @@ from ..contract.configlib import dump, load, to_dict
 from ..contract.errors import JobFailed
 from ..contract.files import plain_modes, reuse
 from ..contract.ids import fingerprint, sha256_bytes, sha256_file
+from ..contract.tasks import CLASSIFICATION, headline
 from ..runtime import quiet_libraries, torch_threads
 from ..testing.tiny import TinySizes
 
@@ -79,15 +80,16 @@ def train_config(release: str, models: dict, mode: str, size: DemoSize) -> dict:
 
 
 def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: int = 0,
-                      pretrain_steps: int = 0) -> dict:
+                      pretrain_steps: int = 0, dense_img_size: int | None = None) -> dict:
     """Write every tiny model under `folder` (skipped when already there) and return their paths.
 
     `pretrain_steps` > 0 pretrains the teacher backbone on a procedural corpus disjoint from the
     demo's data (see demo.pretrain): a stand-in for DINOv2's generic pretraining, so that probing
-    gives a teacher worth distilling. 0 keeps random weights (the tests' machinery checks)."""
+    gives a teacher worth distilling. 0 keeps random weights (the tests' machinery checks).
+    `dense_img_size`: pretrain for segmentation instead (a dense objective at that input size)."""
     import tempfile
 
-    from .pretrain import pretrain_teacher
+    from .pretrain import pretrain_dense_teacher, pretrain_teacher
     from ..testing.tiny import build_image_mixer, build_sd_text, build_student, build_teacher
 
     folder = Path(folder)
@@ -99,7 +101,11 @@ def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: 
         teacher = build_teacher(folder, sizes, seed)
         if pretrain_steps:
             with tempfile.TemporaryDirectory() as corpus:
-                pretrain_teacher(teacher, sizes, seed=seed, corpus_dir=Path(corpus), steps=pretrain_steps)
+                if dense_img_size:
+                    pretrain_dense_teacher(teacher, sizes, seed=seed, corpus_dir=Path(corpus), img_size=dense_img_size,
+                                           steps=pretrain_steps)
+                else:
+                    pretrain_teacher(teacher, sizes, seed=seed, corpus_dir=Path(corpus), steps=pretrain_steps)
         build_student(folder, sizes, seed)
         build_image_mixer(folder, sizes, seed)
         build_sd_text(folder, sizes, seed)
@@ -107,6 +113,8 @@ def build_demo_models(folder: str | Path, sizes: TinySizes = TinySizes(), seed: 
         return description
 
     description = {**to_dict(sizes), "seed": seed, "teacher_pretrain_steps": pretrain_steps}
+    if dense_img_size:   # absent otherwise: the classification demo's models stay reused as they were
+        description["teacher_pretrain_dense_img_size"] = dense_img_size
     reuse(folder / "tiny.done.json", fingerprint(description), build, outputs=list(paths.values()))
     return {k: str(v) for k, v in paths.items()}
 
@@ -187,8 +195,11 @@ def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dic
     from ..stages.release import release_stage
     from ..tools.verify import verify_release
 
-    probe, _ = timer.run(f"probe{label}", lambda: probe_stage(job, out),
-                         lambda r: f"teacher val top-1 {r[0]['val_top1']:.3f}" + (" (reused)" if r[1] else ""))
+    def probe_note(r):
+        key, name = headline(r[0].get("task", CLASSIFICATION))
+        return f"teacher val {name} {r[0][f'val_{key}']:.3f}" + (" (reused)" if r[1] else "")
+
+    probe, _ = timer.run(f"probe{label}", lambda: probe_stage(job, out), probe_note)
     timer.run(f"plan{label}", lambda: plan_stage(job, out),
               lambda r: f"{len(r[0])} samples, {len(r[0].shard_names())} shards" + (" (reused)" if r[1] else ""))
     timer.run(f"generate{label}", lambda: generate_stage(job, out, progress=True),
@@ -311,19 +322,14 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     out = Path(out).resolve()
     timer = Timer()
     built = build_release(out, size_name, timer)
-    size, work, manifest = SIZES[size_name], out / "work", built["manifest"]
-    results = {}
-    for mode in ("finetune", "distill"):
-        cfg_path = dump(train_config(str(out), built["models"], mode, size), work / f"train-{mode}.yaml")
-        results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
-                                  lambda r: f"val top-1 {r['val']['top1']:.3f}")
-    evals = timer.run("eval", lambda: {m: _evaluate(out / "runs" / m, out) for m in results},
-                      lambda e: ", ".join(f"{m} {e[m]['top1']:.3f}" for m in e))
+    size, manifest = SIZES[size_name], built["manifest"]
+    evals = train_and_evaluate(out, timer, lambda mode: train_config(str(out), built["models"], mode, size),
+                               _evaluate, "top1", "top-1")
     timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
     report = timer.run("report", lambda: _report(out), lambda r: f"{r['index']} ({r['mixes']} mixes)")
+    work = out / "work"
     summary = {
-        "counts": manifest["counts"],
-        "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k) for k in manifest["counts"]},
+        **release_counts(manifest),
         "teacher_val_top1": built["probe"]["val_top1"],
         "teacher_stored_val_top1": evals["distill"]["teacher_top1"],
         "finetune_val_top1": evals["finetune"]["top1"],
@@ -336,6 +342,25 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     print_summary(summary, out)
     print(f"report: {report['index']} (open it in a browser: no server needed)")
     return summary
+
+
+def train_and_evaluate(out: Path, timer: Timer, config_of, evaluate, key: str, label: str) -> dict:
+    """Train the demo's two students (finetune, then distill: `config_of(mode)`, written to
+    out/work/train-<mode>.yaml) into out/runs/<mode>, then evaluate both; their eval metrics by mode."""
+    results = {}
+    for mode in ("finetune", "distill"):
+        cfg_path = dump(config_of(mode), out / "work" / f"train-{mode}.yaml")
+        results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
+                                  lambda r: f"val {label} {r['val'][key]:.3f}")
+    return timer.run("eval", lambda: {m: evaluate(out / "runs" / m, out) for m in results},
+                     lambda e: ", ".join(f"{m} {e[m][key]:.3f}" for m in e))
+
+
+def release_counts(manifest: dict) -> dict:
+    """Samples and shards per kind/split of a release, for the demo's summary."""
+    return {"counts": manifest["counts"],
+            "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k)
+                       for k in manifest["counts"]}}
 
 
 def _evaluate(run_dir: Path, release: Path) -> dict:
@@ -420,29 +445,3 @@ def print_summary(s: dict, out: Path) -> None:
     print()
     print_stages(s["stages"], s["wall_s"], width=20)
     print(f"\npictures: {out / 'pictures'}; verify the release with: tsd verify {out}")
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
-    p.add_argument("--size", default="demo", choices=sorted(SIZES),
-                   help="'demo' (default) or 'small' (fewer images and steps; what the tests run)")
-    p.add_argument("--real-size", action="store_true",
-                   help="every stage with random-weight models at the paper's sizes (DINOv2 ViT-g/14, ImageMixer, "
-                        "CLIP ViT-L/14, ResNet-50, ViT-S/16) in their published file layouts: about 7 min on 2 idle CPU "
-                        "cores, 9.5 GiB of memory at its peak, 16 GB of disk; prints time and peak memory per stage")
-    p.add_argument("--compare", action="store_true",
-                   help="also make mixup, cutmix and text-prompted (sd-text) mixes and a finetuned teacher's release, then `tsd compare` "
-                        "every row (3 seeds) into OUT/compare")
-
-
-def run(args) -> int:
-    if args.real_size:
-        from .realsize import run_real_size
-
-        run_real_size(args.out)
-        return 0
-    if args.compare:
-        run_compare_demo(args.out, args.size)
-        return 0
-    run_demo(args.out, args.size)
-    return 0
