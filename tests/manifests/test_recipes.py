@@ -223,3 +223,46 @@ def test_the_rayjob_runs_the_ray_of_pyproject():
               if d.startswith("ray")]
     assert pin, "pyproject.toml must pin one Ray version (every node and driver runs the same)"
     assert raw("rayjob-generate")["spec"]["rayClusterSpec"]["rayVersion"] == pin.group(2)
+
+
+# -- segmentation -------------------------------------------------------------------------------------
+SEG_RECIPES = {"ade20k": (20210, 2000, 150), "voc2012": (1464, 1449, 21)}
+SEG_TRAIN_CONFIGS = {"train-seg-vit-s14-dinov2": ("vit_small_patch14_dinov2", "linear"),
+                     "train-seg-deeplabv3plus-r50": ("resnet50", "DeepLabV3Plus")}
+
+
+@pytest.mark.parametrize("name", SEG_RECIPES)
+def test_segmentation_recipe_validates_and_says_what_is_ours(name, tmp_path):
+    data = raw(name)
+    job = load_job(write_yaml(tmp_path / "job.yaml", localise(data, tmp_path)))
+    assert (job.teacher.arch, job.generator.kind, job.plan.pairing) == ("vit_giant_patch14_dinov2", "image-mixer", "any")
+    assert job.teacher.img_size % 14 == 0 and job.expected_counts.task == "segmentation"
+    assert (job.expected_counts.train, job.expected_counts.val, job.expected_counts.classes) == SEG_RECIPES[name]
+    header = "\n".join(line for line in (MANIFESTS / f"{name}.yaml").read_text().splitlines() if line.startswith("#"))
+    assert "our choice" in header and "DINOv2" in header and "http" in header
+    assert f"--layout {name}" in header and f"tsd plan manifests/{name}.yaml --dry-run" in header
+
+
+@pytest.mark.parametrize("name", SEG_RECIPES)
+def test_segmentation_dry_run_estimates_dense_outputs_before_download(name, capsys, tmp_path):
+    assert cli.main(["plan", str(MANIFESTS / f"{name}.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    train, val, classes = SEG_RECIPES[name]
+    assert re.search(rf"real/train\s+{train:,}\s", out) and re.search(rf"real/val\s+{val:,}\s", out)
+    assert f"{classes} classes" in out and "GPU-hours" in out
+    job = load_job(write_yaml(tmp_path / "job.yaml", localise(raw(name), tmp_path)))
+    job.data.index = str(tmp_path / "not-ingested-yet" / "index.parquet")
+    est = estimate(job)
+    grid = job.teacher.img_size // 14
+    # full float16 dense logits per view dominate a sample's bytes
+    assert est["bytes_per_sample"]["mix/train"] > job.views.k * classes * grid * grid * 2
+
+
+@pytest.mark.parametrize("name", SEG_TRAIN_CONFIGS)
+def test_segmentation_train_configs_validate(name, tmp_path):
+    from trainer.config import TrainConfig
+
+    config = load(TrainConfig, write_yaml(tmp_path / "train.yaml", localise(raw(name), tmp_path)))
+    assert config.task == "segmentation"
+    assert (config.student.arch, config.student.decoder) == SEG_TRAIN_CONFIGS[name]
+    assert config.loss.mode == "distill" and config.data.mix_ratio > 0 and config.runtime.precision == "bf16"
