@@ -266,3 +266,10 @@ def test_segmentation_train_configs_validate(name, tmp_path):
     assert config.task == "segmentation"
     assert (config.student.arch, config.student.decoder) == SEG_TRAIN_CONFIGS[name]
     assert config.loss.mode == "distill" and config.data.mix_ratio > 0 and config.runtime.precision == "bf16"
+
+
+def test_segmentation_demo_manifest_is_what_the_demo_runs(tmp_path):
+    from pipeline.demo.segmentation import SEG_SIZES, seg_job_config
+
+    models, index = demo_paths("../demo-out/work")
+    assert raw("demo-segmentation") == seg_job_config(models, index, SEG_SIZES["demo"])
