@@ -19,7 +19,6 @@ from ..contract.configlib import dump, load, to_dict
 from ..contract.errors import JobFailed
 from ..contract.files import plain_modes, reuse
 from ..contract.ids import fingerprint, sha256_bytes, sha256_file
-from ..contract.tasks import CLASSIFICATION, headline
 from ..runtime import quiet_libraries, torch_threads
 from ..testing.tiny import TinySizes
 
@@ -191,15 +190,12 @@ def job_stages(job, out: Path, timer: Timer, label: str = "") -> tuple[dict, dic
     from ..stages.distribute import generate_stage
     from ..stages.jobdir import members
     from ..stages.plan import plan_stage
-    from ..stages.probe import probe_stage
+    from ..stages.probe import probe_stage, teacher_line
     from ..stages.release import release_stage
     from ..tools.verify import verify_release
 
-    def probe_note(r):
-        key, name = headline(r[0].get("task", CLASSIFICATION))
-        return f"teacher val {name} {r[0][f'val_{key}']:.3f}" + (" (reused)" if r[1] else "")
-
-    probe, _ = timer.run(f"probe{label}", lambda: probe_stage(job, out), probe_note)
+    probe, _ = timer.run(f"probe{label}", lambda: probe_stage(job, out),
+                         lambda r: teacher_line(r[0]) + (" (reused)" if r[1] else ""))
     timer.run(f"plan{label}", lambda: plan_stage(job, out),
               lambda r: f"{len(r[0])} samples, {len(r[0].shard_names())} shards" + (" (reused)" if r[1] else ""))
     timer.run(f"generate{label}", lambda: generate_stage(job, out, progress=True),

@@ -34,7 +34,7 @@ from ..contract.files import reuse, write_json
 from ..contract.ids import derive_seed
 from ..contract.layout import HEAD_FILE, PROBE_METRICS
 from ..contract.progress import Progress
-from ..contract.tasks import SEGMENTATION
+from ..contract.tasks import CLASSIFICATION, SEGMENTATION, headline
 from ..contract.views import center_view, normalize, sample_views, views_batch
 from ..models.teacher import (backbone_features, data_config, describe_backbone, feature_dim, load_backbone,
                               make_head, save_head, tuned_parts)
@@ -42,6 +42,12 @@ from ..sources.index import read_source_index
 from .jobdir import input_fingerprints, marker, probe_fingerprint, probe_inputs
 from .probe_dense import run_dense_probe
 from .probe_features import _stored_image, extract_features, fit_head, probe_views  # noqa: F401 - the probe's API
+
+
+def teacher_line(metrics: dict) -> str:
+    """'teacher val top-1 0.700' (or 'val mIoU' for segmentation): how a stage's line names the probe's result."""
+    key, label = headline(metrics.get("task", CLASSIFICATION))
+    return f"teacher val {label} {metrics[f'val_{key}']:.3f}"
 
 
 @torch.no_grad()

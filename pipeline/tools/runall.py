@@ -57,13 +57,13 @@ def run_job(job, out, config: str, overrides: list[str], device: str = "auto", a
                 f"train {r.splits['train']}, val {r.splits['val']}")
 
     def probe() -> str:
-        from ..stages.probe import probe_stage
+        from ..stages.probe import probe_stage, teacher_line
 
         before = probe_state(job, out)
         metrics, reused = probe_stage(job, out, device)
         if reused:
             return f"reused ({before.why})"
-        return f"ran ({_why(before)}): teacher val top-1 {metrics['val_top1']:.3f}"
+        return f"ran ({_why(before)}): {teacher_line(metrics)}"
 
     def plan() -> str:
         before = plan_state(job, out)
