@@ -47,6 +47,11 @@ def test_probe_fits_a_dense_head_and_reports_miou(seg_release):
     logits, feats = teacher(torch.zeros(2, 3, 56, 56))
     assert teacher.dense and logits.shape == (2, SEG_NUM_CLASSES, 4, 4) and feats.shape == (2, 384)
     assert upsample_logits(logits, (56, 56)).shape == (2, SEG_NUM_CLASSES, 56, 56)
+    # what tsd run, tsd probe and the demo print of it: the task's headline (tsd run once asked for val_top1)
+    from pipeline.stages.probe import teacher_line
+
+    assert teacher_line(probe) == f"teacher val mIoU {probe['val_miou']:.3f}"
+    assert teacher_line({"val_top1": 0.5}) == "teacher val top-1 0.500"
 
 
 def test_the_release_holds_masks_and_dense_logits_and_verifies(seg_release):
