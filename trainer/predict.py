@@ -1,5 +1,5 @@
 """`tsd predict STUDENT IMAGES… --out FILE`: label images with a trained student, as a CSV of the
-top-k classes per image.
+top-k classes per image (a segmentation student: `--out DIR` of class-map PNGs, trainer/predict_seg.py).
 
 STUDENT is a folder written by `tsd export` (config.json + model.safetensors) or a run folder
 (student.json + student.safetensors). Each image is preprocessed as the student was validated:
@@ -125,14 +125,41 @@ def write_csv(rows: list[dict], out: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("student", help="a `tsd export` folder, or a run folder (student.safetensors + student.json)")
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    parser.add_argument("--out", required=True, help="the CSV to write: image, class_1, prob_1, … per image")
+    parser.add_argument("--out", required=True, help="the CSV to write: image, class_1, prob_1, … per image (a "
+                        "segmentation student: a folder of class-map PNGs and predictions.csv)")
     parser.add_argument("--top-k", type=int, default=5, help="classes per image, best first (default 5)")
     parser.add_argument("--batch-size", type=int, default=32)
+
+
+def segmentation_student(path) -> tuple[torch.nn.Module, dict] | None:
+    """(model, student info) when `path` is a segmentation student's run folder or weights; None for a
+    classification student. A segmentation export is refused in one line (its own library loads it)."""
+    path = Path(path)
+    exported = path / "tsdistill.json"
+    if exported.is_file() and json.loads(exported.read_text()).get("task") == "segmentation":
+        raise UserError(f"{path}: a segmentation export (segmentation_models_pytorch's or timm's folder, README "
+                        "'Export'); `tsd predict` reads the run folder it came from")
+    if (path / STUDENT_INFO).is_file() or path.suffix == ".safetensors":
+        model, info = load_student(path)
+        if info.get("task") == "segmentation":
+            return model.eval(), info
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: must be at least 1")
+    segmenter = segmentation_student(args.student)
+    if segmenter is not None:
+        from .predict_seg import PREDICTIONS_CSV, predict_masks
+
+        out = Path(args.out)
+        if out.suffix.lower() == ".csv":
+            raise UserError(f"--out {out}: a segmentation student writes a folder of class-map PNGs (and "
+                            f"{PREDICTIONS_CSV} in it): give a folder")
+        rows = predict_masks(*segmenter, find_images(args.images), out)
+        print(f"{len(rows)} image(s) segmented → {out} (a class-map PNG each, {PREDICTIONS_CSV})")
+        return 0
     rows, _ = predict(args.student, args.images, args.top_k, args.batch_size)
     write_csv(rows, Path(args.out))
     print(f"{len(rows)} image(s) labelled → {args.out}")
