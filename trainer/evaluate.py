@@ -17,6 +17,7 @@ import torch
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.device import resolve_device
 
+from pipeline.contract.errors import UserError
 from pipeline.contract.tasks import SEGMENTATION
 
 from .data import batches, val_loader
@@ -195,6 +196,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_teacher(args: argparse.Namespace) -> int:
     """`tsd eval teacher RELEASE`: the teacher's val top-1, per class and its confusion, from the stored logits."""
     releases = open_releases([args.release])
+    if releases.task == SEGMENTATION:
+        raise UserError(f"{args.release}: a segmentation release: its teacher's mIoU, pixel accuracy and per-class IoU "
+                        f"are in teacher/probe.json, and `tsd eval RUN {args.release}` measures them again on the "
+                        "student's views beside the student's")
     rows = teacher_rows(releases, args.workers)
     out = Path(args.out) if args.out else Path("teacher-eval")
     metrics, csv_path, png = teacher_report(rows, releases.classes, args.release, out)

@@ -160,17 +160,20 @@ def _evaluate(run_dir: Path, release: Path) -> dict:
 
 
 def _pictures(out: Path) -> list[Path]:
-    """Validation overlays (image, mask, teacher, both students) and the mixes with the teacher's labels."""
+    """Validation overlays (image, mask, teacher, both students), the mixes with the teacher's labels
+    and the training curves (validation mIoU beside the teacher's)."""
     from ..tools.segviz import plot_dense_mixes, plot_overlays
+    from ..tools.viz import plot_curves
 
     runs = [out / "runs" / "finetune", out / "runs" / "distill"]
     folder = out / "pictures"
-    names = [folder / n for n in ("overlays.png", "dense-mixes.png")]
+    names = [folder / n for n in ("overlays.png", "dense-mixes.png", "curves.png")]
     inputs = fingerprint([sha256_file(out / "manifest.json"), *(sha256_file(r / METRICS) for r in runs)])
 
     def draw():
         plot_overlays(out, runs, names[0])
         plot_dense_mixes(out, names[1])
+        plot_curves(runs, names[2])
         return [str(p) for p in names]
 
     return [Path(p) for p in reuse(folder / "pictures.done.json", inputs, draw, outputs=names)[0]]

@@ -27,7 +27,9 @@ from ..contract.errors import UserError
 from ..contract.files import atomic_write
 from ..contract.images import decode_image
 from ..contract.layout import HEAD_FILE, MANIFEST
+from ..contract.manifest import manifest_task
 from ..contract.samples import M_FEATURES, M_JSON, SampleMeta, dense_logits, image_member, npy_load, teacher_mean_probs
+from ..contract.tasks import CLASSIFICATION, headline
 from ..contract.views import Views, center_view, normalize, view_pixels
 from .reader import ReleaseReader
 
@@ -77,6 +79,9 @@ def plot_mixes(root: str | Path, out: str | Path, rows: int = 8, seed: int = 0) 
 
     release = ReleaseReader(root)
     root, manifest = release.root, release.manifest
+    if manifest_task(manifest) != CLASSIFICATION:
+        raise UserError(f"{root}: a {manifest_task(manifest)} release: its mixes have no class to show; "
+                        f"`tsd viz dense-mixes {root} --out PNG` draws them with the teacher's labels per pixel")
     mixes, by_uid, samples = mixes_with_parents(release, rows, seed)
     classes = manifest["classes"]
 
@@ -383,22 +388,24 @@ class RunCurves:
     config: dict
     steps_per_epoch: int | None
     batch: int | None            # global batch: images per step
+    metric: tuple = ("top1", "top-1")   # the run's task's headline (contract.tasks): top-1, or mIoU
 
     @classmethod
     def read(cls, run: Path) -> RunCurves:
         import yaml
 
         entries, metrics = read_log(run)
-        val = _read_jsonl(run / VAL_LOG, ("step", "top1")) if (run / VAL_LOG).is_file() else []
         config = yaml.safe_load((run / CONFIG).read_text()) if (run / CONFIG).is_file() else {}
         if not config:   # an older run folder: what student.json kept of its config
             info = run / STUDENT_INFO
             config = (json.loads(info.read_text()).get("config") or {}) if info.is_file() else {}
+        metric = headline(config.get("task") or CLASSIFICATION)
+        val = _read_jsonl(run / VAL_LOG, ("step", metric[0])) if (run / VAL_LOG).is_file() else []
         train = (metrics or {}).get("train") or {}
         spe = train.get("steps_per_epoch") or next((round(v["step"] / v["epoch"]) for v in val if v.get("epoch")),
                                                    None)
         batch = train.get("global_batch") or (config.get("data") or {}).get("batch_size")
-        return cls(run.name, entries, val, metrics, config, spe, batch)
+        return cls(run.name, entries, val, metrics, config, spe, batch, metric)
 
     def x(self, entries: list[dict], axis: str) -> list[float] | None:
         """Epochs (over the real train set) or images seen at each entry; None when unknown."""
@@ -442,24 +449,26 @@ def plot_curves(runs: list[str | Path], out: str | Path, x_axis: str = "epochs")
                 style, what = TERM_STYLE[term]
                 ax_terms.plot(x, [e[term] for e in c.entries], color=colour, linestyle=style, linewidth=1.5,
                               label=f"{c.name}: {what}")
+        key = c.metric[0]
         if c.val:
-            top1 = [v["top1"] for v in c.val]
-            ax_val.plot(c.x(c.val, x_axis), top1, color=colour, marker="o", markersize=4, linewidth=1.6,
-                        label=f"{c.name} (final {top1[-1]:.3f})")
-            teacher += [v["teacher_top1"] for v in c.val if v.get("teacher_top1") is not None]
-        elif c.metrics and (c.metrics.get("val") or {}).get("top1") is not None:  # final value only
+            values = [v[key] for v in c.val]
+            ax_val.plot(c.x(c.val, x_axis), values, color=colour, marker="o", markersize=4, linewidth=1.6,
+                        label=f"{c.name} (final {values[-1]:.3f})")
+            teacher += [v[f"teacher_{key}"] for v in c.val if v.get(f"teacher_{key}") is not None]
+        elif c.metrics and (c.metrics.get("val") or {}).get(key) is not None:  # final value only
             end = c.x(c.entries[-1:], x_axis)
-            ax_val.plot(end, [c.metrics["val"]["top1"]], color=colour, marker="o", linestyle="",
-                        label=f"{c.name} (final {c.metrics['val']['top1']:.3f})")
+            ax_val.plot(end, [c.metrics["val"][key]], color=colour, marker="o", linestyle="",
+                        label=f"{c.name} (final {c.metrics['val'][key]:.3f})")
         if all("lr" in e for e in c.entries):
             ax_lr.plot(x, [e["lr"] for e in c.entries], color=colour, linewidth=1.6, label=c.name)
     if teacher:
         ax_val.axhline(teacher[-1], color="#444444", linestyle=":", linewidth=1.4,
                        label=f"teacher (stored logits) {teacher[-1]:.3f}")
     x_label = "epochs (passes over the real training images)" if x_axis == "epochs" else "images seen (real + mixes)"
+    metric_names = " / ".join(dict.fromkeys(c.metric[1] for c in curves))
     for ax, title, ylabel in ((ax_loss, "training loss (what each run minimises)", "loss"),
                               (ax_terms, "terms in each run's loss", "value"),
-                              (ax_val, "validation top-1", "top-1"),
+                              (ax_val, f"validation {metric_names}", metric_names),
                               (ax_lr, "learning rate", "lr")):
         ax.set_title(title, fontsize=11)
         ax.set_xlabel(x_label, fontsize=9)

@@ -34,7 +34,7 @@ def printed_table(stdout: str) -> dict:
             for name in SMALL_SEG_TABLE}
 
 
-def test_segmentation_demo_runs_every_stage_then_reuses_them(tmp_path):
+def test_segmentation_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     out = tmp_path / "demo"
     first = run_seg_demo(out)
     table = printed_table(first)
@@ -50,11 +50,17 @@ def test_segmentation_demo_runs_every_stage_then_reuses_them(tmp_path):
     assert f"{distill['miou']:.3f}" == f"{table['student, distilled']:.3f}"
     assert f"{distill['teacher_miou']:.3f}" == f"{table['teacher (release)']:.3f}"
     assert (out / "runs" / "distill" / "eval" / "per_class_iou.csv").read_text().startswith("class,iou")
-    for png in ("overlays.png", "dense-mixes.png"):
+    for png in ("overlays.png", "dense-mixes.png", "curves.png"):
         assert (out / "pictures" / png).stat().st_size > 10_000
-    # the release verifies, and `datasets` loads its card with the masks as images
+    # the classification-only views of a release say so in one line, naming what fits a segmentation one
     from pipeline import cli
 
+    for argv, hint in ((["report", str(out), "--out", str(tmp_path / "site")], "tsd viz overlays"),
+                       (["viz", "mixes", str(out), "--out", str(tmp_path / "m.png")], "tsd viz dense-mixes"),
+                       (["eval", "teacher", str(out)], "teacher/probe.json")):
+        assert cli.main(argv) == 2, argv
+        assert hint in capsys.readouterr().err
+    # the release verifies, and `datasets` loads its card with the masks as images
     assert cli.main(["verify", str(out)]) == 0
     datasets = pytest.importorskip("datasets")
     datasets.disable_progress_bars()

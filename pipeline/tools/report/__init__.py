@@ -17,6 +17,8 @@ from pathlib import Path
 from ... import __version__
 from ...contract import storage
 from ...contract.errors import UserError
+from ...contract.manifest import manifest_task
+from ...contract.tasks import CLASSIFICATION
 from ..reader import ReleaseReader
 
 DEFAULT_MIXES = 200
@@ -36,6 +38,9 @@ def build_report(rel, runs: list[str], out, mixes: int = DEFAULT_MIXES, per_clas
     out = Path(storage.local_path(out))
     (out / "img").mkdir(parents=True, exist_ok=True)
     release = ReleaseReader(rel)
+    if manifest_task(release.manifest) != CLASSIFICATION:
+        raise UserError(f"{release.root}: a {manifest_task(release.manifest)} release; the report shows classification "
+                        f"releases (for segmentation: `tsd viz overlays` and `tsd viz dense-mixes`)")
     classes = release.manifest["classes"]
     summary = data.release_summary(release)
     run_records, compares = data.collect_runs(runs, classes)
