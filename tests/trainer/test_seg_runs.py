@@ -109,3 +109,31 @@ def test_tsd_eval_reports_miou_as_counted_directly(tmp_path, seg_run, seg_releas
     assert [float(r["iou"]) for r in rows] == pytest.approx(metrics["per_class_iou"], abs=1e-4)
     assert [float(r["probe_iou"]) for r in rows] == pytest.approx(probe["per_class_iou"], abs=1e-4)
     assert all(r["teacher_iou"] for r in rows)
+
+
+def test_ddp_two_ranks_sum_their_confusion_matrices(tmp_path, seg_release, capsys):
+    """Two ranks split the val shards; the mIoU their summed confusion gives is the one a single process
+    counts over the whole val set (`tsd eval`)."""
+    import subprocess
+    import sys
+
+    from paths import REPO
+    from trainer_data import train_command, trainer_env
+
+    config = write_seg_config(tmp_path / "ddp.yaml", seg_release, "vit-linear",
+                              data={"mix_ratio": 0.25, "batch_size": 16, "workers": 0, "shuffle_buffer": 16},
+                              optim={"name": "adamw", "lr": 0.003, "steps": 4, "warmup_epochs": 0.1},
+                              runtime={"device": "cpu", "seed": 0, "log_every": 2, "checkpoint_every": 0})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *train_command(config, tmp_path / "run")[1:]],
+                          env=trainer_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[rank 0/2] done: 4 steps" in proc.stdout and "[rank 1/2] done: 4 steps" in proc.stdout
+    val = json.loads((tmp_path / "run" / "metrics.json").read_text())["val"]
+    assert val["n"] == 16
+    assert cli.main(["eval", str(tmp_path / "run"), str(seg_release), "--json", str(tmp_path / "e.json"),
+                     "--workers", "0", "--device", "cpu", "--precision", "fp32"]) == 0
+    single = json.loads((tmp_path / "e.json").read_text())
+    # every labelled pixel counted once across the ranks; the maps themselves may differ by a few pixels
+    # (each rank's batches are other compositions: CPU kernels round a batch's sums differently)
+    assert single["pixels"] == val["pixels"] and single["miou"] == pytest.approx(val["miou"], abs=5e-3)
