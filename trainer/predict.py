@@ -1,5 +1,5 @@
 """`tsd predict STUDENT IMAGES… --out FILE`: label images with a trained student, as a CSV of the
-top-k classes per image (a segmentation student: `--out DIR` of class-map PNGs, trainer/predict_seg.py).
+top-k classes per image (a segmentation student: `--out DIR` of class-map PNGs, `predict_masks`).
 
 STUDENT is a folder written by `tsd export` (config.json + model.safetensors) or a run folder
 (student.json + student.safetensors). Each image is preprocessed as the student was validated:
@@ -18,9 +18,11 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from pipeline.contract.dense import upsample_logits
 from pipeline.contract.errors import UserError, first_line
 from pipeline.contract.files import atomic_write
 from pipeline.contract.images import pil_to_tensor
@@ -79,15 +81,20 @@ def find_images(paths: list[str]) -> list[Path]:
     return unique
 
 
-def eval_view(path: Path, size: int, crop_pct: float) -> torch.Tensor:
-    """The image as the student's validation view: float [3, size, size] in [0, 1]."""
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as uint8 CHW RGB, its EXIF orientation applied; one line naming it when unreadable."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(path.read_bytes())) as im:
-            image = pil_to_tensor(ImageOps.exif_transpose(im).convert("RGB"))
+            return pil_to_tensor(ImageOps.exif_transpose(im).convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{path}: cannot be read as an image ({first_line(e)})") from None
+
+
+def eval_view(path: Path, size: int, crop_pct: float) -> torch.Tensor:
+    """The image as the student's validation view: float [3, size, size] in [0, 1]."""
+    image = read_image(path)
     _, height, width = image.shape
     return view_pixels(image, center_view(width, height, Views(eval_crop=crop_pct))[0], size)
 
@@ -108,6 +115,48 @@ def predict(student, images: list[str], top_k: int = 5, batch_size: int = 32) ->
         for f, p, i in zip(chunk, top.values.tolist(), top.indices.tolist()):
             rows.append({"image": str(f), "top": [(classes[c], q) for c, q in zip(i, p)]})
     return rows, classes
+
+
+# A segmentation student: a class map per image. The whole image (nothing cropped: a map covers every
+# pixel; the aspect ratio is not kept, as the training views' random ratios were not) at the input size,
+# logits upsampled bilinearly to the image's own size, their argmax written as OUT/<stem>.png (8-bit
+# class ids), and OUT/predictions.csv: each image, its mask file and the share of its pixels per class.
+FULL_VIEW = (0.0, 0.0, 1.0, 1.0, 0)
+PREDICTIONS_CSV = "predictions.csv"
+
+
+@torch.no_grad()
+def predict_masks(model, info: dict, files: list[Path], out: Path) -> list[dict]:
+    """Write OUT/<stem>.png per image (names made unique when two images share a stem) and
+    OUT/predictions.csv; return the CSV's rows."""
+    from PIL import Image
+
+    size, classes = int(info["img_size"]), list(info["classes"])
+    out.mkdir(parents=True, exist_ok=True)
+    rows, used = [], set()
+    for f in files:
+        image = read_image(f)
+        x = normalize(view_pixels(image, FULL_VIEW, size)[None], info["mean"], info["std"])
+        logits = upsample_logits(model(x).float(), tuple(image.shape[-2:]))
+        labels = logits.argmax(1)[0].to(torch.uint8).numpy()
+        name = f.stem + ".png"
+        n = 1
+        while name in used:   # two images named alike in different folders
+            n += 1
+            name = f"{f.stem}-{n}.png"
+        used.add(name)
+        buffer = io.BytesIO()
+        Image.fromarray(labels, mode="L").save(buffer, format="PNG")
+        atomic_write(out / name, buffer.getvalue())
+        share = np.bincount(labels.reshape(-1), minlength=len(classes))[:len(classes)] / labels.size
+        rows.append({"image": str(f), "mask": name, "share": share.tolist()})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "mask", *classes])
+    for r in rows:
+        writer.writerow([r["image"], r["mask"], *(f"{v:.6f}" for v in r["share"])])
+    atomic_write(out / PREDICTIONS_CSV, buffer.getvalue().encode())
+    return rows
 
 
 def write_csv(rows: list[dict], out: Path) -> None:
@@ -151,8 +200,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k {args.top_k}: must be at least 1")
     segmenter = segmentation_student(args.student)
     if segmenter is not None:
-        from .predict_seg import PREDICTIONS_CSV, predict_masks
-
         out = Path(args.out)
         if out.suffix.lower() == ".csv":
             raise UserError(f"--out {out}: a segmentation student writes a folder of class-map PNGs (and "
