@@ -323,18 +323,7 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
                                _evaluate, "top1", "top-1")
     timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
     report = timer.run("report", lambda: _report(out), lambda r: f"{r['index']} ({r['mixes']} mixes)")
-    work = out / "work"
-    summary = {
-        **release_counts(manifest),
-        "teacher_val_top1": built["probe"]["val_top1"],
-        "teacher_stored_val_top1": evals["distill"]["teacher_top1"],
-        "finetune_val_top1": evals["finetune"]["top1"],
-        "distill_val_top1": evals["distill"]["top1"],
-        "distill_teacher_agreement": evals["distill"]["agreement"],
-        "stages": [(n, round(s, 1), note) for n, s, note in timer.rows],
-        "wall_s": round(time.time() - t_start, 1),
-    }
-    (work / "demo-summary.json").write_text(json.dumps(summary, indent=1))
+    summary = demo_summary(out, manifest, built["probe"], evals, "top1", timer, t_start)
     print_summary(summary, out)
     print(f"report: {report['index']} (open it in a browser: no server needed)")
     return summary
@@ -352,11 +341,26 @@ def train_and_evaluate(out: Path, timer: Timer, config_of, evaluate, key: str, l
                      lambda e: ", ".join(f"{m} {e[m][key]:.3f}" for m in e))
 
 
-def release_counts(manifest: dict) -> dict:
-    """Samples and shards per kind/split of a release, for the demo's summary."""
-    return {"counts": manifest["counts"],
-            "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k)
-                       for k in manifest["counts"]}}
+def demo_summary(out: Path, manifest: dict, probe: dict, evals: dict, key: str, timer: Timer, t_start: float,
+                 **extra) -> dict:
+    """What a demo prints and keeps in out/work/demo-summary.json: samples and shards per kind/split,
+    the teacher (probed, and its stored outputs) and both students by the task's headline `key`
+    (top1, miou), `extra` values, the stages' times."""
+    summary = {
+        "counts": manifest["counts"],
+        "shards": {k: sum(1 for s in manifest["shards"] if f"{s['kind']}/{s['split']}" == k)
+                   for k in manifest["counts"]},
+        f"teacher_val_{key}": probe[f"val_{key}"],
+        f"teacher_stored_val_{key}": evals["distill"][f"teacher_{key}"],
+        f"finetune_val_{key}": evals["finetune"][key],
+        f"distill_val_{key}": evals["distill"][key],
+        "distill_teacher_agreement": evals["distill"]["agreement"],
+        **extra,
+        "stages": [(n, round(s, 1), note) for n, s, note in timer.rows],
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    (out / "work" / "demo-summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def _evaluate(run_dir: Path, release: Path) -> dict:

@@ -11,7 +11,6 @@ the classification demo.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..contract.files import reuse
 from ..contract.ids import fingerprint, sha256_file
 from ..runtime import quiet_libraries, torch_threads
 from ..testing.tiny import TinySizes
-from .runner import (DEMO_THREADS, Timer, build_demo_models, job_stages, print_stages, release_counts,
+from .runner import (DEMO_THREADS, Timer, build_demo_models, demo_summary, job_stages, print_stages,
                      train_and_evaluate)
 
 
@@ -132,19 +131,9 @@ def run_segmentation_demo(out: str | Path, size_name: str = "demo") -> dict:
     evals = train_and_evaluate(out, timer, lambda mode: seg_train_config(str(out), built["models"], mode, size),
                                _evaluate, "miou", "mIoU")
     timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
-    summary = {
-        **release_counts(manifest),
-        "teacher_val_miou": built["probe"]["val_miou"],
-        "teacher_stored_val_miou": evals["distill"]["teacher_miou"],
-        "finetune_val_miou": evals["finetune"]["miou"],
-        "distill_val_miou": evals["distill"]["miou"],
-        "finetune_pixel_acc": evals["finetune"]["pixel_acc"],
-        "distill_pixel_acc": evals["distill"]["pixel_acc"],
-        "distill_teacher_agreement": evals["distill"]["agreement"],
-        "stages": [(n, round(s, 1), note) for n, s, note in timer.rows],
-        "wall_s": round(time.time() - t_start, 1),
-    }
-    (out / "work" / "demo-summary.json").write_text(json.dumps(summary, indent=1))
+    summary = demo_summary(out, manifest, built["probe"], evals, "miou", timer, t_start,
+                           finetune_pixel_acc=evals["finetune"]["pixel_acc"],
+                           distill_pixel_acc=evals["distill"]["pixel_acc"])
     print_seg_summary(summary, out)
     return summary
 
