@@ -17,7 +17,8 @@ from pipeline.models.generators import DiffusionGenerator  # noqa: E402
 from pipeline.models.build import build_generator  # noqa: E402
 from trainer.data import model_inputs  # noqa: E402
 from trainer.loop import train_step  # noqa: E402
-from trainer.students import Distillable, build_student, mean_std  # noqa: E402
+from pipeline.contract.tasks import IGNORE_INDEX  # noqa: E402
+from trainer.students import Distillable, build_seg_student, build_student, mean_std  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -44,22 +45,42 @@ def test_the_denoising_loop_reads_nothing_back_from_the_device(mixer_folder, sch
     assert any(row["line"].startswith("pipeline/models/generators.py") for row in whole.table())
 
 
+def steps_read_nothing_back(net, batch: dict, size: int, feature_weight: float) -> torch.Tensor:
+    """Two trainer steps (the second with the optimizer's state made) under the counter, each with no
+    host sync; the last step's per-sample losses."""
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    mean, std = mean_std(net.student)
+    for _ in range(2):
+        with SyncCounter(inside=[train_step, model_inputs]) as counter:
+            x = model_inputs(batch, CPU, size, mean, std)
+            losses = train_step(net, optimizer, x, batch, CPU, alpha=0.5, temperature=2.0,
+                                feature_weight=feature_weight, precision="bf16", clip_grad=1.0)
+        assert counter.table() == []
+    return losses
+
+
 def test_a_trainer_step_reads_nothing_back_from_the_device():
     torch.manual_seed(0)
     net = Distillable(build_student("resnet10t", 4), 8)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    mean, std = mean_std(net.student)
     batch = {"pixels": torch.rand(4, 3, 32, 32), "logits": torch.randn(4, 4), "label": torch.tensor([0, 1, -1, -1]),
              "is_real": torch.tensor([True, True, False, False]), "features": torch.randn(4, 8)}
     before = [p.detach().clone() for p in net.parameters()]
-    for _ in range(2):   # the second step runs with the optimizer's state made
-        with SyncCounter(inside=[train_step, model_inputs]) as counter:
-            x = model_inputs(batch, CPU, 32, mean, std)
-            losses = train_step(net, optimizer, x, batch, CPU, alpha=0.5, temperature=2.0, feature_weight=1.0,
-                                precision="bf16", clip_grad=1.0)
-        assert counter.table() == []
+    losses = steps_read_nothing_back(net, batch, 32, feature_weight=1.0)
     assert losses.shape == (4,) and torch.isfinite(losses).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_a_segmentation_step_reads_nothing_back_from_the_device():
+    """The same with a segmentation student: masks (mixes all ignored) and dense teacher logits."""
+    torch.manual_seed(0)
+    student = build_seg_student("vit_small_patch14_dinov2", 3, "linear",
+                                model_kwargs={"img_size": 28, "depth": 1, "embed_dim": 48, "num_heads": 2}, img_size=28)
+    mask = torch.randint(0, 3, (4, 28, 28), dtype=torch.uint8)
+    mask[2:] = IGNORE_INDEX
+    batch = {"pixels": torch.rand(4, 3, 28, 28), "teacher": torch.randn(4, 3, 8, 8), "mask": mask,
+             "is_real": torch.tensor([True, True, False, False]), "label": torch.full((4,), -1)}
+    losses = steps_read_nothing_back(Distillable(student), batch, 28, feature_weight=0.0)
+    assert losses.shape == (4,) and torch.isfinite(losses).all()
 
 
 def test_the_counter_counts_reads_inside_the_loop_only():

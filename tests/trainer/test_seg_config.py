@@ -8,20 +8,16 @@ from pipeline.contract.configlib import ConfigError
 from trainer.config import load_config
 
 
-def test_a_classification_config_is_refused_on_a_segmentation_release(tmp_path, seg_release):
+@pytest.mark.parametrize("write, fixture, theirs, ours", [
+    (write_config, "seg_release", "segmentation", "classification"),
+    (write_seg_config, "release", "classification", "segmentation")])
+def test_a_config_is_refused_on_a_release_of_the_other_task(tmp_path, request, write, fixture, theirs, ours):
+    release = request.getfixturevalue(fixture)
     with pytest.raises(ConfigError) as e:
-        load_config(write_config(tmp_path / "c.yaml", seg_release))
-    message = str(e.value)
-    assert "\n" not in message and str(seg_release) in message
-    assert "segmentation release" in message and "task is classification" in message
-
-
-def test_a_segmentation_config_is_refused_on_a_classification_release(tmp_path, release):
-    with pytest.raises(ConfigError) as e:
-        load_config(write_seg_config(tmp_path / "s.yaml", release))
+        load_config(write(tmp_path / "c.yaml", release))
     message = str(e.value)
     assert "\n" not in message and str(release) in message
-    assert "classification release" in message and "task is segmentation" in message
+    assert f"{theirs} release" in message and f"task is {ours}" in message
 
 
 def test_a_segmentation_config_on_its_release_loads(tmp_path, seg_release):
