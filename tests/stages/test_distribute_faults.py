@@ -204,14 +204,16 @@ def test_a_refused_worker_count_costs_seconds_not_a_wait(small_release, tmp_path
 
 
 class FaultController(threading.Thread):
-    """Seeded faults on the workers of this session while they run shards: `faults` of them at
-    random moments within `window_s`, each a SIGKILL, a SIGSTOP left for the deadline to handle, or
+    """Seeded faults on the workers of this session while they run shards: `faults` of them, the
+    first at once and the rest at random moments within `window_s`, each a SIGKILL, a SIGSTOP left for the deadline to handle, or
     a short SIGSTOP then SIGCONT (a pause the job must ride out)."""
 
     def __init__(self, seed: int, faults: int, window_s: float):
         super().__init__(daemon=True)
         self.rng = random.Random(seed)
-        self.moments = sorted(self.rng.uniform(0.5, window_s) for _ in range(faults))
+        # the first fault lands at once, on the shard the caller saw running: on a fast machine a
+        # small job can finish before any later drawn moment, and a soak with no fault tests nothing
+        self.moments = [0.0] + sorted(self.rng.uniform(0.5, window_s) for _ in range(faults - 1))
         self.applied: list[tuple[str, int]] = []
         self.stopped: list[int] = []
         self.halt = threading.Event()
