@@ -52,7 +52,7 @@ def teacher_line(metrics: dict) -> str:
 
 @torch.no_grad()
 def accuracy(head, feats, labels) -> float:
-    return float((head(feats).argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+    return float((head(feats.float()).argmax(1) == labels).float().mean()) if len(labels) else float("nan")
 
 
 def run_probe(job: JobConfig, out_dir, device: str = "auto") -> dict:

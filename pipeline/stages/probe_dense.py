@@ -4,8 +4,8 @@
   grid [D, h, w] (`contract.dense.patch_grid`), kind `dense-linear` in head.safetensors' metadata;
 - inputs: the same stored pixels and views as the classification probe (`probe.views` per train
   image: the centred view and random ones; val: the centred view). The grids are computed once and
-  cached in memory (float32, N × views × D × h × w: 0.8 MB per view for ViT-g at 224 px; a
-  real-size probe holds that many times its training images);
+  cached in memory in the teacher's dtype (N × views × D × h × w: 0.8 MB per view for ViT-g at 224 px
+  in bf16 on a GPU, 1.5 MB in float32 on a CPU; a real-size probe holds that many times its views);
 - target: the stored mask (as the release stores it) cut by `contract.views.view_mask`, the same box
   and flip as the pixels, at the teacher's input size; the logits are brought to that size by
   `contract.dense.upsample_logits` (bilinear), DINOv2's way: the loss and the metrics are per pixel of
@@ -68,7 +68,7 @@ def dense_scores(head, grids: torch.Tensor, masks: torch.Tensor, num_classes: in
     """`contract.miou.scores` of the head over all the views given (one confusion matrix)."""
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for i in range(0, len(grids), batch):
-        logits = upsample_logits(head(grids[i:i + batch]), tuple(masks.shape[-2:]))
+        logits = upsample_logits(head(grids[i:i + batch].float()), tuple(masks.shape[-2:]))
         conf += confusion(logits.argmax(1), masks[i:i + batch], num_classes)
     return scores(conf)
 

@@ -19,11 +19,16 @@ from ..models.teacher import backbone_features, data_config, feature_dim, load_b
 from ..sources.decode import open_rgb
 
 
+def views_per_row(job: JobConfig, train: bool) -> int:
+    """How many views a probe shows the teacher of each image: the centred one, plus random ones in train."""
+    return max(1, job.probe.views) if train else 1
+
+
 def probe_views(job: JobConfig, row: dict, width: int, height: int, train: bool) -> list:
     views = center_view(width, height, job.views)
-    if train and job.probe.views > 1:
+    if views_per_row(job, train) > 1:
         seed = derive_seed(job.seed, row["uid"], "probe")
-        views += sample_views(seed, width, height, job.probe.views - 1, job.views)
+        views += sample_views(seed, width, height, views_per_row(job, train) - 1, job.views)
     return views
 
 
@@ -43,30 +48,45 @@ def _load_views(job: JobConfig, row: dict, train: bool, limits: dict) -> torch.T
 def extract_features(job: JobConfig, rows: list[dict], train: bool, device, desc: str,
                      limits: dict | None = None, dense: bool = False) -> torch.Tensor:
     """Teacher features [N × views, D] in the order of `rows` (views of a row are consecutive);
-    `dense`: the patch-token grids [N × views, D, h, w] instead (`contract.dense.patch_grid`)."""
+    `dense`: the patch-token grids [N × views, D, h, w] instead (`contract.dense.patch_grid`).
+
+    They stay in the dtype the teacher computed them in (bf16 on a GPU: half of float32, and no
+    precision lost, since their users upcast each batch exactly), in one tensor allocated at the
+    first batch: a real-size dense cache is tens of GiB, and chunks joined at the end would need it twice."""
     backbone = load_backbone(job.teacher).to(device)
     mean, std = data_config(backbone)
     dtype = torch_dtype(job.teacher.dtype, device)
     backbone = backbone.to(dtype)
-    out, batch, bs = [], [], job.teacher.batch_size
+    total = len(rows) * views_per_row(job, train)
+    cache, filled = None, 0
+
+    def keep(chunk: torch.Tensor):
+        nonlocal cache, filled
+        if cache is None:
+            cache = torch.empty((total, *chunk.shape[1:]), dtype=chunk.dtype)
+        cache[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+
+    batch, bs = [], job.teacher.batch_size
     with ThreadPoolExecutor(max_workers=4) as pool, Progress(desc, len(rows)) as bar:
         # decoding runs ahead in threads (PIL and torch resize release the GIL)
         for views in pool.map(lambda r: _load_views(job, r, train, limits or {}), rows):
             batch.append(views)
             bar.update(1)
             if sum(len(b) for b in batch) >= bs:
-                out.append(_forward(backbone, batch, mean, std, device, dtype, dense))
+                keep(_forward(backbone, batch, mean, std, device, dtype, dense))
                 batch = []
         if batch:
-            out.append(_forward(backbone, batch, mean, std, device, dtype, dense))
-    if out:
-        return torch.cat(out)
+            keep(_forward(backbone, batch, mean, std, device, dtype, dense))
+    if cache is not None:
+        assert filled == total, f"{filled} views computed, {total} expected"
+        return cache
     return torch.zeros(0, backbone.num_features, 1, 1) if dense else torch.zeros(0, feature_dim(backbone))
 
 
 def _forward(backbone, batch, mean, std, device, dtype, dense: bool = False):
     x = normalize(torch.cat(batch).to(device), mean, std).to(dtype)
-    return (patch_grid if dense else backbone_features)(backbone, x).float().cpu()
+    return (patch_grid if dense else backbone_features)(backbone, x).cpu()
 
 
 def fit_head(job: JobConfig, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -86,7 +106,7 @@ def fit_head(job: JobConfig, feats: torch.Tensor, labels: torch.Tensor, num_clas
         order = torch.randperm(len(feats), generator=gen)
         for i in range(0, len(feats), p.batch_size):
             idx = order[i:i + p.batch_size]
-            value = loss(head, feats[idx], labels[idx])
+            value = loss(head, feats[idx].float(), labels[idx])
             if value is not None:
                 opt.zero_grad(set_to_none=True)
                 value.backward()
