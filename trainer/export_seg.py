@@ -1,5 +1,5 @@
 """`tsd export` of a segmentation student: its library's own folder, and ONNX with a dynamic batch
-and image size.
+and image size; `load_export` reads the folder back (`tsd predict` takes it).
 
 - smp students (FPN, DeepLabV3Plus, ...): smp's `save_pretrained` folder (config.json,
   model.safetensors, smp's README.md); `segmentation_models_pytorch.from_pretrained(DIR)` loads it back.
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from pipeline.contract.dense import upsample_logits
-from pipeline.contract.errors import UserError
+from pipeline.contract.errors import UserError, first_line
 from pipeline.contract.files import atomic_write
 
 from .students import LinearSegmenter
@@ -92,6 +92,45 @@ def export_segmentation(model, info: dict, metrics: dict | None, out: Path, *, p
         checks["onnx"] = export_onnx(AtInputSize(model).eval(), prep["input_size"][-1], step, out / ONNX)
         files.append(ONNX)
     return {"files": files, "checks": checks}
+
+
+def load_export(path) -> tuple[torch.nn.Module, dict]:
+    """A segmentation export folder read back the way its users read it (smp's `from_pretrained`; timm's
+    `local-dir:` plus the dense head): (model in eval mode, `tsdistill.json` with `img_size` added)."""
+    path = Path(path)
+    try:
+        info = json.loads((path / INFO).read_text())
+        info["img_size"] = int(info["input_size"][-1])
+        missing = [k for k in ("classes", "mean", "std", "decoder") if k not in info]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise UserError(f"{path / INFO}: not a segmentation export ({first_line(e)})") from None
+    if missing:
+        raise UserError(f"{path / INFO}: not a segmentation export (missing {', '.join(missing)})")
+    num_classes = len(info["classes"])
+    linear = info["decoder"] == "linear"
+    for name in ("config.json", HEAD) if linear else ("config.json",):
+        if not (path / name).is_file():   # smp would look for a missing one on the Hub
+            raise UserError(f"{path / name}: missing from the export folder (written by `tsd export`)")
+    if linear:
+        import timm
+        from safetensors.torch import load_file
+
+        try:
+            model = LinearSegmenter(timm.create_model(f"local-dir:{path}", pretrained=True), num_classes)
+            model.head.load_state_dict(load_file(str(path / HEAD)))
+        except (RuntimeError, OSError, ValueError) as e:
+            raise UserError(f"{path}: the export does not load ({first_line(e)})") from None
+    else:
+        import segmentation_models_pytorch as smp
+
+        try:
+            model = smp.from_pretrained(str(path))
+        except (RuntimeError, OSError, ValueError, TypeError) as e:
+            raise UserError(f"{path}: the smp export does not load ({first_line(e)})") from None
+        classes = getattr(model.segmentation_head[0], "out_channels", num_classes)
+        if classes != num_classes:
+            raise UserError(f"{path}: the model has {classes} classes, {INFO} names {num_classes}")
+    return model.eval(), info
 
 
 def check_sizes(img_size: int, step: int) -> list[tuple[int, int, int]]:

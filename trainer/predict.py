@@ -1,8 +1,8 @@
 """`tsd predict STUDENT IMAGES… --out FILE`: label images with a trained student, as a CSV of the
 top-k classes per image (a segmentation student: `--out DIR` of class-map PNGs, `predict_masks`).
 
-STUDENT is a folder written by `tsd export` (config.json + model.safetensors) or a run folder
-(student.json + student.safetensors). Each image is preprocessed as the student was validated:
+STUDENT is a folder written by `tsd export` (config.json + model.safetensors; a segmentation
+export is read by `export_seg.load_export`) or a run folder (student.json + student.safetensors). Each image is preprocessed as the student was validated:
 decoded to RGB (EXIF orientation applied), the centred square of `crop_pct` of its short side
 (the release's `views.eval_crop`), resized to the input size by `contract.views.view_pixels` (the
 function the trainer's validation view goes through), normalised with the student's mean and std.
@@ -181,13 +181,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def segmentation_student(path) -> tuple[torch.nn.Module, dict] | None:
-    """(model, student info) when `path` is a segmentation student's run folder or weights; None for a
-    classification student. A segmentation export is refused in one line (its own library loads it)."""
+    """(model, student info) when `path` is a segmentation student's export folder, run folder or
+    weights; None for a classification student."""
+    from .export_seg import INFO, load_export
+
     path = Path(path)
-    exported = path / "tsdistill.json"
+    exported = path / INFO
     if exported.is_file() and json.loads(exported.read_text()).get("task") == "segmentation":
-        raise UserError(f"{path}: a segmentation export (segmentation_models_pytorch's or timm's folder, README "
-                        "'Export'); `tsd predict` reads the run folder it came from")
+        return load_export(path)
     if (path / STUDENT_INFO).is_file() or path.suffix == ".safetensors":
         model, info = load_student(path)
         if info.get("task") == "segmentation":

@@ -92,3 +92,27 @@ def test_torchscript_is_refused_for_a_segmentation_student(tmp_path):
     run = student_run(tmp_path / "run", "vit-linear")
     with pytest.raises(UserError, match="--torchscript"):
         export(run, tmp_path / "out", torchscript=True)
+
+
+@pytest.mark.parametrize("kind", ["smp-fpn", "vit-linear"])
+def test_predict_reads_the_export_folder_as_it_reads_the_run(tmp_path, kind, capsys):
+    """`tsd predict EXPORT` gives the run folder's class maps; a broken export is one line."""
+    import numpy as np
+    from PIL import Image
+
+    run = student_run(tmp_path / "run", kind)
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "out")]) == 0
+    rng = np.random.default_rng(1)
+    for name, shape in (("a.png", (37, 53, 3)), ("b.jpg", (64, 48, 3))):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(tmp_path / name)
+    images = [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    for folder in ("run", "out"):
+        assert cli.main(["predict", str(tmp_path / folder), *images, "--out", str(tmp_path / f"masks-{folder}")]) == 0
+    for name in ("a.png", "b.png"):
+        from_run, from_export = (np.asarray(Image.open(tmp_path / f"masks-{f}" / name)) for f in ("run", "out"))
+        assert from_run.shape == from_export.shape and (from_run == from_export).mean() > 0.999
+    capsys.readouterr()
+    (tmp_path / "out" / "config.json").unlink()
+    assert cli.main(["predict", str(tmp_path / "out"), *images, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "config.json: missing from the export folder" in err, err
