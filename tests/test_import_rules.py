@@ -200,7 +200,7 @@ def test_pipeline_is_grouped_by_its_flow():
     for name, path in modules().items():
         for imported in imports(name, path):
             if top(imported) == "ray":
-                assert name == "pipeline.stages.distribute", f"{name} imports ray"
+                assert name.split(".")[:3] == ["pipeline", "stages", "distribute"], f"{name} imports ray"
             if top(imported) in {"diffusers", "transformers"}:
                 assert name.split(".")[1] in {"models", "tools", "testing", "demo", "bench"}, f"{name} imports {imported}"
 

@@ -119,7 +119,7 @@ def phase_fake_shards(folder: str) -> dict:
 
 
 def phase_bookkeeping(folder: str) -> dict:
-    from ..stages.distribute import pending_shards, remove_leftovers
+    from ..stages.distribute.pending import pending_shards, remove_leftovers
     from ..stages.jobdir import JobFolder, plan_path
     from ..stages.plan import read_plan
 

@@ -118,7 +118,7 @@ def plan_state(job: JobConfig, out) -> StageState:
 
 def generate_state(job: JobConfig, out, probe: StageState, plan: StageState) -> StageState:
     """The shards of every release of the job: made by what makes them now, stale, or missing."""
-    from ..stages.distribute import pending_shards
+    from ..stages.distribute.pending import pending_shards
 
     if plan.state != DONE:
         return StageState("generate", TODO if plan.state == TODO else STALE,

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import GenerateConfig
 from pipeline.contract.progress import Progress
-from pipeline.stages.distribute import Deadline, Driver, Slot, Task
+from pipeline.stages.distribute.driver import Deadline, Driver, Slot, Task
 
 
 def test_the_deadline_follows_the_median_shard_time_above_its_floor():

@@ -34,7 +34,8 @@ from pipeline.contract.ids import sha256_file
 from pipeline.contract.layout import HEAD_FILE as HEAD
 from pipeline.contract.layout import MANIFEST, SHARD_SUFFIX, STATS_SUFFIX, TEACHER_DIR
 from pipeline.stages import jobdir as stages
-from pipeline.stages.distribute import clamp_workers, generate_stage
+from pipeline.stages.distribute import generate_stage
+from pipeline.stages.distribute.cluster import clamp_workers
 from pipeline.stages.plan import plan_stage, read_plan
 
 

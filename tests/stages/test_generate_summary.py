@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.stages.distribute import GenerateSummary, eta_by_kind, summary_text
+from pipeline.stages.distribute import summary_text
+from pipeline.stages.distribute.driver import GenerateSummary, eta_by_kind
 
 
 def test_the_eta_counts_each_kind_at_its_own_pace():
