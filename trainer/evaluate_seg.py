@@ -101,7 +101,8 @@ def val_outputs(model, loader, lost: dict, teacher_key: str, device, img_size: i
 
 def probe_metrics(release: str) -> dict | None:
     """The teacher's own segmentation numbers from the release's teacher/probe.json ({val_miou,
-    val_pixel_acc, per_class_iou}: those present and numeric), or None when it has none readable."""
+    val_pixel_acc, per_class_iou: {class: IoU}}: those present and numeric; the probe writes the
+    per-class IoU as `val_per_class_iou`, keyed by class name), or None when it has none readable."""
     try:
         data = json.loads(storage.read_bytes(storage.join(release, PROBE_METRICS)))
     except (OSError, ValueError, UserError):   # absent, unreadable or not JSON: no probe numbers
@@ -109,8 +110,8 @@ def probe_metrics(release: str) -> dict | None:
     if not isinstance(data, dict):
         return None
     out = {k: float(data[k]) for k in ("val_miou", "val_pixel_acc") if isinstance(data.get(k), (int, float))}
-    per_class = data.get("per_class_iou")
-    if isinstance(per_class, list) and all(v is None or isinstance(v, (int, float)) for v in per_class):
+    per_class = data.get("val_per_class_iou")
+    if isinstance(per_class, dict) and all(v is None or isinstance(v, (int, float)) for v in per_class.values()):
         out["per_class_iou"] = per_class
     return out or None
 
@@ -119,14 +120,17 @@ def write_per_class_iou(metrics: dict, classes: list[str], probe: dict | None, f
     """folder/per_class_iou.csv: class, the student's IoU, the stored teacher's on the same views, the probe's."""
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / PER_CLASS_CSV
-    probe_iou = (probe or {}).get("per_class_iou") or []
+    probe_iou = (probe or {}).get("per_class_iou") or {}
 
     def cell(values, i):
         return "" if i >= len(values) or values[i] is None else f"{values[i]:.4f}"
+
+    def by_name(name):
+        return "" if probe_iou.get(name) is None else f"{probe_iou[name]:.4f}"
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "iou", "teacher_iou", "probe_iou"])
         for i, name in enumerate(classes):
             writer.writerow([name, cell(metrics["per_class_iou"], i), cell(metrics["teacher_per_class_iou"], i),
-                             cell(probe_iou, i)])
+                             by_name(name)])
     return out

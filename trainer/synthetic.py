@@ -264,16 +264,18 @@ def write_seg_release(root, *, classes: int = 3, train: int = 64, val: int = 16,
         publish_samples(root, "mix", "train", samples, shard_size, shards, counts)
 
     teacher_scores = scores(teacher_confusion)
+    names = ["background"] + [f"shape-{i}" for i in range(1, classes)]
     if probe:
         (root / PROBE_METRICS).parent.mkdir(parents=True, exist_ok=True)
         (root / PROBE_METRICS).write_text(json.dumps({"val_miou": teacher_scores["miou"],
                                                       "val_pixel_acc": teacher_scores["pixel_acc"],
-                                                      "per_class_iou": teacher_scores["per_class_iou"]}, indent=1))
+                                                      "val_per_class_iou": dict(zip(names, teacher_scores["per_class_iou"]))},
+                                                     indent=1))
     write_manifest(root, {
         "name": "synthetic-shapes", "code_version": "tsdistill synthetic", "seed": seed,
         "task": SEGMENTATION, "ignore_index": IGNORE_INDEX,
         "config": {"synthetic": {"classes": classes, "train": train, "val": val, "mixes": mixes, "noise": noise}},
-        "classes": ["background"] + [f"shape-{i}" for i in range(1, classes)], "num_classes": classes,
+        "classes": names, "num_classes": classes,
         "image": {"format": "jpg", "quality": 95, "store_size": store_size},
         "views": to_dict(spec),
         "teacher": {"arch": "synthetic-nearest-colour", "img_size": grid, "mean": [0.0] * 3, "std": [1.0] * 3,

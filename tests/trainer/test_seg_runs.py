@@ -107,7 +107,9 @@ def test_tsd_eval_reports_miou_as_counted_directly(tmp_path, seg_run, seg_releas
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows] == ["background", "shape-1", "shape-2"]
     assert [float(r["iou"]) for r in rows] == pytest.approx(metrics["per_class_iou"], abs=1e-4)
-    assert [float(r["probe_iou"]) for r in rows] == pytest.approx(probe["per_class_iou"], abs=1e-4)
+    # the probe's per-class IoU as the dense probe writes it (val_per_class_iou, by class name)
+    assert [float(r["probe_iou"]) for r in rows] == pytest.approx([probe["val_per_class_iou"][r["class"]] for r in rows],
+                                                                  abs=1e-4)
     assert all(r["teacher_iou"] for r in rows)
 
 
