@@ -3,25 +3,11 @@ metric its results.json ranks by, top-1 for classification (and for results writ
 segmentation, which name none), mIoU for segmentation."""
 from __future__ import annotations
 
-import json
-
 import pytest
+from compare_results import write_compare_folder
 
 from pipeline.contract.errors import UserError
 from pipeline.tools.report.data import collect_runs
-
-
-def compare_folder(path, metric: dict | None, values: list[float]):
-    """A compare folder as `tsd compare` writes its results.json (the keys the report reads), one row."""
-    key = (metric or {"key": "top1"})["key"]
-    row = {"id": "kd-real", "label": "KD on real images", "teacher": "probed", "mean": sum(values) / len(values),
-           "std": 0.01, f"val_{key}": values, "seeds": list(range(len(values))), "steps": 4, "real_images": 64,
-           "mix_images": 0, "runs": []}
-    results = {"budget": {"steps": 4}, "std": "sample standard deviation over the seeds (n - 1)",
-               "student": "resnet10t", "rows": [row], **({"metric": metric} if metric else {})}
-    path.mkdir()
-    (path / "results.json").write_text(json.dumps(results))
-    return path
 
 
 @pytest.mark.parametrize("metric, key, label", [
@@ -30,7 +16,7 @@ def compare_folder(path, metric: dict | None, values: list[float]):
     (None, "top1", "top-1"),   # a results.json from before segmentation
 ])
 def test_a_compare_table_reads_its_tasks_metric(tmp_path, metric, key, label):
-    folder = compare_folder(tmp_path / "compare", metric, [0.41, 0.45])
+    folder = write_compare_folder(tmp_path / "compare", metric, [0.41, 0.45])
     runs, compares = collect_runs([str(folder)], ["a", "b"])
     assert runs == [] and len(compares) == 1
     table = compares[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from compare_results import write_compare_folder
 from PIL import Image
 from seg_data import SEG_NUM_CLASSES, build_seg_release
 from trainer_data import write_seg_config
@@ -46,7 +47,8 @@ def seg(tmp_path_factory):
     run_training(load(TrainConfig, config), run, overwrite=True)
     assert cli.main(["eval", str(run), str(release), "--workers", "0"]) == 0
     site = root / "site"
-    assert cli.main(["report", str(release), str(run), "--out", str(site), "--mixes", str(MIXES),
+    compare = write_compare_folder(root / "compare", {"key": "miou", "label": "mIoU"}, [0.25, 0.31])
+    assert cli.main(["report", str(release), str(run), str(compare), "--out", str(site), "--mixes", str(MIXES),
                      "--per-class", str(PER_CLASS)]) == 0
     return {"release": release, "run": run, "site": site, "data": report_data(site),
             "manifest": json.loads((release / MANIFEST).read_text()),
@@ -131,9 +133,16 @@ def test_the_run_brings_its_miou_curve_and_per_class_iou(seg):
     assert "confusion" not in run
 
 
+def loaded(browser, selector: str) -> None:
+    """Wait until every image `selector` finds has loaded (or failed: the count below then says so)."""
+    browser.eval(f"Promise.all([...document.querySelectorAll('{selector}')].map(i => i.decode().catch(() => 0)))"
+                 ".then(() => 0)")
+
+
 def test_the_site_shows_overlays_legend_miou_and_a_sample_page(seg, browser):
     data, site = seg["data"], seg["site"]
     browser.open((site / "index.html").as_uri())
+    loaded(browser, "img")
     shown = "[...document.querySelectorAll('%s')].filter(i => getComputedStyle(i).display !== 'none' && i.complete " \
             "&& i.naturalWidth > 0).length"
     assert browser.eval("document.querySelectorAll('.mix-card').length") == MIXES
@@ -163,9 +172,16 @@ def test_the_site_shows_overlays_legend_miou_and_a_sample_page(seg, browser):
     # the run's val mIoU at each validation, and the teacher's on the same views
     assert browser.eval("document.querySelectorAll('#run-headline-chart circle.pt').length") == 2 * len(run["val"])
     assert browser.eval("document.querySelectorAll('table.per-class-iou tr').length") == SEG_NUM_CLASSES + 1
+    # a segmentation compare's table: its rows' mIoU and their seeds' range
+    assert browser.eval("[...document.querySelectorAll('table.compare-table th')].map(h => h.textContent)")[2] == \
+        "val mIoU (%)"
+    assert browser.eval("document.querySelector('table.compare-table tr:nth-child(2)').textContent").count(
+        "[25.0, 31.0]") == 1
     real = data["real"][0]
     browser.eval(f"location.hash = '#sample/{real['uid']}'; 0")
-    assert browser.eval("document.getElementById('sample-page').hidden") is False
+    browser.eval("new Promise(ok => { const poll = () => document.getElementById('sample-page').hidden ? "
+                 "setTimeout(poll, 20) : ok(0); poll(); })")   # the page is drawn on hashchange
+    loaded(browser, "#seg-panels img")
     # image, mask, then each view with its label map and box
     assert browser.eval("document.querySelectorAll('#seg-panels figure.panel').length") == 2 + len(real["views"])
     assert browser.eval("document.querySelectorAll('#seg-panels .vbox').length") == len(real["views"])
