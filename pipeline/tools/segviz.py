@@ -47,14 +47,15 @@ def overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray) -> np.nd
     return np.where(labelled, mixed, image).round().astype(np.uint8)
 
 
-def dense_labels(logits: np.ndarray, size: int) -> np.ndarray:
-    """Argmax class map [size, size] of dense logits [C, h, w], upsampled bilinearly first (as
-    every metric does: contract.dense.upsample_logits)."""
+def dense_labels(logits: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Argmax class map [size, size] (or [height, width] for a pair) of dense logits [C, h, w],
+    upsampled bilinearly first (as every metric does: contract.dense.upsample_logits)."""
     import torch
 
     from ..contract.dense import upsample_logits
 
-    up = upsample_logits(torch.from_numpy(np.ascontiguousarray(logits))[None], (size, size))[0]
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    up = upsample_logits(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None], shape)[0]
     return up.argmax(0).numpy().astype(np.uint8)
 
 

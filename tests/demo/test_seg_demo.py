@@ -55,11 +55,14 @@ def test_segmentation_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     # the classification-only views of a release say so in one line, naming what fits a segmentation one
     from pipeline import cli
 
-    for argv, hint in ((["report", str(out), "--out", str(tmp_path / "site")], "tsd viz overlays"),
-                       (["viz", "mixes", str(out), "--out", str(tmp_path / "m.png")], "tsd viz dense-mixes"),
+    for argv, hint in ((["viz", "mixes", str(out), "--out", str(tmp_path / "m.png")], "tsd viz dense-mixes"),
                        (["eval", "teacher", str(out)], "teacher/probe.json")):
         assert cli.main(argv) == 2, argv
         assert hint in capsys.readouterr().err
+    # the report shows a segmentation release and its runs (tests/tools/test_report_seg.py: what it shows)
+    assert cli.main(["report", str(out), str(out / "runs" / "distill"), "--out", str(tmp_path / "site"),
+                     "--mixes", "4", "--per-class", "1"]) == 0
+    assert "per_class_iou" in (tmp_path / "site" / "data.js").read_text()
     # the release verifies, and `datasets` loads its card with the masks as images
     assert cli.main(["verify", str(out)]) == 0
     datasets = pytest.importorskip("datasets")

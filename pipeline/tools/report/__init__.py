@@ -6,7 +6,9 @@ from the release's manifest, index and shard stats and from run / compare folder
 `page` (writing the files), `serve` (--serve: loopback HTTP).
 
 It shows a bounded, stated sample: the `--mixes` highest-entropy mixes (with their parents) and
-`--per-class` real images per class, so only the shards holding those are opened.
+`--per-class` real images per class, so only the shards holding those are opened. A segmentation
+release (`data_seg`) groups its real images by the teacher's dominant class and shows label maps
+(the stored masks, the teacher's map of each view) as coloured layers over the images.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ... import __version__
 from ...contract import storage
 from ...contract.errors import UserError
 from ...contract.manifest import manifest_task
-from ...contract.tasks import CLASSIFICATION
+from ...contract.tasks import SEGMENTATION
 from ..reader import ReleaseReader
 
 DEFAULT_MIXES = 200
@@ -38,24 +40,36 @@ def build_report(rel, runs: list[str], out, mixes: int = DEFAULT_MIXES, per_clas
     out = Path(storage.local_path(out))
     (out / "img").mkdir(parents=True, exist_ok=True)
     release = ReleaseReader(rel)
-    if manifest_task(release.manifest) != CLASSIFICATION:
-        raise UserError(f"{release.root}: a {manifest_task(release.manifest)} release; the report shows classification "
-                        f"releases (for segmentation: `tsd viz overlays` and `tsd viz dense-mixes`)")
+    task = manifest_task(release.manifest)
+    seg = task == SEGMENTATION
     classes = release.manifest["classes"]
     summary = data.release_summary(release)
     run_records, compares = data.collect_runs(runs, classes)
     # the images where a run's student and the teacher disagree, a bounded number per run
     extra = {d["uid"] for r in run_records for d in r.get("disagreements", [])[:DISAGREEMENTS_SHOWN]}
-    top, real, others = data.pick(release, mixes, per_class, extra)
+    # a segmentation image has no label (-1): its class is the teacher's dominant one
+    top, real, others = data.pick(release, mixes, per_class, extra, group="teacher_top1" if seg else "label")
     rows = top + real + list(others.values())
     samples = data.read_samples(release, rows)
     records = {}
+    if seg:
+        from . import data_seg
+        from .thumbs import write_label_thumbs
+
+        settings = data_seg.page_settings(len(classes), task)
+        colours = data_seg.palette(len(classes))
+        for r in run_records:
+            r.update(data_seg.run_iou(Path(r["folder"]), classes))
     for row in rows:
         members = samples.get(row["uid"])
         if members is None:
             raise UserError(f"{release.shard_path(row['shard'])}: sample {row['uid']} of the index is not in "
                             f"its shard")
-        rec = data.sample_record(row, members, classes)
+        if seg:
+            rec, layers = data_seg.sample_record(row, members, classes)
+            rec["layers"] = write_label_thumbs(out, row["uid"], layers, colours)
+        else:
+            rec = data.sample_record(row, members, classes)
         rec.update(write_thumbs(out, row["uid"], data.image_bytes(members)))
         records[row["uid"]] = rec
     built = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -66,6 +80,8 @@ def build_report(rel, runs: list[str], out, mixes: int = DEFAULT_MIXES, per_clas
               "real": [records[r["uid"]] for r in real],
               "others": [records[u] for u in others],   # parents of the mixes, disagreements
               "runs": run_records, "compares": compares}
+    if seg:   # only a segmentation report has it: a classification one is written as before
+        report["segmentation"] = dict(settings, mask_pixels=data_seg.mask_pixels(list(records.values()), len(classes)))
     report["seconds"] = round(time.perf_counter() - t0, 2)
     index = write_site(out, report)
     return {"index": index, "mixes": len(report["mixes"]), "real": len(report["real"]), "runs": len(run_records),

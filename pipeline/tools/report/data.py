@@ -15,8 +15,10 @@ import numpy as np
 
 from ...contract import storage
 from ...contract.files import read_json
+from ...contract.manifest import manifest_task
 from ...contract.samples import M_JSON, SampleMeta, dense_logits, image_member, teacher_mean_probs
 from ...contract.shards import iter_finished_shards
+from ...contract.tasks import CLASSIFICATION
 from ...contract.views import view_box
 from ..reader import ReleaseReader
 from ..verify import verify_release
@@ -28,17 +30,24 @@ INDEX_COLUMNS = ["uid", "split", "kind", "shard", "label", "class_name", "parent
 
 # -- the release ---------------------------------------------------------------------------------
 def release_summary(release: ReleaseReader) -> dict:
-    """Name, task, counts, classes and their frequencies, models with sha256, config, verify --quick."""
+    """Name, task, counts, classes and their frequencies (real images per label; none for a
+    segmentation release, whose images have no label: `data_seg.mask_pixels`), models with sha256,
+    config, verify --quick."""
     m = release.manifest
     import pyarrow.compute as pc
 
-    table = release.index_table(["kind", "label"])
-    real = table.filter(pc.and_(pc.equal(table.column("kind"), "real"), pc.greater_equal(table.column("label"), 0)))
-    freq = np.bincount(real.column("label").to_numpy(), minlength=len(m["classes"])).tolist()
+    freq = None
+    if manifest_task(m) == CLASSIFICATION:
+        table = release.index_table(["kind", "label"])
+        real = table.filter(pc.and_(pc.equal(table.column("kind"), "real"),
+                                    pc.greater_equal(table.column("label"), 0)))
+        freq = np.bincount(real.column("label").to_numpy(), minlength=len(m["classes"])).tolist()
     problems = verify_release(release.root, quick=True)
     teacher = m.get("teacher") or {}
     models = [{"role": "teacher", "name": teacher.get("arch"), "files": teacher.get("weights"),
-               "head_sha256": teacher.get("head_sha256"), "val_top1": teacher.get("val_top1")}]
+               "head_sha256": teacher.get("head_sha256"), "val_top1": teacher.get("val_top1"),
+               # a segmentation teacher's own measure (the probe's, recorded by the release)
+               **{k: teacher[k] for k in ("val_miou", "val_pixel_acc") if k in teacher}}]
     if m.get("generator"):
         g = m["generator"]
         models.append({"role": "generator", "name": g.get("kind"), "files": g.get("files")})
@@ -78,10 +87,12 @@ def generation_stats(release: ReleaseReader) -> dict:
 
 
 # -- picking the shown samples -------------------------------------------------------------------
-def pick(release: ReleaseReader, mixes: int, per_class: int, extra: set[str] = frozenset()
+def pick(release: ReleaseReader, mixes: int, per_class: int, extra: set[str] = frozenset(), group: str = "label"
          ) -> tuple[list[dict], list[dict], dict]:
     """(the `mixes` highest-entropy mixes, up to `per_class` real images per class (val first, then
-    train), the index rows of the mixes' parents and of the `extra` uids), each from the index alone."""
+    train), the index rows of the mixes' parents and of the `extra` uids), each from the index alone.
+    An image's class is its index column `group`: its label, or for segmentation (no label) the
+    teacher's dominant class, `teacher_top1`."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -93,9 +104,9 @@ def pick(release: ReleaseReader, mixes: int, per_class: int, extra: set[str] = f
     # val images first: the teacher never trained on them, so "right or wrong" means something
     rank = pc.if_else(pc.equal(real.column("split"), "val"), 0, 1)
     real = real.append_column("_rank", rank)
-    order = pc.sort_indices(real, sort_keys=[("label", "ascending"), ("_rank", "ascending"), ("uid", "ascending")])
+    order = pc.sort_indices(real, sort_keys=[(group, "ascending"), ("_rank", "ascending"), ("uid", "ascending")])
     real = real.take(order)
-    labels = real.column("label").to_numpy()
+    labels = real.column(group).to_numpy()
     starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]) if len(labels) else np.array([], int)
     keep = np.concatenate([np.arange(s, min(s + per_class, e)) for s, e in
                            zip(starts, np.r_[starts[1:], len(labels)])]) if len(starts) else np.array([], int)
@@ -117,19 +128,29 @@ def sample_record(row: dict, members: dict, classes: list[str]) -> dict:
     top = np.argsort(-p, kind="stable")[:TOP_K]
     views = []
     for view, z in zip(meta.views, logits):
-        x0, y0, x1, y1 = view_box(view, meta.width, meta.height)
         pv = teacher_mean_probs(z[None])
         c = int(pv.argmax())
-        views.append({"box": [x0 / meta.width, y0 / meta.height, (x1 - x0) / meta.width, (y1 - y0) / meta.height],
+        views.append({"box": box_fractions(view, meta.width, meta.height),
                       "flip": bool(view[4]), "top1": c, "top1_name": classes[c], "p": float(pv[c])})
     entropy = float(-(p * np.log(np.clip(p, 1e-12, None))).sum())
+    return {**sample_facts(row, meta), "entropy": entropy,
+            "top5": [{"c": int(c), "name": classes[int(c)], "p": float(p[c])} for c in top],
+            "teacher_top1": int(top[0]), "confidence": float(p[top[0]]), "views": views}
+
+
+def box_fractions(view, width: int, height: int) -> list[float]:
+    """A view's pixel box as [x, y, w, h] fractions of the image: where the page draws it."""
+    x0, y0, x1, y1 = view_box(view, width, height)
+    return [x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height]
+
+
+def sample_facts(row: dict, meta: SampleMeta) -> dict:
+    """What a sample's index row and json say of it, for either task's record."""
     # the seed as a string: 64 bits are more than a JavaScript number holds exactly
     return {"uid": row["uid"], "kind": row["kind"], "split": row["split"], "shard": row["shard"],
             "seed": str(row["seed"]), "label": int(row["label"]), "class_name": row.get("class_name"),
             "parents": list(row.get("parents") or []), "weight": row.get("weight"), "generator": meta.generator,
-            "width": meta.width, "height": meta.height, "entropy": entropy,
-            "top5": [{"c": int(c), "name": classes[int(c)], "p": float(p[c])} for c in top],
-            "teacher_top1": int(top[0]), "confidence": float(p[top[0]]), "views": views}
+            "width": meta.width, "height": meta.height}
 
 
 def read_samples(release: ReleaseReader, rows: list[dict]) -> dict[str, dict]:
@@ -188,16 +209,18 @@ def run_record(folder: Path, name: str, classes: list[str]) -> dict:
 def collect_runs(paths: list[str], classes: list[str]) -> tuple[list[dict], list[dict]]:
     """(runs, compares) from the given folders: a compare folder (results.json) brings its table and
     every run under it; a run folder (log.jsonl or metrics.json) is one run."""
-    from trainer.compare import RESULTS_JSON
+    from trainer.compare import RESULTS_JSON, metric_of
 
     runs, compares = [], []
     for p in paths:
         folder = Path(storage.local_path(p))
         results = read_json(folder / RESULTS_JSON)
         if results is not None:
+            key, label = metric_of(results)   # the task's headline: val_top1, or val_miou per seed in a row
             compares.append({"name": folder.name, "folder": str(folder), "student": results.get("student"),
                              "budget": results.get("budget"), "std": results.get("std"),
-                             "rows": [{k: r.get(k) for k in ("id", "label", "teacher", "mean", "std", "val_top1",
+                             "metric": {"key": key, "label": label, "values": f"val_{key}"},
+                             "rows": [{k: r.get(k) for k in ("id", "label", "teacher", "mean", "std", f"val_{key}",
                                                              "seeds", "steps", "real_images", "mix_images",
                                                              "runs")} for r in results.get("rows", [])]})
             for row in results.get("rows", []):
