@@ -322,7 +322,7 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     evals = train_and_evaluate(out, timer, lambda mode: train_config(str(out), built["models"], mode, size),
                                _evaluate, "top1", "top-1")
     timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
-    report = timer.run("report", lambda: _report(out), lambda r: f"{r['index']} ({r['mixes']} mixes)")
+    report = timer.run("report", lambda: demo_report(out), lambda r: f"{r['index']} ({r['mixes']} mixes)")
     summary = demo_summary(out, manifest, built["probe"], evals, "top1", timer, t_start)
     print_summary(summary, out)
     print(f"report: {report['index']} (open it in a browser: no server needed)")
@@ -376,12 +376,14 @@ def _evaluate(run_dir: Path, release: Path) -> dict:
     return metrics
 
 
-def _report(out: Path) -> dict:
-    """The static report site of the release and both runs (`tsd report`), reused while they are unchanged."""
+def demo_report(out: Path, eval_files: tuple[str, ...] = ("eval/predictions.jsonl",)) -> dict:
+    """The static report site of the release and both runs (`tsd report`), reused while they are
+    unchanged: the manifest, each run's metrics.json and its `eval_files` (what the report reads of
+    an eval: the classification predictions, or the segmentation per-class IoU)."""
     from ..tools.report import build_report
 
     runs = [out / "runs" / "distill", out / "runs" / "finetune"]
-    files = [out / "manifest.json", *(r / name for r in runs for name in ("metrics.json", "eval/predictions.jsonl"))]
+    files = [out / "manifest.json", *(r / name for r in runs for name in ("metrics.json", *eval_files))]
     inputs = fingerprint([sha256_file(f) for f in files])
 
     def build():
