@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline import cli
 from pipeline.config import load_job
 from pipeline.contract.dense import patch_grid
 from pipeline.contract.layout import HEAD_FILE, MANIFEST, PROBE_METRICS
@@ -96,7 +97,7 @@ def test_finetune_changes_only_the_named_blocks_and_the_file_reloads_them(finetu
 
 def test_the_release_holds_the_finetuned_teachers_dense_logits_and_verifies(finetuned):
     job, out = finetuned["job"], finetuned["out"]
-    assert verify_release(out) == []
+    assert verify_release(out) == [] and cli.main(["verify", str(out)]) == 0
     manifest = json.loads((out / MANIFEST).read_text())
     adaptation = manifest["teacher"]["adaptation"]
     assert adaptation["mode"] == "finetune" and adaptation["tuned"] == ["blocks.1", "norm"]
@@ -114,11 +115,14 @@ def test_the_release_holds_the_finetuned_teachers_dense_logits_and_verifies(fine
             assert torch.allclose(stored, teacher(x)[0], atol=2e-2)   # float16 storage
 
 
-def test_a_rerun_is_reused_and_other_blocks_refit(finetuned, tmp_path):
+def test_a_rerun_is_reused_and_other_blocks_refit(finetuned, tmp_path, capsys):
     job, out = finetuned["job"], finetuned["out"]
     copy = tmp_path / "release"
     shutil.copytree(out, copy)
     assert probe_stage(job, copy, "cpu")[1] is True
+    assert cli.main(["probe", str(finetuned["job_path"]), "--out", str(copy), "--device", "cpu"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("probe: finetuned teacher val mIoU") and line.rstrip().endswith("[reused]")
     more = load_job(finetuned["job_path"], {"probe": {"blocks": 2}})
     metrics, reused = probe_stage(more, copy, "cpu")
     assert not reused and metrics["tuned"] == ["blocks.0", "blocks.1", "norm"]
