@@ -68,7 +68,7 @@ class ProbeConfig:
     """The task adaptation of the teacher. 'probe' (the paper's choice): a head trained on frozen
     features. 'finetune' (the paper's counterpoint): the last `blocks` blocks (or all of them and the
     embeddings: blocks 'all') and the final norm trained with the head, on pixels, with layer-wise
-    lr decay (see stages/probe.py `finetune`)."""
+    lr decay (see stages/probe_finetune.py; classification and segmentation alike)."""
     mode: Literal["probe", "finetune"] = documented("probe", doc=(
             "probe: a head on frozen features; finetune: last blocks + head"))
     head: Literal["linear", "mlp"] = documented("linear", doc="the task head on CLS ‖ mean-patch features")

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import TeacherConfig
 from ..contract import storage
-from ..contract.dense import make_dense_head, tokens_grid
+from ..contract.dense import make_dense_head, patch_grid, tokens_grid
 from ..contract.errors import ConfigError, UserError
 from ..contract.tasks import SEGMENTATION
 from .teacher_files import local_weights
@@ -163,6 +163,17 @@ def token_features(backbone: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if tokens.ndim == 3 and prefix:
         return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], dim=1)
     return backbone.forward_head(tokens, pre_logits=True)
+
+
+def head_inputs(backbone: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """What a head of `kind` reads from normalised pixels: the patch grid [N, D, h, w] for a dense
+    head, CLS ‖ mean-patch [N, D'] otherwise."""
+    return patch_grid(backbone, x) if is_dense(kind) else backbone_features(backbone, x)
+
+
+def head_in_dim(backbone: nn.Module, kind: str) -> int:
+    """The width of `head_inputs` for a head of `kind`: the token width, or the pooled feature's."""
+    return backbone.num_features if is_dense(kind) else feature_dim(backbone)
 
 
 def feature_dim(backbone: nn.Module) -> int:

@@ -89,6 +89,11 @@ def _forward(backbone, batch, mean, std, device, dtype, dense: bool = False):
     return (patch_grid if dense else backbone_features)(backbone, x).cpu()
 
 
+def label_loss(head, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Classification's batch loss: cross-entropy of the head's logits on the labels."""
+    return F.cross_entropy(head(feats), labels)
+
+
 def fit_head(job: JobConfig, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
              kind: str | None = None, loss=None):
     """AdamW on cached features, cosine schedule; seeded, so reruns give the same head.
@@ -97,7 +102,7 @@ def fit_head(job: JobConfig, feats: torch.Tensor, labels: torch.Tensor, num_clas
     p = job.probe
     torch.manual_seed(job.seed)
     head = make_head(kind or p.head, feats.shape[1], num_classes, p.hidden).train()
-    loss = loss or (lambda h, x, y: F.cross_entropy(h(x), y))
+    loss = loss or label_loss
     opt = torch.optim.AdamW(head.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     steps_per_epoch = max(1, -(-len(feats) // p.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, p.epochs * steps_per_epoch)

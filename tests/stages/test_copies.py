@@ -30,14 +30,14 @@ def copies() -> list[tuple[Path, str, Path, str]]:
 
 def test_every_marked_copy_is_its_original():
     found = copies()
-    assert any(p.name == "probe.py" and name == "learning_rate" for p, name, _, _ in found)
+    assert any(p.name == "probe_finetune.py" and name == "learning_rate" for p, name, _, _ in found)
     for path, name, original, original_name in found:
         copy, source = _definition(path, name), _definition(original, original_name)
         assert ast.dump(copy) == ast.dump(source), f"{path}:{name} differs from {original}:{original_name}"
 
 
 def test_the_copied_schedules_agree():
-    from pipeline.stages.probe import learning_rate as probe_schedule
+    from pipeline.stages.probe_finetune import learning_rate as probe_schedule
     from trainer.loop import learning_rate as trainer_schedule
 
     for step in range(12):

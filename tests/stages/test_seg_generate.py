@@ -218,8 +218,6 @@ def test_probe_command_and_its_refusals(seg_release, tmp_path, capsys):
     assert cli.main(["probe", str(seg_release["job_path"]), "--out", str(out), "--device", "cpu"]) == 0
     assert "probe: teacher val mIoU" in capsys.readouterr().out   # reused: the same inputs
     job = seg_release["job"]
-    with pytest.raises(UserError, match="probe.mode: 'finetune' is not available for segmentation"):
-        run_probe(replace(job, probe=replace(job.probe, mode="finetune")), tmp_path, "cpu")
     with pytest.raises(UserError, match="probe.head: 'mlp' has no segmentation form"):
         run_probe(replace(job, probe=replace(job.probe, head="mlp")), tmp_path, "cpu")
 

@@ -53,14 +53,15 @@ def generate_shards(job, out: Path, plan=None) -> None:
         worker.close()
 
 
-def build_seg_release(root: Path) -> dict:
-    """ingest → probe → plan → generate (the worker) → release of the tiny segmentation job in root."""
+def build_seg_release(root: Path, **overrides) -> dict:
+    """ingest → probe → plan → generate (the worker) → release of the tiny segmentation job in root
+    (`overrides`: of its job's sections, as `seg_job` takes them)."""
     from pipeline.config import load_job
     from pipeline.stages.plan import plan_stage
     from pipeline.stages.probe import probe_stage
     from pipeline.stages.release import release_stage
 
-    job_path = seg_job(root, write_seg_index(root))
+    job_path = seg_job(root, write_seg_index(root), **overrides)
     job = load_job(job_path)
     out = root / "release"
     probe, _ = probe_stage(job, out, "cpu")
