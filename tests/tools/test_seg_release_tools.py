@@ -120,6 +120,14 @@ def test_viz_overlays_and_dense_mixes_draw_a_segmentation_release(seg_release, t
     logits = np.zeros((2, 2, 2), np.float32)
     logits[0, :, 0], logits[1, :, 1] = 5.0, 5.0
     assert segviz.dense_labels(logits, 4).tolist() == [[0, 0, 1, 1]] * 4
+    # drawn as the metrics label (contract.dense.upsample_logits, then argmax), but for near-ties
+    import torch
+
+    from pipeline.contract.dense import upsample_logits
+
+    many = np.random.default_rng(0).standard_normal((150, 16, 16)).astype(np.float16)
+    metric = upsample_logits(torch.from_numpy(many.astype(np.float32))[None], (96, 80))[0].argmax(0).numpy()
+    assert (segviz.dense_labels(many, (96, 80)) == metric).mean() > 0.999
 
 
 def test_viz_overlays_refuses_a_classification_release(small_release, tmp_path):
