@@ -26,9 +26,8 @@ from ..models.teacher import describe_backbone, feature_dim, save_head
 from ..sources.index import read_source_index
 from .jobdir import input_fingerprints, marker, probe_fingerprint, probe_inputs
 from .probe_dense import run_dense_probe
-from .probe_features import _stored_image, extract_features, fit_head, label_loss, probe_views  # noqa: F401 - the probe's API
-from .probe_finetune import (_stored_pixels, centred_outputs, finetune, finetune_groups,  # noqa: F401 - the probe's API
-                             finetune_record, learning_rate, tuned_weights)
+from .probe_features import extract_features, fit_head, label_loss
+from .probe_finetune import _stored_pixels, centred_outputs, finetune, finetune_record, tuned_weights
 
 
 def teacher_line(metrics: dict) -> str:

@@ -20,7 +20,8 @@ from pipeline.contract.views import normalize, views_batch
 from pipeline.models.teacher import load_backbone, load_teacher
 from pipeline.stages import jobdir
 from pipeline.stages.plan import read_plan
-from pipeline.stages.probe import finetune_groups, probe_stage
+from pipeline.stages.probe import probe_stage
+from pipeline.stages.probe_finetune import finetune_groups
 from pipeline.stages.release import teacher_record
 from pipeline.stages.worker import ShardWorker
 
