@@ -63,7 +63,10 @@ def extract_features(job: JobConfig, rows: list[dict], train: bool, device, desc
     def keep(chunk: torch.Tensor):
         nonlocal cache, filled
         if cache is None:
-            cache = torch.empty((total, *chunk.shape[1:]), dtype=chunk.dtype)
+            # the chunks' own layout: patch grids come channels-innermost (a permuted token map), and the
+            # head's kernels, hence its fit to the last bit, depend on it (torch.cat kept it channels-last too)
+            layout = torch.channels_last if chunk.dim() == 4 and chunk.stride(1) == 1 else torch.contiguous_format
+            cache = torch.empty((total, *chunk.shape[1:]), dtype=chunk.dtype, memory_format=layout)
         cache[filled:filled + len(chunk)] = chunk
         filled += len(chunk)
 

@@ -69,7 +69,7 @@ def test_the_probe_caches_patch_grids_in_the_teachers_dtype_and_fits_the_same_he
     rows = index.split("train")
     grids = extract_features(job, rows, True, torch.device("cpu"), "grids", index.limits, dense=True)
     assert grids.dtype == torch.bfloat16 and views_per_row(job, True) == 2
-    assert grids.shape == (len(rows) * 2, 192, 4, 4) and grids.is_contiguous()
+    assert grids.shape == (len(rows) * 2, 192, 4, 4) and grids.is_contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, SEG_NUM_CLASSES, (len(grids),))
     pooled = lambda head, x, y: torch.nn.functional.cross_entropy(head(x).mean((2, 3)), y)  # noqa: E731
     kept, upcast = (fit_head(job, g, labels, SEG_NUM_CLASSES, DENSE_LINEAR, pooled) for g in (grids, grids.float()))
