@@ -16,12 +16,11 @@ import torch
 
 from pipeline.contract.configlib import ConfigError
 from pipeline.contract.device import resolve_device
-
-from pipeline.contract.errors import UserError
 from pipeline.contract.tasks import SEGMENTATION
 
 from .data import batches, val_loader
-from .evaluate_seg import evaluate_segmentation, probe_metrics, sum_over_ranks, val_outputs, write_per_class_iou
+from .evaluate_seg import (evaluate_segmentation, probe_metrics, sum_over_ranks, teacher_segmentation, val_outputs,
+                            write_per_class_iou)
 from .release import ReleaseSet, open_releases
 from .runfiles import EVAL
 from .samples import DataError, Replay
@@ -197,9 +196,7 @@ def run_teacher(args: argparse.Namespace) -> int:
     """`tsd eval teacher RELEASE`: the teacher's val top-1, per class and its confusion, from the stored logits."""
     releases = open_releases([args.release])
     if releases.task == SEGMENTATION:
-        raise UserError(f"{args.release}: a segmentation release: its teacher's mIoU, pixel accuracy and per-class IoU "
-                        f"are in teacher/probe.json, and `tsd eval RUN {args.release}` measures them again on the "
-                        "student's views beside the student's")
+        return run_teacher_segmentation(args, releases)
     rows = teacher_rows(releases, args.workers)
     out = Path(args.out) if args.out else Path("teacher-eval")
     metrics, csv_path, png = teacher_report(rows, releases.classes, args.release, out)
@@ -210,6 +207,24 @@ def run_teacher(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(dict(metrics, ckpt=TEACHER, release=args.release), indent=1))
     if args.predictions:
         Path(args.predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+def run_teacher_segmentation(args: argparse.Namespace, releases: ReleaseSet) -> int:
+    """`tsd eval teacher` of a segmentation release: the stored teacher's val mIoU, pixel accuracy and
+    per-class IoU (per_class_iou.csv, beside the probe's), at the teacher's input size."""
+    size = int(releases.releases[0].manifest["teacher"]["img_size"])
+    metrics = teacher_segmentation(releases, size, args.batch_size, args.workers)
+    probe = probe_metrics(args.release)
+    out = Path(args.out) if args.out else Path("teacher-eval")
+    csv_path = write_per_class_iou(metrics, releases.classes, probe, out)
+    said = f"; the probe measured {probe['val_miou']:.4f}" if probe and "val_miou" in probe else ""
+    print(f"teacher on {args.release}: val mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_acc']:.4f} "
+          f"(n={metrics['n']} images at {size} px), from the dense logits stored on each val view{said}")
+    worst = sorted((v, name) for name, v in zip(releases.classes, metrics["per_class_iou"]) if v is not None)
+    print(f"per-class IoU: {csv_path}; lowest: " + ", ".join(f"{name} {v:.3f}" for v, name in worst[:3]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(metrics, probe=probe, ckpt=TEACHER, release=args.release), indent=1))
     return 0
 
 

@@ -29,6 +29,7 @@ from .release import ReleaseSet
 from .samples import DataError, Replay, add_counts
 
 PER_CLASS_CSV = "per_class_iou.csv"   # `tsd eval`'s per-class table for a segmentation student
+UPSAMPLE_CHUNK = 8   # views upsampled at once by `teacher_segmentation`: 150 classes at 448 px are 120 MB a view
 
 
 @torch.no_grad()
@@ -69,6 +70,31 @@ def evaluate_segmentation(model: torch.nn.Module, releases: ReleaseSet, img_size
             "teacher_miou": theirs["miou"], "teacher_pixel_acc": theirs["pixel_acc"],
             "teacher_per_class_iou": theirs["per_class_iou"], "skipped": sum(lost.values()),
             "skipped_shards": dict(sorted(lost.items()))}
+
+
+@torch.no_grad()
+def teacher_segmentation(releases: ReleaseSet, size: int, batch_size: int = 64, workers: int = 2) -> dict:
+    """{n, pixels, miou, pixel_acc, per_class_iou, skipped} of the teacher whose dense logits the release
+    stores, on each val image's recorded view: the logits upsampled to the view's mask at `size` (the
+    teacher's input size: where the probe measures it), one confusion matrix. No model runs."""
+    c = releases.num_classes
+    replay = Replay(c, size, seed=0, task=SEGMENTATION)
+    conf = torch.zeros(c, c, dtype=torch.int64)
+    n, lost = 0, {}
+    for batch in batches(val_loader(releases, batch_size, workers, replay)):
+        add_counts(lost, batch.get("skipped_shards", {}))
+        if "teacher" not in batch:
+            continue
+        mask, logits = batch["mask"], batch["teacher"]
+        for i in range(0, len(mask), UPSAMPLE_CHUNK):
+            up = upsample_logits(logits[i:i + UPSAMPLE_CHUNK].float(), tuple(mask.shape[-2:]))
+            conf += confusion(up.argmax(1), mask[i:i + UPSAMPLE_CHUNK], c)
+        n += len(batch["uid"])
+    if n == 0:
+        raise DataError(f"{releases.describe()}: no usable validation sample")
+    theirs = scores(conf)
+    return {"n": n, "pixels": theirs["pixels"], "miou": theirs["miou"], "pixel_acc": theirs["pixel_acc"],
+            "per_class_iou": theirs["per_class_iou"], "skipped": sum(lost.values())}
 
 
 def sum_over_ranks(tensors: list, lost: dict, world: int) -> dict:
@@ -117,10 +143,14 @@ def probe_metrics(release: str) -> dict | None:
 
 
 def write_per_class_iou(metrics: dict, classes: list[str], probe: dict | None, folder: Path) -> Path:
-    """folder/per_class_iou.csv: class, the student's IoU, the stored teacher's on the same views, the probe's."""
+    """folder/per_class_iou.csv: class, the student's IoU, the stored teacher's on the same views, the
+    probe's (`tsd eval teacher`: class, the stored teacher's IoU, the probe's)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / PER_CLASS_CSV
     probe_iou = (probe or {}).get("per_class_iou") or {}
+    columns = {"iou": metrics["per_class_iou"]}
+    if "teacher_per_class_iou" in metrics:
+        columns["teacher_iou"] = metrics["teacher_per_class_iou"]
 
     def cell(values, i):
         return "" if i >= len(values) or values[i] is None else f"{values[i]:.4f}"
@@ -129,8 +159,7 @@ def write_per_class_iou(metrics: dict, classes: list[str], probe: dict | None, f
         return "" if probe_iou.get(name) is None else f"{probe_iou[name]:.4f}"
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", "iou", "teacher_iou", "probe_iou"])
+        writer.writerow(["class", *columns, "probe_iou"])
         for i, name in enumerate(classes):
-            writer.writerow([name, cell(metrics["per_class_iou"], i), cell(metrics["teacher_per_class_iou"], i),
-                             by_name(name)])
+            writer.writerow([name, *(cell(values, i) for values in columns.values()), by_name(name)])
     return out
