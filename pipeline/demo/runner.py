@@ -319,26 +319,34 @@ def run_demo(out: str | Path, size_name: str = "demo") -> dict:
     timer = Timer()
     built = build_release(out, size_name, timer)
     size, manifest = SIZES[size_name], built["manifest"]
-    evals = train_and_evaluate(out, timer, lambda mode: train_config(str(out), built["models"], mode, size),
-                               _evaluate, "top1", "top-1")
-    timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
-    report = timer.run("report", lambda: demo_report(out), lambda r: f"{r['index']} ({r['mixes']} mixes)")
+    evals, report = demo_students(out, timer, lambda mode: train_config(str(out), built["models"], mode, size),
+                                  _evaluate, _pictures, "top1", "top-1")
     summary = demo_summary(out, manifest, built["probe"], evals, "top1", timer, t_start)
     print_summary(summary, out)
-    print(f"report: {report['index']} (open it in a browser: no server needed)")
+    print_report(report)
     return summary
 
 
-def train_and_evaluate(out: Path, timer: Timer, config_of, evaluate, key: str, label: str) -> dict:
-    """Train the demo's two students (finetune, then distill: `config_of(mode)`, written to
-    out/work/train-<mode>.yaml) into out/runs/<mode>, then evaluate both; their eval metrics by mode."""
+def demo_students(out: Path, timer: Timer, config_of, evaluate, pictures, key: str, label: str,
+                  eval_files: tuple[str, ...] = ("eval/predictions.jsonl",)) -> tuple[dict, dict]:
+    """The demos' second half: train the two students (finetune, then distill: `config_of(mode)`,
+    written to out/work/train-<mode>.yaml) into out/runs/<mode> and evaluate both, then draw
+    `pictures(out)` and build the report site (`demo_report` with `eval_files`).
+    Returns (their eval metrics by mode, the report)."""
     results = {}
     for mode in ("finetune", "distill"):
         cfg_path = dump(config_of(mode), out / "work" / f"train-{mode}.yaml")
         results[mode] = timer.run(f"train ({mode})", lambda p=cfg_path, m=mode: _train(p, out / "runs" / m),
                                   lambda r: f"val {label} {r['val'][key]:.3f}")
-    return timer.run("eval", lambda: {m: evaluate(out / "runs" / m, out) for m in results},
-                     lambda e: ", ".join(f"{m} {e[m][key]:.3f}" for m in e))
+    evals = timer.run("eval", lambda: {m: evaluate(out / "runs" / m, out) for m in results},
+                      lambda e: ", ".join(f"{m} {e[m][key]:.3f}" for m in e))
+    timer.run("pictures", lambda: pictures(out), lambda paths: ", ".join(p.name for p in paths))
+    report = timer.run("report", lambda: demo_report(out, eval_files), lambda r: f"{r['index']} ({r['mixes']} mixes)")
+    return evals, report
+
+
+def print_report(report: dict) -> None:
+    print(f"report: {report['index']} (open it in a browser: no server needed)")
 
 
 def demo_summary(out: Path, manifest: dict, probe: dict, evals: dict, key: str, timer: Timer, t_start: float,

@@ -23,8 +23,8 @@ from ..contract.files import reuse
 from ..contract.ids import fingerprint, sha256_file
 from ..runtime import quiet_libraries, torch_threads
 from ..testing.tiny import TinySizes
-from .runner import (DEMO_THREADS, Timer, build_demo_models, demo_report, demo_summary, job_stages, print_stages,
-                     train_and_evaluate)
+from .runner import (DEMO_THREADS, Timer, build_demo_models, demo_students, demo_summary, job_stages, print_report,
+                     print_stages)
 
 
 @dataclass(frozen=True)
@@ -129,16 +129,13 @@ def run_segmentation_demo(out: str | Path, size_name: str = "demo") -> dict:
     timer = Timer()
     built = build_seg_release(out, size_name, timer)
     size, manifest = SEG_SIZES[size_name], built["manifest"]
-    evals = train_and_evaluate(out, timer, lambda mode: seg_train_config(str(out), built["models"], mode, size),
-                               _evaluate, "miou", "mIoU")
-    timer.run("pictures", lambda: _pictures(out), lambda paths: ", ".join(p.name for p in paths))
-    report = timer.run("report", lambda: demo_report(out, (f"{EVAL}/{PER_CLASS_CSV}",)),
-                       lambda r: f"{r['index']} ({r['mixes']} mixes)")
+    evals, report = demo_students(out, timer, lambda mode: seg_train_config(str(out), built["models"], mode, size),
+                                  _evaluate, _pictures, "miou", "mIoU", (f"{EVAL}/{PER_CLASS_CSV}",))
     summary = demo_summary(out, manifest, built["probe"], evals, "miou", timer, t_start,
                            finetune_pixel_acc=evals["finetune"]["pixel_acc"],
                            distill_pixel_acc=evals["distill"]["pixel_acc"])
     print_seg_summary(summary, out)
-    print(f"report: {report['index']} (open it in a browser: no server needed)")
+    print_report(report)
     return summary
 
 
