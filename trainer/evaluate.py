@@ -18,9 +18,9 @@ from pipeline.contract.configlib import ConfigError
 from pipeline.contract.device import resolve_device
 from pipeline.contract.tasks import SEGMENTATION
 
-from .data import batches, val_loader
-from .evaluate_seg import (evaluate_segmentation, probe_metrics, sum_over_ranks, teacher_segmentation, val_outputs,
-                            write_per_class_iou)
+from .data import val_loader
+from .evaluate_seg import (evaluate_segmentation, probe_metrics, sum_over_ranks, teacher_segmentation, val_batches,
+                            val_outputs, write_per_class_iou)
 from .release import ReleaseSet, open_releases
 from .runfiles import EVAL
 from .samples import DataError, Replay
@@ -167,11 +167,10 @@ def teacher_rows(releases: ReleaseSet, workers: int = 2) -> list[dict]:
     """Every val sample's label and the stored teacher's top-1 on its val view (no model, no teacher run)."""
     replay = Replay(releases.num_classes, TEACHER_DECODE_SIZE, seed=0)
     rows = []
-    for batch in batches(val_loader(releases, 256, workers, replay)):
-        if "logits" in batch:
-            teacher = batch["logits"].argmax(1).tolist()
-            rows += [{"uid": u, "label": int(l), "pred": t, "teacher": t}
-                     for u, l, t in zip(batch["uid"], batch["label"].tolist(), teacher)]
+    for batch in val_batches(val_loader(releases, 256, workers, replay), {}, "logits"):
+        teacher = batch["logits"].argmax(1).tolist()
+        rows += [{"uid": u, "label": int(l), "pred": t, "teacher": t}
+                 for u, l, t in zip(batch["uid"], batch["label"].tolist(), teacher)]
     if not rows:
         raise DataError(f"{releases.describe()}: no usable validation sample")
     return rows

@@ -81,10 +81,7 @@ def teacher_segmentation(releases: ReleaseSet, size: int, batch_size: int = 64, 
     replay = Replay(c, size, seed=0, task=SEGMENTATION)
     conf = torch.zeros(c, c, dtype=torch.int64)
     n, lost = 0, {}
-    for batch in batches(val_loader(releases, batch_size, workers, replay)):
-        add_counts(lost, batch.get("skipped_shards", {}))
-        if "teacher" not in batch:
-            continue
+    for batch in val_batches(val_loader(releases, batch_size, workers, replay), lost, "teacher"):
         mask, logits = batch["mask"], batch["teacher"]
         for i in range(0, len(mask), UPSAMPLE_CHUNK):
             up = upsample_logits(logits[i:i + UPSAMPLE_CHUNK].float(), tuple(mask.shape[-2:]))
@@ -112,14 +109,19 @@ def sum_over_ranks(tensors: list, lost: dict, world: int) -> dict:
     return total
 
 
-def val_outputs(model, loader, lost: dict, teacher_key: str, device, img_size: int, mean, std, precision: str,
-                channels_last: bool):
-    """(batch, model output) over a val loader's batches, adding the corrupt samples it skipped per
-    shard to `lost` (a batch of skips only, without `teacher_key`, gives no output)."""
+def val_batches(loader, lost: dict, teacher_key: str):
+    """A val loader's batches holding samples, adding the corrupt samples it skipped per shard to
+    `lost` (a batch of skips only has no `teacher_key` and is not given)."""
     for batch in batches(loader):
         add_counts(lost, batch.get("skipped_shards", {}))
-        if teacher_key not in batch:
-            continue
+        if teacher_key in batch:
+            yield batch
+
+
+def val_outputs(model, loader, lost: dict, teacher_key: str, device, img_size: int, mean, std, precision: str,
+                channels_last: bool):
+    """(batch, model output) over `val_batches`."""
+    for batch in val_batches(loader, lost, teacher_key):
         x = model_inputs(batch, device, img_size, mean, std, channels_last)
         with autocast(device, precision):
             yield batch, model(x)
